@@ -1,0 +1,485 @@
+"""The scenario model: what `lab.yaml` may say, validated on load.
+
+This is the only place that knows the scenario's shape. Every error names the
+file, the line and the field (``lab.yaml:14: engines[1].engine: ...``) so a
+student can fix it without reading code; `ScenarioError` carries that line and
+the CLI turns it into exit code 2 before anything starts.
+
+A scenario is:
+
+- ``port``: the TCP port the server listens on (default 5000);
+- ``app``: the WSGI app as ``module:attribute`` (default the tutorial's app);
+- ``engines``: the servers to run in turn, each with its own ``expect`` list;
+- ``sessions``: the clients, run concurrently, each a list of ``steps``.
+
+Steps: ``get: PATH`` (shorthand), ``request: {method, path, headers, body}``,
+``sleep: SECONDS`` (after the previous response), ``at: SECONDS`` (from the
+session's start) and ``close`` (``session.close()``).
+
+Expectations (per engine), each one mapping with one kind and an optional
+``claim`` (the sentence reported when the wire refutes it):
+
+- ``connections: N``: the scenario's requests travelled on N connections;
+- ``same_connection: [1, 2, 3]``: these requests shared one connection;
+- ``new_connection: [1, 4]``: each of these opened a connection of its own
+  (it was the first request on it);
+- ``close: {request: R | each, by: server|client|either, idle: S,
+  tolerance: T}`` or ``within: S``: the connection that carried request R
+  (``each``: every connection) was first closed (first FIN) by that side,
+  ``idle`` seconds after its last response (± tolerance), or at most
+  ``within`` seconds after it;
+- ``status: CODE``: every request got this status.
+
+Requests are numbered from 1 in each session's step order; with several
+sessions they are named ``SESSION.N``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_APP = "server.app:app"
+ENGINE_KINDS = ("werkzeug", "gunicorn")
+GUNICORN_WORKERS = ("sync", "gthread")
+CLOSERS = ("server", "client", "either")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+class ScenarioError(Exception):
+    """Bad scenario input; ``str()`` is the one-line message for the user."""
+
+    def __init__(self, file: str, line: int | None, where: str, message: str) -> None:
+        self.file, self.line, self.where, self.message = file, line, where, message
+        place = f"{file}:{line}" if line else file
+        super().__init__(f"{place}: {where}: {message}" if where else f"{place}: {message}")
+
+
+# ---------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request a session sends."""
+
+    ref: str  # "3", or "session.3" with several sessions
+    session: str
+    number: int
+    method: str = "GET"
+    path: str = "/keep-alive"
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a session: exactly one of request, sleep, at or close."""
+
+    kind: str  # "request" | "sleep" | "at" | "close"
+    request: Request | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Session:
+    name: str
+    steps: tuple[Step, ...]
+
+    @property
+    def requests(self) -> list[Request]:
+        return [s.request for s in self.steps if s.request is not None]
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """One checkable statement about the wire, for one engine."""
+
+    kind: str  # connections | same_connection | new_connection | close | status
+    claim: str
+    line: int
+    count: int | None = None
+    requests: tuple[str, ...] = ()  # request refs; ("each",) for close on every connection
+    by: str = "either"
+    idle: float | None = None
+    tolerance: float = 0.5
+    within: float | None = None
+    status: int | None = None
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One server engine, run in turn with the same sessions."""
+
+    name: str
+    kind: str  # werkzeug | gunicorn
+    threaded: bool = True  # werkzeug: False speaks HTTP/1.0, as app.run(threaded=False)
+    worker: str = "gthread"  # gunicorn worker class
+    keep_alive: float = 2.0  # gunicorn --keep-alive (its default is 2)
+    threads: int = 4  # gunicorn gthread --threads
+    expect: tuple[Expectation, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "werkzeug":
+            return f"werkzeug ({'threaded' if self.threaded else 'unthreaded'})"
+        if self.worker == "gthread":
+            return f"gunicorn gthread, keep-alive {self.keep_alive:g}s"
+        return "gunicorn sync"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    file: str
+    name: str
+    description: str
+    app: str
+    port: int
+    engines: tuple[Engine, ...]
+    sessions: tuple[Session, ...]
+
+    def engine(self, name: str) -> Engine:
+        for engine in self.engines:
+            if engine.name == name:
+                return engine
+        raise KeyError(name)
+
+    @property
+    def requests(self) -> list[Request]:
+        return [r for s in self.sessions for r in s.requests]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------- YAML with line numbers kept
+
+
+class _Node:
+    """A loaded YAML value with the line it started on (1-based)."""
+
+    __slots__ = ("value", "line")
+
+    def __init__(self, value: Any, line: int) -> None:
+        self.value, self.line = value, line
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct(loader: _LineLoader, node: yaml.Node) -> _Node:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        mapping: dict[str, _Node] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            mapping[str(key.value if isinstance(key, _Node) else key)] = (
+                loader.construct_object(value_node, deep=True)
+            )
+        return _Node(mapping, line)
+    if isinstance(node, yaml.SequenceNode):
+        return _Node([loader.construct_object(n, deep=True) for n in node.value], line)
+    # SafeLoader's own constructors, since ours replace them on this class.
+    constructor = yaml.SafeLoader.yaml_constructors.get(node.tag)
+    return _Node(constructor(loader, node) if constructor else node.value, line)
+
+
+for _tag in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:str",
+             "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool",
+             "tag:yaml.org,2002:null", "tag:yaml.org,2002:timestamp"):
+    _LineLoader.add_constructor(_tag, _construct)
+
+
+# --------------------------------------------------------------- validation
+
+
+class _Checker:
+    """Turns the line-annotated tree into the model, or raises ScenarioError."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, node: _Node | None, where: str, message: str) -> ScenarioError:
+        return ScenarioError(self.file, node.line if node else None, where, message)
+
+    def mapping(self, node: _Node, where: str, allowed: set[str]) -> dict[str, _Node]:
+        if not isinstance(node.value, dict):
+            raise self.fail(node, where, f"expected a mapping, got {_kind(node.value)}")
+        for key, value in node.value.items():
+            if key not in allowed:
+                raise self.fail(value, f"{where}.{key}" if where else key,
+                                f"unknown field (allowed: {', '.join(sorted(allowed))})")
+        return node.value
+
+    def number(self, node: _Node, where: str, minimum: float = 0.0,
+               integer: bool = False, maximum: float | None = None) -> float:
+        value = node.value
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            want = "a whole number" if integer else "a number"
+            raise self.fail(node, where, f"expected {want}, got {_kind(value)} {value!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"from {minimum:g} to {maximum:g}" if maximum is not None else f">= {minimum:g}"
+            raise self.fail(node, where, f"must be {bound}, got {value!r}")
+        return value
+
+    def string(self, node: _Node, where: str, choices: tuple[str, ...] = ()) -> str:
+        if not isinstance(node.value, str):
+            raise self.fail(node, where, f"expected a string, got {_kind(node.value)}")
+        if choices and node.value not in choices:
+            raise self.fail(node, where,
+                            f"unknown value {node.value!r} (choose from: {', '.join(choices)})")
+        return node.value
+
+    def boolean(self, node: _Node, where: str) -> bool:
+        if not isinstance(node.value, bool):
+            raise self.fail(node, where, f"expected true or false, got {node.value!r}")
+        return node.value
+
+    def sequence(self, node: _Node, where: str, nonempty: bool = True) -> list[_Node]:
+        if not isinstance(node.value, list):
+            raise self.fail(node, where, f"expected a list, got {_kind(node.value)}")
+        if nonempty and not node.value:
+            raise self.fail(node, where, "must not be empty")
+        return node.value
+
+    # --- the document
+
+    def scenario(self, root: _Node) -> Scenario:
+        top = self.mapping(root, "", {"name", "description", "app", "port",
+                                      "engines", "sessions"})
+        for required in ("engines", "sessions"):
+            if required not in top:
+                raise self.fail(root, required, "missing (a scenario needs engines and sessions)")
+        port = int(self.number(top["port"], "port", 1, True, 65535)) if "port" in top else 5000
+        app = self.string(top["app"], "app") if "app" in top else DEFAULT_APP
+        if ":" not in app:
+            raise self.fail(top["app"], "app", "expected module:attribute, e.g. server.app:app")
+        name = self.string(top["name"], "name") if "name" in top else Path(self.file).stem
+        description = self.string(top["description"], "description") \
+            if "description" in top else ""
+
+        sessions = self._sessions(top["sessions"])
+        refs = {r.ref: r for s in sessions for r in s.requests}
+        engines = tuple(self._engine(n, f"engines[{i}]", refs)
+                        for i, n in enumerate(self.sequence(top["engines"], "engines")))
+        names = [e.name for e in engines]
+        for i, engine_name in enumerate(names):
+            if names.index(engine_name) != i:
+                node = top["engines"].value[i]
+                raise self.fail(node, f"engines[{i}].name",
+                                f"duplicate engine name {engine_name!r}: give each a name")
+        return Scenario(self.file, name, description, app, port, engines, tuple(sessions))
+
+    def _sessions(self, node: _Node) -> list[Session]:
+        items = self.sequence(node, "sessions")
+        several = len(items) > 1
+        sessions: list[Session] = []
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            where = f"sessions[{i}]"
+            fields = self.mapping(item, where, {"name", "steps"})
+            name = self.string(fields["name"], f"{where}.name") if "name" in fields else f"s{i + 1}"
+            if name in seen or "." in name:
+                raise self.fail(item, f"{where}.name",
+                                f"name {name!r} must be unique, without dots")
+            seen.add(name)
+            if "steps" not in fields:
+                raise self.fail(item, f"{where}.steps", "missing")
+            steps = self._steps(fields["steps"], f"{where}.steps", name, several)
+            if not any(s.kind == "request" for s in steps):
+                raise self.fail(fields["steps"], f"{where}.steps", "has no request")
+            sessions.append(Session(name, tuple(steps)))
+        return sessions
+
+    def _steps(self, node: _Node, where: str, session: str, several: bool) -> list[Step]:
+        steps: list[Step] = []
+        number = 0
+        last_at = 0.0
+        for i, item in enumerate(self.sequence(node, where)):
+            here = f"{where}[{i}]"
+            if item.value == "close":
+                steps.append(Step("close"))
+                continue
+            fields = self.mapping(item, here, {"get", "request", "sleep", "at", "close"})
+            if len(fields) != 1:
+                raise self.fail(item, here, "a step is exactly one of get, request, sleep, "
+                                            f"at, close; got {', '.join(fields)}")
+            (kind, value), = fields.items()
+            if kind in ("get", "request"):
+                number += 1
+                ref = f"{session}.{number}" if several else str(number)
+                steps.append(Step("request", self._request(kind, value, f"{here}.{kind}",
+                                                           ref, session, number)))
+            elif kind == "sleep":
+                steps.append(Step("sleep", seconds=self.number(value, f"{here}.sleep")))
+            elif kind == "at":
+                seconds = self.number(value, f"{here}.at")
+                if seconds < last_at:
+                    raise self.fail(value, f"{here}.at",
+                                    f"goes back in time ({seconds:g} < {last_at:g})")
+                last_at = seconds
+                steps.append(Step("at", seconds=seconds))
+            else:
+                if value.value is not True:
+                    raise self.fail(value, f"{here}.close", "write `- close` or `close: true`")
+                steps.append(Step("close"))
+        return steps
+
+    def _request(self, kind: str, node: _Node, where: str, ref: str, session: str,
+                 number: int) -> Request:
+        if kind == "get":
+            path = self.string(node, where)
+            if not path.startswith("/"):
+                raise self.fail(node, where, f"a path starts with '/', got {path!r}")
+            return Request(ref, session, number, "GET", path)
+        fields = self.mapping(node, where, {"method", "path", "headers", "body"})
+        method = self.string(fields["method"], f"{where}.method").upper() \
+            if "method" in fields else "GET"
+        if method not in HTTP_METHODS:
+            raise self.fail(fields["method"], f"{where}.method",
+                            f"unknown method {method!r} (choose from: {', '.join(HTTP_METHODS)})")
+        path = self.string(fields["path"], f"{where}.path") if "path" in fields else "/keep-alive"
+        if not path.startswith("/"):
+            raise self.fail(fields["path"], f"{where}.path", f"a path starts with '/': {path!r}")
+        headers: dict[str, str] = {}
+        if "headers" in fields:
+            raw = fields["headers"]
+            if not isinstance(raw.value, dict):
+                raise self.fail(raw, f"{where}.headers", "expected a mapping of name: value")
+            for key, value in raw.value.items():
+                if not isinstance(value.value, (str, int, float)) or isinstance(value.value, bool):
+                    raise self.fail(value, f"{where}.headers.{key}", "expected a string value")
+                headers[key] = str(value.value)
+        body = self.string(fields["body"], f"{where}.body") if "body" in fields else None
+        return Request(ref, session, number, method, path, headers, body)
+
+    def _engine(self, node: _Node, where: str, refs: dict[str, Request]) -> Engine:
+        fields = self.mapping(node, where, {"name", "engine", "threaded", "worker",
+                                            "keep_alive", "threads", "expect"})
+        if "engine" not in fields:
+            raise self.fail(node, f"{where}.engine", f"missing (one of: {', '.join(ENGINE_KINDS)})")
+        kind = self.string(fields["engine"], f"{where}.engine", ENGINE_KINDS)
+        options: dict[str, Any] = {}
+        allowed = {"werkzeug": {"threaded"}, "gunicorn": {"worker", "keep_alive", "threads"}}
+        for key in ("threaded", "worker", "keep_alive", "threads"):
+            if key in fields and key not in allowed[kind]:
+                raise self.fail(fields[key], f"{where}.{key}", f"does not apply to {kind}")
+        if "threaded" in fields:
+            options["threaded"] = self.boolean(fields["threaded"], f"{where}.threaded")
+        if "worker" in fields:
+            options["worker"] = self.string(fields["worker"], f"{where}.worker", GUNICORN_WORKERS)
+        if "keep_alive" in fields:
+            options["keep_alive"] = self.number(fields["keep_alive"], f"{where}.keep_alive",
+                                                0, False, 3600)
+        if "threads" in fields:
+            options["threads"] = int(self.number(fields["threads"], f"{where}.threads",
+                                                 1, True, 256))
+        if options.get("worker") == "sync" and ("keep_alive" in options or "threads" in options):
+            key = "keep_alive" if "keep_alive" in options else "threads"
+            raise self.fail(fields[key], f"{where}.{key}",
+                            "gunicorn's sync worker has no keep-alive or threads; use gthread")
+        worker = options.get("worker", "gthread")
+        default_name = kind if kind == "werkzeug" else f"gunicorn-{worker}"
+        name = self.string(fields["name"], f"{where}.name") if "name" in fields else default_name
+        expect = ()
+        if "expect" in fields:
+            expect = tuple(self._expectation(n, f"{where}.expect[{i}]", refs) for i, n in
+                           enumerate(self.sequence(fields["expect"], f"{where}.expect", False)))
+        return Engine(name=name, kind=kind, expect=expect, **options)
+
+    def _refs(self, node: _Node, where: str, refs: dict[str, Request]) -> tuple[str, ...]:
+        values = [node] if not isinstance(node.value, list) else self.sequence(node, where)
+        out = []
+        for item in values:
+            ref = str(item.value)
+            if isinstance(item.value, bool) or ref not in refs:
+                known = ", ".join(refs)
+                raise self.fail(item, where, f"no request {ref!r} in the sessions (known: {known})")
+            out.append(ref)
+        return tuple(out)
+
+    def _expectation(self, node: _Node, where: str, refs: dict[str, Request]) -> Expectation:
+        kinds = ("connections", "same_connection", "new_connection", "close", "status")
+        fields = self.mapping(node, where, set(kinds) | {"claim"})
+        present = [k for k in kinds if k in fields]
+        if len(present) != 1:
+            raise self.fail(node, where, f"an expectation has exactly one of {', '.join(kinds)}")
+        kind = present[0]
+        value = fields[kind]
+        here = f"{where}.{kind}"
+        claim = self.string(fields["claim"], f"{where}.claim") if "claim" in fields else ""
+        if kind == "connections":
+            count = int(self.number(value, here, 0, True))
+            return Expectation(kind, claim or f"the requests use {count} connection(s)",
+                               node.line, count=count)
+        if kind == "status":
+            status = int(self.number(value, here, 100, True, 599))
+            return Expectation(kind, claim or f"every request gets status {status}",
+                               node.line, status=status)
+        if kind in ("same_connection", "new_connection"):
+            requests = self._refs(value, here, refs)
+            default = (f"requests {', '.join(requests)} share one connection"
+                       if kind == "same_connection" else
+                       f"requests {', '.join(requests)} each open a new connection")
+            return Expectation(kind, claim or default, node.line, requests=requests)
+        close = self.mapping(value, here, {"request", "by", "idle", "tolerance", "within"})
+        if "request" not in close:
+            raise self.fail(value, f"{here}.request", "missing (a request number, or each)")
+        requests = ("each",) if close["request"].value == "each" else \
+            self._refs(close["request"], f"{here}.request", refs)
+        by = self.string(close["by"], f"{here}.by", CLOSERS) if "by" in close else "either"
+        idle = self.number(close["idle"], f"{here}.idle") if "idle" in close else None
+        within = self.number(close["within"], f"{here}.within") if "within" in close else None
+        tolerance = self.number(close["tolerance"], f"{here}.tolerance") \
+            if "tolerance" in close else 0.5
+        if idle is not None and within is not None:
+            raise self.fail(value, here, "give idle (with tolerance) or within, not both")
+        target = "every connection" if requests == ("each",) else \
+            f"the connection of request {requests[0]}"
+        words = f"{target} is closed first by the {by}" if by != "either" else \
+            f"{target} is closed"
+        if idle is not None:
+            words += f" {idle:g} s (±{tolerance:g}) after its last response"
+        elif within is not None:
+            words += f" within {within:g} s of its last response"
+        return Expectation("close", claim or words, node.line, requests=requests, by=by,
+                           idle=idle, tolerance=tolerance, within=within)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return type(value).__name__
+
+
+def load(path: str | os.PathLike[str]) -> Scenario:
+    """Read and validate a scenario file; raise ScenarioError on any problem."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(file, None, "", f"cannot read: {exc.strerror or exc}") from None
+    return parse(text, file)
+
+
+def parse(text: str, file: str = "<scenario>") -> Scenario:
+    try:
+        root = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ScenarioError(file, line, "yaml", f"{exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(file, None, "yaml", str(exc)) from None
+    if root is None:
+        raise ScenarioError(file, 1, "", "the file is empty")
+    return _Checker(file).scenario(root)
