@@ -1,0 +1,202 @@
+"""The report record: what a run proved, one JSON document per run.
+
+As in Zeek's conn.log, the record is the product: every field is documented
+here, where it is defined (``doc=`` below), and nowhere else. The analyzer
+fills `Connection` and `HttpRequest` from packets; the run fills the rest.
+
+Times: every ``*_at`` field is absolute Unix epoch seconds (float), directly
+comparable with tshark's ``frame.time_epoch``; every other duration is in
+seconds. A value that the wire did not show is ``null``, never a guess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "kalab.report/1"
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field that carries its documentation."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"doc": text})
+    if default is not dataclasses.MISSING:
+        return field(default=default, metadata={"doc": text})
+    return field(metadata={"doc": text})
+
+
+@dataclass
+class HttpRequest:
+    """One HTTP request seen on the wire, with the response that answered it."""
+
+    id: str = doc("The request's name: its scenario reference (`3`, `s2.1`) when the run "
+                  "knows the scenario, else `w1`, `w2`... in wire order.")
+    connection: int = doc("`Connection.id` of the connection that carried it.")
+    depth: int = doc("1 for the first request on its connection, 2 for the second, ...")
+    reused: bool = doc("True when the connection had carried a request before (depth > 1).")
+    method: str = doc("Request method, as sent.")
+    target: str = doc("Request target (path and query), as sent, cut at 200 characters.")
+    version: str = doc("HTTP version of the request line, e.g. `HTTP/1.1`.")
+    sent_at: float = doc("When the segment with the request line's first byte was seen.")
+    request_connection: str | None = doc("The request's `Connection` header, if any.", None)
+    response_at: float | None = doc("When the status line's first byte was seen; null if "
+                                    "no response came.", None)
+    response_end_at: float | None = doc("When the response's last byte was seen (end of "
+                                        "body); null if unknown.", None)
+    status: int | None = doc("Response status code; null if no response came.", None)
+    response_version: str | None = doc("HTTP version of the status line.", None)
+    response_connection: str | None = doc("The response's `Connection` header values, joined "
+                                          "by `, ` as on the wire (e.g. `keep-alive, close`).",
+                                          None)
+    response_keep_alive: str | None = doc("The response's `Keep-Alive` header, if any.", None)
+    advertised_timeout: float | None = doc("`timeout=` from `Keep-Alive`, in seconds: what "
+                                           "the server advertised (a hint, never a promise).",
+                                           None)
+    client: dict[str, Any] | None = doc("What the client role believed about this request "
+                                        "(see `client.records.RequestRecord`); null for "
+                                        "`kalab analyze`.", None)
+
+
+@dataclass
+class Connection:
+    """One TCP connection to the server port, from SYN to its end."""
+
+    id: int = doc("1, 2, ... in order of the first packet seen.")
+    client: str = doc("Client `address:port` (the SYN's sender).")
+    server: str = doc("Server `address:port`.")
+    syn_at: float | None = doc("When the first SYN was seen; null if the capture missed it.")
+    syn_retransmits: int = doc("Extra SYNs seen for this connection (SYN retransmissions).")
+    established_at: float | None = doc("When the SYN-ACK was seen; null if the server "
+                                       "never accepted.")
+    refused: bool = doc("True when the server answered the SYN with RST (nothing listened).")
+    requests: list[str] = doc("`HttpRequest.id` of every request it carried, in order.")
+    last_response_at: float | None = doc("End of the last response on it; null if none.")
+    last_data_at: float | None = doc("Last segment with payload, either direction.")
+    first_fin_by: str | None = doc("`server` or `client`: who sent the first FIN; null if "
+                                   "no FIN was seen.")
+    first_fin_at: float | None = doc("When the first FIN was seen.")
+    second_fin_at: float | None = doc("When the other side's FIN was seen.")
+    rst_by: str | None = doc("`server` or `client`: who sent the first RST, if any.")
+    rst_at: float | None = doc("When the first RST was seen.")
+    closed_by: str = doc("Who ended it: `server`, `client` (first FIN), `server-reset`, "
+                         "`client-reset` (a RST before any FIN), `refused`, or `open` "
+                         "(still open when the capture ended).")
+    idle_before_close: float | None = doc("Seconds from the last payload (normally the last "
+                                          "response's end) to the first FIN or RST: the idle "
+                                          "time after which it was closed.")
+    advertised_timeout: float | None = doc("The last `Keep-Alive: timeout=` the server "
+                                           "advertised on it; null if none.")
+    probe: bool = doc("True when it carried no request (a readiness probe, a port scan).")
+    complete: bool = doc("False when the capture has a hole in it: no SYN seen, or a "
+                         "sequence gap never filled.")
+    gaps: int = doc("Sequence gaps (bytes the capture never saw) in either direction.")
+
+
+@dataclass
+class Capture:
+    """How the observer captured, and whether the capture can be trusted."""
+
+    pcap: str | None = doc("The pcap file, relative to the results folder.", None)
+    interface: str | None = doc("Interface captured on.", None)
+    filter: str | None = doc("BPF filter used.", None)
+    started_at: float | None = doc("When the capture socket was listening.", None)
+    stopped_at: float | None = doc("When the capture stopped.", None)
+    packets: int = doc("Packets written to the pcap.", 0)
+    duplicates_dropped: int = doc("Loopback's outgoing copies dropped (each packet is "
+                                  "seen twice on `lo`).", 0)
+    kernel_drops: int | None = doc("Packets the kernel dropped before the observer read "
+                                   "them (PACKET_STATISTICS); null when not known, as for "
+                                   "a pcap from elsewhere.", None)
+    problems: list[str] = doc("Why the capture cannot be trusted; empty when it can.",
+                              factory=list)
+
+
+@dataclass
+class ExpectationResult:
+    """One expectation from the scenario, checked against the wire."""
+
+    claim: str = doc("The sentence being checked (the scenario's `claim`).")
+    kind: str = doc("`connections`, `same_connection`, `new_connection`, `close`, `status`.")
+    line: int = doc("Line of the scenario file where it is stated.")
+    passed: bool = doc("True when the wire agrees.")
+    observed: str = doc("What the wire showed, in words.")
+
+
+@dataclass
+class EngineRun:
+    """One engine's turn: the server, the capture, the wire, the verdict."""
+
+    engine: str = doc("The scenario's name for this engine.")
+    kind: str = doc("`werkzeug`, `gunicorn`, or `unknown` for `kalab analyze`.")
+    description: str = doc("The engine and its settings in words.")
+    version: str | None = doc("The engine's version as the server role reported it.")
+    listen: str | None = doc("`address:port` the server listened on.")
+    options: dict[str, Any] = doc("The engine's settings from the scenario.")
+    capture: Capture = doc("How the wire was captured.")
+    connections: list[Connection] = doc("Every connection seen, probes included.")
+    requests: list[HttpRequest] = doc("Every request seen, in the order sent.")
+    client_errors: list[dict[str, Any]] = doc("Client records that never reached the wire "
+                                              "(e.g. connection refused).", factory=list)
+    expectations: list[ExpectationResult] = doc("Each expectation with its result.",
+                                                factory=list)
+    verdict: str = doc("`pass`, `fail`, `inconclusive` (the capture cannot be trusted), or "
+                       "`observed` (no expectations).", "observed")
+
+
+@dataclass
+class Report:
+    """The whole run."""
+
+    schema: str = doc(f"Always `{SCHEMA}`; bumped when a field changes meaning.")
+    scenario: str | None = doc("The scenario file, or null for `kalab analyze`.")
+    name: str = doc("The scenario's name.")
+    runtime: str = doc("`netns`, `local`, `compose`, or `analyze`.")
+    started_at: float = doc("When the run started.")
+    finished_at: float = doc("When the run finished.")
+    runs: list[EngineRun] = doc("One per engine, in the order run.")
+    verdict: str = doc("`pass` if every engine passed, `inconclusive` if any capture cannot "
+                       "be trusted, else `fail`; `observed` with no expectations.")
+    exit_code: int = doc("0 pass or observed, 1 fail, 3 inconclusive (2 is bad input, "
+                         "which never makes a report).")
+
+
+EXIT_CODES = {"pass": 0, "observed": 0, "fail": 1, "inconclusive": 3}
+
+
+def overall_verdict(verdicts: list[str]) -> str:
+    if "inconclusive" in verdicts:
+        return "inconclusive"
+    if "fail" in verdicts:
+        return "fail"
+    if "pass" in verdicts:
+        return "pass"
+    return "observed"
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(dataclasses.asdict(report), indent=2, sort_keys=False)
+
+
+def write(report: Report, folder: Path) -> Path:
+    path = folder / "report.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(to_json(report) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def from_dict(data: dict[str, Any]) -> Report:
+    """Rebuild a Report from its JSON form (for `kalab report` and tests)."""
+    runs = []
+    for run in data["runs"]:
+        run = dict(run)
+        run["capture"] = Capture(**run["capture"])
+        run["connections"] = [Connection(**c) for c in run["connections"]]
+        run["requests"] = [HttpRequest(**r) for r in run["requests"]]
+        run["expectations"] = [ExpectationResult(**e) for e in run["expectations"]]
+        runs.append(EngineRun(**run))
+    return Report(**{**data, "runs": runs})
