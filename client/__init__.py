@@ -1,0 +1,1 @@
+"""The client role: one requests.Session per scenario session."""

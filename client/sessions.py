@@ -1,0 +1,193 @@
+"""Drive `requests.Session`s through a scenario's steps, recording beliefs.
+
+The client's view is recorded, not trusted: the report sets it beside the
+wire. For each request: when it was planned and sent (both epoch seconds,
+steps timed from one monotonic clock), the local port of the socket urllib3
+used, the status and the response's `Connection`/`Keep-Alive` headers, the
+error if any, and urllib3's own log lines while it ran (``Starting new HTTP
+connection``, ``Resetting dropped connection``): its reuse decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import requests
+
+from kalab.scenario import Scenario, Session
+
+REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read
+
+
+@dataclass
+class RequestRecord:
+    """What the client believed about one request."""
+
+    ref: str  # the scenario's request reference
+    session: str
+    method: str
+    path: str
+    planned_at: float  # when the scenario said to send it
+    sent_at: float  # just before requests was called
+    finished_at: float  # when requests returned or raised
+    local_port: int | None = None  # the socket urllib3 used, when it could be seen
+    status: int | None = None
+    response_connection: str | None = None
+    response_keep_alive: str | None = None
+    error: str | None = None  # the exception requests raised, e.g. ConnectionError
+    error_cause: str | None = None  # the root cause, e.g. RemoteDisconnected
+    urllib3: list[str] = field(default_factory=list)  # urllib3's log lines during the request
+
+
+@dataclass
+class CloseRecord:
+    session: str
+    at: float
+    explicit: bool  # a `close` step, rather than the end of the session
+
+
+class _Urllib3Log(logging.Handler):
+    """Collects urllib3's connection-pool messages per thread (= per session)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: dict[int, list[str]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.setdefault(threading.get_ident(), []).append(record.getMessage())
+
+    def take(self) -> list[str]:
+        return self.lines.pop(threading.get_ident(), [])
+
+
+def _local_port(response: requests.Response) -> int | None:
+    raw = response.raw
+    conn = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    try:
+        return sock.getsockname()[1] if sock is not None else None
+    except OSError:
+        return None
+
+
+def _root_cause(exc: BaseException) -> str:
+    seen = set()
+    cause: BaseException | None = exc
+    last = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        last = cause
+        nested = [a for a in getattr(cause, "args", ()) if isinstance(a, BaseException)]
+        reason = getattr(cause, "reason", None)
+        cause = nested[0] if nested else reason if isinstance(reason, BaseException) \
+            else cause.__cause__ or cause.__context__
+    return f"{type(last).__name__}: {last}"
+
+
+class SessionRunner:
+    def __init__(self, scenario: Scenario, session: Session, base_url: str, t0: float,
+                 epoch0: float, log: _Urllib3Log) -> None:
+        self.scenario, self.session, self.base_url = scenario, session, base_url
+        self.t0, self.epoch0, self.log = t0, epoch0, log
+        self.records: list[RequestRecord] = []
+        self.closes: list[CloseRecord] = []
+
+    def epoch(self, mono: float) -> float:
+        return self.epoch0 + (mono - self.t0)
+
+    def run(self) -> None:
+        http = requests.Session()
+        ports: dict[int, int] = {}
+        last_done = self.t0
+        try:
+            for step in self.session.steps:
+                if step.kind == "sleep":
+                    target = last_done + step.seconds
+                    _sleep_until(target)
+                    last_done = target
+                elif step.kind == "at":
+                    target = self.t0 + step.seconds
+                    _sleep_until(target)
+                    last_done = max(last_done, target)
+                elif step.kind == "close":
+                    http.close()
+                    self.closes.append(CloseRecord(self.session.name, time.time(), True))
+                else:
+                    planned = last_done
+                    self.records.append(self._send(http, step.request, planned, ports))
+                    last_done = time.monotonic()
+        finally:
+            http.close()
+            self.closes.append(CloseRecord(self.session.name, time.time(), False))
+
+    def _send(self, http: requests.Session, request: Any, planned: float,
+              ports: dict[int, int]) -> RequestRecord:
+        seen_port: list[int | None] = [None]
+
+        def remember_port(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+            seen_port[0] = _local_port(response)  # before the body is read and the socket pooled
+
+        self.log.take()
+        sent = time.time()
+        record = RequestRecord(request.ref, self.session.name, request.method, request.path,
+                               planned_at=self.epoch(planned), sent_at=sent, finished_at=sent)
+        try:
+            response = http.request(request.method, self.base_url + request.path,
+                                    headers=request.headers or None, data=request.body,
+                                    timeout=REQUEST_TIMEOUT, allow_redirects=False,
+                                    hooks={"response": remember_port})
+            record.status = response.status_code
+            record.response_connection = response.headers.get("Connection")
+            record.response_keep_alive = response.headers.get("Keep-Alive")
+        except requests.RequestException as exc:
+            record.error = f"{type(exc).__name__}: {exc}"
+            record.error_cause = _root_cause(exc)
+        record.finished_at = time.time()
+        record.local_port = seen_port[0]
+        record.urllib3 = self.log.take()
+        return record
+
+
+def _sleep_until(target: float) -> None:
+    while True:
+        left = target - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.5) if left > 0.002 else 0)
+
+
+def run_sessions(scenario: Scenario, base_url: str) -> dict[str, Any]:
+    """Run every session at once from one start; the records, as JSON-ready data."""
+    log = _Urllib3Log()
+    pool_logger = logging.getLogger("urllib3.connectionpool")
+    pool_logger.addHandler(log)
+    pool_logger.setLevel(logging.DEBUG)
+    t0, epoch0 = time.monotonic(), time.time()
+    runners = [SessionRunner(scenario, s, base_url, t0, epoch0, log) for s in scenario.sessions]
+    threads = [threading.Thread(target=r.run, name=f"session-{r.session.name}")
+               for r in runners]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        pool_logger.removeHandler(log)
+    records = sorted((rec for r in runners for rec in r.records), key=lambda rec: rec.sent_at)
+    return {
+        "started_at": epoch0,
+        "base_url": base_url,
+        "requests": [asdict(rec) for rec in records],
+        "closes": [asdict(c) for r in runners for c in r.closes],
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    import urllib3
+
+    return {"requests": requests.__version__, "urllib3": urllib3.__version__}

@@ -1,0 +1,1 @@
+"""The observer role: captures the lab's TCP port with scapy and keeps the proof."""

@@ -1,0 +1,113 @@
+"""Loss-free capture of one TCP port with a scapy socket.
+
+scapy opens the AF_PACKET socket and compiles the BPF filter (through
+libpcap); the loop then only reads raw frames into the pcap. Dissecting
+while capturing loses packets (the facts file: 329 of 2,000 SYNs kept with
+``sniff(prn=...)``); reading raw with a 64 MiB receive buffer kept every one.
+The kernel's own drop counter (PACKET_STATISTICS) is read and reported, so
+a capture that lost packets says so.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kalab.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapWriter
+
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+SO_RCVBUFFORCE = 33
+RECEIVE_BUFFER = 64 * 1024 * 1024
+ARPHRD_ETHER, ARPHRD_LOOPBACK, ARPHRD_NONE = 1, 772, 65534
+_FRAME_MAX = 65535
+
+
+@dataclass
+class CaptureStats:
+    interface: str
+    filter: str
+    pcap: str
+    linktype: int = LINKTYPE_ETHERNET
+    started_at: float = 0.0
+    stopped_at: float = 0.0
+    packets: int = 0
+    duplicates_dropped: int = 0
+    kernel_drops: int = 0
+    kernel_packets: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Capture:
+    """An open capture: `poll` moves frames to the pcap, `close` accounts for them."""
+
+    def __init__(self, interface: str, port: int, pcap: Path) -> None:
+        # scapy is slow to import: only here, not on every `kalab` start.
+        from scapy.arch.linux import L2ListenSocket, get_last_packet_timestamp
+
+        self.filter = f"tcp port {port}"
+        self.sock = L2ListenSocket(iface=interface, filter=self.filter)
+        self._kernel_time = get_last_packet_timestamp
+        raw = self.sock.ins
+        try:
+            raw.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+        except OSError:  # without CAP_NET_ADMIN: the largest the sysctl allows
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        hatype = raw.getsockname()[3]
+        if hatype not in (ARPHRD_ETHER, ARPHRD_LOOPBACK, ARPHRD_NONE):
+            self.sock.close()
+            raise RuntimeError(f"{interface}: link type {hatype} is not supported")
+        # On loopback every packet passes twice, once outgoing and once incoming.
+        self.loopback = hatype == ARPHRD_LOOPBACK
+        linktype = LINKTYPE_RAW if hatype == ARPHRD_NONE else LINKTYPE_ETHERNET
+        self.writer = PcapWriter(pcap, linktype)
+        self.stats = CaptureStats(interface, self.filter, pcap.name, linktype,
+                                  started_at=time.time())
+        self._read_kernel_stats()  # start the kernel's counters from zero
+
+    def _read_kernel_stats(self) -> tuple[int, int]:
+        raw = self.sock.ins.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        packets, drops = struct.unpack("II", raw)
+        return packets, drops
+
+    def poll(self, timeout: float) -> int:
+        """Move every waiting frame to the pcap; wait up to ``timeout`` for the first."""
+        raw = self.sock.ins
+        ready, _, _ = select.select([raw], [], [], timeout)
+        moved = 0
+        while ready:
+            frame, sa_ll, ts = self.sock._recv_raw(raw, _FRAME_MAX)
+            if frame:
+                if self.loopback and sa_ll[2] == socket.PACKET_OUTGOING:
+                    self.stats.duplicates_dropped += 1
+                else:
+                    if ts is None:
+                        ts = self._kernel_time(raw)
+                    self.writer.write(ts, frame)
+                    moved += 1
+            ready, _, _ = select.select([raw], [], [], 0)
+        if moved:
+            self.writer.flush()
+        return moved
+
+    def close(self) -> CaptureStats:
+        self.poll(0)
+        packets, drops = self._read_kernel_stats()
+        self.stats.kernel_packets += packets
+        self.stats.kernel_drops += drops
+        self.stats.stopped_at = time.time()
+        self.stats.packets = self.writer.count
+        self.writer.close()
+        self.sock.close()
+        if self.stats.kernel_drops:
+            self.stats.problems.append(
+                f"the kernel dropped {self.stats.kernel_drops} packet(s) before the observer "
+                "read them")
+        return self.stats

@@ -1,0 +1,1 @@
+"""The server role: the tutorial's app under a chosen engine."""

@@ -1,0 +1,26 @@
+"""Werkzeug's development server, started exactly as `app.run()` starts it.
+
+Run as ``python -m server.werkzeug_engine APP HOST PORT threaded|unthreaded``.
+The debugger and the reloader are off whatever the environment says:
+the debugger would run arbitrary code for anyone who reaches the port.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from kalab.apps import load_app
+
+
+def main(argv: list[str]) -> None:
+    app_ref, host, port, threading = argv
+    for var in ("FLASK_DEBUG", "FLASK_RUN_FROM_CLI", "WERKZEUG_RUN_MAIN"):
+        os.environ.pop(var, None)
+    app = load_app(app_ref)
+    app.run(host=host, port=int(port), debug=False, use_reloader=False,
+            use_debugger=False, threaded=threading == "threaded")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
