@@ -1,0 +1,181 @@
+"""The `kalab` command: run a scenario, analyse a pcap, clean up after a crash.
+
+Exit codes (the same for every command):
+  0  every expectation held (or there were none)
+  1  an expectation failed: the wire refuted a claim
+  2  bad input (scenario, pcap or arguments); nothing was started
+  3  inconclusive: the capture lost packets or started late
+  4  the lab itself could not run (missing tool, no root, a role crashed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from kalab import report as report_mod
+from kalab.scenario import ScenarioError, load
+
+EXIT_BAD_INPUT, EXIT_LAB_ERROR = 2, 4
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kalab", description="See how HTTP keep-alive really behaves, from the wire.",
+        epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a scenario: server, client and observer",
+                         description="Run every engine of a scenario in turn, capture the "
+                         "wire, and check the scenario's expectations against it.")
+    run.add_argument("scenario", type=Path, help="scenario file, e.g. lab.yaml")
+    run.add_argument("--runtime", choices=("netns", "local"), default="netns",
+                     help="netns: server and client in network namespaces joined by a veth "
+                     "(default); local: everything on this host's loopback")
+    run.add_argument("--results", type=Path, default=None,
+                     help="folder for the report and pcaps (default results/NAME-TIME)")
+    run.add_argument("--json", action="store_true", help="print the JSON report, not the summary")
+
+    analyze = sub.add_parser("analyze", help="report on any pcap: connections, requests, closes",
+                             description="Analyse a capture file (pcap or pcapng) as the lab "
+                             "does its own.")
+    analyze.add_argument("pcap", type=Path)
+    analyze.add_argument("--port", type=int, action="append",
+                         help="server port to follow (repeatable; default: every port that "
+                         "answered a SYN)")
+    analyze.add_argument("--json", action="store_true", help="print the JSON report")
+
+    check = sub.add_parser("check", help="validate a scenario file and say what it will run")
+    check.add_argument("scenario", type=Path)
+
+    clean = sub.add_parser("clean", help="remove namespaces and processes crashed runs left")
+    clean.add_argument("--all", action="store_true",
+                       help="also those of runs still going (stops them)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": cmd_run, "analyze": cmd_analyze, "check": cmd_check,
+               "clean": cmd_clean}[args.command]
+    return handler(args)
+
+
+def _error(message: str, code: int) -> int:
+    print(f"kalab: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        scenario = load(args.scenario)
+    except ScenarioError as exc:
+        return _error(str(exc), EXIT_BAD_INPUT)
+    print(f"{args.scenario}: ok: {len(scenario.engines)} engine(s) "
+          f"({', '.join(e.name for e in scenario.engines)}), {len(scenario.requests)} "
+          f"request(s) in {len(scenario.sessions)} session(s), "
+          f"{sum(len(e.expect) for e in scenario.engines)} expectation(s)")
+    return 0
+
+
+def _missing_tools(runtime: str) -> list[str]:
+    needed = ["ip"] if runtime == "netns" else []
+    return [tool for tool in needed if shutil.which(tool) is None]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        scenario = load(args.scenario)
+    except ScenarioError as exc:
+        return _error(str(exc), EXIT_BAD_INPUT)
+    if os.geteuid() != 0:
+        return _error("the lab needs root: namespaces and packet capture (try sudo)",
+                      EXIT_LAB_ERROR)
+    missing = _missing_tools(args.runtime)
+    if missing:
+        return _error(f"missing tools: {', '.join(missing)} (apt-get install iproute2)",
+                      EXIT_LAB_ERROR)
+    from kalab import lab, summary
+
+    results = args.results or Path("results") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    console = Console(stderr=args.json)
+    say = (lambda text: console.print(f"[dim]kalab: {text}[/]")) if console.is_terminal \
+        else (lambda text: None)
+    try:
+        report = lab.run(scenario, args.runtime, results, say)
+    except lab.LabError as exc:
+        return _error(str(exc), EXIT_LAB_ERROR)
+    except KeyboardInterrupt:
+        print("kalab: interrupted; everything the run started has been stopped",
+              file=sys.stderr)
+        return 130
+    report_mod.write(report, results)
+    _link_latest(results)
+    if args.json:
+        print(report_mod.to_json(report))
+    else:
+        summary.render(report, console)
+        console.print(f"report: {results / 'report.json'}; pcaps: "
+                      f"{', '.join(str(results / r.capture.pcap) for r in report.runs)}")
+    return report.exit_code
+
+
+def _link_latest(results: Path) -> None:
+    latest = results.parent / "latest"
+    try:
+        if latest.is_symlink():
+            latest.unlink()
+        if not latest.exists():
+            latest.symlink_to(results.name)
+    except OSError:
+        pass
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from kalab import evidence, summary
+    from kalab.pcap import PcapError
+
+    if not args.pcap.is_file():
+        return _error(f"{args.pcap}: no such file", EXIT_BAD_INPUT)
+    started = time.time()
+    try:
+        connections, requests, ports = evidence.analyze_pcap(
+            args.pcap, set(args.port) if args.port else None)
+    except PcapError as exc:
+        return _error(str(exc), EXIT_BAD_INPUT)
+    problems = evidence.wire_problems(connections)
+    capture = report_mod.Capture(pcap=str(args.pcap), problems=problems)
+    verdict = evidence.verdict_of([], problems)
+    run = report_mod.EngineRun(
+        engine="capture", kind="unknown", description=f"{args.pcap.name}, server port(s) "
+        f"{', '.join(map(str, sorted(ports))) or 'none seen'}", version=None, listen=None,
+        options={"ports": sorted(ports)}, capture=capture, connections=connections,
+        requests=requests, verdict=verdict)
+    report = report_mod.Report(
+        schema=report_mod.SCHEMA, scenario=None, name=args.pcap.stem, runtime="analyze",
+        started_at=started, finished_at=time.time(), runs=[run], verdict=verdict,
+        exit_code=report_mod.EXIT_CODES[verdict])
+    if args.json:
+        print(report_mod.to_json(report))
+    else:
+        summary.render(report)
+    return report.exit_code
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from kalab.runtime.clean import clean
+
+    removed = clean(everything=args.all)
+    print("\n".join(f"removed {item}" for item in removed) or "nothing to clean")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

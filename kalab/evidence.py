@@ -1,0 +1,193 @@
+"""From a run folder (pcap, capture accounting, server and client records) to an `EngineRun`.
+
+Every runtime ends here, and so does `kalab analyze`: the same analysis,
+the same join of the client's beliefs with the wire, the same expectation
+checks, so a netns run, a compose run and a pcap from elsewhere give the
+same report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kalab import handoff
+from kalab.analyzer import Analyzer
+from kalab.pcap import read_segments
+from kalab.report import Capture, Connection, EngineRun, ExpectationResult, HttpRequest
+from kalab.scenario import Engine, Expectation, Scenario
+
+# How far a request's first byte on the wire may stand from the client's clock
+# readings around the call (same host clock; covers scheduling delays).
+JOIN_SLACK = 0.25
+
+
+def analyze_pcap(path: Path, ports: set[int] | None = None
+                 ) -> tuple[list[Connection], list[HttpRequest], set[int]]:
+    analyzer = Analyzer(ports)
+    for seg in read_segments(path):
+        analyzer.feed(seg)
+    connections, requests = analyzer.finish()
+    return connections, requests, ports or analyzer.server_ports()
+
+
+def wire_problems(connections: list[Connection]) -> list[str]:
+    problems = []
+    late = [c.id for c in connections if c.syn_at is None]
+    if late:
+        problems.append(f"no SYN seen for connection(s) {_ids(late)}: the capture started late "
+                        "or lost packets")
+    holes = [c.id for c in connections if c.gaps]
+    if holes:
+        problems.append(f"bytes missing from connection(s) {_ids(holes)}: the capture lost "
+                        "packets")
+    return problems
+
+
+def _ids(values: list[Any]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def join_client(requests: list[HttpRequest], connections: list[Connection],
+                client_records: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
+    """Name wire requests after the scenario's requests, using the client's records.
+
+    Returns the client records that never reached the wire (errors before
+    sending) and problems (a response the client got that the wire lacks).
+    """
+    by_conn = {c.id: c for c in connections}
+    unmatched = list(requests)
+    missing: list[dict] = []
+    problems: list[str] = []
+    for record in sorted(client_records, key=lambda r: r["sent_at"]):
+        window = [r for r in unmatched
+                  if record["sent_at"] - JOIN_SLACK <= r.sent_at <= record["finished_at"]
+                  + JOIN_SLACK]
+        port = record.get("local_port")
+        same_port = [r for r in window
+                     if port and by_conn[r.connection].client.rsplit(":", 1)[1] == str(port)]
+        chosen = (same_port or window or [None])[0]
+        if chosen is None:
+            if record.get("status") is not None:
+                problems.append(f"the client got a response to request {record['ref']} but the "
+                                "capture has no such request")
+            missing.append(record)
+            continue
+        unmatched.remove(chosen)
+        chosen.id = record["ref"]
+        chosen.client = record
+    for connection in connections:
+        connection.requests = [r.id for r in requests if r.connection == connection.id]
+    return missing, problems
+
+
+def check(expectation: Expectation, requests: list[HttpRequest],
+          connections: list[Connection]) -> ExpectationResult:
+    """One expectation against the wire."""
+    by_id = {r.id: r for r in requests}
+    by_conn = {c.id: c for c in connections}
+
+    def result(passed: bool, observed: str) -> ExpectationResult:
+        return ExpectationResult(expectation.claim, expectation.kind, expectation.line,
+                                 passed, observed)
+
+    scenario_requests = [r for r in requests if r.client is not None]
+    absent = [ref for ref in expectation.requests if ref != "each" and ref not in by_id]
+    if absent:
+        return result(False, f"request(s) {_ids(absent)} never reached the wire")
+    kind = expectation.kind
+    if kind == "connections":
+        used = sorted({r.connection for r in scenario_requests})
+        return result(len(used) == expectation.count,
+                      f"{len(used)} connection(s): " + "; ".join(
+                          f"#{c} carried {_ids(by_conn[c].requests)}" for c in used))
+    if kind == "same_connection":
+        conns = [by_id[ref].connection for ref in expectation.requests]
+        placed = ", ".join(f"{ref} on #{c}" for ref, c in zip(expectation.requests, conns,
+                                                              strict=True))
+        return result(len(set(conns)) == 1, placed)
+    if kind == "new_connection":
+        depths = [(ref, by_id[ref]) for ref in expectation.requests]
+        placed = ", ".join(f"{ref} on #{r.connection} at depth {r.depth}" for ref, r in depths)
+        return result(all(r.depth == 1 for _, r in depths), placed)
+    if kind == "status":
+        wrong = [r for r in scenario_requests if r.status != expectation.status]
+        if not scenario_requests:
+            return result(False, "no request reached the wire")
+        return result(not wrong, "all as expected" if not wrong else "; ".join(
+            f"{r.id}: {r.status if r.status is not None else 'no response'}" for r in wrong))
+    # close
+    if expectation.requests == ("each",):
+        targets = sorted({r.connection for r in scenario_requests})
+    else:
+        targets = [by_id[expectation.requests[0]].connection]
+    if not targets:
+        return result(False, "no connection carried a request")
+    verdicts, words = [], []
+    for cid in targets:
+        ok, text = _close_matches(by_conn[cid], expectation)
+        verdicts.append(ok)
+        words.append(text)
+    return result(all(verdicts), "; ".join(words))
+
+
+def _close_matches(conn: Connection, exp: Expectation) -> tuple[bool, str]:
+    if conn.closed_by in ("open", "refused"):
+        return False, f"#{conn.id} was {'never closed' if conn.closed_by == 'open' else 'refused'}"
+    closer = conn.closed_by.removesuffix("-reset")
+    how = "reset" if conn.closed_by.endswith("-reset") else "closed (first FIN)"
+    idle = conn.idle_before_close
+    text = f"#{conn.id} {how} by the {closer}"
+    if idle is not None:
+        text += f" {idle:.3f} s after its last response"
+    ok = exp.by == "either" or closer == exp.by
+    if exp.idle is not None:
+        ok = ok and idle is not None and abs(idle - exp.idle) <= exp.tolerance
+    if exp.within is not None:
+        ok = ok and idle is not None and idle <= exp.within
+    return ok, text
+
+
+def verdict_of(expectations: list[ExpectationResult], problems: list[str]) -> str:
+    if problems:
+        return "inconclusive"
+    if not expectations:
+        return "observed"
+    return "pass" if all(e.passed for e in expectations) else "fail"
+
+
+def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str) -> EngineRun:
+    """Build one engine's record from what its roles left in ``run_dir``."""
+    stats = handoff.read_json(run_dir / handoff.CAPTURE_STATS)
+    server = handoff.read_json(run_dir / handoff.SERVER_READY) \
+        if (run_dir / handoff.SERVER_READY).exists() else {}
+    client = handoff.read_json(run_dir / handoff.CLIENT_RECORDS) \
+        if (run_dir / handoff.CLIENT_RECORDS).exists() else {"requests": []}
+    connections, requests, _ = analyze_pcap(run_dir / handoff.CAPTURE_PCAP, {scenario.port})
+    problems = list(stats.get("problems", [])) + wire_problems(connections)
+    if not client.get("requests") and scenario.requests:
+        problems.append("the client role left no records")
+    missing, join_problems = join_client(requests, connections, client.get("requests", []))
+    problems += join_problems
+    capture = Capture(pcap=pcap_name, interface=stats["interface"], filter=stats["filter"],
+                      started_at=stats["started_at"], stopped_at=stats["stopped_at"],
+                      packets=stats["packets"], duplicates_dropped=stats["duplicates_dropped"],
+                      kernel_drops=stats["kernel_drops"], problems=problems)
+    first_request = min((r["sent_at"] for r in client.get("requests", [])), default=None)
+    if first_request is not None and capture.started_at > first_request:
+        problems.append("the capture started after the first request was sent")
+    results = [check(e, requests, connections) for e in engine.expect]
+    return EngineRun(
+        engine=engine.name, kind=engine.kind, description=engine.describe(),
+        version=server.get("version"), listen=server.get("listen"),
+        options=_options(engine), capture=capture, connections=connections,
+        requests=requests, client_errors=missing, expectations=results,
+        verdict=verdict_of(results, problems))
+
+
+def _options(engine: Engine) -> dict[str, Any]:
+    if engine.kind == "werkzeug":
+        return {"threaded": engine.threaded}
+    if engine.worker == "gthread":
+        return {"worker": "gthread", "keep_alive": engine.keep_alive, "threads": engine.threads}
+    return {"worker": engine.worker}

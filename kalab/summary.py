@@ -1,0 +1,105 @@
+"""The terminal summary a student reads: made from the report record alone."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kalab.report import Connection, EngineRun, Report
+
+
+def _t(value: float | None, zero: float) -> str:
+    return "-" if value is None else f"{value - zero:7.3f}"
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def _zero(run: EngineRun) -> float:
+    times = [c.syn_at or c.established_at for c in run.connections if not c.probe]
+    times += [r.sent_at for r in run.requests]
+    times = [t for t in times if t is not None]
+    return min(times) if times else (run.capture.started_at or 0.0)
+
+
+def connection_story(conn: Connection) -> str:
+    """One line: who closed it, after how long idle, against what was advertised."""
+    what = f"connection #{conn.id} ({conn.client})"
+    if conn.probe and conn.closed_by != "refused":
+        what += " carried no request (a readiness probe?)"
+    elif conn.requests:
+        what += f" carried {', '.join(conn.requests)}"
+    if conn.closed_by == "refused":
+        return f"{what}: refused (RST to the SYN: nothing listened yet)"
+    if conn.closed_by == "open":
+        closed = "was still open when the capture ended"
+    else:
+        who = conn.closed_by.removesuffix("-reset")
+        how = "reset" if conn.closed_by.endswith("-reset") else "closed"
+        closed = f"the {who} {how} it"
+        if conn.idle_before_close is not None:
+            closed += f" {conn.idle_before_close:.3f} s after the last data"
+    if conn.advertised_timeout is not None:
+        advertised = f"the server advertised Keep-Alive: timeout={conn.advertised_timeout:g}"
+    else:
+        advertised = "the server advertised no Keep-Alive timeout"
+    return f"{what}: {closed}; {advertised}"
+
+
+def render(report: Report, console: Console | None = None) -> None:
+    console = console or Console()
+    for run in report.runs:
+        zero = _zero(run)
+        console.rule(f"[bold]{run.engine}[/]: {run.description}")
+        cap = run.capture
+        drops = "unknown" if cap.kernel_drops is None else str(cap.kernel_drops)
+        console.print(f"server {run.version or '?'} on {run.listen or '?'}; "
+                      f"captured {cap.packets} packets on {cap.interface or '?'} "
+                      f"(kernel drops: {drops}); times in seconds from the first SYN")
+        requests = Table(title="Requests -> connections", title_justify="left")
+        for col in ("req", "sent", "request", "conn", "depth", "status",
+                    "response Connection", "Keep-Alive", "client saw"):
+            requests.add_column(col)
+        for r in run.requests:
+            client = r.client or {}
+            saw = client.get("error_cause") or client.get("error") or (
+                f"port {client['local_port']}" if client.get("local_port") else "")
+            if any("Resetting dropped connection" in line for line in client.get("urllib3", [])):
+                saw = f"{saw}; urllib3 replaced a dropped connection".lstrip("; ")
+            requests.add_row(r.id, _t(r.sent_at, zero), f"{r.method} {r.target}",
+                             f"#{r.connection}", f"{r.depth}{' (reused)' if r.reused else ''}",
+                             str(r.status or "-"), r.response_connection or "-",
+                             r.response_keep_alive or "-", saw)
+        console.print(requests)
+        conns = Table(title="Connections -> who closed", title_justify="left")
+        for col in ("conn", "client", "SYN", "requests", "first FIN by", "at",
+                    "idle before close", "advertised timeout"):
+            conns.add_column(col)
+        for c in run.connections:
+            label = "probe" if c.probe and not c.refused else ", ".join(c.requests) or "-"
+            closer = c.closed_by
+            conns.add_row(f"#{c.id}", c.client, _t(c.syn_at, zero), label, closer,
+                          _t(c.first_fin_at or c.rst_at, zero), _secs(c.idle_before_close),
+                          "-" if c.advertised_timeout is None else f"{c.advertised_timeout:g} s")
+        console.print(conns)
+        for c in run.connections:
+            if not c.probe:
+                console.print(f"  {connection_story(c)}")
+        for error in run.client_errors:
+            console.print(f"  [yellow]request {error['ref']} never reached the wire: "
+                          f"{error.get('error_cause') or error.get('error')}[/]")
+        for problem in cap.problems:
+            console.print(f"  [bold yellow]capture problem:[/] {problem}")
+        for e in run.expectations:
+            mark = Text("PASS", style="bold green") if e.passed else \
+                Text("FAIL", style="bold red")
+            console.print(mark, Text(f" {e.claim}"))
+            console.print(Text(f"       wire: {e.observed}", style="dim" if e.passed else ""))
+            if not e.passed:
+                console.print(Text(f"       refuted claim (line {e.line}): {e.claim}",
+                                   style="red"))
+        console.print(f"verdict for {run.engine}: [bold]{run.verdict}[/]")
+    style = {"pass": "green", "fail": "red", "inconclusive": "yellow"}.get(report.verdict, "")
+    console.rule(f"[bold {style}]{report.verdict.upper()}[/] (exit {report.exit_code})")
