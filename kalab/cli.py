@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
-
 from kalab import report as report_mod
 from kalab.scenario import ScenarioError, load
 
@@ -104,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kalab import lab, summary
 
     results = args.results or Path("results") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    console = Console(stderr=args.json)
+    console = summary.make_console(stderr=args.json)
     say = (lambda text: console.print(f"[dim]kalab: {text}[/]")) if console.is_terminal \
         else (lambda text: None)
     try:

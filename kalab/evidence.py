@@ -135,9 +135,9 @@ def _close_matches(conn: Connection, exp: Expectation) -> tuple[bool, str]:
     if conn.closed_by in ("open", "refused"):
         return False, f"#{conn.id} was {'never closed' if conn.closed_by == 'open' else 'refused'}"
     closer = conn.closed_by.removesuffix("-reset")
-    how = "reset" if conn.closed_by.endswith("-reset") else "closed (first FIN)"
+    how = "RST" if conn.closed_by.endswith("-reset") else "FIN"
     idle = conn.idle_before_close
-    text = f"#{conn.id} {how} by the {closer}"
+    text = f"#{conn.id}: first {how} from the {closer}"
     if idle is not None:
         text += f" {idle:.3f} s after its last response"
     ok = exp.by == "either" or closer == exp.by

@@ -26,30 +26,33 @@ def _zero(run: EngineRun) -> float:
 
 def connection_story(conn: Connection) -> str:
     """One line: who closed it, after how long idle, against what was advertised."""
-    what = f"connection #{conn.id} ({conn.client})"
-    if conn.probe and conn.closed_by != "refused":
-        what += " carried no request (a readiness probe?)"
-    elif conn.requests:
-        what += f" carried {', '.join(conn.requests)}"
+    what = f"#{conn.id} ({conn.client})"
     if conn.closed_by == "refused":
         return f"{what}: refused (RST to the SYN: nothing listened yet)"
+    what += f" carried {', '.join(conn.requests)}" if conn.requests else " carried no request"
     if conn.closed_by == "open":
-        closed = "was still open when the capture ended"
+        closed = "still open when the capture ended"
     else:
         who = conn.closed_by.removesuffix("-reset")
         how = "reset" if conn.closed_by.endswith("-reset") else "closed"
-        closed = f"the {who} {how} it"
+        closed = f"{how} by the {who}"
         if conn.idle_before_close is not None:
             closed += f" {conn.idle_before_close:.3f} s after the last data"
-    if conn.advertised_timeout is not None:
-        advertised = f"the server advertised Keep-Alive: timeout={conn.advertised_timeout:g}"
-    else:
-        advertised = "the server advertised no Keep-Alive timeout"
-    return f"{what}: {closed}; {advertised}"
+    advertised = "no Keep-Alive timeout" if conn.advertised_timeout is None else \
+        f"Keep-Alive: timeout={conn.advertised_timeout:g}"
+    return f"{what}: {closed} (advertised: {advertised})"
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console for the summary: piped output gets room for the tables, no colour codes."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=120)
+    return console
 
 
 def render(report: Report, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     for run in report.runs:
         zero = _zero(run)
         console.rule(f"[bold]{run.engine}[/]: {run.description}")
@@ -57,7 +60,8 @@ def render(report: Report, console: Console | None = None) -> None:
         drops = "unknown" if cap.kernel_drops is None else str(cap.kernel_drops)
         console.print(f"server {run.version or '?'} on {run.listen or '?'}; "
                       f"captured {cap.packets} packets on {cap.interface or '?'} "
-                      f"(kernel drops: {drops}); times in seconds from the first SYN")
+                      f"(kernel drops: {drops}); times in seconds from the first SYN",
+                      soft_wrap=True)
         requests = Table(title="Requests -> connections", title_justify="left")
         for col in ("req", "sent", "request", "conn", "depth", "status",
                     "response Connection", "Keep-Alive", "client saw"):
@@ -86,7 +90,7 @@ def render(report: Report, console: Console | None = None) -> None:
         console.print(conns)
         for c in run.connections:
             if not c.probe:
-                console.print(f"  {connection_story(c)}")
+                console.print(f"  {connection_story(c)}", soft_wrap=True)
         for error in run.client_errors:
             console.print(f"  [yellow]request {error['ref']} never reached the wire: "
                           f"{error.get('error_cause') or error.get('error')}[/]")
@@ -96,10 +100,14 @@ def render(report: Report, console: Console | None = None) -> None:
             mark = Text("PASS", style="bold green") if e.passed else \
                 Text("FAIL", style="bold red")
             console.print(mark, Text(f" {e.claim}"))
-            console.print(Text(f"       wire: {e.observed}", style="dim" if e.passed else ""))
-            if not e.passed:
-                console.print(Text(f"       refuted claim (line {e.line}): {e.claim}",
-                                   style="red"))
+            console.print(Text(f"       wire: {e.observed}", style="dim" if e.passed else ""),
+                          soft_wrap=True)
         console.print(f"verdict for {run.engine}: [bold]{run.verdict}[/]")
+    refuted = [(run.engine, e) for run in report.runs for e in run.expectations if not e.passed]
+    if refuted:
+        console.print("[bold red]The wire refuted:[/]")
+        for engine, e in refuted:
+            where = f"{report.scenario}:{e.line}" if report.scenario else f"line {e.line}"
+            console.print(f"  [red]{engine}: {e.claim}[/] ({where})", soft_wrap=True)
     style = {"pass": "green", "fail": "red", "inconclusive": "yellow"}.get(report.verdict, "")
     console.rule(f"[bold {style}]{report.verdict.upper()}[/] (exit {report.exit_code})")
