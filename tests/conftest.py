@@ -1,0 +1,87 @@
+"""Shared fixtures: real runs of the lab, and a check that nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KALAB = [sys.executable, "-m", "kalab.cli"]
+
+
+def lab_namespaces() -> list[str]:
+    if shutil.which("ip") is None:
+        return []
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith("kalab-")]
+
+
+def role_processes() -> list[str]:
+    out = subprocess.run(["pgrep", "-af", "--", "-m (server|client|observer) "],
+                         capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def can_run_lab() -> str | None:
+    """Why the real lab cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (namespaces, packet capture)"
+    if shutil.which("ip") is None:
+        return "needs iproute2"
+    return None
+
+
+requires_lab = pytest.mark.skipif(can_run_lab() is not None, reason=str(can_run_lab()))
+
+
+def run_kalab(*args: str, cwd: Path | None = None, timeout: float = 300,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "COLUMNS": "120", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([*KALAB, *args], cwd=cwd or ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=environment)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind():
+    """After the suite: no lab namespace and no role process may remain."""
+    before, before_processes = set(lab_namespaces()), set(role_processes())
+    yield
+    left = [ns for ns in lab_namespaces() if ns not in before]
+    processes = [p for p in role_processes() if p not in before_processes]
+    if left or processes:
+        # Only what no live run owns: another lab run on this machine is not ours to stop.
+        subprocess.run([*KALAB, "clean"], cwd=ROOT, capture_output=True)
+        pytest.fail(f"the tests left behind namespaces {left} and processes {processes}")
+
+
+@pytest.fixture(scope="session")
+def lab_workdir(tmp_path_factory) -> Path:
+    """A folder that looks like the checkout (scenarios linked) for runs to write into."""
+    work = tmp_path_factory.mktemp("lab")
+    for name in ("lab.yaml", "scenarios"):
+        (work / name).symlink_to(ROOT / name)
+    return work
+
+
+@pytest.fixture(scope="session")
+def walkthrough_results(lab_workdir):
+    """Run the README walkthrough once, in order, in a scratch copy of the checkout."""
+    from walkthrough import commands
+
+    results = []
+    for command in commands(ROOT / "README.md"):
+        results.append((command, run_kalab(*command.argv, cwd=lab_workdir)))
+    return results
+
+
+@pytest.fixture(scope="session")
+def lab_yaml_run(walkthrough_results, lab_workdir) -> Path:
+    """The results folder of the walkthrough's `./lab run lab.yaml`."""
+    folders = sorted((lab_workdir / "results").glob("tutorial-truth-*/report.json"))
+    assert folders, "the walkthrough did not run lab.yaml"
+    return folders[-1].parent
