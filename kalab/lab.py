@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +35,8 @@ class LabError(Exception):
     """A run that could not be carried out (not a verdict about the wire)."""
 
 
-class _Terminated(Exception):
-    pass
+class _Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so that every cleanup on the way out runs."""
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -110,7 +111,7 @@ def _run_engine(lab, scenario: Scenario, engine: Engine, results: Path,
         processes.append(client)
         try:
             code = client.wait(planned_duration(scenario) + 30)
-        except Exception as exc:  # subprocess.TimeoutExpired
+        except subprocess.TimeoutExpired as exc:
             raise LabError(f"{engine.name}: the client did not finish: {exc}") from None
         if code != 0:
             raise LabError(f"{engine.name}: the client role failed (exit {code}):\n"
