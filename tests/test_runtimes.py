@@ -1,0 +1,115 @@
+"""Real runs on both runtimes, every engine, and cleanup when a run is cut short."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import tshark_referee
+from conftest import KALAB, ROOT, lab_namespaces, requires_lab, role_processes, run_kalab
+
+pytestmark = [requires_lab, pytest.mark.slow]
+ENGINES = ROOT / "scenarios" / "engines.yaml"
+
+
+def by_id(items):
+    return {item["id"]: item for item in items}
+
+
+@pytest.fixture(scope="module", params=["netns", "local"])
+def engines_run(request, tmp_path_factory):
+    results = tmp_path_factory.mktemp(f"engines-{request.param}")
+    done = run_kalab("run", str(ENGINES), "--runtime", request.param, "--results", str(results))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return request.param, results, json.loads((results / "report.json").read_text())
+
+
+def test_every_engine_behaves_as_measured(engines_run):
+    runtime, _, report = engines_run
+    runs = {r["engine"]: r for r in report["runs"]}
+    unthreaded = by_id(runs["werkzeug-unthreaded"]["requests"])
+    assert {r["response_version"] for r in unthreaded.values()} == {"HTTP/1.0"}
+    sync = runs["gunicorn-sync"]
+    assert all(r["response_connection"] == "close" for r in sync["requests"])
+    assert runs["gunicorn-sync"]["version"].startswith("gunicorn ")
+    gthread = by_id(runs["gthread-default"]["requests"])
+    assert gthread["1"]["connection"] == gthread["2"]["connection"]
+    assert gthread["2"]["reused"] is True
+    # gunicorn drops the app's Keep-Alive header: nothing is advertised.
+    assert gthread["2"]["response_keep_alive"] is None
+    for run in report["runs"]:
+        probes = [c for c in run["connections"] if c["probe"]]
+        if runtime == "netns":
+            # The readiness probe runs inside the server's namespace, on its loopback.
+            assert probes == []
+        else:
+            assert probes, "on loopback the readiness probe is on the wire"
+            assert all(not c["requests"] for c in probes)
+
+
+@pytest.mark.skipif(not tshark_referee.available(), reason="tshark is not installed")
+def test_tshark_agrees_on_every_engine(engines_run):
+    _, results, report = engines_run
+    for run in report["runs"]:
+        problems = tshark_referee.compare(run, results / run["capture"]["pcap"], 5000)
+        assert problems == [], f"{run['engine']}: {problems}"
+
+
+def start_run(results: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([*KALAB, "run", str(ROOT / "lab.yaml"), "--results", str(results)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_until_client_runs(results: Path, run: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while not (results / "werkzeug" / "server.json").exists():
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "the run never got its server ready"
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_removes_everything(tmp_path, sig):
+    before = set(lab_namespaces())
+    run = start_run(tmp_path)
+    try:
+        wait_until_client_runs(tmp_path, run)
+        assert set(lab_namespaces()) - before, "the run should have made its namespaces"
+        run.send_signal(sig)
+        _, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 130, err
+    assert "stopped" in err
+    assert set(lab_namespaces()) == before
+    assert not [p for p in role_processes() if str(tmp_path) in p]
+
+
+def test_kalab_clean_removes_what_a_killed_run_left(tmp_path):
+    before = set(lab_namespaces())
+    run = start_run(tmp_path)
+    try:
+        wait_until_client_runs(tmp_path, run)
+        run.kill()  # no chance to clean up after itself
+        run.wait()
+        assert set(lab_namespaces()) - before
+        assert [p for p in role_processes() if str(tmp_path) in p]
+    finally:
+        done = run_kalab("clean")
+    assert done.returncode == 0
+    assert "removed namespace" in done.stdout
+    assert set(lab_namespaces()) == before
+    deadline = time.monotonic() + 5
+    while [p for p in role_processes() if str(tmp_path) in p] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in role_processes() if str(tmp_path) in p]

@@ -1,0 +1,116 @@
+"""The scenario model: what loads, and bad input refused with file, line and field."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT, lab_namespaces, run_kalab
+
+from kalab.scenario import ScenarioError, load, parse
+
+GOOD = """\
+port: 5000
+sessions:
+  - steps:
+      - get: /keep-alive
+      - sleep: 3
+      - request: {method: post, path: /keep-alive, headers: {X-Test: "1"}, body: hi}
+      - at: 10
+      - close
+engines:
+  - engine: werkzeug
+    threaded: false
+  - engine: gunicorn
+    worker: gthread
+    keep_alive: 5
+    expect:
+      - same_connection: [1, 2]
+      - close: {request: 2, by: server, idle: 5, tolerance: 0.25}
+"""
+
+
+def test_a_good_scenario_loads_into_the_model():
+    scenario = parse(GOOD, "good.yaml")
+    assert [e.name for e in scenario.engines] == ["werkzeug", "gunicorn-gthread"]
+    werkzeug, gthread = scenario.engines
+    assert werkzeug.threaded is False
+    assert gthread.keep_alive == 5 and gthread.worker == "gthread"
+    steps = scenario.sessions[0].steps
+    assert [s.kind for s in steps] == ["request", "sleep", "request", "at", "close"]
+    post = steps[2].request
+    assert (post.method, post.headers, post.body, post.ref) == ("POST", {"X-Test": "1"}, "hi", "2")
+    close = gthread.expect[1]
+    assert (close.kind, close.requests, close.by, close.idle, close.tolerance) == \
+        ("close", ("2",), "server", 5, 0.25)
+    assert close.line == 17
+
+
+def test_the_bundled_scenarios_load():
+    for path in [ROOT / "lab.yaml", *sorted((ROOT / "scenarios").glob("*.yaml"))]:
+        if path.name.startswith("broken"):
+            continue
+        assert load(path).engines
+
+
+def test_several_sessions_name_requests_by_session():
+    scenario = parse("""\
+sessions:
+  - {name: a, steps: [get: /]}
+  - {name: b, steps: [get: /, get: /]}
+engines:
+  - engine: werkzeug
+    expect: [same_connection: [b.1, b.2]]
+""")
+    assert [r.ref for r in scenario.requests] == ["a.1", "b.1", "b.2"]
+
+
+BAD = [
+    ("wrong type", "port: abc\nengines: [{engine: werkzeug}]\nsessions: [{steps: [get: /]}]\n",
+     1, "port", "expected a whole number"),
+    ("unknown engine", "sessions: [{steps: [get: /]}]\nengines:\n  - engine: tomcat\n",
+     3, "engines[0].engine", "unknown value 'tomcat'"),
+    ("negative sleep", "engines: [{engine: werkzeug}]\nsessions:\n  - steps:\n"
+     "      - get: /\n      - sleep: -2\n", 5, "sessions[0].steps[1].sleep", "must be >= 0"),
+    ("bad yaml", "engines: [{engine: werkzeug}\nsessions: []\n", 2, "yaml", ""),
+    ("unknown field", "engines: [{engine: werkzeug, keepalive: 5}]\n"
+     "sessions: [{steps: [get: /]}]\n", 1, "engines[0].keepalive", "unknown field"),
+    ("unknown request", "sessions: [{steps: [get: /]}]\nengines:\n  - engine: werkzeug\n"
+     "    expect:\n      - same_connection: [1, 7]\n", 5,
+     "engines[0].expect[0].same_connection", "no request '7'"),
+    ("option of another engine", "sessions: [{steps: [get: /]}]\n"
+     "engines:\n  - engine: werkzeug\n    keep_alive: 5\n", 4, "engines[0].keep_alive",
+     "does not apply to werkzeug"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "field", "words"), [b[1:] for b in BAD],
+                         ids=[b[0] for b in BAD])
+def test_bad_input_names_file_line_and_field(text, line, field, words):
+    with pytest.raises(ScenarioError) as caught:
+        parse(text, "lab.yaml")
+    error = caught.value
+    assert (error.file, error.line, error.where) == ("lab.yaml", line, field)
+    assert words in error.message
+    assert str(error).startswith(f"lab.yaml:{line}: {field}: ")
+    assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize(("text", "line", "field", "words"), [b[1:] for b in BAD[:4]],
+                         ids=[b[0] for b in BAD[:4]])
+def test_kalab_run_refuses_bad_input_with_exit_2_and_starts_nothing(tmp_path, text, line,
+                                                                    field, words):
+    scenario = tmp_path / "lab.yaml"
+    scenario.write_text(text)
+    namespaces_before = set(lab_namespaces())
+    done = run_kalab("run", str(scenario), "--results", str(tmp_path / "results"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"kalab: {scenario}:{line}: {field}: " + \
+        done.stderr.strip().split(f"{field}: ", 1)[1]
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+    assert set(lab_namespaces()) == namespaces_before
+
+
+def test_a_missing_scenario_file_is_bad_input(tmp_path):
+    done = run_kalab("run", str(tmp_path / "nope.yaml"))
+    assert done.returncode == 2
+    assert "nope.yaml" in done.stderr and "cannot read" in done.stderr
