@@ -1,0 +1,119 @@
+"""From a run folder to a verdict: a capture that cannot be trusted never concludes."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_kalab
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from kalab import evidence, handoff
+from kalab.pcap import PcapWriter
+from kalab.scenario import parse
+
+SCENARIO = """\
+sessions: [{steps: [get: /keep-alive]}]
+engines:
+  - engine: werkzeug
+    expect: [connections: 1]
+"""
+CLIENT, SERVER = "10.213.0.2", "10.213.0.1"
+T0 = 1_700_000_000.0
+
+
+def frame(sport, dport, flags, seq, ack=0, data=b""):
+    src, dst = (CLIENT, SERVER) if dport == 5000 else (SERVER, CLIENT)
+    packet = Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags,
+                                                  seq=seq, ack=ack)
+    return bytes(packet / Raw(load=data)) if data else bytes(packet)
+
+
+REQUEST = b"GET /keep-alive HTTP/1.1\r\nHost: x\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+def exchange(with_syn: bool) -> list[tuple[float, bytes]]:
+    frames = []
+    if with_syn:
+        frames += [(T0, frame(40000, 5000, "S", 100)),
+                   (T0 + 0.001, frame(5000, 40000, "SA", 900, 101)),
+                   (T0 + 0.002, frame(40000, 5000, "A", 101, 901))]
+    frames += [(T0 + 0.010, frame(40000, 5000, "PA", 101, 901, REQUEST)),
+               (T0 + 0.020, frame(5000, 40000, "PA", 901, 101 + len(REQUEST), RESPONSE)),
+               (T0 + 0.030, frame(5000, 40000, "FA", 901 + len(RESPONSE), 101 + len(REQUEST))),
+               (T0 + 0.031, frame(40000, 5000, "FA", 101 + len(REQUEST), 902 + len(RESPONSE)))]
+    return frames
+
+
+def write_pcap(path, frames):
+    with PcapWriter(path) as writer:
+        for ts, data in frames:
+            writer.write(ts, data)
+
+
+def run_folder(tmp_path, with_syn=True, kernel_drops=0):
+    write_pcap(tmp_path / handoff.CAPTURE_PCAP, exchange(with_syn))
+    handoff.write_json(tmp_path / handoff.CAPTURE_STATS, {
+        "interface": "test0", "filter": "tcp port 5000", "started_at": T0 - 1,
+        "stopped_at": T0 + 1, "packets": 7, "duplicates_dropped": 0,
+        "kernel_drops": kernel_drops,
+        "problems": [f"the kernel dropped {kernel_drops} packet(s)"] if kernel_drops else []})
+    handoff.write_json(tmp_path / handoff.CLIENT_RECORDS, {"requests": [{
+        "ref": "1", "session": "s1", "method": "GET", "path": "/keep-alive",
+        "planned_at": T0, "sent_at": T0 + 0.005, "finished_at": T0 + 0.025,
+        "local_port": 40000, "status": 200, "response_connection": "close",
+        "response_keep_alive": None, "error": None, "error_cause": None, "urllib3": []}]})
+    scenario = parse(SCENARIO, "lab.yaml")
+    return evidence.engine_run(tmp_path, scenario, scenario.engines[0], "capture.pcap")
+
+
+def test_a_clean_capture_concludes(tmp_path):
+    run = run_folder(tmp_path)
+    assert run.capture.problems == []
+    assert run.verdict == "pass"
+    assert run.requests[0].id == "1" and run.requests[0].client["local_port"] == 40000
+
+
+def test_kernel_drops_make_the_run_inconclusive(tmp_path):
+    run = run_folder(tmp_path, kernel_drops=3)
+    assert run.verdict == "inconclusive"
+    assert any("dropped 3" in p for p in run.capture.problems)
+
+
+def test_a_capture_that_missed_the_syn_is_inconclusive(tmp_path):
+    run = run_folder(tmp_path, with_syn=False)
+    assert run.verdict == "inconclusive"
+    assert any("no SYN seen" in p for p in run.capture.problems)
+
+
+def test_kalab_analyze_exits_3_on_a_capture_that_started_late(tmp_path):
+    pcap = tmp_path / "late.pcap"
+    write_pcap(pcap, exchange(with_syn=False))
+    done = run_kalab("analyze", str(pcap), "--port", "5000", "--json")
+    assert done.returncode == 3, done.stderr
+    report = json.loads(done.stdout)
+    assert report["verdict"] == "inconclusive"
+    assert report["runs"][0]["connections"][0]["complete"] is False
+
+
+def test_kalab_analyze_reports_a_clean_capture(tmp_path):
+    pcap = tmp_path / "ok.pcap"
+    write_pcap(pcap, exchange(with_syn=True))
+    done = run_kalab("analyze", str(pcap), "--json")
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)["runs"]
+    assert run["options"]["ports"] == [5000]  # found from the SYN-ACK
+    (conn,) = run["connections"]
+    assert conn["closed_by"] == "server" and conn["requests"] == ["w1"]
+
+
+def test_kalab_analyze_refuses_a_truncated_file_naming_the_offset(tmp_path):
+    pcap = tmp_path / "cut.pcap"
+    write_pcap(pcap, exchange(with_syn=True))
+    data = pcap.read_bytes()
+    pcap.write_bytes(data[:-10])
+    done = run_kalab("analyze", str(pcap))
+    assert done.returncode == 2
+    assert "byte " in done.stderr and "truncated" in done.stderr
