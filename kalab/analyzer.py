@@ -79,7 +79,6 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("midstream", "rst_client"): "reset",
     ("midstream", "rst_server"): "reset",
 }
-ENDED = {"closed", "reset", "refused"}
 
 _TIMEOUT = re.compile(rb"timeout\s*=\s*([0-9]+(?:\.[0-9]+)?)", re.I)
 _MAX_HEAD = 64 * 1024
@@ -251,6 +250,12 @@ class _Half:
     next_seq: int | None = None
     pending: dict[int, tuple[bytes, float]] = field(default_factory=dict)
     fin_at: float | None = None
+    fin_seq: int | None = None  # sequence number of the FIN: every byte before it is data
+
+    def short_of_fin(self) -> bool:
+        """True while bytes before the FIN have not been seen (a hole before it)."""
+        return (self.fin_seq is not None and self.next_seq is not None
+                and _seq_diff(self.fin_seq, self.next_seq) > 0)
 
 
 class _Conn:
@@ -271,6 +276,7 @@ class _Conn:
         self.second_fin_at: float | None = None
         self.rst: tuple[str, float] | None = None
         self.last_data_at: float | None = None
+        self.last_data_before_end: float | None = None  # last payload before the first FIN/RST
         self.gaps = 0
         self.requests: list[HttpRequest] = []
         self.unanswered: list[HttpRequest] = []
@@ -355,12 +361,14 @@ class _Conn:
         if flags & FIN:
             if half.fin_at is None:
                 half.fin_at = seg.ts
+                half.fin_seq = (seg.seq + len(seg.payload)) % SEQ_MOD
                 if self.first_fin is None:
                     self.first_fin = (side, seg.ts)
                 elif self.second_fin_at is None:
                     self.second_fin_at = seg.ts
                 self.event(f"fin_{side}")
-                stream.close()
+                if not half.short_of_fin():
+                    stream.close()  # else when the hole before the FIN fills (_accept)
 
     def _deliver(self, half: _Half, stream: _MessageStream, seq: int, data: bytes,
                  ts: float) -> None:
@@ -389,12 +397,17 @@ class _Conn:
     def _accept(self, half: _Half, stream: _MessageStream, data: bytes, ts: float) -> None:
         half.next_seq = (half.next_seq + len(data)) % SEQ_MOD
         self.last_data_at = ts if self.last_data_at is None else max(self.last_data_at, ts)
+        ends = [end[1] for end in (self.first_fin, self.rst) if end]
+        if not ends or ts <= min(ends):
+            self.last_data_before_end = max(self.last_data_before_end or ts, ts)
         stream.feed(data, ts)
+        if half.fin_at is not None and half.fin_seq == half.next_seq:
+            stream.close()  # the data a FIN had overtaken has come: the sender's close
 
     # --- the record
 
     def record(self) -> Connection:
-        self.gaps = sum(1 for h in (self.up, self.down) if h.pending)
+        self.gaps = sum(1 for h in (self.up, self.down) if h.pending or h.short_of_fin())
         ended_at = None
         first_fin_by = first_fin_at = None
         if self.first_fin:
@@ -411,7 +424,7 @@ class _Conn:
         ends = [r.response_end_at or r.response_at for r in self.requests
                 if r.response_at is not None]
         last_response_at = max(ends) if ends else None
-        quiet_since = self.last_data_at or self.established_at
+        quiet_since = self.last_data_before_end or self.established_at
         idle = None
         if ended_at is not None and quiet_since is not None and closed_by != "refused":
             idle = round(ended_at - quiet_since, 6)
@@ -482,10 +495,8 @@ class Analyzer:
         if is_syn:
             if conn is not None and conn.client == src and conn.syn_isn == seg.seq:
                 conn.syn_retransmits += 1
-                return
-            if conn is None or conn.state in ENDED or conn.client != src or \
-                    conn.syn_isn != seg.seq:
-                conn = self._open(src, dst, seg.ts, seg.seq)
+            else:
+                self._open(src, dst, seg.ts, seg.seq)  # a new connection, or its port reused
             return
         if conn is None:
             client, server = (dst, src) if self._is_server(src, dst) else (src, dst)
