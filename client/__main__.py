@@ -1,7 +1,8 @@
-"""The client role: ``python -m client SCENARIO --host ADDR``.
+"""The client role: ``python -m client SCENARIO --host ADDR --run-dir DIR``.
 
-Runs the scenario's sessions against the server and writes ``client.json``
-(what the client believed) into the run folder, then ``client.done``.
+For each engine of the scenario in turn: wait until the server is ready,
+run the scenario's sessions against it, and write ``client.json`` (what the
+client believed) and then ``client.done``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from kalab.scenario import ScenarioError, load
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = handoff.role_arguments("Run the scenario's client sessions.")
+    parser = handoff.role_arguments("Run the scenario's client sessions against each engine.")
     parser.add_argument("--host", default="127.0.0.1", help="the server's address")
     args = parser.parse_args(argv)
     try:
@@ -23,10 +24,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kalab client: {exc}", file=sys.stderr)
         return 2
     host = f"[{args.host}]" if ":" in args.host else args.host
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    records = run_sessions(scenario, f"http://{host}:{scenario.port}")
-    handoff.write_json(args.run_dir / handoff.CLIENT_RECORDS, records)
-    (args.run_dir / handoff.CLIENT_DONE).touch()
+    for engine in handoff.engines_to_run(scenario, args.engine):
+        folder = handoff.engine_dir(args.run_dir, engine)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            handoff.wait_for(folder / handoff.SERVER_READY, 2 * handoff.ROLE_START_TIMEOUT,
+                             what="the server")
+        except handoff.Aborted as exc:
+            handoff.fail(folder, "client", str(exc))
+            print(f"kalab client: {engine.name}: {exc}", file=sys.stderr)
+            return 1
+        records = run_sessions(scenario, f"http://{host}:{scenario.port}")
+        handoff.write_json(folder / handoff.CLIENT_RECORDS, records)
+        (folder / handoff.CLIENT_DONE).touch()
     return 0
 
 

@@ -113,8 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("kalab: interrupted; everything the run started has been stopped",
               file=sys.stderr)
         return 130
-    report_mod.write(report, results)
-    _link_latest(results)
+    _link_latest(results)  # the observer role wrote report.json and summary.txt
     if args.json:
         print(report_mod.to_json(report))
     else:

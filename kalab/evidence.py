@@ -8,13 +8,24 @@ same report.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from kalab import handoff
 from kalab.analyzer import Analyzer
 from kalab.pcap import read_segments
-from kalab.report import Capture, Connection, EngineRun, ExpectationResult, HttpRequest
+from kalab.report import (
+    EXIT_CODES,
+    SCHEMA,
+    Capture,
+    Connection,
+    EngineRun,
+    ExpectationResult,
+    HttpRequest,
+    Report,
+    overall_verdict,
+)
 from kalab.scenario import Engine, Expectation, Scenario
 
 # How far a request's first byte on the wire may stand from the client's clock
@@ -183,6 +194,26 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
         options=_options(engine), capture=capture, connections=connections,
         requests=requests, client_errors=missing, expectations=results,
         verdict=verdict_of(results, problems))
+
+
+def build_report(results: Path, scenario: Scenario, engines: list[Engine], runtime: str,
+                 started_at: float, label: str | None = None) -> Report:
+    """The run's report from each engine's folder under ``results``."""
+    runs = []
+    for engine in engines:
+        folder = handoff.engine_dir(results, engine)
+        if not (folder / handoff.CAPTURE_STATS).exists():
+            continue
+        run = engine_run(folder, scenario, engine, f"{engine.name}/{handoff.CAPTURE_PCAP}")
+        failed = handoff.failures(folder)
+        if failed:
+            run.capture.problems.extend(f"a role failed: {reason}" for reason in failed)
+            run.verdict = "inconclusive"
+        runs.append(run)
+    verdict = overall_verdict([r.verdict for r in runs]) if runs else "inconclusive"
+    return Report(schema=SCHEMA, scenario=label or scenario.file, name=scenario.name,
+                  runtime=runtime, started_at=started_at, finished_at=time.time(), runs=runs,
+                  verdict=verdict, exit_code=EXIT_CODES[verdict])
 
 
 def _options(engine: Engine) -> dict[str, Any]:

@@ -1,8 +1,22 @@
-"""How the roles hand results to each other: JSON files in the engine's folder.
+"""How the roles work together: files in a shared run folder, one folder per engine.
 
 The roles run in separate namespaces or containers and share only a folder
-(a bind mount under compose). Each writes its record atomically, so a reader
-never sees half a file, and each role's file names live here, once.
+(a volume under compose, a plain folder otherwise). Nobody conducts them:
+each role walks the scenario's engines in order and, for each engine, waits
+for the file that says its turn has come:
+
+    observer  listening               -> ENGINE/observer.ready
+    server    engine accepting        -> ENGINE/server.json     (waited on observer.ready)
+    client    sessions done           -> ENGINE/client.json, client.done  (on server.json)
+    observer  capture closed          -> ENGINE/capture.json, capture.pcap (on client.done)
+    server    engine stopped          -> ENGINE/server.stopped  (on capture.json)
+    observer  next engine's capture starts once the previous server.stopped
+
+so the capture always starts before the server and the client, and stops
+before the server does (an engine's shutdown is never taken for a
+keep-alive close). A role that cannot go on writes ENGINE/ROLE.failed with
+the reason; every wait sees it and gives up at once. Every record is
+written atomically: a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -11,15 +25,26 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kalab.scenario import Engine, Scenario
+
 SERVER_READY = "server.json"
+SERVER_STOPPED = "server.stopped"
 OBSERVER_READY = "observer.ready"
 CAPTURE_STATS = "capture.json"
 CAPTURE_PCAP = "capture.pcap"
 CLIENT_RECORDS = "client.json"
 CLIENT_DONE = "client.done"
+REPORT = "report.json"
+
+ROLE_START_TIMEOUT = 60.0  # an engine (or a container) may take a while to come up
+
+
+class Aborted(Exception):
+    """Another role failed, or the time ran out: this role stops too."""
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -32,23 +57,88 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def wait_for(path: Path, timeout: float, alive: Any = None, what: str = "") -> None:
-    """Wait until ``path`` exists; fail early if ``alive()`` says the writer died."""
+def failures(folder: Path) -> list[str]:
+    """The reasons roles gave up in this engine's folder."""
+    return [f"{p.stem}: {p.read_text(errors='replace').strip()}"
+            for p in sorted(folder.glob("*.failed"))]
+
+
+def fail(folder: Path, role: str, reason: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{role}.failed").write_text(reason + "\n", encoding="utf-8")
+
+
+def wait_for(path: Path, timeout: float, alive: Callable[[], bool] | None = None,
+             what: str = "", stop: Callable[[], bool] | None = None) -> None:
+    """Wait until ``path`` exists; give up if a role failed, ``alive()`` or ``stop()`` says so."""
     deadline = time.monotonic() + timeout
+    what = what or path.name
     while not path.exists():
+        failed = failures(path.parent) if path.parent.is_dir() else []
+        if failed:
+            raise Aborted(f"waiting for {what}: {'; '.join(failed)}")
         if alive is not None and not alive():
-            raise RuntimeError(f"{what or path.name}: the process ended before it was ready")
+            raise Aborted(f"{what}: the process ended before it was ready")
+        if stop is not None and stop():
+            raise Aborted(f"waiting for {what}: asked to stop")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what or path.name}: not ready after {timeout:g} s")
+            raise Aborted(f"{what}: not there after {timeout:g} s")
         time.sleep(0.02)
+
+
+def engine_dir(run_dir: Path, engine: Engine) -> Path:
+    return run_dir / engine.name
+
+
+def engines_to_run(scenario: Scenario, name: str | None) -> list[Engine]:
+    if name is None:
+        return list(scenario.engines)
+    try:
+        return [scenario.engine(name)]
+    except KeyError:
+        known = ", ".join(e.name for e in scenario.engines)
+        raise SystemExit(f"{scenario.file}: no engine named {name!r} (known: {known})") from None
+
+
+def session_time_limit(scenario: Scenario) -> float:
+    """Upper bound on how long the client may take for one engine."""
+    longest = 0.0
+    for session in scenario.sessions:
+        total = 0.0
+        for step in session.steps:
+            if step.kind == "sleep":
+                total += step.seconds
+            elif step.kind == "at":
+                total = max(total, step.seconds)
+            elif step.kind == "request":
+                total += 35.0  # the client's connect and read timeouts
+        longest = max(longest, total)
+    return longest + 30.0
 
 
 def role_arguments(description: str) -> argparse.ArgumentParser:
     """The arguments every role takes: the same in netns, local and compose runs."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("scenario", help="the scenario file (e.g. lab.yaml)")
-    parser.add_argument("--engine", help="the engine's name in the scenario "
-                        "(default: the first engine)")
-    parser.add_argument("--run-dir", type=Path, default=Path("results/role"),
-                        help="folder shared by the roles for this engine's run")
+    parser.add_argument("--engine", help="run only this engine of the scenario "
+                        "(default: every engine, in turn)")
+    parser.add_argument("--run-dir", type=Path, default=Path("results/run"),
+                        help="folder shared by the roles; one subfolder per engine")
     return parser
+
+
+class StopSignal:
+    """SIGTERM and SIGINT set a flag that a role's waits check (compose stops with SIGTERM)."""
+
+    def __init__(self) -> None:
+        import signal
+
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._set)
+
+    def _set(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested

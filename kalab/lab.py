@@ -1,12 +1,11 @@
-"""One lab run: every engine of the scenario in turn, on one runtime.
+"""One lab run on the netns or local runtime: make the network, start the roles, wait.
 
-For each engine: the observer starts listening first, then the server
-(ready once its port accepts), then the client; when the client ends the
-observer stops, and only then the server, so the engine's shutdown never
-looks like a keep-alive close. The roles leave their records in the
-engine's folder; `evidence.engine_run` turns them into the report.
-Whatever happens (an error, Ctrl-C, SIGTERM), every process is stopped and
-the runtime's namespaces removed before this returns or raises.
+The roles pace themselves through their shared run folder (see
+`kalab.handoff`), exactly as they do in containers, so this module only
+provides the network, starts the same three entry points and waits for
+the observer, which writes the report and exits with the verdict. Whatever
+happens (an error, Ctrl-C, SIGTERM), every process is stopped and the
+runtime's namespaces removed before this returns or raises.
 """
 
 from __future__ import annotations
@@ -18,17 +17,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kalab import evidence, handoff
-from kalab.report import EXIT_CODES, SCHEMA, EngineRun, Report, overall_verdict
+from kalab import handoff
+from kalab import report as report_mod
+from kalab.report import Report
 from kalab.runtime.local import LocalLab
 from kalab.runtime.netns import NetnsLab
 from kalab.runtime.node import Process
 from kalab.runtime.state import RunState
-from kalab.scenario import Engine, Scenario
+from kalab.scenario import Scenario
 
 RUNTIMES = {"netns": NetnsLab, "local": LocalLab}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 20.0
+EXIT_ROLE_FAILED = 4
 
 
 class LabError(Exception):
@@ -43,97 +43,71 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated()
 
 
-def planned_duration(scenario: Scenario) -> float:
-    """Upper bound on how long the client should take, for its time limit."""
-    longest = 0.0
-    for session in scenario.sessions:
-        total = 0.0
-        for step in session.steps:
-            if step.kind == "sleep":
-                total += step.seconds
-            elif step.kind == "at":
-                total = max(total, step.seconds)
-            elif step.kind == "request":
-                total += 35.0  # the client's connect and read timeouts
-        longest = max(longest, total)
-    return longest
+def time_limit(scenario: Scenario) -> float:
+    per_engine = handoff.session_time_limit(scenario) + 2 * handoff.ROLE_START_TIMEOUT
+    return per_engine * len(scenario.engines)
 
 
 def run(scenario: Scenario, runtime: str, results: Path,
         say: Callable[[str], None] = lambda text: None) -> Report:
+    if results.exists():
+        for engine in scenario.engines:
+            shutil.rmtree(handoff.engine_dir(results, engine), ignore_errors=True)
     results.mkdir(parents=True, exist_ok=True)
     state = RunState()
     lab = RUNTIMES[runtime](state)
-    started = time.time()
-    runs: list[EngineRun] = []
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    processes: list[Process] = []
     try:
         state.save()
         lab.start()
-        for engine in scenario.engines:
-            say(f"{engine.name}: {engine.describe()}")
-            runs.append(_run_engine(lab, scenario, engine, results, say))
+        common = [str(Path(scenario.file).resolve()), "--run-dir", str(results.resolve())]
+        observer = lab.observer.start_role(
+            "observer", [*common, "--interface", lab.capture_interface, "--report",
+                         "--runtime", runtime, "--scenario-label", scenario.file],
+            results / "observer.log", PROJECT_ROOT)
+        processes.append(observer)
+        for node, role in ((lab.server, "server"), (lab.client, "client")):
+            processes.append(node.start_role(role, [*common, "--host", lab.server_host],
+                                             results / f"{role}.log", PROJECT_ROOT))
+        code = _wait_for_observer(observer, scenario, results, say)
+        if code not in report_mod.EXIT_CODES.values() or not (results / handoff.REPORT).exists():
+            raise LabError(_explain_failure(scenario, results, processes))
+        return report_mod.from_dict(handoff.read_json(results / handoff.REPORT))
     except _Terminated:
         raise KeyboardInterrupt from None
     finally:
+        for process in reversed(processes):
+            process.stop()
         lab.stop()
         state.forget()
         signal.signal(signal.SIGTERM, previous)
-    verdict = overall_verdict([r.verdict for r in runs])
-    return Report(schema=SCHEMA, scenario=scenario.file, name=scenario.name, runtime=runtime,
-                  started_at=started, finished_at=time.time(), runs=runs, verdict=verdict,
-                  exit_code=EXIT_CODES[verdict])
 
 
-def _run_engine(lab, scenario: Scenario, engine: Engine, results: Path,
-                say: Callable[[str], None]) -> EngineRun:
-    run_dir = results / engine.name
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    common = [str(Path(scenario.file).resolve()), "--engine", engine.name,
-              "--run-dir", str(run_dir.resolve())]
-    processes: list[Process] = []
-    try:
-        observer = lab.observer.start_role(
-            "observer", [*common, "--interface", lab.capture_interface],
-            run_dir / "observer.log", PROJECT_ROOT)
-        processes.append(observer)
-        _wait(run_dir / handoff.OBSERVER_READY, observer, "the observer")
-        server = lab.server.start_role("server", [*common, "--host", lab.server_host],
-                                       run_dir / "server-role.log", PROJECT_ROOT)
-        processes.append(server)
-        _wait(run_dir / handoff.SERVER_READY, server, "the server")
-        say(f"{engine.name}: server ready, client running "
-            f"(about {planned_duration_without_timeouts(scenario):.0f} s)")
-        client = lab.client.start_role("client", [*common, "--host", lab.server_host],
-                                       run_dir / "client.log", PROJECT_ROOT)
-        processes.append(client)
+def _wait_for_observer(observer: Process, scenario: Scenario, results: Path,
+                       say: Callable[[str], None]) -> int:
+    """Wait for the observer's verdict, saying which engine is on as they go."""
+    deadline = time.monotonic() + time_limit(scenario)
+    announced: set[str] = set()
+    while True:
         try:
-            code = client.wait(planned_duration(scenario) + 30)
-        except subprocess.TimeoutExpired as exc:
-            raise LabError(f"{engine.name}: the client did not finish: {exc}") from None
-        if code != 0:
-            raise LabError(f"{engine.name}: the client role failed (exit {code}):\n"
-                           f"{client.tail()}")
-        time.sleep(0.5)  # the last FINs and ACKs
-        observer.stop()
-        if not (run_dir / handoff.CAPTURE_STATS).exists():
-            raise LabError(f"{engine.name}: the observer left no capture:\n{observer.tail()}")
-        server.stop()
-    finally:
-        for process in reversed(processes):
-            process.stop()
-    return evidence.engine_run(run_dir, scenario, engine, f"{engine.name}/{handoff.CAPTURE_PCAP}")
+            return observer.wait(0.2)
+        except subprocess.TimeoutExpired:
+            pass
+        for engine in scenario.engines:
+            ready = handoff.engine_dir(results, engine) / handoff.SERVER_READY
+            if engine.name not in announced and ready.exists():
+                announced.add(engine.name)
+                say(f"{engine.name}: {engine.describe()} is up; the client is running")
+        if time.monotonic() > deadline:
+            raise LabError(f"the run took longer than {time_limit(scenario):.0f} s")
 
 
-def planned_duration_without_timeouts(scenario: Scenario) -> float:
-    return max(sum(s.seconds for s in session.steps if s.kind == "sleep")
-               for session in scenario.sessions)
-
-
-def _wait(path: Path, process: Process, what: str) -> None:
-    try:
-        handoff.wait_for(path, START_TIMEOUT, process.alive, what)
-    except (RuntimeError, TimeoutError) as exc:
-        raise LabError(f"{exc}:\n{process.tail()}") from None
+def _explain_failure(scenario: Scenario, results: Path, processes: list[Process]) -> str:
+    reasons = [reason for engine in scenario.engines
+               for reason in handoff.failures(handoff.engine_dir(results, engine))]
+    for process in processes:
+        if not process.alive() and process.popen.returncode not in (0, None):
+            reasons.append(f"{process.name} exited with {process.popen.returncode}:\n"
+                           f"{process.tail()}")
+    return "the run failed: " + ("\n".join(reasons) or "the observer wrote no report")

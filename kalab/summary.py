@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -41,6 +43,13 @@ def connection_story(conn: Connection) -> str:
     advertised = "no Keep-Alive timeout" if conn.advertised_timeout is None else \
         f"Keep-Alive: timeout={conn.advertised_timeout:g}"
     return f"{what}: {closed} (advertised: {advertised})"
+
+
+def as_text(report: Report) -> str:
+    """The summary as plain text, for summary.txt beside the report."""
+    console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
+    render(report, console)
+    return console.file.getvalue()
 
 
 def make_console(stderr: bool = False) -> Console:

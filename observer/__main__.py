@@ -1,63 +1,110 @@
-"""The observer role: ``python -m observer SCENARIO --interface IFACE``.
+"""The observer role: ``python -m observer SCENARIO --interface IFACE --run-dir DIR``.
 
-Listens before anything else starts, then writes ``observer.ready``. Stops
-on SIGTERM or SIGINT, or (``--until-client-done``) a moment after the
-client role finished, and always closes the pcap and writes its
-accounting (``capture.json``): nothing captured is lost on the way out.
+For each engine of the scenario in turn: start listening before anything
+else (``observer.ready``), capture until the client is done and its last
+packets have passed, then close the pcap and write its accounting
+(``capture.json``). With ``--report`` it then analyses every engine's
+capture and writes the run's report (``report.json``) and exits with the
+verdict's code: 0 pass, 1 fail, 3 inconclusive, 4 a role failed.
+
+On SIGTERM or SIGINT the capture in progress is closed and accounted for,
+and the report is still written for what was captured: nothing is lost.
 """
 
 from __future__ import annotations
 
-import signal
+import shutil
 import sys
 import time
+from pathlib import Path
 
-from kalab import handoff
-from kalab.scenario import ScenarioError, load
+from kalab import evidence, handoff, summary
+from kalab import report as report_mod
+from kalab.scenario import Engine, Scenario, ScenarioError, load
 from observer.capture import Capture
 
-LINGER = 1.0  # seconds to keep listening after the client ends: its FINs, the last ACKs
+LINGER = 0.5  # seconds to keep listening after the client ends: its FINs, the last ACKs
+EXIT_ROLE_FAILED = 4
+
+
+def capture_engine(scenario: Scenario, engine: Engine, folder: Path, interface: str,
+                   stop: handoff.StopSignal) -> None:
+    capture = Capture(interface, scenario.port, folder / handoff.CAPTURE_PCAP)
+    try:
+        (folder / handoff.OBSERVER_READY).touch()
+        done = folder / handoff.CLIENT_DONE
+        deadline = time.monotonic() + handoff.session_time_limit(scenario) \
+            + 2 * handoff.ROLE_START_TIMEOUT
+        stop_at = None
+        while not stop():
+            capture.poll(0.05)
+            now = time.monotonic()
+            if stop_at is None and done.exists():
+                stop_at = now + LINGER
+            if stop_at is not None and now >= stop_at:
+                break
+            if handoff.failures(folder):
+                raise handoff.Aborted("; ".join(handoff.failures(folder)))
+            if now > deadline:
+                raise handoff.Aborted("the client did not finish in time")
+    finally:
+        stats = capture.close()
+        handoff.write_json(folder / handoff.CAPTURE_STATS, stats.to_dict())
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = handoff.role_arguments("Capture the lab's TCP port and keep the pcap.")
+    parser = handoff.role_arguments("Capture the lab's TCP port for each engine, keep the pcap.")
     parser.add_argument("--interface", default="lo", help="interface to capture on")
-    parser.add_argument("--until-client-done", action="store_true",
-                        help=f"stop {LINGER:g} s after the client role writes client.done")
+    parser.add_argument("--report", action="store_true",
+                        help="analyse the captures, write report.json, exit with the verdict")
+    parser.add_argument("--runtime", default="local", help="runtime name for the report")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="copy each engine's folder and the report here "
+                        "(default: the run folder itself)")
+    parser.add_argument("--scenario-label", default=None,
+                        help="the scenario's name as the user gave it (for the report)")
     args = parser.parse_args(argv)
     try:
         scenario = load(args.scenario)
     except ScenarioError as exc:
         print(f"kalab observer: {exc}", file=sys.stderr)
         return 2
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    stop_requested = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        capture = Capture(args.interface, scenario.port, args.run_dir / handoff.CAPTURE_PCAP)
-    except (OSError, RuntimeError) as exc:
-        print(f"kalab observer: cannot capture on {args.interface}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        (args.run_dir / handoff.OBSERVER_READY).touch()
-        done_file = args.run_dir / handoff.CLIENT_DONE
-        stop_at = None
-        while not stop_requested:
-            capture.poll(0.1)
-            if args.until_client_done and stop_at is None and done_file.exists():
-                stop_at = time.monotonic() + LINGER
-            if stop_at is not None and time.monotonic() >= stop_at:
-                break
-    finally:
-        stats = capture.close()
-        handoff.write_json(args.run_dir / handoff.CAPTURE_STATS, stats.to_dict())
-    return 0
+    stop = handoff.StopSignal()
+    started = time.time()
+    engines = handoff.engines_to_run(scenario, args.engine)
+    captured: list[Engine] = []
+    failed = False
+    previous: Path | None = None
+    for engine in engines:
+        folder = handoff.engine_dir(args.run_dir, engine)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            if previous is not None:
+                handoff.wait_for(previous / handoff.SERVER_STOPPED, 30,
+                                 what="the previous engine's stop", stop=stop)
+            captured.append(engine)
+            capture_engine(scenario, engine, folder, args.interface, stop)
+        except (OSError, RuntimeError, handoff.Aborted) as exc:
+            if not stop():
+                handoff.fail(folder, "observer", str(exc))
+                print(f"kalab observer: {engine.name}: {exc}", file=sys.stderr)
+                failed = True
+            break
+        if stop():
+            break
+        previous = folder
+    if not args.report:
+        return EXIT_ROLE_FAILED if failed else 0
+    results = args.results or args.run_dir
+    if results.resolve() != args.run_dir.resolve():
+        for engine in captured:
+            shutil.copytree(handoff.engine_dir(args.run_dir, engine),
+                            handoff.engine_dir(results, engine), dirs_exist_ok=True)
+    record = evidence.build_report(results, scenario, captured, args.runtime, started,
+                                   label=args.scenario_label)
+    report_mod.write(record, results)
+    (results / "summary.txt").write_text(summary.as_text(record), encoding="utf-8")
+    return EXIT_ROLE_FAILED if failed else record.exit_code
 
 
 if __name__ == "__main__":

@@ -1,43 +1,76 @@
-"""The server role: ``python -m server SCENARIO --engine NAME --host ADDR``.
+"""The server role: ``python -m server SCENARIO --host ADDR --run-dir DIR``.
 
-Starts the engine as a child, waits until its port accepts a connection,
-then writes ``server.json`` (engine, version, address) into the run folder:
-that file is the signal the other roles wait for. SIGTERM or SIGINT stops
-the engine, by its pid, and the role exits.
+For each engine of the scenario in turn: wait until the observer listens,
+start the engine as a child, wait until its port accepts a connection, and
+write ``server.json`` (engine, version, address): the client's signal to
+start. When the observer has closed its capture, stop the engine by its pid
+and write ``server.stopped``. SIGTERM or SIGINT stops the engine and the role.
 """
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from kalab import handoff
-from kalab.scenario import ScenarioError, load
+from kalab.scenario import Engine, Scenario, ScenarioError, load
 from server.engines import command, version
-
-READY_TIMEOUT = 20.0
 
 
 def wait_until_accepting(host: str, port: int, child: subprocess.Popen, timeout: float) -> None:
+    # Connects from inside the server's network namespace, so in the netns and
+    # compose runtimes the probe goes over loopback and stays off the capture.
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     deadline = time.monotonic() + timeout
     while True:
         if child.poll() is not None:
-            raise RuntimeError(f"the engine exited with code {child.returncode} before listening")
+            raise handoff.Aborted(f"the engine exited with code {child.returncode} "
+                                  "before listening")
         try:
-            with socket.create_connection((host, port), timeout=0.5):
+            with socket.create_connection((probe_host, port), timeout=0.5):
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(
+                raise handoff.Aborted(
                     f"nothing accepts on {host}:{port} after {timeout:g} s") from None
             time.sleep(0.05)
 
 
+def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
+          stop: handoff.StopSignal) -> None:
+    handoff.wait_for(folder / handoff.OBSERVER_READY, handoff.ROLE_START_TIMEOUT,
+                     what="the observer", stop=stop)
+    argv = command(engine, scenario.app, host, scenario.port)
+    with open(folder / "server.log", "wb") as log:
+        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
+        try:
+            wait_until_accepting(host, scenario.port, child, handoff.ROLE_START_TIMEOUT)
+            handoff.write_json(folder / handoff.SERVER_READY, {
+                "engine": engine.name, "kind": engine.kind, "description": engine.describe(),
+                "version": version(engine), "listen": f"{host}:{scenario.port}",
+                "pid": child.pid, "argv": argv, "ready_at": time.time(),
+            })
+            handoff.wait_for(folder / handoff.CAPTURE_STATS,
+                             handoff.session_time_limit(scenario) + 60,
+                             alive=lambda: child.poll() is None,
+                             what="the end of the capture", stop=stop)
+        finally:
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(5)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+    (folder / handoff.SERVER_STOPPED).touch()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = handoff.role_arguments("Serve the scenario's app with one engine.")
+    parser = handoff.role_arguments("Serve the scenario's app with each engine in turn.")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: never a public one)")
     args = parser.parse_args(argv)
@@ -46,45 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as exc:
         print(f"kalab server: {exc}", file=sys.stderr)
         return 2
-    engine = scenario.engine(args.engine) if args.engine else scenario.engines[0]
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    argv_engine = command(engine, scenario.app, args.host, scenario.port)
-    log = open(args.run_dir / "server.log", "wb")  # noqa: SIM115 - the child writes to it
-    child = subprocess.Popen(argv_engine, stdout=log, stderr=subprocess.STDOUT)
-
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        if child.poll() is None:
-            child.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        wait_until_accepting(args.host, scenario.port, child, READY_TIMEOUT)
-        handoff.write_json(args.run_dir / handoff.SERVER_READY, {
-            "engine": engine.name, "kind": engine.kind, "description": engine.describe(),
-            "version": version(engine), "listen": f"{args.host}:{scenario.port}",
-            "pid": child.pid, "argv": argv_engine, "ready_at": time.time(),
-        })
-        while child.poll() is None:
-            time.sleep(0.1)
-        return 0 if stopping else (child.returncode or 1)
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"kalab server: {engine.name}: {exc} (see {args.run_dir / 'server.log'})",
-              file=sys.stderr)
-        return 1
-    finally:
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        log.close()
+    stop = handoff.StopSignal()
+    for engine in handoff.engines_to_run(scenario, args.engine):
+        folder = handoff.engine_dir(args.run_dir, engine)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            serve(scenario, engine, args.host, folder, stop)
+        except handoff.Aborted as exc:
+            if stop():
+                return 0
+            reason = f"{engine.name}: {exc} (see {folder / 'server.log'})"
+            handoff.fail(folder, "server", reason)
+            print(f"kalab server: {reason}", file=sys.stderr)
+            return 1
+    return 0
 
 
 if __name__ == "__main__":
