@@ -25,8 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host = f"[{args.host}]" if ":" in args.host else args.host
     for engine in handoff.engines_to_run(scenario, args.engine):
-        folder = handoff.engine_dir(args.run_dir, engine)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = handoff.shared_engine_dir(args.run_dir, engine)
         try:
             handoff.wait_for(folder / handoff.SERVER_READY, 2 * handoff.ROLE_START_TIMEOUT,
                              what="the server")
@@ -37,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         records = run_sessions(scenario, f"http://{host}:{scenario.port}")
         handoff.write_json(folder / handoff.CLIENT_RECORDS, records)
         (folder / handoff.CLIENT_DONE).touch()
+    handoff.linger_until_observer_done(args.run_dir)
     return 0
 
 

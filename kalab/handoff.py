@@ -12,11 +12,13 @@ for the file that says its turn has come:
     server    engine stopped          -> ENGINE/server.stopped  (on capture.json)
     observer  next engine's capture starts once the previous server.stopped
 
-so the capture always starts before the server and the client, and stops
-before the server does (an engine's shutdown is never taken for a
-keep-alive close). A role that cannot go on writes ENGINE/ROLE.failed with
-the reason; every wait sees it and gives up at once. Every record is
-written atomically: a reader never sees half a file.
+and at the very end the observer writes the report and ``observer.done``;
+the server and the client stay until then (under compose the first
+container to exit ends the others). So the capture always starts before
+the server and the client, and stops before the server does (an engine's
+shutdown is never taken for a keep-alive close). A role that cannot go on
+writes ENGINE/ROLE.failed with the reason; every wait sees it and gives up
+at once. Every record is written atomically: a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ CAPTURE_PCAP = "capture.pcap"
 CLIENT_RECORDS = "client.json"
 CLIENT_DONE = "client.done"
 REPORT = "report.json"
+OBSERVER_DONE = "observer.done"  # in the run folder itself: the run is over
 
 ROLE_START_TIMEOUT = 60.0  # an engine (or a container) may take a while to come up
 
@@ -86,8 +89,28 @@ def wait_for(path: Path, timeout: float, alive: Callable[[], bool] | None = None
         time.sleep(0.02)
 
 
+def linger_until_observer_done(run_dir: Path, timeout: float = 120.0) -> None:
+    """Keep a finished role alive until the observer has written the report."""
+    try:
+        wait_for(run_dir / OBSERVER_DONE, timeout, what="the observer's report")
+    except Aborted:
+        pass
+
+
 def engine_dir(run_dir: Path, engine: Engine) -> Path:
     return run_dir / engine.name
+
+
+def shared_engine_dir(run_dir: Path, engine: Engine) -> Path:
+    """The engine's folder, made writable by every role: in containers they run as
+    different users, and the observer is root without CAP_DAC_OVERRIDE."""
+    folder = engine_dir(run_dir, engine)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.chmod(0o777)
+    except PermissionError:
+        pass  # made by another role, which opened it already
+    return folder
 
 
 def engines_to_run(scenario: Scenario, name: str | None) -> list[Engine]:

@@ -13,6 +13,7 @@ and the report is still written for what was captured: nothing is lost.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 import time
@@ -70,14 +71,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kalab observer: {exc}", file=sys.stderr)
         return 2
     stop = handoff.StopSignal()
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return observe(scenario, args, stop)
+    finally:
+        (args.run_dir / handoff.OBSERVER_DONE).touch()
+
+
+def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSignal) -> int:
+    """Capture every engine in turn; with --report, write the report; the exit code."""
     started = time.time()
     engines = handoff.engines_to_run(scenario, args.engine)
     captured: list[Engine] = []
     failed = False
     previous: Path | None = None
     for engine in engines:
-        folder = handoff.engine_dir(args.run_dir, engine)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = handoff.shared_engine_dir(args.run_dir, engine)
         try:
             if previous is not None:
                 handoff.wait_for(previous / handoff.SERVER_STOPPED, 30,
@@ -96,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:
         return EXIT_ROLE_FAILED if failed else 0
     results = args.results or args.run_dir
+    results.mkdir(parents=True, exist_ok=True)
     if results.resolve() != args.run_dir.resolve():
         for engine in captured:
             shutil.copytree(handoff.engine_dir(args.run_dir, engine),
@@ -105,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     report_mod.write(record, results)
     (results / "summary.txt").write_text(summary.as_text(record), encoding="utf-8")
     return EXIT_ROLE_FAILED if failed else record.exit_code
-
 
 if __name__ == "__main__":
     sys.exit(main())

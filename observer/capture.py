@@ -51,6 +51,7 @@ class Capture:
     def __init__(self, interface: str, port: int, pcap: Path) -> None:
         # scapy is slow to import: only here, not on every `kalab` start.
         from scapy.arch.linux import L2ListenSocket, get_last_packet_timestamp
+        from scapy.layers import l2  # noqa: F401 - registers link types: no "Unable to guess" warning
 
         self.filter = f"tcp port {port}"
         self.sock = L2ListenSocket(iface=interface, filter=self.filter)

@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stop = handoff.StopSignal()
     for engine in handoff.engines_to_run(scenario, args.engine):
-        folder = handoff.engine_dir(args.run_dir, engine)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = handoff.shared_engine_dir(args.run_dir, engine)
         try:
             serve(scenario, engine, args.host, folder, stop)
         except handoff.Aborted as exc:
@@ -92,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             handoff.fail(folder, "server", reason)
             print(f"kalab server: {reason}", file=sys.stderr)
             return 1
+    handoff.linger_until_observer_done(args.run_dir)
     return 0
 
 
