@@ -33,9 +33,11 @@ def _parser() -> argparse.ArgumentParser:
                          description="Run every engine of a scenario in turn, capture the "
                          "wire, and check the scenario's expectations against it.")
     run.add_argument("scenario", type=Path, help="scenario file, e.g. lab.yaml")
-    run.add_argument("--runtime", choices=("netns", "local"), default="netns",
+    run.add_argument("--runtime", choices=("netns", "local", "compose"), default="netns",
                      help="netns: server and client in network namespaces joined by a veth "
-                     "(default); local: everything on this host's loopback")
+                     "(default); local: everything on this host's loopback; compose: one "
+                     "container per role with docker compose (KALAB_BASE_IMAGE picks the "
+                     "base image)")
     run.add_argument("--results", type=Path, default=None,
                      help="folder for the report and pcaps (default results/NAME-TIME)")
     run.add_argument("--json", action="store_true", help="print the JSON report, not the summary")
@@ -92,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         scenario = load(args.scenario)
     except ScenarioError as exc:
         return _error(str(exc), EXIT_BAD_INPUT)
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and args.runtime != "compose":
         return _error("the lab needs root: namespaces and packet capture (try sudo)",
                       EXIT_LAB_ERROR)
     missing = _missing_tools(args.runtime)

@@ -1,9 +1,10 @@
-"""One lab run on the netns or local runtime: make the network, start the roles, wait.
+"""One lab run: make the network, start the roles, wait for the observer's verdict.
 
 The roles pace themselves through their shared run folder (see
-`kalab.handoff`), exactly as they do in containers, so this module only
-provides the network, starts the same three entry points and waits for
-the observer, which writes the report and exits with the verdict. Whatever
+`kalab.handoff`), in namespaces, on loopback or in containers alike, so
+this module only provides the network (or hands over to docker compose),
+starts the same three entry points and waits for the observer, which
+writes the report and exits with the verdict. Whatever
 happens (an error, Ctrl-C, SIGTERM), every process is stopped and the
 runtime's namespaces removed before this returns or raises.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from kalab import handoff
 from kalab import report as report_mod
 from kalab.report import Report
+from kalab.runtime.compose import ComposeError, ComposeLab, docker_problem
 from kalab.runtime.local import LocalLab
 from kalab.runtime.netns import NetnsLab
 from kalab.runtime.node import Process
@@ -55,11 +57,45 @@ def run(scenario: Scenario, runtime: str, results: Path,
             shutil.rmtree(handoff.engine_dir(results, engine), ignore_errors=True)
     results.mkdir(parents=True, exist_ok=True)
     state = RunState()
-    lab = RUNTIMES[runtime](state)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    processes: list[Process] = []
     try:
         state.save()
+        if runtime == "compose":
+            _run_compose(scenario, results, state, say)
+        else:
+            _run_processes(scenario, runtime, results, state, say)
+        return report_mod.from_dict(handoff.read_json(results / handoff.REPORT))
+    except _Terminated:
+        raise KeyboardInterrupt from None
+    finally:
+        state.forget()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_compose(scenario: Scenario, results: Path, state: RunState,
+                 say: Callable[[str], None]) -> None:
+    problem = docker_problem()
+    if problem:
+        raise LabError(f"the compose runtime needs Docker: {problem}")
+    lab = ComposeLab(state)
+    try:
+        say(f"docker compose project {lab.project}: building and starting the containers")
+        try:
+            code = lab.run(Path(scenario.file), results, time_limit(scenario))
+        except (ComposeError, subprocess.TimeoutExpired) as exc:
+            raise LabError(str(exc)) from None
+        if code not in report_mod.EXIT_CODES.values() or not (results / handoff.REPORT).exists():
+            raise LabError(_explain_failure(scenario, results, []) +
+                           f" (docker compose exited {code}; see {results / 'compose.log'})")
+    finally:
+        lab.down()
+
+
+def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunState,
+                   say: Callable[[str], None]) -> None:
+    lab = RUNTIMES[runtime](state)
+    processes: list[Process] = []
+    try:
         lab.start()
         common = [str(Path(scenario.file).resolve()), "--run-dir", str(results.resolve())]
         observer = lab.observer.start_role(
@@ -73,15 +109,10 @@ def run(scenario: Scenario, runtime: str, results: Path,
         code = _wait_for_observer(observer, scenario, results, say)
         if code not in report_mod.EXIT_CODES.values() or not (results / handoff.REPORT).exists():
             raise LabError(_explain_failure(scenario, results, processes))
-        return report_mod.from_dict(handoff.read_json(results / handoff.REPORT))
-    except _Terminated:
-        raise KeyboardInterrupt from None
     finally:
         for process in reversed(processes):
             process.stop()
         lab.stop()
-        state.forget()
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _wait_for_observer(observer: Process, scenario: Scenario, results: Path,

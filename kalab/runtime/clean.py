@@ -54,6 +54,11 @@ def clean(everything: bool = False) -> list[str]:
                 except (ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
                 removed.append(f"process {pid}")
+        for project in data.get("compose_projects", []):
+            from kalab.runtime.compose import down_project
+
+            down_project(project)
+            removed.append(f"compose project {project}")
         for ns in data.get("namespaces", []):
             if ns in lab_namespaces():
                 remove_namespace(ns)

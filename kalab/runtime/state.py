@@ -21,11 +21,13 @@ class RunState:
         self.run_id = secrets.token_hex(3)
         self.namespaces: list[str] = []
         self.pids: list[int] = []
+        self.compose_projects: list[str] = []
         self.path = STATE_DIR / f"{self.run_id}.json"
 
     def save(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        data = {"owner": os.getpid(), "namespaces": self.namespaces, "pids": self.pids}
+        data = {"owner": os.getpid(), "namespaces": self.namespaces, "pids": self.pids,
+                "compose_projects": self.compose_projects}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(self.path)
@@ -36,6 +38,10 @@ class RunState:
 
     def add_pid(self, pid: int) -> None:
         self.pids.append(pid)
+        self.save()
+
+    def add_compose_project(self, name: str) -> None:
+        self.compose_projects.append(name)
         self.save()
 
     def forget(self) -> None:
