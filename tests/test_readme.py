@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-from conftest import ROOT, requires_lab
-from walkthrough import commands
+from conftest import ROOT
+from walkthrough import commands, docker_commands
 
 WALKTHROUGH = commands(ROOT / "README.md")
 
@@ -16,19 +15,22 @@ def test_the_walkthrough_has_the_promised_commands():
     assert any(a.startswith("analyze ") for a in argvs)
 
 
+def _first_sh_block(text: str, heading: str) -> list[str]:
+    block = text.split(heading, 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    return [line.split("#")[0].strip() for line in block.strip().splitlines()]
+
+
 def test_the_readme_gives_exactly_two_setup_commands():
     text = (ROOT / "README.md").read_text()
-    setup = text.split("## Set-up: two commands", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
-    lines = [line.split("#")[0].strip() for line in setup.strip().splitlines()]
-    assert lines == ["./lab run lab.yaml", "./lab test"]
+    assert _first_sh_block(text, "## Without Docker: two commands") == \
+        ["./lab run lab.yaml", "./lab test"]
 
 
-@requires_lab
-@pytest.mark.slow
-def test_walkthrough_commands_exit_and_print_as_the_readme_says(walkthrough_results):
-    for command, done in walkthrough_results:
-        output = done.stdout + done.stderr
-        where = f"./lab {' '.join(command.argv)}"
-        assert done.returncode == command.exit_code, f"{where}: exit {done.returncode}\n{output}"
-        missing = command.mismatch(output)
-        assert missing is None, f"{where}: the README shows {missing!r}, output was:\n{output}"
+def test_the_readme_gives_the_docker_path_first():
+    text = (ROOT / "README.md").read_text()
+    assert text.index("## With Docker") < text.index("## Without Docker")
+    # tests/test_compose.py runs these very command lines.
+    (up_env, up), down = docker_commands(ROOT / "README.md")
+    assert up_env == {"KALAB_SCENARIO": "./lab.yaml"}
+    assert up[:3] == ["docker", "compose", "up"] and "--exit-code-from" in up
+    assert down == ["docker", "compose", "down", "-v"]

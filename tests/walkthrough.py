@@ -48,3 +48,18 @@ def commands(readme: Path) -> list[Command]:
         elif line.strip() and line.strip() != "..." and found:
             found[-1].shown.append(line)
     return found
+
+
+def docker_commands(readme: Path) -> tuple[tuple[dict[str, str], list[str]], list[str]]:
+    """The README's `docker compose up` (its environment, its argv) and `down`."""
+    text = readme.read_text(encoding="utf-8")
+    block = text.split("## With Docker", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    up_line, down_line = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    env, argv = {}, []
+    for word in up_line.split():
+        if "=" in word and not argv:
+            name, _, value = word.partition("=")
+            env[name] = value
+        else:
+            argv.append(word)
+    return (env, argv), down_line.split()
