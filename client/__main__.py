@@ -11,18 +11,12 @@ import sys
 
 from client.sessions import run_sessions
 from kalab import handoff
-from kalab.scenario import ScenarioError, load
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = handoff.role_arguments("Run the scenario's client sessions against each engine.")
     parser.add_argument("--host", default="127.0.0.1", help="the server's address")
-    args = parser.parse_args(argv)
-    try:
-        scenario = load(args.scenario)
-    except ScenarioError as exc:
-        print(f"kalab client: {exc}", file=sys.stderr)
-        return 2
+    args, scenario = handoff.parse_role(parser, argv, "client")
     host = f"[{args.host}]" if ":" in args.host else args.host
     for engine in handoff.engines_to_run(scenario, args.engine):
         folder = handoff.shared_engine_dir(args.run_dir, engine)

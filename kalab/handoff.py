@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,6 +138,19 @@ def session_time_limit(scenario: Scenario) -> float:
                 total += 35.0  # the client's connect and read timeouts
         longest = max(longest, total)
     return longest + 30.0
+
+
+def parse_role(parser: argparse.ArgumentParser, argv: list[str] | None,
+               role: str) -> tuple[argparse.Namespace, Scenario]:
+    """A role's arguments and scenario; bad input exits 2 with the one-line error."""
+    from kalab.scenario import ScenarioError, load
+
+    args = parser.parse_args(argv)
+    try:
+        return args, load(args.scenario)
+    except ScenarioError as exc:
+        print(f"kalab {role}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def role_arguments(description: str) -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from kalab import evidence, handoff, summary
 from kalab import report as report_mod
-from kalab.scenario import Engine, Scenario, ScenarioError, load
+from kalab.scenario import Engine, Scenario
 from observer.capture import Capture
 
 LINGER = 0.5  # seconds to keep listening after the client ends: its FINs, the last ACKs
@@ -64,12 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: the run folder itself)")
     parser.add_argument("--scenario-label", default=None,
                         help="the scenario's name as the user gave it (for the report)")
-    args = parser.parse_args(argv)
-    try:
-        scenario = load(args.scenario)
-    except ScenarioError as exc:
-        print(f"kalab observer: {exc}", file=sys.stderr)
-        return 2
+    args, scenario = handoff.parse_role(parser, argv, "observer")
     stop = handoff.StopSignal()
     args.run_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from kalab import handoff
-from kalab.scenario import Engine, Scenario, ScenarioError, load
+from kalab.scenario import Engine, Scenario
 from server.engines import command, version
 
 
@@ -73,12 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = handoff.role_arguments("Serve the scenario's app with each engine in turn.")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: never a public one)")
-    args = parser.parse_args(argv)
-    try:
-        scenario = load(args.scenario)
-    except ScenarioError as exc:
-        print(f"kalab server: {exc}", file=sys.stderr)
-        return 2
+    args, scenario = handoff.parse_role(parser, argv, "server")
     stop = handoff.StopSignal()
     for engine in handoff.engines_to_run(scenario, args.engine):
         folder = handoff.shared_engine_dir(args.run_dir, engine)
