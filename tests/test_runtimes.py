@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -113,3 +114,33 @@ def test_kalab_clean_removes_what_a_killed_run_left(tmp_path):
     while [p for p in role_processes() if str(tmp_path) in p] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in role_processes() if str(tmp_path) in p]
+
+
+def test_the_observer_keeps_its_pcap_and_report_on_sigterm(tmp_path):
+    """As compose stops it: the capture in progress is closed, accounted and reported."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    observer = subprocess.Popen(
+        [sys.executable, "-m", "observer", str(ROOT / "lab.yaml"), "--interface", "lo",
+         "--run-dir", str(tmp_path), "--report", "--runtime", "local"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "werkzeug" / "observer.ready").exists():
+            assert observer.poll() is None, observer.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        observer.send_signal(signal.SIGTERM)
+        observer.communicate(timeout=20)
+    finally:
+        if observer.poll() is None:
+            os.killpg(observer.pid, signal.SIGKILL)
+            observer.wait()
+    capture = json.loads((tmp_path / "werkzeug" / "capture.json").read_text())
+    assert capture["interface"] == "lo" and capture["stopped_at"] >= capture["started_at"]
+    assert (tmp_path / "werkzeug" / "capture.pcap").read_bytes()[:4] == b"\xd4\xc3\xb2\xa1"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [r["engine"] for r in report["runs"]] == ["werkzeug"]
+    # The client never ran: the lab will not conclude from that.
+    assert report["verdict"] == "inconclusive"
+    assert (tmp_path / "observer.done").exists()
