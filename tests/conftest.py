@@ -46,15 +46,43 @@ def run_kalab(*args: str, cwd: Path | None = None, timeout: float = 300,
                           timeout=timeout, env=environment)
 
 
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
+
+
+def _owned_elsewhere(namespace: str) -> bool:
+    """True when a live lab run that this test session did not start owns it."""
+    from kalab.runtime.state import saved_states
+
+    for _, data in saved_states():
+        owner = data.get("owner")
+        if namespace in data.get("namespaces", []) and owner and Path(f"/proc/{owner}").exists():
+            return not _descends_from(owner, os.getpid())
+    return False
+
+
 @pytest.fixture(scope="session", autouse=True)
-def nothing_left_behind():
-    """After the suite: no lab namespace and no role process may remain."""
-    before, before_processes = set(lab_namespaces()), set(role_processes())
+def nothing_left_behind(tmp_path_factory):
+    """After the suite: no namespace or role process of this session may remain.
+
+    Lab runs of other sessions on the same machine are not this suite's: their
+    namespaces belong to a live owner outside this process tree, and their
+    role processes work in other folders.
+    """
+    before = set(lab_namespaces())
+    ours = str(tmp_path_factory.getbasetemp())
     yield
-    left = [ns for ns in lab_namespaces() if ns not in before]
-    processes = [p for p in role_processes() if p not in before_processes]
+    left = [ns for ns in lab_namespaces() if ns not in before and not _owned_elsewhere(ns)]
+    processes = [p for p in role_processes() if ours in p]
     if left or processes:
-        # Only what no live run owns: another lab run on this machine is not ours to stop.
         subprocess.run([*KALAB, "clean"], cwd=ROOT, capture_output=True)
         pytest.fail(f"the tests left behind namespaces {left} and processes {processes}")
 
