@@ -26,7 +26,7 @@ from kalab.report import (
     Report,
     overall_verdict,
 )
-from kalab.scenario import Engine, Expectation, Scenario
+from kalab.scenario import ENGINE_OPTIONS, Engine, Expectation, Scenario
 
 # How far a request's first byte on the wire may stand from the client's clock
 # readings around the call (same host clock; covers scheduling delays).
@@ -217,8 +217,5 @@ def build_report(results: Path, scenario: Scenario, engines: list[Engine], runti
 
 
 def _options(engine: Engine) -> dict[str, Any]:
-    if engine.kind == "werkzeug":
-        return {"threaded": engine.threaded}
-    if engine.worker == "gthread":
-        return {"worker": "gthread", "keep_alive": engine.keep_alive, "threads": engine.threads}
-    return {"worker": engine.worker}
+    """The engine's settings that apply to its kind, as the scenario (or its default) set them."""
+    return {key: getattr(engine, key) for key in sorted(ENGINE_OPTIONS[engine.kind])}

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,19 @@ from typing import Any
 import yaml
 
 DEFAULT_APP = "server.app:app"
-ENGINE_KINDS = ("werkzeug", "gunicorn")
+ENGINE_KINDS = ("werkzeug", "gunicorn", "waitress", "nginx")
 GUNICORN_WORKERS = ("sync", "gthread")
+HTTP_VERSIONS = ("1.1", "1.0")
+# Which settings each engine takes (nginx's upstream is a gunicorn, so it takes
+# gunicorn's settings for it too).
+ENGINE_OPTIONS = {
+    "werkzeug": {"threaded"},
+    "gunicorn": {"worker", "keep_alive", "threads", "max_requests"},
+    "waitress": {"channel_timeout", "cleanup_interval", "threads"},
+    "nginx": {"keepalive_timeout", "keepalive_header", "upstream_keepalive",
+              "upstream_keepalive_timeout", "worker", "keep_alive", "threads", "max_requests"},
+}
+LINK_DIRECTIONS = ("server_to_client", "client_to_server")
 CLOSERS = ("server", "client", "either")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -89,6 +101,8 @@ class Step:
 class Session:
     name: str
     steps: tuple[Step, ...]
+    retries: int = 0  # urllib3 Retry(total=N); requests' default is none
+    http_version: str = "1.1"  # "1.0" makes the client speak HTTP/1.0
 
     @property
     def requests(self) -> list[Request]:
@@ -113,22 +127,62 @@ class Expectation:
 
 @dataclass(frozen=True)
 class Engine:
-    """One server engine, run in turn with the same sessions."""
+    """One server engine, run in turn with the same sessions. Defaults are the engines' own."""
 
     name: str
-    kind: str  # werkzeug | gunicorn
+    kind: str  # werkzeug | gunicorn | waitress | nginx (in front of gunicorn)
     threaded: bool = True  # werkzeug: False speaks HTTP/1.0, as app.run(threaded=False)
     worker: str = "gthread"  # gunicorn worker class
     keep_alive: float = 2.0  # gunicorn --keep-alive (its default is 2)
-    threads: int = 4  # gunicorn gthread --threads
+    threads: int = 4  # gunicorn gthread --threads, waitress threads
+    max_requests: int = 0  # gunicorn --max-requests: restart a worker after N requests
+    channel_timeout: float = 120.0  # waitress: idle connection timeout
+    cleanup_interval: float = 30.0  # waitress: how often idle connections are checked
+    keepalive_timeout: float = 75.0  # nginx keepalive_timeout (client side)
+    keepalive_header: float | None = None  # nginx: the Keep-Alive: timeout=H it advertises
+    upstream_keepalive: int = 0  # nginx upstream keepalive pool size (0: no pooling)
+    upstream_keepalive_timeout: float = 60.0  # nginx: idle upstream connections kept
     expect: tuple[Expectation, ...] = ()
 
     def describe(self) -> str:
         if self.kind == "werkzeug":
             return f"werkzeug ({'threaded' if self.threaded else 'unthreaded'})"
-        if self.worker == "gthread":
-            return f"gunicorn gthread, keep-alive {self.keep_alive:g}s"
-        return "gunicorn sync"
+        if self.kind == "waitress":
+            return (f"waitress, channel_timeout {self.channel_timeout:g}s checked every "
+                    f"{self.cleanup_interval:g}s")
+        gunicorn = (f"gunicorn gthread, keep-alive {self.keep_alive:g}s"
+                    if self.worker == "gthread" else "gunicorn sync")
+        if self.max_requests:
+            gunicorn += f", max-requests {self.max_requests}"
+        if self.kind == "nginx":
+            pool = (f"upstream pool {self.upstream_keepalive} for "
+                    f"{self.upstream_keepalive_timeout:g}s" if self.upstream_keepalive
+                    else "no upstream pool")
+            return (f"nginx keepalive_timeout {self.keepalive_timeout:g}s, {pool}, "
+                    f"in front of {gunicorn}")
+        return gunicorn
+
+
+@dataclass(frozen=True)
+class LinkImpairment:
+    """What `tc netem` applies to one direction of the lab's link."""
+
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_percent: float = 0.0
+    rate: str | None = None  # e.g. "1mbit"
+
+    def netem_args(self) -> list[str]:
+        args: list[str] = []
+        if self.delay_ms or self.jitter_ms:
+            args += ["delay", f"{self.delay_ms:g}ms"]
+            if self.jitter_ms:
+                args.append(f"{self.jitter_ms:g}ms")
+        if self.loss_percent:
+            args += ["loss", f"{self.loss_percent:g}%"]
+        if self.rate:
+            args += ["rate", self.rate]
+        return args
 
 
 @dataclass(frozen=True)
@@ -140,6 +194,7 @@ class Scenario:
     port: int
     engines: tuple[Engine, ...]
     sessions: tuple[Session, ...]
+    link: dict[str, LinkImpairment] = field(default_factory=dict)  # direction -> netem
 
     def engine(self, name: str) -> Engine:
         for engine in self.engines:
@@ -251,7 +306,7 @@ class _Checker:
 
     def scenario(self, root: _Node) -> Scenario:
         top = self.mapping(root, "", {"name", "description", "app", "port",
-                                      "engines", "sessions"})
+                                      "engines", "sessions", "link"})
         for required in ("engines", "sessions"):
             if required not in top:
                 raise self.fail(root, required, "missing (a scenario needs engines and sessions)")
@@ -273,7 +328,26 @@ class _Checker:
                 node = top["engines"].value[i]
                 raise self.fail(node, f"engines[{i}].name",
                                 f"duplicate engine name {engine_name!r}: give each a name")
-        return Scenario(self.file, name, description, app, port, engines, tuple(sessions))
+        link = self._link(top["link"]) if "link" in top else {}
+        return Scenario(self.file, name, description, app, port, engines, tuple(sessions), link)
+
+    def _link(self, node: _Node) -> dict[str, LinkImpairment]:
+        fields = self.mapping(node, "link", set(LINK_DIRECTIONS))
+        link = {}
+        for direction, value in fields.items():
+            where = f"link.{direction}"
+            spec = self.mapping(value, where, {"delay_ms", "jitter_ms", "loss_percent", "rate"})
+            numbers = {key: self.number(spec[key], f"{where}.{key}", 0, False,
+                                        100 if key == "loss_percent" else 60_000)
+                       for key in ("delay_ms", "jitter_ms", "loss_percent") if key in spec}
+            rate = None
+            if "rate" in spec:
+                rate = self.string(spec["rate"], f"{where}.rate")
+                if not re.fullmatch(r"[0-9]+(\.[0-9]+)?([kmg]?bit|[kmg]?bps)", rate):
+                    raise self.fail(spec["rate"], f"{where}.rate",
+                                    f"expected a tc rate such as 1mbit, got {rate!r}")
+            link[direction] = LinkImpairment(rate=rate, **numbers)
+        return link
 
     def _sessions(self, node: _Node) -> list[Session]:
         items = self.sequence(node, "sessions")
@@ -282,7 +356,7 @@ class _Checker:
         seen: set[str] = set()
         for i, item in enumerate(items):
             where = f"sessions[{i}]"
-            fields = self.mapping(item, where, {"name", "steps"})
+            fields = self.mapping(item, where, {"name", "steps", "retries", "http_version"})
             name = self.string(fields["name"], f"{where}.name") if "name" in fields else f"s{i + 1}"
             if name in seen or "." in name:
                 raise self.fail(item, f"{where}.name",
@@ -293,7 +367,13 @@ class _Checker:
             steps = self._steps(fields["steps"], f"{where}.steps", name, several)
             if not any(s.kind == "request" for s in steps):
                 raise self.fail(fields["steps"], f"{where}.steps", "has no request")
-            sessions.append(Session(name, tuple(steps)))
+            retries = int(self.number(fields["retries"], f"{where}.retries", 0, True, 10)) \
+                if "retries" in fields else 0
+            version = "1.1"
+            if "http_version" in fields:
+                version = self.string(fields["http_version"], f"{where}.http_version",
+                                      HTTP_VERSIONS)
+            sessions.append(Session(name, tuple(steps), retries, version))
         return sessions
 
     def _steps(self, node: _Node, where: str, session: str, several: bool) -> list[Step]:
@@ -359,32 +439,34 @@ class _Checker:
         return Request(ref, session, number, method, path, headers, body)
 
     def _engine(self, node: _Node, where: str, refs: dict[str, Request]) -> Engine:
-        fields = self.mapping(node, where, {"name", "engine", "threaded", "worker",
-                                            "keep_alive", "threads", "expect"})
+        every_option = set().union(*ENGINE_OPTIONS.values())
+        fields = self.mapping(node, where, {"name", "engine", "expect"} | every_option)
         if "engine" not in fields:
             raise self.fail(node, f"{where}.engine", f"missing (one of: {', '.join(ENGINE_KINDS)})")
         kind = self.string(fields["engine"], f"{where}.engine", ENGINE_KINDS)
-        options: dict[str, Any] = {}
-        allowed = {"werkzeug": {"threaded"}, "gunicorn": {"worker", "keep_alive", "threads"}}
-        for key in ("threaded", "worker", "keep_alive", "threads"):
-            if key in fields and key not in allowed[kind]:
+        for key in sorted(every_option & fields.keys()):
+            if key not in ENGINE_OPTIONS[kind]:
                 raise self.fail(fields[key], f"{where}.{key}", f"does not apply to {kind}")
-        if "threaded" in fields:
-            options["threaded"] = self.boolean(fields["threaded"], f"{where}.threaded")
-        if "worker" in fields:
-            options["worker"] = self.string(fields["worker"], f"{where}.worker", GUNICORN_WORKERS)
-        if "keep_alive" in fields:
-            options["keep_alive"] = self.number(fields["keep_alive"], f"{where}.keep_alive",
-                                                0, False, 3600)
-        if "threads" in fields:
-            options["threads"] = int(self.number(fields["threads"], f"{where}.threads",
-                                                 1, True, 256))
+        options: dict[str, Any] = {}
+        for key in ENGINE_OPTIONS[kind] & fields.keys():
+            value, here = fields[key], f"{where}.{key}"
+            if key == "threaded":
+                options[key] = self.boolean(value, here)
+            elif key == "worker":
+                options[key] = self.string(value, here, GUNICORN_WORKERS)
+            elif key in ("threads", "upstream_keepalive", "max_requests"):
+                low = 1 if key == "threads" else 0
+                options[key] = int(self.number(value, here, low, True, 1024))
+            elif key in ("channel_timeout", "cleanup_interval"):  # waitress takes whole seconds
+                options[key] = int(self.number(value, here, 1, True, 3600))
+            else:
+                options[key] = self.number(value, here, 0, False, 3600)
         if options.get("worker") == "sync" and ("keep_alive" in options or "threads" in options):
             key = "keep_alive" if "keep_alive" in options else "threads"
             raise self.fail(fields[key], f"{where}.{key}",
                             "gunicorn's sync worker has no keep-alive or threads; use gthread")
         worker = options.get("worker", "gthread")
-        default_name = kind if kind == "werkzeug" else f"gunicorn-{worker}"
+        default_name = f"gunicorn-{worker}" if kind == "gunicorn" else kind
         name = self.string(fields["name"], f"{where}.name") if "name" in fields else default_name
         expect = ()
         if "expect" in fields:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kalab import handoff
 from kalab.scenario import Engine, Scenario
-from server.engines import command, version
+from server.engines import plan, version
 
 
 def wait_until_accepting(host: str, port: int, child: subprocess.Popen, timeout: float) -> None:
@@ -43,30 +43,40 @@ def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
           stop: handoff.StopSignal) -> None:
     handoff.wait_for(folder / handoff.OBSERVER_READY, handoff.ROLE_START_TIMEOUT,
                      what="the observer", stop=stop)
-    argv = command(engine, scenario.app, host, scenario.port)
+    launches = plan(engine, scenario.app, host, scenario.port, folder)
+    children: list[subprocess.Popen] = []
     with open(folder / "server.log", "wb") as log:
-        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL)
         try:
-            wait_until_accepting(host, scenario.port, child, handoff.ROLE_START_TIMEOUT)
+            for launch in launches:
+                child = subprocess.Popen(launch.argv, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+                children.append(child)
+                wait_until_accepting(launch.host, launch.port, child,
+                                     handoff.ROLE_START_TIMEOUT)
             handoff.write_json(folder / handoff.SERVER_READY, {
                 "engine": engine.name, "kind": engine.kind, "description": engine.describe(),
                 "version": version(engine), "listen": f"{host}:{scenario.port}",
-                "pid": child.pid, "argv": argv, "ready_at": time.time(),
+                "pids": [c.pid for c in children], "argv": [lc.argv for lc in launches],
+                "ready_at": time.time(),
             })
             handoff.wait_for(folder / handoff.CAPTURE_STATS,
                              handoff.session_time_limit(scenario) + 60,
-                             alive=lambda: child.poll() is None,
+                             alive=lambda: all(c.poll() is None for c in children),
                              what="the end of the capture", stop=stop)
         finally:
-            if child.poll() is None:
-                child.terminate()
-                try:
-                    child.wait(5)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+            for child in reversed(children):
+                _stop(child)
     (folder / handoff.SERVER_STOPPED).touch()
+
+
+def _stop(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
