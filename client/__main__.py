@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from client.sessions import run_sessions
-from kalab import handoff
+from kalab import handoff, netem
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +18,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="the server's address")
     args, scenario = handoff.parse_role(parser, argv, "client")
     host = f"[{args.host}]" if ":" in args.host else args.host
+    applied = []
+    if "client_to_server" in scenario.link:
+        try:
+            interface = netem.route_interface(args.host)
+            applied.append(netem.apply(interface, scenario.link["client_to_server"],
+                                       "client_to_server"))
+        except netem.ImpairmentError as exc:
+            print(f"kalab client: {exc}", file=sys.stderr)
+            for engine in handoff.engines_to_run(scenario, args.engine):
+                handoff.fail(handoff.shared_engine_dir(args.run_dir, engine), "client", str(exc))
+            return 1
     for engine in handoff.engines_to_run(scenario, args.engine):
         folder = handoff.shared_engine_dir(args.run_dir, engine)
         try:
@@ -28,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kalab client: {engine.name}: {exc}", file=sys.stderr)
             return 1
         records = run_sessions(scenario, f"http://{host}:{scenario.port}")
+        records["impairments"] = applied
         handoff.write_json(folder / handoff.CLIENT_RECORDS, records)
         (folder / handoff.CLIENT_DONE).touch()
     handoff.linger_until_observer_done(args.run_dir)

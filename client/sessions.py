@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from kalab.scenario import Scenario, Session
 
@@ -100,7 +103,7 @@ class SessionRunner:
         return self.epoch0 + (mono - self.t0)
 
     def run(self) -> None:
-        http = requests.Session()
+        http = make_session(self.session)
         ports: dict[int, int] = {}
         last_done = self.t0
         try:
@@ -152,6 +155,70 @@ class SessionRunner:
         return record
 
 
+def make_session(session: Session) -> requests.Session:
+    """A requests.Session as the scenario's session asks: its retries, its HTTP version."""
+    http = requests.Session()
+    if session.retries or session.http_version != "1.1" or not session.stale_check:
+        http.mount("http://", _ScenarioAdapter(session))
+    return http
+
+
+class _ScenarioAdapter(HTTPAdapter):
+    def __init__(self, session: Session) -> None:
+        self._http10 = session.http_version == "1.0"
+        self._no_stale_check = not session.stale_check
+        # Retry(total=N) retries only idempotent methods, as RFC 9110 section 9.2.2 asks.
+        super().__init__(max_retries=Retry(total=session.retries, backoff_factor=0)
+                         if session.retries else 0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        pool = {(False, False): None, (True, False): _Http10Pool,
+                (False, True): _UncheckedPool, (True, True): _UncheckedHttp10Pool}[
+                    (self._http10, self._no_stale_check)]
+        if pool is not None:
+            self.poolmanager.pool_classes_by_scheme = {
+                **self.poolmanager.pool_classes_by_scheme, "http": pool}
+
+
+class _Http10Connection(urllib3.connection.HTTPConnection):
+    _http_vsn = 10
+    _http_vsn_str = "HTTP/1.0"
+
+
+class _UncheckedConnection(urllib3.connection.HTTPConnection):
+    kalab_unchecked = True
+
+
+class _UncheckedHttp10Connection(_Http10Connection):
+    kalab_unchecked = True
+
+
+class _Http10Pool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _Http10Connection
+
+
+class _UncheckedPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _UncheckedConnection
+
+
+class _UncheckedHttp10Pool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _UncheckedHttp10Connection
+
+
+_urllib3_is_connection_dropped = urllib3.connectionpool.is_connection_dropped
+
+
+def _is_connection_dropped(conn: Any) -> bool:
+    # urllib3 (1.26 and 2.x) looks this name up in connectionpool for every reuse.
+    if getattr(conn, "kalab_unchecked", False) and getattr(conn, "sock", None) is not None:
+        return False
+    return _urllib3_is_connection_dropped(conn)
+
+
+urllib3.connectionpool.is_connection_dropped = _is_connection_dropped
+
+
 def _sleep_until(target: float) -> None:
     while True:
         left = target - time.monotonic()
@@ -188,6 +255,4 @@ def run_sessions(scenario: Scenario, base_url: str) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    import urllib3
-
     return {"requests": requests.__version__, "urllib3": urllib3.__version__}

@@ -94,6 +94,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         scenario = load(args.scenario)
     except ScenarioError as exc:
         return _error(str(exc), EXIT_BAD_INPUT)
+    if scenario.link and args.runtime == "local":
+        return _error(f"{args.scenario}: link: impairments need --runtime netns or compose "
+                      "(netem on the host's loopback would slow everything on it)",
+                      EXIT_BAD_INPUT)
     if os.geteuid() != 0 and args.runtime != "compose":
         return _error("the lab needs root: namespaces and packet capture (try sudo)",
                       EXIT_LAB_ERROR)

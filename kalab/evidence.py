@@ -183,7 +183,8 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
     capture = Capture(pcap=pcap_name, interface=stats["interface"], filter=stats["filter"],
                       started_at=stats["started_at"], stopped_at=stats["stopped_at"],
                       packets=stats["packets"], duplicates_dropped=stats["duplicates_dropped"],
-                      kernel_drops=stats["kernel_drops"], problems=problems)
+                      kernel_drops=stats["kernel_drops"], problems=problems,
+                      impairments=stats.get("impairments", []) + client.get("impairments", []))
     first_request = min((r["sent_at"] for r in client.get("requests", [])), default=None)
     if first_request is not None and capture.started_at > first_request:
         problems.append("the capture started after the first request was sent")

@@ -113,6 +113,9 @@ class Capture:
                                    "a pcap from elsewhere.", None)
     problems: list[str] = doc("Why the capture cannot be trusted; empty when it can.",
                               factory=list)
+    impairments: list[str] = doc("Link impairments applied during the run (`tc netem`), "
+                                 "one line per direction, e.g. `client_to_server: netem "
+                                 "delay 100ms on eth0`; empty for a clean link.", factory=list)
 
 
 @dataclass

@@ -103,6 +103,9 @@ class Session:
     steps: tuple[Step, ...]
     retries: int = 0  # urllib3 Retry(total=N); requests' default is none
     http_version: str = "1.1"  # "1.0" makes the client speak HTTP/1.0
+    # False: reuse a pooled connection without urllib3's check that the server
+    # closed it, as clients without such a check do (the request races the FIN).
+    stale_check: bool = True
 
     @property
     def requests(self) -> list[Request]:
@@ -356,7 +359,8 @@ class _Checker:
         seen: set[str] = set()
         for i, item in enumerate(items):
             where = f"sessions[{i}]"
-            fields = self.mapping(item, where, {"name", "steps", "retries", "http_version"})
+            fields = self.mapping(item, where, {"name", "steps", "retries", "http_version",
+                                                "stale_check"})
             name = self.string(fields["name"], f"{where}.name") if "name" in fields else f"s{i + 1}"
             if name in seen or "." in name:
                 raise self.fail(item, f"{where}.name",
@@ -373,7 +377,9 @@ class _Checker:
             if "http_version" in fields:
                 version = self.string(fields["http_version"], f"{where}.http_version",
                                       HTTP_VERSIONS)
-            sessions.append(Session(name, tuple(steps), retries, version))
+            stale_check = self.boolean(fields["stale_check"], f"{where}.stale_check") \
+                if "stale_check" in fields else True
+            sessions.append(Session(name, tuple(steps), retries, version, stale_check))
         return sessions
 
     def _steps(self, node: _Node, where: str, session: str, several: bool) -> list[Step]:

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from kalab import evidence, handoff, summary
+from kalab import evidence, handoff, netem, summary
 from kalab import report as report_mod
 from kalab.scenario import Engine, Scenario
 from observer.capture import Capture
@@ -29,7 +29,7 @@ EXIT_ROLE_FAILED = 4
 
 
 def capture_engine(scenario: Scenario, engine: Engine, folder: Path, interface: str,
-                   stop: handoff.StopSignal) -> None:
+                   stop: handoff.StopSignal, applied: list[str]) -> None:
     capture = Capture(interface, scenario.port, folder / handoff.CAPTURE_PCAP)
     try:
         (folder / handoff.OBSERVER_READY).touch()
@@ -50,6 +50,7 @@ def capture_engine(scenario: Scenario, engine: Engine, folder: Path, interface: 
                 raise handoff.Aborted("the client did not finish in time")
     finally:
         stats = capture.close()
+        stats.impairments = list(applied)
         handoff.write_json(folder / handoff.CAPTURE_STATS, stats.to_dict())
 
 
@@ -68,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     stop = handoff.StopSignal()
     args.run_dir.mkdir(parents=True, exist_ok=True)
     try:
+        if "server_to_client" in scenario.link:
+            try:
+                args.applied = [netem.apply(args.interface, scenario.link["server_to_client"],
+                                            "server_to_client")]
+            except netem.ImpairmentError as exc:
+                print(f"kalab observer: {exc}", file=sys.stderr)
+                return EXIT_ROLE_FAILED
         return observe(scenario, args, stop)
     finally:
         (args.run_dir / handoff.OBSERVER_DONE).touch()
@@ -87,7 +95,8 @@ def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSign
                 handoff.wait_for(previous / handoff.SERVER_STOPPED, 30,
                                  what="the previous engine's stop", stop=stop)
             captured.append(engine)
-            capture_engine(scenario, engine, folder, args.interface, stop)
+            capture_engine(scenario, engine, folder, args.interface, stop,
+                           getattr(args, "applied", []))
         except (OSError, RuntimeError, handoff.Aborted) as exc:
             if not stop():
                 handoff.fail(folder, "observer", str(exc))

@@ -40,6 +40,7 @@ class CaptureStats:
     kernel_drops: int = 0
     kernel_packets: int = 0
     problems: list[str] = field(default_factory=list)
+    impairments: list[str] = field(default_factory=list)  # netem applied by the observer
 
     def to_dict(self) -> dict:
         return asdict(self)
