@@ -448,6 +448,9 @@ class _Conn:
             idle_before_close=idle,
             advertised_timeout=self.advertised,
             probe=not self.requests,
+            enforced_minus_advertised=(round(idle - self.advertised, 6)
+                                       if closed_by == "server" and idle is not None
+                                       and self.advertised is not None else None),
             complete=self.syn_at is not None and self.gaps == 0,
             gaps=self.gaps,
         )

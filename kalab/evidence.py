@@ -60,36 +60,93 @@ def _ids(values: list[Any]) -> str:
 
 
 def join_client(requests: list[HttpRequest], connections: list[Connection],
-                client_records: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
+                client_records: list[dict[str, Any]]) -> tuple[list[dict], list[str], list[str]]:
     """Name wire requests after the scenario's requests, using the client's records.
 
-    Returns the client records that never reached the wire (errors before
-    sending) and problems (a response the client got that the wire lacks).
+    A client request can stand on the wire more than once: urllib3 retried it.
+    Its tries are the wire requests with its method and path sent while the
+    call ran; the last is named after the scenario's request, earlier ones
+    `REF~1`, `REF~2`. Returns the records that never reached the wire, the
+    capture problems (a response the wire lacks) and the disagreements
+    between belief and wire.
     """
     by_conn = {c.id: c for c in connections}
     unmatched = list(requests)
     missing: list[dict] = []
     problems: list[str] = []
+    disagreements: list[str] = []
     for record in sorted(client_records, key=lambda r: r["sent_at"]):
         window = [r for r in unmatched
                   if record["sent_at"] - JOIN_SLACK <= r.sent_at <= record["finished_at"]
-                  + JOIN_SLACK]
+                  + JOIN_SLACK and r.method == record["method"]
+                  and r.target.split("?")[0] == record["path"].split("?")[0]]
         port = record.get("local_port")
-        same_port = [r for r in window
-                     if port and by_conn[r.connection].client.rsplit(":", 1)[1] == str(port)]
-        chosen = (same_port or window or [None])[0]
-        if chosen is None:
+        on_port = [r for r in window if port and _port(by_conn[r.connection]) == port]
+        final = (on_port or window or [None])[-1]
+        if final is None:
             if record.get("status") is not None:
                 problems.append(f"the client got a response to request {record['ref']} but the "
                                 "capture has no such request")
             missing.append(record)
             continue
-        unmatched.remove(chosen)
-        chosen.id = record["ref"]
-        chosen.client = record
+        tries = [r for r in window if r.sent_at <= final.sent_at]
+        if record.get("status") is None:
+            tries = window  # every try failed: the last one is the request's
+        for number, wire in enumerate(tries, 1):
+            unmatched.remove(wire)
+            wire.attempt = number
+            wire.id = record["ref"] if number == len(tries) else f"{record['ref']}~{number}"
+            wire.client = record
+            wire.planned_at = record.get("planned_at")
+            if wire.planned_at is not None and number == 1:
+                wire.send_lag = round(wire.sent_at - wire.planned_at, 6)
+            wire.story = _story(wire, by_conn[wire.connection], record)
+        disagreements += _disagreements(tries[-1], by_conn[tries[-1].connection], record)
     for connection in connections:
         connection.requests = [r.id for r in requests if r.connection == connection.id]
-    return missing, problems
+    return missing, problems, disagreements
+
+
+def _port(connection: Connection) -> int:
+    return int(connection.client.rsplit(":", 1)[1])
+
+
+def _story(request: HttpRequest, connection: Connection, record: dict[str, Any]) -> str:
+    server_fin = connection.first_fin_at if connection.first_fin_by == "server" else None
+    if server_fin is not None and request.sent_at > server_fin:
+        return "raced the FIN"
+    if request.reused:
+        return "reused"
+    if request.status is None:
+        return "unanswered"
+    urllib3 = " ".join(record.get("urllib3", []))
+    if "Resetting dropped connection" in urllib3 and request.attempt == 1:
+        return "replaced dropped connection"
+    return "new"
+
+
+def _disagreements(request: HttpRequest, connection: Connection,
+                   record: dict[str, Any]) -> list[str]:
+    ref, found = record["ref"], []
+    if record.get("local_port") and record["local_port"] != _port(connection):
+        found.append(f"request {ref}: the client used port {record['local_port']}, the wire "
+                     f"shows it on #{connection.id} from port {_port(connection)}")
+    urllib3 = " ".join(record.get("urllib3", []))
+    believed_new = "Starting new" in urllib3 or "Resetting dropped connection" in urllib3
+    if believed_new and request.reused:
+        found.append(f"request {ref}: urllib3 opened a connection, but the wire shows it "
+                     f"reused #{connection.id}")
+    if not believed_new and not request.reused and request.attempt == 1:
+        found.append(f"request {ref}: urllib3 believed it reused a connection, but the wire "
+                     f"shows it opened #{connection.id}")
+    if record.get("error") and request.status is not None:
+        found.append(f"request {ref}: the client saw {record.get('error_cause') or record['error']}"
+                     f" though the wire carries a {request.status} response")
+    if record.get("status") is not None and request.status is not None \
+            and record["status"] != request.status:
+        found.append(f"request {ref}: the client saw status {record['status']}, the wire "
+                     f"{request.status}")
+    return found
 
 
 def check(expectation: Expectation, requests: list[HttpRequest],
@@ -121,6 +178,11 @@ def check(expectation: Expectation, requests: list[HttpRequest],
         depths = [(ref, by_id[ref]) for ref in expectation.requests]
         placed = ", ".join(f"{ref} on #{r.connection} at depth {r.depth}" for ref, r in depths)
         return result(all(r.depth == 1 for _, r in depths), placed)
+    if kind == "story":
+        request = by_id[expectation.requests[0]]
+        return result(request.story == expectation.story,
+                      f"{request.id}: {request.story or 'no client record'} on #"
+                      f"{request.connection}")
     if kind == "status":
         wrong = [r for r in scenario_requests if r.status != expectation.status]
         if not scenario_requests:
@@ -178,7 +240,8 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
     problems = list(stats.get("problems", [])) + wire_problems(connections)
     if not client.get("requests") and scenario.requests:
         problems.append("the client role left no records")
-    missing, join_problems = join_client(requests, connections, client.get("requests", []))
+    missing, join_problems, disagreements = join_client(requests, connections,
+                                                        client.get("requests", []))
     problems += join_problems
     capture = Capture(pcap=pcap_name, interface=stats["interface"], filter=stats["filter"],
                       started_at=stats["started_at"], stopped_at=stats["stopped_at"],
@@ -193,7 +256,8 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
         engine=engine.name, kind=engine.kind, description=engine.describe(),
         version=server.get("version"), listen=server.get("listen"),
         options=_options(engine), capture=capture, connections=connections,
-        requests=requests, client_errors=missing, expectations=results,
+        requests=requests, client_errors=missing, disagreements=disagreements,
+        expectations=results,
         verdict=verdict_of(results, problems))
 
 

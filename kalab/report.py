@@ -57,8 +57,20 @@ class HttpRequest:
                                            "the server advertised (a hint, never a promise).",
                                            None)
     client: dict[str, Any] | None = doc("What the client role believed about this request "
-                                        "(see `client.records.RequestRecord`); null for "
+                                        "(see `client.sessions.RequestRecord`); null for "
                                         "`kalab analyze`.", None)
+    planned_at: float | None = doc("When the scenario said to send it (the client's "
+                                   "clock); null without client records.", None)
+    send_lag: float | None = doc("`sent_at - planned_at`: how late the request reached the "
+                                 "wire against the scenario's timing.", None)
+    attempt: int = doc("Which try of the client's request this was: 1, or 2, 3... when "
+                       "urllib3 retried it (earlier tries are named `REF~1`, `REF~2`).", 1)
+    story: str | None = doc("The request's fate from the wire and the client together: "
+                            "`new` (opened its connection), `reused` (went on a connection "
+                            "that had carried a request), `replaced dropped connection` "
+                            "(urllib3 found the server's FIN and reconnected), `raced the "
+                            "FIN` (sent on a connection the server had already closed), "
+                            "`unanswered`; null without client records.", None)
 
 
 @dataclass
@@ -94,6 +106,10 @@ class Connection:
     complete: bool = doc("False when the capture has a hole in it: no SYN seen, or a "
                          "sequence gap never filled.")
     gaps: int = doc("Sequence gaps (bytes the capture never saw) in either direction.")
+    enforced_minus_advertised: float | None = doc(
+        "When the server closed an idle connection and had advertised a timeout: "
+        "`idle_before_close - advertised_timeout` (negative: it closed sooner than it "
+        "said); null otherwise.", None)
 
 
 @dataclass
@@ -144,6 +160,8 @@ class EngineRun:
     requests: list[HttpRequest] = doc("Every request seen, in the order sent.")
     client_errors: list[dict[str, Any]] = doc("Client records that never reached the wire "
                                               "(e.g. connection refused).", factory=list)
+    disagreements: list[str] = doc("Where the client's belief and the wire differ (a port, "
+                                   "a reuse, an error the wire does not show).", factory=list)
     expectations: list[ExpectationResult] = doc("Each expectation with its result.",
                                                 factory=list)
     verdict: str = doc("`pass`, `fail`, `inconclusive` (the capture cannot be trusted), or "

@@ -28,7 +28,21 @@ Expectations (per engine), each one mapping with one kind and an optional
   (``each``: every connection) was first closed (first FIN) by that side,
   ``idle`` seconds after its last response (± tolerance), or at most
   ``within`` seconds after it;
-- ``status: CODE``: every request got this status.
+- ``status: CODE``: every request got this status;
+- ``story: {request: R, is: STORY}``: the request's fate, from the wire and
+  the client together: ``new``, ``reused``, ``replaced dropped connection``,
+  ``raced the FIN`` or ``unanswered``.
+
+Sessions may set ``retries: N`` (urllib3 retries, idempotent methods only),
+``http_version: "1.0"`` and ``stale_check: false`` (reuse a pooled
+connection without urllib3's check that the server closed it). ``link``
+sets impairments per direction (``server_to_client``, ``client_to_server``:
+``delay_ms``, ``jitter_ms``, ``loss_percent``, ``rate``), applied with
+``tc``. Engines: ``werkzeug`` (``threaded``), ``gunicorn`` (``worker``,
+``keep_alive``, ``threads``, ``max_requests``), ``waitress``
+(``channel_timeout``, ``cleanup_interval``, ``threads``) and ``nginx`` in
+front of gunicorn (``keepalive_timeout``, ``keepalive_header``,
+``upstream_keepalive``, ``upstream_keepalive_timeout``, and gunicorn's).
 
 Requests are numbered from 1 in each session's step order; with several
 sessions they are named ``SESSION.N``.
@@ -49,6 +63,7 @@ DEFAULT_APP = "server.app:app"
 ENGINE_KINDS = ("werkzeug", "gunicorn", "waitress", "nginx")
 GUNICORN_WORKERS = ("sync", "gthread")
 HTTP_VERSIONS = ("1.1", "1.0")
+STORIES = ("new", "reused", "replaced dropped connection", "raced the FIN", "unanswered")
 # Which settings each engine takes (nginx's upstream is a gunicorn, so it takes
 # gunicorn's settings for it too).
 ENGINE_OPTIONS = {
@@ -126,6 +141,7 @@ class Expectation:
     tolerance: float = 0.5
     within: float | None = None
     status: int | None = None
+    story: str | None = None
 
 
 @dataclass(frozen=True)
@@ -492,7 +508,7 @@ class _Checker:
         return tuple(out)
 
     def _expectation(self, node: _Node, where: str, refs: dict[str, Request]) -> Expectation:
-        kinds = ("connections", "same_connection", "new_connection", "close", "status")
+        kinds = ("connections", "same_connection", "new_connection", "close", "status", "story")
         fields = self.mapping(node, where, set(kinds) | {"claim"})
         present = [k for k in kinds if k in fields]
         if len(present) != 1:
@@ -509,6 +525,15 @@ class _Checker:
             status = int(self.number(value, here, 100, True, 599))
             return Expectation(kind, claim or f"every request gets status {status}",
                                node.line, status=status)
+        if kind == "story":
+            spec = self.mapping(value, here, {"request", "is"})
+            for key in ("request", "is"):
+                if key not in spec:
+                    raise self.fail(value, f"{here}.{key}", "missing")
+            requests = self._refs(spec["request"], f"{here}.request", refs)
+            story = self.string(spec["is"], f"{here}.is", STORIES)
+            return Expectation(kind, claim or f"request {requests[0]}: {story}", node.line,
+                               requests=requests[:1], story=story)
         if kind in ("same_connection", "new_connection"):
             requests = self._refs(value, here, refs)
             default = (f"requests {', '.join(requests)} share one connection"

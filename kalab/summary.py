@@ -40,9 +40,16 @@ def connection_story(conn: Connection) -> str:
         closed = f"{how} by the {who}"
         if conn.idle_before_close is not None:
             closed += f" {conn.idle_before_close:.3f} s after the last data"
-    advertised = "no Keep-Alive timeout" if conn.advertised_timeout is None else \
-        f"Keep-Alive: timeout={conn.advertised_timeout:g}"
-    return f"{what}: {closed} (advertised: {advertised})"
+    if conn.advertised_timeout is None:
+        return f"{what}: {closed}; no Keep-Alive timeout was advertised"
+    said = f"it advertised Keep-Alive: timeout={conn.advertised_timeout:g}"
+    gap = conn.enforced_minus_advertised
+    if gap is None:
+        return f"{what}: {closed}; {said}"
+    if abs(gap) < 0.05:
+        return f"{what}: {closed}; {said}, and kept to it"
+    return (f"{what}: {closed}; {said}, and closed {abs(gap):.3f} s "
+            f"{'sooner' if gap < 0 else 'later'} than it said")
 
 
 def as_text(report: Report) -> str:
@@ -73,18 +80,23 @@ def render(report: Report, console: Console | None = None) -> None:
                       soft_wrap=True)
         requests = Table(title="Requests -> connections", title_justify="left")
         for col in ("req", "sent", "request", "conn", "depth", "status",
-                    "response Connection", "Keep-Alive", "client saw"):
+                    "response Connection", "Keep-Alive", "story", "client saw"):
             requests.add_column(col)
         for r in run.requests:
             client = r.client or {}
-            saw = client.get("error_cause") or client.get("error") or (
-                f"port {client['local_port']}" if client.get("local_port") else "")
-            if any("Resetting dropped connection" in line for line in client.get("urllib3", [])):
-                saw = f"{saw}; urllib3 replaced a dropped connection".lstrip("; ")
+            if r.attempt > 1 or r.id.count("~"):
+                saw = f"try {r.attempt}"
+            else:
+                saw = ""
+            error = client.get("error_cause") or client.get("error")
+            if error and r.status is None and "~" not in r.id:
+                saw = f"{saw}; {error}".lstrip("; ")
+            elif client.get("local_port") and "~" not in r.id:
+                saw = f"{saw}; port {client['local_port']}".lstrip("; ")
             requests.add_row(r.id, _t(r.sent_at, zero), f"{r.method} {r.target}",
                              f"#{r.connection}", f"{r.depth}{' (reused)' if r.reused else ''}",
                              str(r.status or "-"), r.response_connection or "-",
-                             r.response_keep_alive or "-", saw)
+                             r.response_keep_alive or "-", r.story or "-", saw)
         console.print(requests)
         conns = Table(title="Connections -> who closed", title_justify="left")
         for col in ("conn", "client", "SYN", "requests", "first FIN by", "at",
@@ -100,6 +112,10 @@ def render(report: Report, console: Console | None = None) -> None:
         for c in run.connections:
             if not c.probe:
                 console.print(f"  {connection_story(c)}", soft_wrap=True)
+        for disagreement in run.disagreements:
+            console.print(f"  [yellow]belief vs wire:[/] {disagreement}", soft_wrap=True)
+        for impairment in cap.impairments:
+            console.print(f"  link impaired: {impairment}", soft_wrap=True)
         for error in run.client_errors:
             console.print(f"  [yellow]request {error['ref']} never reached the wire: "
                           f"{error.get('error_cause') or error.get('error')}[/]")
