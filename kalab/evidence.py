@@ -283,4 +283,7 @@ def build_report(results: Path, scenario: Scenario, engines: list[Engine], runti
 
 def _options(engine: Engine) -> dict[str, Any]:
     """The engine's settings that apply to its kind, as the scenario (or its default) set them."""
-    return {key: getattr(engine, key) for key in sorted(ENGINE_OPTIONS[engine.kind])}
+    options = {key: getattr(engine, key) for key in sorted(ENGINE_OPTIONS[engine.kind])}
+    if engine.app:
+        options["app"] = engine.app
+    return options

@@ -8,7 +8,8 @@ the CLI turns it into exit code 2 before anything starts.
 A scenario is:
 
 - ``port``: the TCP port the server listens on (default 5000);
-- ``app``: the WSGI app as ``module:attribute`` (default the tutorial's app);
+- ``app``: the WSGI app as ``module:attribute`` (default the tutorial's app;
+  an engine may name its own);
 - ``engines``: the servers to run in turn, each with its own ``expect`` list;
 - ``sessions``: the clients, run concurrently, each a list of ``steps``.
 
@@ -161,6 +162,7 @@ class Engine:
     keepalive_header: float | None = None  # nginx: the Keep-Alive: timeout=H it advertises
     upstream_keepalive: int = 0  # nginx upstream keepalive pool size (0: no pooling)
     upstream_keepalive_timeout: float = 60.0  # nginx: idle upstream connections kept
+    app: str | None = None  # this engine's WSGI app, if not the scenario's
     expect: tuple[Expectation, ...] = ()
 
     def describe(self) -> str:
@@ -462,7 +464,7 @@ class _Checker:
 
     def _engine(self, node: _Node, where: str, refs: dict[str, Request]) -> Engine:
         every_option = set().union(*ENGINE_OPTIONS.values())
-        fields = self.mapping(node, where, {"name", "engine", "expect"} | every_option)
+        fields = self.mapping(node, where, {"name", "engine", "expect", "app"} | every_option)
         if "engine" not in fields:
             raise self.fail(node, f"{where}.engine", f"missing (one of: {', '.join(ENGINE_KINDS)})")
         kind = self.string(fields["engine"], f"{where}.engine", ENGINE_KINDS)
@@ -487,6 +489,11 @@ class _Checker:
             key = "keep_alive" if "keep_alive" in options else "threads"
             raise self.fail(fields[key], f"{where}.{key}",
                             "gunicorn's sync worker has no keep-alive or threads; use gthread")
+        if "app" in fields:
+            options["app"] = self.string(fields["app"], f"{where}.app")
+            if ":" not in options["app"]:
+                raise self.fail(fields["app"], f"{where}.app",
+                                "expected module:attribute, e.g. server.plain_app:app")
         worker = options.get("worker", "gthread")
         default_name = f"gunicorn-{worker}" if kind == "gunicorn" else kind
         name = self.string(fields["name"], f"{where}.name") if "name" in fields else default_name

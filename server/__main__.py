@@ -43,7 +43,7 @@ def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
           stop: handoff.StopSignal) -> None:
     handoff.wait_for(folder / handoff.OBSERVER_READY, handoff.ROLE_START_TIMEOUT,
                      what="the observer", stop=stop)
-    launches = plan(engine, scenario.app, host, scenario.port, folder)
+    launches = plan(engine, engine.app or scenario.app, host, scenario.port, folder)
     children: list[subprocess.Popen] = []
     with open(folder / "server.log", "wb") as log:
         try:
