@@ -78,7 +78,12 @@ def _local_port(response: requests.Response) -> int | None:
 
 
 def _root_cause(exc: BaseException) -> str:
-    seen = set()
+    """The network error under requests' and urllib3's wrappers, e.g. RemoteDisconnected.
+
+    Follows explicit causes only: an implicit context can be an unrelated
+    exception urllib3 handled on the way (urllib3 1.26 leaves a TypeError there).
+    """
+    seen: set[int] = set()
     cause: BaseException | None = exc
     last = exc
     while cause is not None and id(cause) not in seen:
@@ -87,7 +92,7 @@ def _root_cause(exc: BaseException) -> str:
         nested = [a for a in getattr(cause, "args", ()) if isinstance(a, BaseException)]
         reason = getattr(cause, "reason", None)
         cause = nested[0] if nested else reason if isinstance(reason, BaseException) \
-            else cause.__cause__ or cause.__context__
+            else cause.__cause__
     return f"{type(last).__name__}: {last}"
 
 

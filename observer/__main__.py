@@ -112,8 +112,11 @@ def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSign
     results.mkdir(parents=True, exist_ok=True)
     if results.resolve() != args.run_dir.resolve():
         for engine in captured:
-            shutil.copytree(handoff.engine_dir(args.run_dir, engine),
-                            handoff.engine_dir(results, engine), dirs_exist_ok=True)
+            try:
+                shutil.copytree(handoff.engine_dir(args.run_dir, engine),
+                                handoff.engine_dir(results, engine), dirs_exist_ok=True)
+            except shutil.Error as exc:  # an unreadable file must not cost the report
+                print(f"kalab observer: not copied: {exc}", file=sys.stderr)
     record = evidence.build_report(results, scenario, captured, args.runtime, started,
                                    label=args.scenario_label)
     report_mod.write(record, results)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,9 +44,11 @@ def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
           stop: handoff.StopSignal) -> None:
     handoff.wait_for(folder / handoff.OBSERVER_READY, handoff.ROLE_START_TIMEOUT,
                      what="the observer", stop=stop)
-    launches = plan(engine, engine.app or scenario.app, host, scenario.port, folder)
     children: list[subprocess.Popen] = []
-    with open(folder / "server.log", "wb") as log:
+    with open(folder / "server.log", "wb") as log, \
+            tempfile.TemporaryDirectory(prefix="kalab-engine-") as scratch:
+        launches = plan(engine, engine.app or scenario.app, host, scenario.port, folder,
+                        Path(scratch))
         try:
             for launch in launches:
                 child = subprocess.Popen(launch.argv, stdout=log, stderr=subprocess.STDOUT,

@@ -20,8 +20,13 @@ class Launch:
     port: int
 
 
-def plan(engine: Engine, app: str, host: str, port: int, folder: Path) -> list[Launch]:
-    """The processes that serve ``app`` on host:port with this engine, in start order."""
+def plan(engine: Engine, app: str, host: str, port: int, folder: Path,
+         scratch: Path) -> list[Launch]:
+    """The processes that serve ``app`` on host:port with this engine, in start order.
+
+    ``folder`` is the engine's shared folder (configuration, logs); ``scratch``
+    a private one that lives as long as the engine (nginx's 0700 buffers).
+    """
     if engine.kind == "werkzeug":
         threading = "threaded" if engine.threaded else "unthreaded"
         return [Launch([sys.executable, "-m", "server.werkzeug_engine", app, host, str(port),
@@ -35,7 +40,8 @@ def plan(engine: Engine, app: str, host: str, port: int, folder: Path) -> list[L
         # gunicorn behind, on loopback only: the capture sees the client's side.
         upstream = Launch(_gunicorn(engine, app, "127.0.0.1", port + 1), "127.0.0.1", port + 1)
         conf = folder / "nginx.conf"
-        conf.write_text(nginx_conf(engine, host, port, port + 1, folder), encoding="utf-8")
+        conf.write_text(nginx_conf(engine, host, port, port + 1, folder, scratch),
+                        encoding="utf-8")
         return [upstream, Launch(["nginx", "-p", str(folder), "-c", str(conf), "-g",
                                   "daemon off;"], host, port)]
     return [Launch(_gunicorn(engine, app, host, port), host, port)]
@@ -54,7 +60,8 @@ def _gunicorn(engine: Engine, app: str, host: str, port: int) -> list[str]:
     return [*argv, app]
 
 
-def nginx_conf(engine: Engine, host: str, port: int, upstream_port: int, folder: Path) -> str:
+def nginx_conf(engine: Engine, host: str, port: int, upstream_port: int, folder: Path,
+               scratch: Path) -> str:
     """A reverse proxy with the scenario's keep-alive settings, everything in ``folder``."""
     header = f" {engine.keepalive_header:g}s" if engine.keepalive_header is not None else ""
     pool = (f"keepalive {engine.upstream_keepalive};\n"
@@ -64,7 +71,7 @@ def nginx_conf(engine: Engine, host: str, port: int, upstream_port: int, folder:
     upstream_http = ("proxy_http_version 1.1;\n            proxy_set_header Connection \"\";"
                      if engine.upstream_keepalive else "")
     user = "user root;" if os.geteuid() == 0 else ""
-    temp = "\n    ".join(f"{kind}_temp_path {folder}/tmp-{kind};"
+    temp = "\n    ".join(f"{kind}_temp_path {scratch}/{kind};"
                          for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""{user}
 worker_processes 1;

@@ -71,7 +71,8 @@ def assert_same_wire(compose_report: dict, netns_report: dict) -> None:
         assert shape(ours) == shape(theirs), ours["engine"]
         for group, idle in idle_times(ours).items():
             other = idle_times(theirs)[group]
-            assert idle == pytest.approx(other, abs=0.5), (ours["engine"], group)
+            # gunicorn's gthread looks for idle connections once a second.
+            assert idle == pytest.approx(other, abs=1.1), (ours["engine"], group)
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +102,30 @@ def test_compose_and_netns_see_the_same_wire_on_lab_yaml(compose_lab_yaml, lab_y
 
 
 @requires_lab
-def test_compose_and_netns_see_the_same_wire_on_every_engine(tmp_path):
-    scenario = "scenarios/engines.yaml"
+@pytest.mark.parametrize("scenario", ["scenarios/engines.yaml", "scenarios/nginx.yaml",
+                                      "scenarios/slow-rate.yaml"])
+def test_compose_and_netns_see_the_same_wire(tmp_path, scenario):
     compose = run_kalab("run", "--runtime", "compose", scenario, "--results",
                         str(tmp_path / "compose"), timeout=600)
     netns = run_kalab("run", scenario, "--results", str(tmp_path / "netns"))
     assert (compose.returncode, netns.returncode) == (0, 0), compose.stderr + netns.stderr
     assert_same_wire(json.loads((tmp_path / "compose" / "report.json").read_text()),
                      json.loads((tmp_path / "netns" / "report.json").read_text()))
+
+
+@pytest.mark.parametrize("scenario", ["scenarios/race.yaml", "scenarios/waitress.yaml"])
+def test_issue_scenarios_hold_in_containers(tmp_path, scenario):
+    """Engines and clients of the bundled scenarios run in containers too.
+
+    Not compared connection by connection with the netns run: the images carry
+    Debian's urllib3 1.26 and the host's venv urllib3 2.x, and after a retry
+    2.x leaves the new connection open past session.close() (the wire shows
+    it), where 1.26 closes it.
+    """
+    done = run_kalab("run", "--runtime", "compose", scenario, "--results", str(tmp_path),
+                     timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["verdict"] == "pass"
 
 
 def test_plain_docker_compose_up_gives_the_verdict_and_down_leaves_nothing(tmp_path):
