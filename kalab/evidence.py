@@ -28,9 +28,10 @@ from kalab.report import (
 )
 from kalab.scenario import ENGINE_OPTIONS, Engine, Expectation, Scenario
 
-# How far a request's first byte on the wire may stand from the client's clock
-# readings around the call (same host clock; covers scheduling delays).
-JOIN_SLACK = 0.25
+# A request's first byte reaches the wire after the client read its clock before
+# the call and before it read it again on return (one host clock in every
+# runtime); the slack only covers the two clocks' rounding.
+JOIN_SLACK = 0.002
 
 
 def analyze_pcap(path: Path, ports: set[int] | None = None

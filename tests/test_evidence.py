@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import run_kalab
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
@@ -117,3 +118,42 @@ def test_kalab_analyze_refuses_a_truncated_file_naming_the_offset(tmp_path):
     done = run_kalab("analyze", str(pcap))
     assert done.returncode == 2
     assert "byte " in done.stderr and "truncated" in done.stderr
+
+
+def _wire_request(number: int, connection: int, sent_at: float, depth: int):
+    from kalab.report import HttpRequest
+
+    return HttpRequest(id=f"w{number}", connection=connection, depth=depth, reused=depth > 1,
+                       method="GET", target="/keep-alive", version="HTTP/1.1", sent_at=sent_at,
+                       response_at=sent_at + 0.002, response_end_at=sent_at + 0.002, status=200)
+
+
+def _client_record(ref: str, sent_at: float, port: int, **extra):
+    return {"ref": ref, "session": "s1", "method": "GET", "path": "/keep-alive",
+            "planned_at": sent_at - 0.001, "sent_at": sent_at, "finished_at": sent_at + 0.004,
+            "local_port": port, "status": 200, "error": None, "error_cause": None,
+            "urllib3": [], **extra}
+
+
+def test_requests_close_together_join_one_to_one():
+    from kalab.report import Connection
+
+    conn = Connection(id=1, client="10.213.0.2:40000", server="10.213.0.1:5000", syn_at=T0,
+                      syn_retransmits=0, established_at=T0, refused=False, requests=[],
+                      last_response_at=None, last_data_at=None, first_fin_by=None,
+                      first_fin_at=None, second_fin_at=None, rst_by=None, rst_at=None,
+                      closed_by="open", idle_before_close=None, advertised_timeout=None,
+                      probe=False, complete=True, gaps=0)
+    # Ten requests 10 ms apart on one connection: each client call brackets its own.
+    wire = [_wire_request(n, 1, T0 + 0.01 * n + 0.0005, n + 1) for n in range(10)]
+    records = [_client_record(str(n + 1), T0 + 0.01 * n, 40000) for n in range(10)]
+    missing, problems, disagreements = evidence.join_client(wire, [conn], records)
+    assert (missing, problems) == ([], [])
+    assert [r.id for r in wire] == [str(n + 1) for n in range(10)]
+    assert all(r.attempt == 1 for r in wire)
+    assert [r.story for r in wire] == ["new"] + ["reused"] * 9
+    # urllib3 logged no new connection for the first: that is a disagreement.
+    assert disagreements == ["request 1: urllib3 believed it reused a connection, but the wire "
+                             "shows it opened #1"]
+    assert conn.requests == [str(n + 1) for n in range(10)]
+    assert wire[3].send_lag == pytest.approx(0.0015, abs=1e-6)
