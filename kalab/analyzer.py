@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from kalab.report import Connection, HttpRequest
 
@@ -41,9 +42,12 @@ FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 SEQ_MOD = 1 << 32
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One TCP segment as seen on the wire."""
+class Segment(NamedTuple):
+    """One TCP segment as seen on the wire.
+
+    A named tuple, not a frozen dataclass: the pcap reader makes one per packet,
+    and a frozen dataclass takes four times as long to build.
+    """
 
     ts: float  # capture time, Unix epoch seconds
     src: str
@@ -82,6 +86,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 
 _TIMEOUT = re.compile(rb"timeout\s*=\s*([0-9]+(?:\.[0-9]+)?)", re.I)
 _MAX_HEAD = 64 * 1024
+_MAX_PENDING = 16 * 1024 * 1024  # bytes held behind a hole, per direction
 
 
 def _seq_diff(a: int, b: int) -> int:
@@ -90,16 +95,17 @@ def _seq_diff(a: int, b: int) -> int:
     return d - SEQ_MOD if d >= SEQ_MOD // 2 else d
 
 
-@dataclass(slots=True)
 class _Head:
-    """A parsed request or response head."""
+    """A parsed request or response head: the first line's words, headers by lower-case name
+    (repeated headers joined by ``, `` as on the wire)."""
 
-    first: list[str]
-    headers: list[tuple[str, str]]
+    __slots__ = ("first", "headers")
+
+    def __init__(self, first: list[str], headers: dict[str, str]) -> None:
+        self.first, self.headers = first, headers
 
     def get(self, name: str) -> str | None:
-        values = [v for k, v in self.headers if k == name]
-        return ", ".join(values) if values else None
+        return self.headers.get(name)
 
 
 class _MessageStream:
@@ -107,108 +113,126 @@ class _MessageStream:
 
     Calls ``on_head(head, started_at)`` when a head is complete; it answers
     how the body is framed; then ``on_end(ended_at)`` when the body is done.
+    Bytes are kept only while a message part is incomplete: a segment that
+    holds whole messages is parsed where it lies.
     """
+
+    __slots__ = ("on_head", "on_end", "buf", "base", "marks", "mode", "remaining", "last_ts")
 
     def __init__(self, on_head, on_end) -> None:
         self.on_head, self.on_end = on_head, on_end
-        self.buf = bytearray()
+        self.buf = b""  # bytes not yet consumed (an incomplete head or chunk line)
         self.base = 0  # stream offset of buf[0]
-        self.marks: list[tuple[int, float]] = []  # (stream offset, time) per delivered chunk
+        self.marks: list[tuple[int, float]] = []  # (stream offset, time) per chunk still held
         self.mode = "head"  # head | fixed | chunk_size | chunk_data | trailer | until_close | dead
         self.remaining = 0
         self.last_ts = 0.0
 
     def time_at(self, offset: int) -> float:
-        ts = self.marks[0][1]
-        for mark_offset, mark_ts in self.marks:
+        marks = self.marks
+        ts = marks[0][1]
+        for mark_offset, mark_ts in marks:
             if mark_offset > offset:
                 break
             ts = mark_ts
         return ts
 
     def feed(self, data: bytes, ts: float) -> None:
-        if self.mode == "dead" or not data:
+        mode = self.mode
+        if mode == "dead" or not data:
             return
-        self.marks.append((self.base + len(self.buf), ts))
-        self.buf += data
         self.last_ts = ts
-        self._run()
+        held = len(self.buf)
+        if not held and (mode == "until_close" or (mode == "fixed" and len(data) < self.remaining)):
+            # The middle of a body: nothing to parse, no time to remember.
+            if mode == "fixed":
+                self.remaining -= len(data)
+            self.base += len(data)
+            return
+        if held:
+            self.marks.append((self.base + held, ts))
+            work = self.buf + data
+        else:
+            self.marks = [(self.base, ts)]
+            work = data
+        used = self._run(work, held)
+        self.base += used
+        self.buf = work[used:] if used < len(work) else b""
         # Forget the times of chunks wholly consumed.
-        while len(self.marks) > 1 and self.marks[1][0] <= self.base:
-            self.marks.pop(0)
+        marks = self.marks
+        while len(marks) > 1 and marks[1][0] <= self.base:
+            marks.pop(0)
 
-    def _consume(self, n: int) -> None:
-        del self.buf[:n]
-        self.base += n
-
-    def _end(self, last_byte_offset: int) -> None:
-        self.mode = "head"
-        self.on_end(self.time_at(last_byte_offset))
-
-    def _run(self) -> None:
-        while self.buf:
-            if self.mode == "head":
+    def _run(self, buf: bytes, searched: int) -> int:
+        """Parse ``buf`` (stream offset ``self.base``); returns how many bytes it used.
+        ``searched``: bytes at its start already searched for a line end in vain."""
+        i, n = 0, len(buf)
+        base = self.base
+        while i < n:
+            mode = self.mode
+            if mode == "head":
                 # Tolerate the empty lines RFC 9112 section 2.2 lets a peer send between messages.
-                while self.buf[:2] == b"\r\n":
-                    self._consume(2)
-                end = self.buf.find(b"\r\n\r\n")
+                while buf.startswith(b"\r\n", i):
+                    i += 2
+                end = buf.find(b"\r\n\r\n", max(i, searched - 3))
                 if end < 0:
-                    if len(self.buf) > _MAX_HEAD:
+                    if n - i > _MAX_HEAD:
                         self.mode = "dead"
-                    return
-                started = self.time_at(self.base)
-                head = _parse_head(bytes(self.buf[:end]))
-                self._consume(end + 4)
+                        return n
+                    return i
+                started = self.time_at(base + i)
+                head = _parse_head(buf[i:end])
+                i = end + 4
                 if head is None:
                     self.mode = "dead"
-                    return
+                    return n
                 framing, length = self.on_head(head, started)
                 if framing == "none" or (framing == "fixed" and length == 0):
-                    self.on_end(self.time_at(self.base - 1))
+                    self.on_end(self.time_at(base + i - 1))
                 elif framing == "fixed":
                     self.mode, self.remaining = "fixed", length
                 elif framing == "chunked":
                     self.mode = "chunk_size"
                 else:
                     self.mode = "until_close"
-            elif self.mode == "fixed":
-                n = min(self.remaining, len(self.buf))
-                self._consume(n)
-                self.remaining -= n
+            elif mode == "fixed" or mode == "chunk_data":
+                take = min(self.remaining, n - i)
+                i += take
+                self.remaining -= take
                 if self.remaining == 0:
-                    self._end(self.base - 1)
-            elif self.mode == "chunk_size":
-                end = self.buf.find(b"\r\n")
+                    if mode == "fixed":
+                        self.mode = "head"
+                        self.on_end(self.time_at(base + i - 1))
+                    else:
+                        self.mode = "chunk_size"
+            elif mode == "chunk_size" or mode == "trailer":
+                end = buf.find(b"\r\n", max(i, searched - 1))
                 if end < 0:
-                    return
-                size_text = bytes(self.buf[:end]).split(b";")[0].strip()
-                self._consume(end + 2)
+                    if n - i > _MAX_HEAD:
+                        self.mode = "dead"
+                        return n
+                    return i
+                line, i = buf[i:end], end + 2
+                if mode == "trailer":
+                    if not line:
+                        self.mode = "head"
+                        self.on_end(self.time_at(base + i - 1))
+                    continue
                 try:
-                    size = int(size_text, 16)
+                    size = int(line.split(b";")[0].strip(), 16)
                 except ValueError:
                     self.mode = "dead"
-                    return
+                    return n
                 if size == 0:
                     self.mode = "trailer"
                 else:
                     self.mode, self.remaining = "chunk_data", size + 2  # data and its CRLF
-            elif self.mode == "chunk_data":
-                n = min(self.remaining, len(self.buf))
-                self._consume(n)
-                self.remaining -= n
-                if self.remaining == 0:
-                    self.mode = "chunk_size"
-            elif self.mode == "trailer":
-                end = self.buf.find(b"\r\n")
-                if end < 0:
-                    return
-                self._consume(end + 2)
-                if end == 0:
-                    self._end(self.base - 1)
-            elif self.mode == "until_close":
-                self._consume(len(self.buf))
+            elif mode == "until_close":
+                return n
             else:
-                return
+                return n
+            searched = 0
+        return i
 
     def close(self) -> None:
         """The sender's FIN: a body framed by the close ends here."""
@@ -217,22 +241,48 @@ class _MessageStream:
             self.on_end(self.last_ts)
 
 
+# The parsers of a connection that has ended: both FINs seen and every byte in. Only
+# retransmissions can follow, and those are trimmed before they reach it.
+_ENDED = _MessageStream(None, None)
+_ENDED.mode = "dead"
+
+_WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips
+
+
 def _parse_head(raw: bytes) -> _Head | None:
-    lines = raw.split(b"\r\n")
-    try:
-        first = lines[0].decode("latin-1").split(" ", 2)
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-        return None
+    cut = raw.find(b"\r\n")
+    line, block = (raw, b"") if cut < 0 else (raw[:cut], raw[cut + 2:])
+    first = line.decode("latin-1").split(" ", 2)
     if len(first) < 2:
         return None
-    headers = []
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
+    # A client or server repeats its header block from message to message (only the
+    # request line, a Date or a length change): parse each distinct block once.
+    headers = _HEADER_BLOCKS.get(block)
+    if headers is None:
+        headers = _parse_headers(block)
+        if len(_HEADER_BLOCKS) >= _HEADER_BLOCKS_MAX:
+            _HEADER_BLOCKS.clear()
+        _HEADER_BLOCKS[block] = headers
+    return _Head(first, headers)
+
+
+_HEADER_BLOCKS: dict[bytes, dict[str, str]] = {}  # never mutated once parsed
+_HEADER_BLOCKS_MAX = 4096
+
+
+def _parse_headers(block: bytes) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if not block:
+        return headers
+    for line in block.decode("latin-1").split("\r\n"):
+        name, sep, value = line.partition(":")
         if not sep:
             continue
-        headers.append((name.strip().decode("latin-1").lower(),
-                        value.strip().decode("latin-1")))
-    return _Head(first, headers)
+        name = name.strip(_WHITESPACE).lower()
+        value = value.strip(_WHITESPACE)
+        seen = headers.get(name)
+        headers[name] = value if seen is None else f"{seen}, {value}"
+    return headers
 
 
 def _is_request_line(first: list[str]) -> bool:
@@ -249,6 +299,8 @@ class _Half:
 
     next_seq: int | None = None
     pending: dict[int, tuple[bytes, float]] = field(default_factory=dict)
+    pending_bytes: int = 0
+    lost: bool = False  # more bytes waited behind a hole than _MAX_PENDING: some were let go
     fin_at: float | None = None
     fin_seq: int | None = None  # sequence number of the FIN: every byte before it is data
 
@@ -277,6 +329,7 @@ class _Conn:
         self.rst: tuple[str, float] | None = None
         self.last_data_at: float | None = None
         self.last_data_before_end: float | None = None  # last payload before the first FIN/RST
+        self.end_at: float | None = None  # the first FIN or RST, whichever came first
         self.gaps = 0
         self.requests: list[HttpRequest] = []
         self.unanswered: list[HttpRequest] = []
@@ -320,10 +373,10 @@ class _Conn:
         keep_alive = head.get("keep-alive")
         request.response_keep_alive = keep_alive
         if keep_alive:
-            match = _TIMEOUT.search(keep_alive.encode("latin-1"))
-            if match:
-                request.advertised_timeout = float(match.group(1))
-                self.advertised = request.advertised_timeout
+            timeout = _timeout(keep_alive)
+            if timeout is not None:
+                request.advertised_timeout = timeout
+                self.advertised = timeout
         return _body_framing(head, True, request.method, status)
 
     def _on_response_end(self, ts: float) -> None:
@@ -339,42 +392,58 @@ class _Conn:
         self.state = TRANSITIONS.get((self.state, name), self.state)
 
     def take(self, seg: Segment, side: str) -> None:
-        half = self.up if side == "client" else self.down
-        stream = self.request_stream if side == "client" else self.response_stream
-        flags = seg.flags
+        ts, flags = seg.ts, seg.flags
+        client = side == "client"
         if flags & SYN:
-            if side == "server" and flags & ACK:
+            if not client and flags & ACK:
                 if self.established_at is None:
-                    self.established_at = seg.ts
-                half.next_seq = (seg.seq + 1) % SEQ_MOD
+                    self.established_at = ts
+                self.down.next_seq = (seg.seq + 1) % SEQ_MOD
                 self.event("synack")
             return
         if flags & RST:
             if self.rst is None:
-                self.rst = (side, seg.ts)
-            self.event(f"rst_{side}")
+                self.rst = (side, ts)
+                if self.end_at is None or ts < self.end_at:
+                    self.end_at = ts
+            self.event("rst_client" if client else "rst_server")
             return
-        if seg.payload:
+        if client:
+            half, stream = self.up, self.request_stream
+        else:
+            half, stream = self.down, self.response_stream
+        payload = seg.payload
+        if payload:
             if half.next_seq is None:
                 half.next_seq = seg.seq  # joined mid-stream
-            self._deliver(half, stream, seg.seq, seg.payload, seg.ts)
-        if flags & FIN:
-            if half.fin_at is None:
-                half.fin_at = seg.ts
-                half.fin_seq = (seg.seq + len(seg.payload)) % SEQ_MOD
-                if self.first_fin is None:
-                    self.first_fin = (side, seg.ts)
-                elif self.second_fin_at is None:
-                    self.second_fin_at = seg.ts
-                self.event(f"fin_{side}")
-                if not half.short_of_fin():
-                    stream.close()  # else when the hole before the FIN fills (_accept)
+            if seg.seq == half.next_seq and not half.pending:
+                self._accept(half, stream, payload, ts)  # in order: the usual case
+            else:
+                self._deliver(half, stream, seg.seq, payload, ts)
+        if flags & FIN and half.fin_at is None:
+            half.fin_at = ts
+            half.fin_seq = (seg.seq + len(payload)) % SEQ_MOD
+            if self.first_fin is None:
+                self.first_fin = (side, ts)
+                if self.end_at is None or ts < self.end_at:
+                    self.end_at = ts
+            elif self.second_fin_at is None:
+                self.second_fin_at = ts
+            self.event("fin_client" if client else "fin_server")
+            if not half.short_of_fin():
+                stream.close()  # else when the hole before the FIN fills (_accept)
+            self._release()
 
     def _deliver(self, half: _Half, stream: _MessageStream, seq: int, data: bytes,
                  ts: float) -> None:
         offset = _seq_diff(seq, half.next_seq)
-        if offset > 0:
-            half.pending.setdefault(seq, (data, ts))  # a hole before it: hold until filled
+        if offset > 0:  # a hole before it: hold until filled
+            if seq not in half.pending:
+                if half.pending_bytes + len(data) > _MAX_PENDING:
+                    half.lost = True  # a hole that never fills must not hold the whole capture
+                    return
+                half.pending[seq] = (data, ts)
+                half.pending_bytes += len(data)
             return
         if offset < 0:
             if len(data) <= -offset:
@@ -388,6 +457,7 @@ class _Conn:
                 if poff > 0:
                     continue
                 pdata, pts = half.pending.pop(pseq)
+                half.pending_bytes -= len(pdata)
                 if len(pdata) > -poff:
                     self._accept(half, stream, pdata[-poff:], pts)
                 progressed = True
@@ -396,18 +466,31 @@ class _Conn:
 
     def _accept(self, half: _Half, stream: _MessageStream, data: bytes, ts: float) -> None:
         half.next_seq = (half.next_seq + len(data)) % SEQ_MOD
-        self.last_data_at = ts if self.last_data_at is None else max(self.last_data_at, ts)
-        ends = [end[1] for end in (self.first_fin, self.rst) if end]
-        if not ends or ts <= min(ends):
-            self.last_data_before_end = max(self.last_data_before_end or ts, ts)
+        if self.last_data_at is None or ts > self.last_data_at:
+            self.last_data_at = ts
+        if self.end_at is None or ts <= self.end_at:
+            if self.last_data_before_end is None or ts > self.last_data_before_end:
+                self.last_data_before_end = ts
         stream.feed(data, ts)
         if half.fin_at is not None and half.fin_seq == half.next_seq:
             stream.close()  # the data a FIN had overtaken has come: the sender's close
+            self._release()
+
+    def _release(self) -> None:
+        """Once both sides have closed and every byte is in, the parsers can go."""
+        if self.second_fin_at is None or self.request_stream is _ENDED:
+            return
+        up, down = self.up, self.down
+        if up.pending or down.pending or up.short_of_fin() or down.short_of_fin():
+            return
+        self.request_stream = self.response_stream = _ENDED
+        self.unanswered = []
 
     # --- the record
 
     def record(self) -> Connection:
-        self.gaps = sum(1 for h in (self.up, self.down) if h.pending or h.short_of_fin())
+        self.gaps = sum(1 for h in (self.up, self.down)
+                        if h.pending or h.lost or h.short_of_fin())
         ended_at = None
         first_fin_by = first_fin_at = None
         if self.first_fin:
@@ -461,14 +544,28 @@ def _fmt(endpoint: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _timeout(keep_alive: str) -> float | None:
+    """The ``timeout=`` of a Keep-Alive header (memoised: servers repeat theirs)."""
+    if keep_alive not in _TIMEOUTS:
+        match = _TIMEOUT.search(keep_alive.encode("latin-1"))
+        if len(_TIMEOUTS) >= _HEADER_BLOCKS_MAX:
+            _TIMEOUTS.clear()
+        _TIMEOUTS[keep_alive] = float(match.group(1)) if match else None
+    return _TIMEOUTS[keep_alive]
+
+
+_TIMEOUTS: dict[str, float | None] = {}
+
+
 def _body_framing(head: _Head, is_response: bool, method: str, status: int) -> tuple[str, int]:
     """How the body that follows this head is delimited (RFC 9112 section 6.3)."""
     if is_response and (method == "HEAD" or status in (204, 304) or 100 <= status < 200):
         return "none", 0
-    transfer = (head.get("transfer-encoding") or "").lower()
-    if "chunked" in transfer:
+    headers = head.headers
+    transfer = headers.get("transfer-encoding")
+    if transfer and "chunked" in transfer.lower():
         return "chunked", 0
-    length = head.get("content-length")
+    length = headers.get("content-length")
     if length is not None:
         try:
             return "fixed", int(length.split(",")[0].strip())
@@ -480,51 +577,80 @@ def _body_framing(head: _Head, is_response: bool, method: str, status: int) -> t
 class Analyzer:
     """Feed segments in capture order; `finish` returns the records.
 
-    ``ports``: the server ports to follow; with none, every connection is
-    followed and the SYN's receiver is taken as the server.
+    ``ports``: the server ports to follow. With none, every connection is
+    followed and the SYN's receiver is taken as the server; `finish` then
+    reports the connections to ports that answered a SYN (with SYN-ACK or
+    RST), and those whose SYN was not seen (which make a run inconclusive).
+
+    A pure ACK (no payload, no SYN, FIN or RST) on a four-tuple already fed
+    changes no record: a reader may leave such segments out, and this class
+    must never come to depend on them.
     """
 
     def __init__(self, ports: set[int] | frozenset[int] | None = None) -> None:
         self.ports = frozenset(ports or ())
-        self._live: dict[tuple[str, int, str, int], _Conn] = {}
+        # Both directions of each four-tuple: (connection, the sender's side).
+        self._live: dict[tuple[str, int, str, int], tuple[_Conn, str]] = {}
         self._all: list[_Conn] = []
+        self._servers: set[int] = set()  # ports that have answered a SYN so far
 
     def feed(self, seg: Segment) -> None:
-        if self.ports and seg.sport not in self.ports and seg.dport not in self.ports:
+        ts, src, sport, dst, dport, flags, seq, _, _ = seg
+        ports = self.ports
+        if ports and sport not in ports and dport not in ports:
             return
-        src, dst = (seg.src, seg.sport), (seg.dst, seg.dport)
-        is_syn = seg.flags & SYN and not seg.flags & ACK
-        conn = self._live.get((*src, *dst)) or self._live.get((*dst, *src))
-        if is_syn:
-            if conn is not None and conn.client == src and conn.syn_isn == seg.seq:
-                conn.syn_retransmits += 1
+        entry = self._live.get((src, sport, dst, dport))
+        if flags & SYN and not flags & ACK:
+            if entry is not None and entry[1] == "client" and entry[0].syn_isn == seq:
+                entry[0].syn_retransmits += 1
             else:
-                self._open(src, dst, seg.ts, seg.seq)  # a new connection, or its port reused
+                self._open((src, sport), (dst, dport), ts, seq)  # new, or its port reused
             return
-        if conn is None:
-            client, server = (dst, src) if self._is_server(src, dst) else (src, dst)
-            conn = self._open(client, server, seg.ts, None)
-        conn.take(seg, conn.side(src))
+        if entry is None:
+            client, server = ((dst, dport), (src, sport)) if self._is_server(sport, dport) \
+                else ((src, sport), (dst, dport))
+            conn = self._open(client, server, ts, None)
+            side = "client" if client == (src, sport) else "server"
+        else:
+            conn, side = entry
+        conn.take(seg, side)
+        if flags & (SYN | RST) and side == "server" and (
+                conn.established_at is not None or conn.state == "refused"):
+            self._servers.add(sport)
 
-    def _is_server(self, a: tuple[str, int], b: tuple[str, int]) -> bool:
+    def _is_server(self, port: int, other: int) -> bool:
+        """For a connection first seen mid-stream: is ``port`` (the sender's) the server's?"""
         if self.ports:
-            return a[1] in self.ports
-        return a[1] < b[1]
+            return port in self.ports
+        if (port in self._servers) != (other in self._servers):
+            return port in self._servers
+        return port < other
 
     def _open(self, client: tuple[str, int], server: tuple[str, int], ts: float,
               syn_seq: int | None) -> _Conn:
         conn = _Conn(len(self._all) + 1, client, server, ts, syn_seq)
-        self._live[(*client, *server)] = conn
+        self._live[(*client, *server)] = (conn, "client")
+        self._live[(*server, *client)] = (conn, "server")
         self._all.append(conn)
         return conn
 
     def finish(self) -> tuple[list[Connection], list[HttpRequest]]:
         """The records: connections in order seen, requests in order sent (named w1, w2...)."""
-        requests = sorted((r for c in self._all for r in c.requests),
+        kept = self._all
+        servers = self.server_ports()
+        if not self.ports and servers:
+            # Nobody answered these SYNs: not a server of this capture.
+            kept = [c for c in kept if c.syn_at is None or c.server[1] in servers]
+            if len(kept) < len(self._all):
+                for number, conn in enumerate(kept, 1):
+                    conn.number = number
+                    for request in conn.requests:
+                        request.connection = number
+        requests = sorted((r for c in kept for r in c.requests),
                           key=lambda r: (r.sent_at, r.connection, r.depth))
         for number, request in enumerate(requests, 1):
             request.id = f"w{number}"
-        return [c.record() for c in self._all], requests
+        return [c.record() for c in kept], requests
 
     def server_ports(self) -> set[int]:
         """Ports that answered a SYN (with SYN-ACK or RST): the servers seen."""

@@ -6,6 +6,14 @@ while capturing loses packets (the facts file: 329 of 2,000 SYNs kept with
 ``sniff(prn=...)``); reading raw with a 64 MiB receive buffer kept every one.
 The kernel's own drop counter (PACKET_STATISTICS) is read and reported, so
 a capture that lost packets says so.
+
+Each `poll` reads every waiting frame without blocking (one system call a
+frame, no select between them) and writes them to the pcap in one block. On
+loopback the kernel is told not to deliver the outgoing copy of each packet
+(PACKET_IGNORE_OUTGOING, Linux 4.20+), which halves the work; where it cannot,
+the copies are dropped here and counted. Measured with bench/: 8,000
+connections at 4,000 a second on loopback, every SYN, FIN and RST kept, as
+tcpdump kept them.
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ from kalab.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapWriter
 
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
+PACKET_IGNORE_OUTGOING = 23
 SO_RCVBUFFORCE = 33
 RECEIVE_BUFFER = 64 * 1024 * 1024
 ARPHRD_ETHER, ARPHRD_LOOPBACK, ARPHRD_NONE = 1, 772, 65534
 _FRAME_MAX = 65535
+_POLL_MAX = 50_000  # frames per poll at most: the caller's loop still gets to run
 
 
 @dataclass
@@ -49,7 +59,8 @@ class CaptureStats:
 class Capture:
     """An open capture: `poll` moves frames to the pcap, `close` accounts for them."""
 
-    def __init__(self, interface: str, port: int, pcap: Path) -> None:
+    def __init__(self, interface: str, port: int, pcap: Path,
+                 buffer: int = RECEIVE_BUFFER) -> None:
         # scapy is slow to import: only here, not on every `kalab` start.
         from scapy.arch.linux import L2ListenSocket, get_last_packet_timestamp
         from scapy.layers import l2  # noqa: F401 - registers link types: no "Unable to guess" warning
@@ -59,15 +70,23 @@ class Capture:
         self._kernel_time = get_last_packet_timestamp
         raw = self.sock.ins
         try:
-            raw.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            raw.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, buffer)
         except OSError:  # without CAP_NET_ADMIN: the largest the sysctl allows
-            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
         hatype = raw.getsockname()[3]
         if hatype not in (ARPHRD_ETHER, ARPHRD_LOOPBACK, ARPHRD_NONE):
             self.sock.close()
             raise RuntimeError(f"{interface}: link type {hatype} is not supported")
-        # On loopback every packet passes twice, once outgoing and once incoming.
+        # On loopback every packet passes twice, once outgoing and once incoming: keep the
+        # incoming copy, as libpcap does.
         self.loopback = hatype == ARPHRD_LOOPBACK
+        if self.loopback:
+            try:
+                raw.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            except OSError:
+                pass  # an older kernel: poll drops the copies itself
+        raw.setblocking(False)
+        self.backlog = False
         linktype = LINKTYPE_RAW if hatype == ARPHRD_NONE else LINKTYPE_ETHERNET
         self.writer = PcapWriter(pcap, linktype)
         self.stats = CaptureStats(interface, self.filter, pcap.name, linktype,
@@ -83,24 +102,38 @@ class Capture:
         """Move every waiting frame to the pcap; wait up to ``timeout`` for the first."""
         raw = self.sock.ins
         ready, _, _ = select.select([raw], [], [], timeout)
+        if not ready:
+            self.backlog = False
+            return 0
+        recv, record = self.sock._recv_raw, PcapWriter.record
+        block = bytearray()
         moved = 0
-        while ready:
-            frame, sa_ll, ts = self.sock._recv_raw(raw, _FRAME_MAX)
-            if frame:
-                if self.loopback and sa_ll[2] == socket.PACKET_OUTGOING:
-                    self.stats.duplicates_dropped += 1
-                else:
-                    if ts is None:
-                        ts = self._kernel_time(raw)
-                    self.writer.write(ts, frame)
-                    moved += 1
-            ready, _, _ = select.select([raw], [], [], 0)
+        self.backlog = True  # until the socket is found empty
+        for _ in range(_POLL_MAX):
+            try:
+                frame, sa_ll, ts = recv(raw, _FRAME_MAX)
+            except BlockingIOError:
+                self.backlog = False
+                break
+            if not frame:
+                continue
+            if self.loopback and sa_ll[2] == socket.PACKET_OUTGOING:
+                self.stats.duplicates_dropped += 1
+                continue
+            if ts is None:
+                ts = self._kernel_time(raw)
+            block += record(ts, frame)
+            block += frame
+            moved += 1
         if moved:
+            self.writer.write_records(block, moved)
             self.writer.flush()
         return moved
 
     def close(self) -> CaptureStats:
         self.poll(0)
+        while self.backlog:  # more waited than one poll takes: drain it all
+            self.poll(0)
         packets, drops = self._read_kernel_stats()
         self.stats.kernel_packets += packets
         self.stats.kernel_drops += drops

@@ -1,15 +1,26 @@
-"""What tshark says about a pcap: the referee for every fact the lab states."""
+"""What tshark says about a pcap: the referee for every fact the lab states.
+
+`compare` checks a report's engine run against tshark's own reading of the
+pcap: the connections (`tcp.stream`), each request's connection and depth
+(`http.request`, in order on its stream), who sent the first FIN
+(`tcp.flags.fin`), and the close times, first FIN and first RST, to the
+millisecond (`frame.time_epoch`).
+"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FIELDS = ["tcp.stream", "ip.src", "tcp.srcport", "ip.dst", "tcp.dstport", "tcp.flags.syn",
-          "tcp.flags.ack", "tcp.flags.fin", "tcp.flags.reset", "frame.time_epoch",
-          "http.request.method", "http.request.uri", "http.response.code"]
+FIELDS = ["frame.number", "tcp.segment", "tcp.stream", "ip.src", "ipv6.src", "tcp.srcport",
+          "ip.dst", "ipv6.dst", "tcp.dstport", "tcp.flags.syn", "tcp.flags.ack",
+          "tcp.flags.fin", "tcp.flags.reset",
+          "frame.time_epoch", "http.request.method", "http.request.uri", "http.response.code"]
+_AGGREGATOR = "\x1f"  # between the values of one field in one frame (pipelined requests)
+TOLERANCE = 0.001  # seconds: times must agree to the millisecond
 
 
 def available() -> bool:
@@ -19,73 +30,130 @@ def available() -> bool:
 @dataclass
 class Stream:
     number: int
+    client: str | None = None  # address:port, as kalab writes it
+    server: str | None = None
     client_port: int | None = None
     server_port: int | None = None
     first_fin_port: int | None = None  # the source port of the first FIN
     first_fin_at: float | None = None
+    first_rst_port: int | None = None
+    first_rst_at: float | None = None
     requests: list[tuple[float, str, str]] = field(default_factory=list)  # (time, method, uri)
 
 
-def streams(pcap: Path, port: int) -> dict[int, Stream]:
-    """tcp.stream number -> what tshark saw on it (HTTP decoded on ``port``)."""
+def _endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def streams(pcap: Path, port: int | Iterable[int]) -> dict[int, Stream]:
+    """tcp.stream number -> what tshark saw on it (HTTP decoded on the server ``port``s)."""
+    ports = {port} if isinstance(port, int) else set(port)
+    decode = sum((["-d", f"tcp.port=={p},http"] for p in sorted(ports)), [])
     out = subprocess.run(
-        ["tshark", "-r", str(pcap), "-d", f"tcp.port=={port},http", "-T", "fields",
-         "-E", "separator=\t", "-E", "occurrence=f", *sum((["-e", f] for f in FIELDS), [])],
+        ["tshark", "-r", str(pcap), *decode, "-T", "fields", "-E", "separator=\t",
+         "-E", "occurrence=a", "-E", f"aggregator={_AGGREGATOR}",
+         *sum((["-e", f] for f in FIELDS), [])],
         capture_output=True, text=True, check=True).stdout
     found: dict[int, Stream] = {}
+    times: dict[int, float] = {}  # frame number -> capture time
     for line in out.splitlines():
         cols = line.split("\t")
         row = dict(zip(FIELDS, cols + [""] * (len(FIELDS) - len(cols)), strict=True))
         if not row["tcp.stream"]:
             continue
-        stream = found.setdefault(int(row["tcp.stream"]), Stream(int(row["tcp.stream"])))
+        number = int(row["tcp.stream"])
+        stream = found.setdefault(number, Stream(number))
         sport, dport = int(row["tcp.srcport"]), int(row["tcp.dstport"])
+        src = row["ip.src"] or row["ipv6.src"]
+        dst = row["ip.dst"] or row["ipv6.dst"]
+        at = times[int(row["frame.number"])] = float(row["frame.time_epoch"])
         is_set = {k: row[k] in ("1", "True") for k in
                   ("tcp.flags.syn", "tcp.flags.ack", "tcp.flags.fin", "tcp.flags.reset")}
-        if stream.client_port is None:
-            stream.client_port, stream.server_port = (sport, dport) if dport == port \
-                else (dport, sport)
+        if stream.client is None:
+            to_server = dport in ports if (dport in ports) != (sport in ports) else \
+                not (is_set["tcp.flags.syn"] and is_set["tcp.flags.ack"])
+            if to_server:
+                stream.client, stream.server = _endpoint(src, sport), _endpoint(dst, dport)
+                stream.client_port, stream.server_port = sport, dport
+            else:
+                stream.client, stream.server = _endpoint(dst, dport), _endpoint(src, sport)
+                stream.client_port, stream.server_port = dport, sport
         if is_set["tcp.flags.fin"] and stream.first_fin_port is None:
-            stream.first_fin_port, stream.first_fin_at = sport, float(row["frame.time_epoch"])
+            stream.first_fin_port, stream.first_fin_at = sport, at
+        if is_set["tcp.flags.reset"] and stream.first_rst_port is None:
+            stream.first_rst_port, stream.first_rst_at = sport, at
         if row["http.request.method"]:
-            stream.requests.append((float(row["frame.time_epoch"]), row["http.request.method"],
-                                    row["http.request.uri"]))
+            # tshark shows a message in the frame that completes it; kalab dates it by its
+            # first byte: the first segment tshark reassembled it from.
+            segments = [int(n) for n in row["tcp.segment"].split(_AGGREGATOR) if n]
+            if segments:
+                at = times.get(min(segments), at)
+            methods = row["http.request.method"].split(_AGGREGATOR)
+            uris = row["http.request.uri"].split(_AGGREGATOR)
+            stream.requests += [(at, m, u) for m, u in zip(methods, uris, strict=False)]
     return found
 
 
-def compare(report_run: dict, pcap: Path, port: int) -> list[str]:
+def _side(stream: Stream, port: int | None) -> str | None:
+    if port is None:
+        return None
+    return "client" if port == stream.client_port else "server"
+
+
+def compare(report_run: dict, pcap: Path, port: int | Iterable[int]) -> list[str]:
     """Every disagreement between a report's engine run and tshark on its pcap."""
     problems: list[str] = []
     seen = streams(pcap, port)
     connections = report_run["connections"]
     if len(seen) != len(connections):
         problems.append(f"connections: kalab {len(connections)}, tshark {len(seen)}")
-    by_port = {s.client_port: s for s in seen.values()}
+    # Pair connections with streams by their endpoints, in order (a port can be reused).
+    waiting: dict[tuple[str | None, str | None], list[Stream]] = {}
+    for stream in sorted(seen.values(), key=lambda s: s.number):
+        waiting.setdefault((stream.client, stream.server), []).append(stream)
+    paired: dict[int, Stream] = {}
     for conn in connections:
-        cport = int(conn["client"].rsplit(":", 1)[1])
-        stream = by_port.get(cport)
-        if stream is None:
-            problems.append(f"connection #{conn['id']}: tshark has no stream from port {cport}")
+        queue = waiting.get((conn["client"], conn["server"]))
+        if not queue:
+            problems.append(f"connection #{conn['id']} ({conn['client']} -> {conn['server']}): "
+                            "tshark has no such stream")
             continue
-        if conn["first_fin_by"] is None:
-            if stream.first_fin_port is not None:
-                problems.append(f"#{conn['id']}: kalab saw no FIN, tshark did")
-            continue
-        tshark_by = "client" if stream.first_fin_port == cport else "server"
-        if tshark_by != conn["first_fin_by"]:
+        stream = paired[conn["id"]] = queue.pop(0)
+        tshark_fin_by = _side(stream, stream.first_fin_port)
+        if tshark_fin_by != conn["first_fin_by"]:
             problems.append(f"#{conn['id']}: first FIN by {conn['first_fin_by']}, "
-                            f"tshark says {tshark_by}")
-        if abs(stream.first_fin_at - conn["first_fin_at"]) > 0.001:
+                            f"tshark says {tshark_fin_by}")
+        elif stream.first_fin_at is not None and \
+                abs(stream.first_fin_at - conn["first_fin_at"]) > TOLERANCE:
             problems.append(f"#{conn['id']}: first FIN at {conn['first_fin_at']}, "
                             f"tshark says {stream.first_fin_at}")
-    conn_port = {c["id"]: int(c["client"].rsplit(":", 1)[1]) for c in connections}
-    tshark_requests = sorted((t, s.client_port, m, u) for s in seen.values()
-                             for t, m, u in s.requests)
-    kalab_requests = sorted((r["sent_at"], conn_port[r["connection"]], r["method"], r["target"])
-                            for r in report_run["requests"])
-    if len(tshark_requests) != len(kalab_requests):
-        problems.append(f"requests: kalab {len(kalab_requests)}, tshark {len(tshark_requests)}")
-    for ours, theirs in zip(kalab_requests, tshark_requests, strict=False):
-        if ours[1:] != theirs[1:] or abs(ours[0] - theirs[0]) > 0.001:
-            problems.append(f"request at {ours[0]}: kalab {ours[1:]}, tshark {theirs}")
+        tshark_rst_by = _side(stream, stream.first_rst_port)
+        if tshark_rst_by != conn["rst_by"]:
+            problems.append(f"#{conn['id']}: first RST by {conn['rst_by']}, "
+                            f"tshark says {tshark_rst_by}")
+        elif stream.first_rst_at is not None and \
+                abs(stream.first_rst_at - conn["rst_at"]) > TOLERANCE:
+            problems.append(f"#{conn['id']}: first RST at {conn['rst_at']}, "
+                            f"tshark says {stream.first_rst_at}")
+    # Requests: each on the connection tshark has it on, at the depth of its order there.
+    total = sum(len(s.requests) for s in seen.values())
+    if total != len(report_run["requests"]):
+        problems.append(f"requests: kalab {len(report_run['requests'])}, tshark {total}")
+    by_connection: dict[int, list[dict]] = {}
+    for request in report_run["requests"]:
+        by_connection.setdefault(request["connection"], []).append(request)
+    for conn_id, stream in paired.items():
+        ours = sorted(by_connection.get(conn_id, []), key=lambda r: r["depth"])
+        if len(ours) != len(stream.requests):
+            problems.append(f"#{conn_id}: kalab has {len(ours)} request(s) on it, tshark "
+                            f"{len(stream.requests)}")
+        for depth, (request, (at, method, uri)) in enumerate(
+                zip(ours, stream.requests, strict=False), 1):
+            if (request["depth"], request["method"], request["target"]) != (depth, method, uri):
+                problems.append(f"#{conn_id}: request {request['id']} is {request['method']} "
+                                f"{request['target']} at depth {request['depth']}; tshark has "
+                                f"{method} {uri} at depth {depth}")
+            elif abs(request["sent_at"] - at) > TOLERANCE:
+                problems.append(f"#{conn_id}: request {request['id']} sent at "
+                                f"{request['sent_at']}, tshark says {at}")
     return problems

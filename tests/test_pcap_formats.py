@@ -1,0 +1,510 @@
+"""Every capture file kalab meets: formats, link types, IPv6, several servers, damage.
+
+The same conversation, written as Ethernet, Linux cooked (SLL and SLL2),
+loopback (NULL, LOOP), raw IP, VLAN-tagged, pcapng and nanosecond pcap,
+must give the same records. Real captures by tcpdump and dumpcap of real
+traffic (IPv4 and IPv6 servers at once) must agree with each other and with
+tshark. A file cut short or corrupt ends with an error naming the byte, exit
+2, and the report of what came before it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+import tracemalloc
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import tshark_referee
+from conftest import run_kalab
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.packet import Raw
+
+from kalab import evidence
+from kalab.analyzer import Analyzer, Segment
+from kalab.pcap import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    PcapError,
+    PcapWriter,
+    SegmentReader,
+    read_frames,
+)
+
+T0 = 1_700_000_000.0
+GET = b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
+
+
+def conversation(client: str, server: str, cport: int, sport: int, start: float,
+                 paths: list[str]) -> list[tuple[float, object]]:
+    """One keep-alive connection carrying ``paths``, closed by the server, as IP packets."""
+    ip = IPv6 if ":" in client else IP
+
+    def up(flags: str, seq: int, ack: int, data: bytes = b""):
+        return ip(src=client, dst=server) / TCP(sport=cport, dport=sport, flags=flags,
+                                                 seq=seq, ack=ack) / Raw(load=data)
+
+    def down(flags: str, seq: int, ack: int, data: bytes = b""):
+        return ip(src=server, dst=client) / TCP(sport=sport, dport=cport, flags=flags,
+                                                 seq=seq, ack=ack) / Raw(load=data)
+
+    cseq, sseq, t = 1000, 5000, start
+    packets = [(t, up("S", cseq, 0)), (t + 0.001, down("SA", sseq, cseq + 1)),
+               (t + 0.002, up("A", cseq + 1, sseq + 1))]
+    cseq, sseq, t = cseq + 1, sseq + 1, t + 0.01
+    for path in paths:
+        request = GET % path.encode()
+        packets += [(t, up("PA", cseq, sseq, request)),
+                    (t + 0.001, down("PA", sseq, cseq + len(request), OK)),
+                    (t + 0.002, up("A", cseq + len(request), sseq + len(OK)))]
+        cseq, sseq, t = cseq + len(request), sseq + len(OK), t + 0.1
+    packets += [(t + 1, down("FA", sseq, cseq)), (t + 1.001, up("FA", cseq, sseq + 1)),
+                (t + 1.002, down("A", sseq + 1, cseq + 1))]
+    return packets
+
+
+def mixed_capture() -> list[tuple[float, object]]:
+    """Two IPv4 servers on two ports and an IPv6 one, interleaved."""
+    packets = (conversation("10.0.0.1", "10.0.0.2", 40000, 8080, T0, ["a1", "a2"])
+               + conversation("10.0.0.1", "10.0.0.3", 40001, 9090, T0 + 0.005, ["b1"])
+               + conversation("fd00::1", "fd00::2", 40002, 8080, T0 + 0.0075, ["c1", "c2", "c3"]))
+    return sorted(packets, key=lambda p: p[0])
+
+
+def cooked(linktype: int, packet) -> bytes:
+    """The link-layer header ``linktype`` puts before an IP packet."""
+    v6 = packet.version == 6
+    proto = 0x86DD if v6 else 0x0800
+    if linktype == LINKTYPE_ETHERNET:
+        return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / packet)
+    if linktype == LINKTYPE_LINUX_SLL:  # pkttype, hatype, halen, address, protocol
+        return struct.pack("!HHH8sH", 0, 1, 6, b"\x02" * 6, proto) + bytes(packet)
+    if linktype == LINKTYPE_LINUX_SLL2:  # protocol, reserved, ifindex, hatype, pkttype, ...
+        return struct.pack("!HHIHBB8s", proto, 0, 1, 1, 0, 6, b"\x02" * 6) + bytes(packet)
+    if linktype == LINKTYPE_NULL:  # the family in the writer's byte order
+        return struct.pack("<I", 30 if v6 else 2) + bytes(packet)
+    if linktype == LINKTYPE_LOOP:  # the family in network byte order
+        return struct.pack("!I", 24 if v6 else 2) + bytes(packet)
+    assert linktype == LINKTYPE_RAW
+    return bytes(packet)
+
+
+def write(path: Path, packets, linktype: int = LINKTYPE_ETHERNET, vlan: bool = False) -> Path:
+    with PcapWriter(path, linktype) as writer:
+        for ts, packet in packets:
+            if vlan:
+                frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                              / Dot1Q(vlan=7) / packet)
+            else:
+                frame = cooked(linktype, packet)
+            writer.write(ts, frame)
+    return path
+
+
+def records(path: Path, ports: set[int] | None = None) -> tuple[list, list]:
+    analysis = evidence.analyze_capture(path, ports)
+    assert analysis.error is None
+    return analysis.connections, analysis.requests
+
+
+def summary(path: Path, ports: set[int] | None = None):
+    connections, requests = records(path, ports)
+    return ([(c.client, c.server, c.first_fin_by, c.requests, c.complete) for c in connections],
+            [(r.id, r.connection, r.depth, r.target, r.status) for r in requests])
+
+
+EXPECTED = (
+    [("10.0.0.1:40000", "10.0.0.2:8080", "server", ["w1", "w4"], True),
+     ("10.0.0.1:40001", "10.0.0.3:9090", "server", ["w2"], True),
+     ("[fd00::1]:40002", "[fd00::2]:8080", "server", ["w3", "w5", "w6"], True)],
+    [("w1", 1, 1, "/a1", 200), ("w2", 2, 1, "/b1", 200), ("w3", 3, 1, "/c1", 200),
+     ("w4", 1, 2, "/a2", 200), ("w5", 3, 2, "/c2", 200), ("w6", 3, 3, "/c3", 200)])
+
+
+@pytest.mark.parametrize("linktype", [LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2,
+                                      LINKTYPE_NULL, LINKTYPE_LOOP, LINKTYPE_RAW])
+def test_every_link_type_gives_the_same_records(tmp_path, linktype):
+    path = write(tmp_path / "x.pcap", mixed_capture(), linktype)
+    assert summary(path) == EXPECTED
+    assert {f[0] for f in read_frames(path)} == {linktype}
+
+
+def test_vlan_tagged_ethernet(tmp_path):
+    assert summary(write(tmp_path / "vlan.pcap", mixed_capture(), vlan=True)) == EXPECTED
+
+
+@pytest.mark.skipif(shutil.which("editcap") is None, reason="editcap is not installed")
+@pytest.mark.parametrize("tool, form", [("editcap", "pcapng"), ("editcap", "nsecpcap"),
+                                        ("tshark", "pcapng")])
+def test_converted_files_give_the_same_records_and_times(tmp_path, tool, form):
+    source = write(tmp_path / "x.pcap", mixed_capture())
+    target = tmp_path / f"x.{form}"
+    argv = ["editcap", "-F", form, str(source), str(target)] if tool == "editcap" else \
+        ["tshark", "-r", str(source), "-F", form, "-w", str(target)]
+    subprocess.run(argv, check=True, capture_output=True)
+    assert target.read_bytes()[:4] == (b"\x0a\x0d\x0d\x0a" if form == "pcapng"
+                                       else b"\x4d\x3c\xb2\xa1")
+    assert summary(target) == EXPECTED
+    ours, theirs = records(source), records(target)
+    assert [c.first_fin_at for c in ours[0]] == pytest.approx(
+        [c.first_fin_at for c in theirs[0]], rel=0, abs=1e-6)
+
+
+def test_big_endian_pcap(tmp_path):
+    little = write(tmp_path / "le.pcap", mixed_capture())
+    big = tmp_path / "be.pcap"
+    data = little.read_bytes()
+    out = bytearray(struct.pack(">IHHiIII", *struct.unpack("<IHHiIII", data[:24])))
+    offset = 24
+    while offset < len(data):
+        sec, usec, caplen, length = struct.unpack_from("<IIII", data, offset)
+        out += struct.pack(">IIII", sec, usec, caplen, length)
+        out += data[offset + 16:offset + 16 + caplen]
+        offset += 16 + caplen
+    big.write_bytes(bytes(out))
+    assert summary(big) == EXPECTED
+
+
+def test_ports_choose_the_servers(tmp_path):
+    path = write(tmp_path / "x.pcap", mixed_capture())
+    both = summary(path, {8080, 9090})
+    assert both == EXPECTED
+    conns, reqs = summary(path, {9090})
+    assert conns == [("10.0.0.1:40001", "10.0.0.3:9090", "server", ["w1"], True)]
+    assert [r[3] for r in reqs] == ["/b1"]
+    done = run_kalab("analyze", str(path), "--port", "8080", "--port", "9090", "--json")
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)["runs"]
+    assert run["options"]["ports"] == [8080, 9090]
+    assert [c["server"] for c in run["connections"]] == ["10.0.0.2:8080", "10.0.0.3:9090",
+                                                         "[fd00::2]:8080"]
+
+
+def test_default_ports_are_those_that_answered_a_syn(tmp_path):
+    packets = mixed_capture()
+    # A SYN nobody answered, to a port that answered no other: no server of this capture.
+    lone = IP(src="10.0.0.1", dst="10.0.0.9") / TCP(sport=40009, dport=7070, flags="S", seq=1)
+    packets.insert(3, (T0 + 0.0051, lone))
+    path = write(tmp_path / "x.pcap", packets)
+    assert summary(path) == EXPECTED
+    done = run_kalab("analyze", str(path), "--json")
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)["runs"]
+    assert run["options"]["ports"] == [8080, 9090]
+    assert [c["id"] for c in run["connections"]] == [1, 2, 3]
+
+
+# --- damage: the error names the byte, the report keeps what came before
+
+
+def test_truncated_pcap_keeps_what_was_read(tmp_path):
+    path = write(tmp_path / "x.pcap", mixed_capture())
+    data = path.read_bytes()
+    frames = list(read_frames(path))
+    # Cut inside the 12th record: eleven whole records stay (three handshakes, then the
+    # first request and its response).
+    offset = 24 + sum(16 + len(f[2]) for f in frames[:11])
+    path.write_bytes(data[:offset + 20])
+    analysis = evidence.analyze_capture(path)
+    assert isinstance(analysis.error, PcapError)
+    assert analysis.error.offset == offset
+    assert analysis.records == 11
+    assert f"byte {offset}: truncated record" in str(analysis.error)
+    assert len(analysis.connections) == 3
+    assert [(r.target, r.status) for r in analysis.requests] == [("/a1", 200)]
+
+    done = run_kalab("analyze", str(path), "--json")
+    assert done.returncode == 2
+    assert f"byte {offset}" in done.stderr and "truncated record" in done.stderr
+    report = json.loads(done.stdout)
+    assert report["exit_code"] == 2 and report["verdict"] == "inconclusive"
+    (run,) = report["runs"]
+    assert any(f"cut short at byte {offset}" in p for p in run["capture"]["problems"])
+    assert len(run["connections"]) == 3
+
+
+def test_corrupt_record_length_is_named(tmp_path):
+    path = write(tmp_path / "x.pcap", mixed_capture())
+    data = bytearray(path.read_bytes())
+    first = struct.unpack_from("<I", data, 24 + 8)[0]
+    second = 24 + 16 + first
+    struct.pack_into("<I", data, second + 8, 0x7FFFFFFF)  # the second record's length
+    path.write_bytes(bytes(data))
+    done = run_kalab("analyze", str(path))
+    assert done.returncode == 2
+    assert f"byte {second}: record length 2147483647 is corrupt" in done.stderr
+    assert "cut short" in done.stdout  # the summary of the one record before it
+
+
+@pytest.mark.skipif(shutil.which("editcap") is None, reason="editcap is not installed")
+def test_truncated_and_corrupt_pcapng(tmp_path):
+    source = write(tmp_path / "x.pcap", mixed_capture())
+    ng = tmp_path / "x.pcapng"
+    subprocess.run(["editcap", "-F", "pcapng", str(source), str(ng)], check=True)
+    data = ng.read_bytes()
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes(data[:len(data) // 2])
+    analysis = evidence.analyze_capture(cut)
+    assert analysis.error is not None and analysis.records > 0
+    assert "truncated block" in str(analysis.error)
+    assert data[analysis.error.offset:analysis.error.offset + 4] == struct.pack("<I", 6)
+    corrupt = bytearray(data)
+    offset = analysis.error.offset
+    struct.pack_into("<I", corrupt, offset + 4, 13)  # a block length not a multiple of 4
+    bad = tmp_path / "bad.pcapng"
+    bad.write_bytes(bytes(corrupt))
+    done = run_kalab("analyze", str(bad), "--json")
+    assert done.returncode == 2
+    assert f"byte {offset}: corrupt block length 13" in done.stderr
+    assert json.loads(done.stdout)["runs"][0]["connections"]
+
+
+def test_not_a_capture_is_refused_without_a_report(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, this is not a capture\n")
+    done = run_kalab("analyze", str(path), "--json")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "byte 0: not a pcap or pcapng file" in done.stderr
+
+
+# --- pure ACKs: left out where they change nothing, kept where they are all there is
+
+
+def test_skipping_pure_acks_changes_no_record(tmp_path):
+    path = write(tmp_path / "x.pcap", mixed_capture())
+    reader = SegmentReader(path, skip_acks=True)
+    kept = list(reader)
+    everything = list(SegmentReader(path))
+    assert reader.skipped == len(everything) - len(kept) > 0
+    assert all(not s.payload and not s.flags & 0x07 for s in everything if s not in kept)
+    slow, fast = Analyzer(), Analyzer()
+    for seg in everything:
+        slow.feed(seg)
+    for seg in kept:
+        fast.feed(seg)
+    assert slow.finish() == fast.finish()
+
+
+def test_a_connection_seen_only_as_a_pure_ack_is_reported(tmp_path):
+    packets = conversation("10.0.0.1", "10.0.0.2", 40000, 8080, T0, ["a1"])
+    late = IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40005, dport=8080, flags="A",
+                                                     seq=77, ack=88)
+    path = write(tmp_path / "x.pcap", [*packets, (T0 + 5, late)])
+    reader = SegmentReader(path, skip_acks=True)
+    assert any(s.sport == 40005 for s in reader)  # the first of its four-tuple: handed on
+    done = run_kalab("analyze", str(path), "--json")
+    assert done.returncode == 3  # a connection whose SYN the capture missed: inconclusive
+    run = json.loads(done.stdout)["runs"][0]
+    late_conn = run["connections"][-1]
+    assert late_conn["client"] == "10.0.0.1:40005" and late_conn["complete"] is False
+    assert any("no SYN seen for connection(s) 2" in p for p in run["capture"]["problems"])
+
+
+# --- memory: the body's bytes pass through, an ended connection's parsers go
+
+
+def test_memory_does_not_follow_the_packet_count():
+    def feed(analyzer: Analyzer, segments: int) -> int:
+        tracemalloc.start()
+        c, s = ("10.0.0.1", 40000), ("10.0.0.2", 8080)
+        analyzer.feed(Segment(T0, *c, *s, 0x02, 100))
+        analyzer.feed(Segment(T0, *s, *c, 0x12, 900, 101))
+        request = GET % b"big"
+        analyzer.feed(Segment(T0, *c, *s, 0x18, 101, 901, request))
+        body = b"y" * 1400
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (segments * len(body))
+        analyzer.feed(Segment(T0, *s, *c, 0x18, 901, 0, head))
+        seq = 901 + len(head)
+        for n in range(segments):
+            analyzer.feed(Segment(T0 + n * 1e-5, *s, *c, 0x18, seq, 0, body))
+            seq += len(body)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    small, large = feed(Analyzer(), 100), feed(Analyzer(), 20_000)  # 140 kB and 28 MB of body
+    assert large < small + 64 * 1024, (small, large)
+
+
+def test_an_ended_connection_lets_its_parsers_go(tmp_path):
+    path = write(tmp_path / "x.pcap", conversation("10.0.0.1", "10.0.0.2", 40000, 8080, T0,
+                                                   ["a1"]))
+    analyzer = Analyzer()
+    for seg in SegmentReader(path):
+        analyzer.feed(seg)
+    (conn,) = analyzer._all
+    assert conn.request_stream is conn.response_stream  # the shared "ended" parser
+    assert conn.request_stream.mode == "dead"
+    (record,), (request,) = analyzer.finish()
+    assert record.closed_by == "server" and request.status == 200
+
+
+# --- real captures: tcpdump (Ethernet, SLL2, SLL, nanoseconds) and dumpcap (pcapng)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        body = b"ok"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class V6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def free_port() -> int:
+    for port in range(18700, 18800):
+        with socket.socket(socket.AF_INET6) as a, socket.socket() as b:
+            try:
+                a.bind(("::1", port))
+                b.bind(("127.0.0.1", port + 100))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 18700-18800")
+
+
+def talk(address: tuple[str, int], family: int, requests: int) -> None:
+    with socket.socket(family) as sock:
+        sock.settimeout(5)
+        sock.connect(address)
+        for n in range(requests):
+            sock.sendall(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+            answer = b""
+            while not answer.endswith(b"ok"):
+                chunk = sock.recv(4096)
+                assert chunk
+                answer += chunk
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("tcpdump") is None
+                    or shutil.which("dumpcap") is None, reason="needs root, tcpdump, dumpcap")
+def test_real_captures_agree_with_each_other_and_with_tshark(tmp_path):
+    v6_port = free_port()
+    v4_port = v6_port + 100
+    servers = [ThreadingHTTPServer(("127.0.0.1", v4_port), Handler),
+               V6Server(("::1", v6_port), Handler)]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    bpf = f"tcp port {v4_port} or tcp port {v6_port}"
+    tools = {
+        "ethernet.pcap": ["tcpdump", "-i", "lo", "-w"],
+        "sll2.pcap": ["tcpdump", "-i", "any", "-y", "LINUX_SLL2", "-w"],
+        "sll.pcap": ["tcpdump", "-i", "any", "-y", "LINUX_SLL", "-w"],
+        "nano.pcap": ["tcpdump", "-i", "lo", "--time-stamp-precision", "nano", "-w"],
+        "dumpcap.pcapng": ["dumpcap", "-q", "-i", "lo", "-f", bpf, "-w"],
+    }
+    captures = {}
+    try:
+        for name, argv in tools.items():
+            tail = [] if argv[0] == "dumpcap" else [bpf]
+            captures[name] = child = subprocess.Popen(
+                [*argv, str(tmp_path / name), *tail], stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, text=True)
+            while True:  # until it says it is listening
+                line = child.stderr.readline()
+                assert line, f"{name}: the capture tool exited"
+                if "listening on" in line or "Capturing on" in line:
+                    break
+        time.sleep(0.2)
+        talk(("127.0.0.1", v4_port), socket.AF_INET, 2)
+        talk(("::1", v6_port), socket.AF_INET6, 3)
+        talk(("127.0.0.1", v4_port), socket.AF_INET, 1)
+        time.sleep(1.0)
+    finally:
+        for child in captures.values():
+            child.send_signal(signal.SIGINT)
+        for child in captures.values():
+            child.communicate(timeout=20)
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    linktypes = {name: next(read_frames(tmp_path / name))[0] for name in tools}
+    assert linktypes == {"ethernet.pcap": 1, "sll2.pcap": 276, "sll.pcap": 113, "nano.pcap": 1,
+                         "dumpcap.pcapng": 1}
+    results = {}
+    for name in tools:
+        done = run_kalab("analyze", str(tmp_path / name), "--json")
+        assert done.returncode == 0, (name, done.stderr)
+        (run,) = json.loads(done.stdout)["runs"]
+        assert run["options"]["ports"] == sorted([v4_port, v6_port])
+        assert tshark_referee.compare(run, tmp_path / name, {v4_port, v6_port}) == [], name
+        results[name] = (
+            [(c["client"], c["server"], c["first_fin_by"], c["requests"])
+             for c in run["connections"]],
+            [(r["id"], r["connection"], r["depth"], r["target"], r["status"])
+             for r in run["requests"]])
+    reference = results["ethernet.pcap"]
+    assert all(result == reference for result in results.values()), results
+    connections, requests = reference
+    assert [c[1] for c in connections] == [f"127.0.0.1:{v4_port}", f"[::1]:{v6_port}",
+                                           f"127.0.0.1:{v4_port}"]
+    assert [(r[1], r[2], r[3]) for r in requests] == [
+        (1, 1, "/0"), (1, 2, "/1"), (2, 1, "/0"), (2, 2, "/1"), (2, 3, "/2"), (3, 1, "/0")]
+
+
+def test_a_lab_run_whose_pcap_is_cut_short_is_inconclusive(tmp_path):
+    from kalab import handoff
+    from kalab.scenario import parse
+
+    packets = conversation("10.213.0.2", "10.213.0.1", 40000, 5000, T0, ["keep-alive"])
+    data = write(tmp_path / handoff.CAPTURE_PCAP, packets).read_bytes()
+    (tmp_path / handoff.CAPTURE_PCAP).write_bytes(data[:-7])  # the observer died mid-write
+    handoff.write_json(tmp_path / handoff.CAPTURE_STATS, {
+        "interface": "veth", "filter": "tcp port 5000", "pcap": handoff.CAPTURE_PCAP,
+        "started_at": T0 - 1, "stopped_at": T0 + 5, "packets": len(packets),
+        "duplicates_dropped": 0, "kernel_drops": 0, "problems": []})
+    scenario = parse("sessions: [{steps: [get: /keep-alive]}]\n"
+                     "engines: [{engine: werkzeug, expect: [connections: 1]}]\n", "lab.yaml")
+    run = evidence.engine_run(tmp_path, scenario, scenario.engines[0], "capture.pcap")
+    assert run.verdict == "inconclusive"
+    assert any("cut short at byte" in p for p in run.capture.problems)
+    assert [(r.target, r.status) for r in run.requests] == [("/keep-alive", 200)]
+
+
+def test_report_json_is_asdict_with_one_record_a_line(tmp_path):
+    import dataclasses
+
+    from kalab import report
+
+    connections, requests = records(write(tmp_path / "x.pcap", mixed_capture()))
+    requests[0].client = {"ref": "1", "urllib3": ["Starting new HTTP connection (1)"],
+                          "nested": {"n": [1, 2.5, None, True]}}
+    run = report.EngineRun(engine="capture", kind="unknown", description="x", version=None,
+                           listen=None, options={"ports": [8080, 9090], 1: "int key"},
+                           capture=report.Capture(problems=["a"]), connections=connections,
+                           requests=requests)
+    document = report.Report(schema=report.SCHEMA, scenario=None, name="x", runtime="analyze",
+                             started_at=T0, finished_at=T0 + 1, runs=[run], verdict="observed",
+                             exit_code=0)
+    text = report.to_json(document)
+    assert json.loads(text) == json.loads(json.dumps(dataclasses.asdict(document)))
+    lines = text.splitlines()
+    assert sum(line.lstrip().startswith('{"id": ') for line in lines) == 3 + 6
+    assert lines[0] == "{" and lines[1] == '  "schema": "kalab.report/1",'

@@ -1,0 +1,301 @@
+"""Real servers, real clients, the observer's capture: kalab and tshark must read the same wire.
+
+Each test starts a real engine on a loopback port of its own (Werkzeug's
+development server, gunicorn sync, gunicorn gthread) serving a small Flask
+app, captures the port with `observer.capture.Capture` while a requests
+client (or a raw socket) talks to it, then runs `kalab analyze --json` on the
+pcap and `tests/tshark_referee.compare` against tshark: connection count,
+each request's connection and depth, who sent the first FIN, and the first
+FIN and RST times to the millisecond. Each test also checks what the wire
+must show for that engine, so a test fails when kalab and tshark agree on
+something wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+import tshark_referee
+from conftest import ROOT, run_kalab
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="packet capture needs root"),
+    pytest.mark.skipif(not tshark_referee.available(), reason="tshark is not installed"),
+]
+
+APP = '''
+from flask import Flask, Response, request
+
+app = Flask(__name__)
+
+
+@app.route("/keep-alive")
+def keep_alive():
+    response = Response("This connection is kept alive for 5 seconds!")
+    response.headers["Connection"] = "keep-alive"
+    response.headers["Keep-Alive"] = "timeout=5"
+    return response
+
+
+@app.route("/echo", methods=["POST"])
+def echo():
+    return f"{len(request.get_data())} bytes"
+
+
+@app.route("/stream")
+def stream():
+    return Response((f"part {i}\\n" for i in range(3)), mimetype="text/plain")
+
+
+@app.route("/empty")
+def empty():
+    return "", 204
+'''
+
+
+@pytest.fixture(scope="module")
+def app_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("app")
+    (folder / "kalab_t5_app.py").write_text(APP)
+    return folder
+
+
+def free_port() -> int:
+    """A loopback port of this test's range that nothing listens on."""
+    for port in random.sample(range(18400, 18999), 40):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 18400-18999")
+
+
+def werkzeug(port: int) -> list[str]:
+    return [sys.executable, "-m", "server.werkzeug_engine", "kalab_t5_app:app", "127.0.0.1",
+            str(port), "threaded"]
+
+
+def gunicorn(port: int, worker: str, keep_alive: float = 2) -> list[str]:
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+            "--worker-class", worker, "--no-control-socket", "--log-level", "warning"]
+    if worker == "gthread":
+        argv += ["--threads", "4", "--keep-alive", f"{keep_alive:g}"]
+    return [*argv, "kalab_t5_app:app"]
+
+
+@contextmanager
+def server(argv: list[str], port: int, app_dir: Path) -> Iterator[None]:
+    env = {**os.environ, "PYTHONPATH": f"{app_dir}{os.pathsep}{ROOT}"}
+    child = subprocess.Popen(argv, cwd=app_dir, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # ready: before the capture starts, so its probe is not on the wire
+            assert child.poll() is None, f"{argv[2]} exited with {child.returncode}"
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, f"{argv[2]} never listened on {port}"
+                time.sleep(0.05)
+        time.sleep(0.3)  # the probe's own FINs pass before the capture begins
+        yield
+    finally:
+        child.terminate()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+@contextmanager
+def capturing(port: int, pcap: Path) -> Iterator[None]:
+    from observer.capture import Capture
+
+    capture = Capture("lo", port, pcap)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            capture.poll(0.02)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        yield
+    finally:
+        time.sleep(0.3)  # the last FINs and ACKs
+        stop.set()
+        thread.join()
+        stats = capture.close()
+        assert stats.kernel_drops == 0
+
+
+def record(tmp_path: Path, app_dir: Path, engine: Callable[[int], list[str]],
+           client: Callable[[int], None]) -> tuple[Path, int, dict]:
+    """Run ``client`` against the engine under capture; the pcap, port and kalab's run."""
+    port = free_port()
+    pcap = tmp_path / "capture.pcap"
+    with server(engine(port), port, app_dir), capturing(port, pcap):
+        client(port)
+    done = run_kalab("analyze", str(pcap), "--json")  # ports: those that answered a SYN
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)["runs"]
+    assert run["options"]["ports"] == [port]
+    problems = tshark_referee.compare(run, pcap, port)
+    assert problems == [], problems
+    return pcap, port, run
+
+
+def placement(run: dict) -> list[tuple[str, int, int]]:
+    """(target, connection, depth) of each request, in the order sent."""
+    return [(r["target"], r["connection"], r["depth"]) for r in run["requests"]]
+
+
+def test_werkzeug_one_connection_per_request(tmp_path, app_dir):
+    def client(port: int) -> None:
+        with requests.Session() as session:
+            for _ in range(3):
+                assert session.get(f"http://127.0.0.1:{port}/keep-alive").status_code == 200
+                time.sleep(0.2)
+
+    _, _, run = record(tmp_path, app_dir, werkzeug, client)
+    assert placement(run) == [("/keep-alive", 1, 1), ("/keep-alive", 2, 1),
+                              ("/keep-alive", 3, 1)]
+    assert [c["first_fin_by"] for c in run["connections"]] == ["server"] * 3
+    assert all(r["response_connection"] == "keep-alive, close" for r in run["requests"])
+
+
+def test_gunicorn_sync_closes_after_each_response(tmp_path, app_dir):
+    def client(port: int) -> None:
+        with requests.Session() as session:
+            for path in ("/keep-alive", "/stream", "/empty"):
+                session.get(f"http://127.0.0.1:{port}{path}").raise_for_status()
+
+    _, _, run = record(tmp_path, app_dir, lambda port: gunicorn(port, "sync"), client)
+    assert placement(run) == [("/keep-alive", 1, 1), ("/stream", 2, 1), ("/empty", 3, 1)]
+    assert [r["status"] for r in run["requests"]] == [200, 200, 204]
+    assert all(r["response_connection"] == "close" for r in run["requests"])
+    # Who closes first is a race here (the facts file): only that both FINs came.
+    assert all(c["second_fin_at"] is not None for c in run["connections"])
+
+
+def test_gunicorn_gthread_reuses_then_closes_when_idle(tmp_path, app_dir):
+    def client(port: int) -> None:
+        with requests.Session() as session:
+            base = f"http://127.0.0.1:{port}"
+            session.get(f"{base}/keep-alive").raise_for_status()
+            session.post(f"{base}/echo", data=b"x" * 5000).raise_for_status()  # body: 2 segments
+            session.get(f"{base}/stream").raise_for_status()  # chunked
+            time.sleep(2.2)  # past --keep-alive 1: the server closes, urllib3 reconnects
+            session.get(f"{base}/empty").raise_for_status()
+
+    _, _, run = record(tmp_path, app_dir, lambda port: gunicorn(port, "gthread", 1), client)
+    assert placement(run) == [("/keep-alive", 1, 1), ("/echo", 1, 2), ("/stream", 1, 3),
+                              ("/empty", 2, 1)]
+    first, second = run["connections"]
+    assert first["first_fin_by"] == "server"
+    assert 0.9 <= first["idle_before_close"] <= 2.1  # --keep-alive 1, from a 1 s poll loop
+    assert second["closed_by"] == "client"  # session.close() before the server's timeout
+    stream = run["requests"][2]
+    assert stream["status"] == 200 and stream["response_end_at"] is not None
+
+
+def test_a_client_that_closes_first(tmp_path, app_dir):
+    def client(port: int) -> None:
+        session = requests.Session()
+        for _ in range(2):
+            session.get(f"http://127.0.0.1:{port}/keep-alive").raise_for_status()
+        time.sleep(0.3)
+        session.close()
+
+    _, _, run = record(tmp_path, app_dir, lambda port: gunicorn(port, "gthread", 10), client)
+    (conn,) = run["connections"]
+    assert placement(run) == [("/keep-alive", 1, 1), ("/keep-alive", 1, 2)]
+    assert conn["first_fin_by"] == "client" and conn["closed_by"] == "client"
+    assert 0.25 <= conn["idle_before_close"] <= 1.0
+
+
+def raw_exchange(port: int, payload: bytes, reset: bool) -> bytes:
+    """Send ``payload`` on a fresh connection, read until the server has answered it all
+    (or closed), then close with a FIN, or with a RST when ``reset`` (SO_LINGER 0)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        sock.sendall(payload)
+        answer = b""
+        while answer.count(b"HTTP/1.") < payload.count(b" HTTP/1."):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        time.sleep(0.05)
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return answer
+    finally:
+        sock.close()
+
+
+def test_a_reset_and_pipelined_requests(tmp_path, app_dir):
+    get = b"GET /keep-alive HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def client(port: int) -> None:
+        raw_exchange(port, get, reset=True)
+        time.sleep(0.2)
+        raw_exchange(port, get + b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\n", reset=False)
+
+    _, _, run = record(tmp_path, app_dir, lambda port: gunicorn(port, "gthread", 5), client)
+    reset, pipelined = run["connections"]
+    assert reset["rst_by"] == "client" and reset["closed_by"] == "client-reset"
+    assert placement(run) == [("/keep-alive", 1, 1), ("/keep-alive", 2, 1), ("/empty", 2, 2)]
+    # Pipelined responses pair with their requests in order (tshark 4.0 gets this wrong).
+    assert [r["status"] for r in run["requests"]] == [200, 200, 204]
+    assert pipelined["first_fin_by"] == "client"
+
+
+def test_http_1_0_100_continue_and_a_half_close_on_werkzeug(tmp_path, app_dir):
+    def client(port: int) -> None:
+        raw_exchange(port, b"GET /keep-alive HTTP/1.0\r\n\r\n", reset=False)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                         b"Expect: 100-continue\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 100")
+            sock.sendall(b"data")
+            answer = b""
+            while b"4 bytes" not in answer:
+                chunk = sock.recv(4096)
+                assert chunk, "the server closed before answering"
+                answer += chunk
+        time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.shutdown(socket.SHUT_WR)  # half-closed: the answer still comes
+            while sock.recv(4096):
+                pass
+
+    _, _, run = record(tmp_path, app_dir, werkzeug, client)
+    assert placement(run) == [("/keep-alive", 1, 1), ("/echo", 2, 1), ("/stream", 3, 1)]
+    old, post, streamed = run["requests"]
+    assert old["version"] == "HTTP/1.0" and old["status"] == 200
+    assert post["method"] == "POST" and post["status"] == 200  # the 100 answers nothing
+    assert post["response_at"] > post["sent_at"]
+    half_closed = run["connections"][2]
+    assert half_closed["first_fin_by"] == "client"
+    assert streamed["status"] == 200 and streamed["response_end_at"] is not None
