@@ -1,0 +1,107 @@
+"""The live progress line of `kalab run`: which engine, which step, a countdown through sleeps.
+
+The roles are separate processes; what they have reached shows in the run
+folder (`kalab.handoff`): ``observer.ready``, ``server.json``, the
+client's ``client.progress`` (the step each session is on, and when its
+sleep ends), ``client.done``, ``capture.json``. `RunProgress` reads those
+files each time rich refreshes the line, and prints what `kalab.lab` says
+above it. On anything but a terminal it shows nothing at all: piped output
+and logs get only the summary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.spinner import Spinner
+from rich.text import Text
+
+from kalab import handoff
+from kalab.scenario import Scenario
+
+REFRESH_PER_SECOND = 4
+
+
+class RunProgress:
+    """The status of a run as its files show it; a rich renderable that redraws itself."""
+
+    def __init__(self, scenario: Scenario, results: Path | None, console: Console) -> None:
+        self.scenario, self.results, self.console = scenario, results, console
+        self.started = time.monotonic()
+        self.message = "starting the lab"
+        self.spinner = Spinner("dots", style="cyan")
+
+    def say(self, text: str) -> None:
+        """What `kalab.lab` tells: printed above the live line, and the line's fallback."""
+        self.message = text
+        self.console.print(f"[dim]kalab: {escape(text)}[/]")
+
+    def status(self, now: float | None = None) -> str:
+        """One line: the engine on, what its roles have reached, the client's step."""
+        now = time.time() if now is None else now
+        elapsed = f"{time.monotonic() - self.started:.0f} s"
+        if self.results is None:  # under compose the files appear only at the end
+            return f"{self.message} ({elapsed})"
+        engines = self.scenario.engines
+        for index, engine in enumerate(engines, 1):
+            folder = handoff.engine_dir(self.results, engine)
+            if (folder / handoff.CAPTURE_STATS).exists():
+                continue
+            head = f"{engine.name} ({index}/{len(engines)})"
+            return f"{head}: {self._engine_step(folder, engine.describe(), now)} ({elapsed})"
+        return f"analysing the captures and writing the report ({elapsed})"
+
+    def _engine_step(self, folder: Path, description: str, now: float) -> str:
+        if not (folder / handoff.OBSERVER_READY).exists():
+            return "starting the capture"
+        if not (folder / handoff.SERVER_READY).exists():
+            return f"starting {description}"
+        if (folder / handoff.CLIENT_DONE).exists():
+            return "client done; the capture takes the last packets"
+        sessions = _read(folder / handoff.CLIENT_PROGRESS).get("sessions") or {}
+        if not sessions:
+            return "the client is starting"
+        steps = []
+        for name, step in sessions.items():
+            text = f"step {step.get('step')}/{step.get('steps')}: {step.get('doing')}"
+            until = step.get("until")
+            if isinstance(until, (int, float)) and until > now:
+                text += f", {until - now:.1f} s left"
+            steps.append(text if len(sessions) == 1 else f"{name} {text}")
+        return "client " + "; ".join(steps)
+
+    def __rich__(self) -> Spinner:
+        self.spinner.update(text=Text(self.status()))
+        return self.spinner
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = handoff.read_json(path)
+    except (OSError, ValueError):
+        return {}  # not there yet (or from another version): show less, never fail
+    return data if isinstance(data, dict) else {}
+
+
+@contextmanager
+def shown(console: Console, scenario: Scenario,
+          results: Path | None) -> Iterator[Callable[[str], None]]:
+    """Show the run's progress while the block runs; yields the `say` for `kalab.lab.run`.
+
+    Quiet (a `say` that prints nothing, no live line) unless ``console`` is a
+    terminal; the line disappears when the block ends, even on an error.
+    """
+    if not console.is_terminal:
+        yield lambda text: None
+        return
+    progress = RunProgress(scenario, results, console)
+    with Live(progress, console=console, refresh_per_second=REFRESH_PER_SECOND,
+              transient=True):
+        yield progress.say

@@ -1,0 +1,122 @@
+"""The report's JSON Schema, generated from the record's own definition.
+
+`kalab.report` is the one place that defines the report: its dataclasses,
+their field types and each field's ``doc=``. This module only translates
+them into JSON Schema (draft 2020-12); the result is committed as
+``schema/report.schema.json`` for tools outside Python, and a test checks
+that the committed file is still what this generates. After changing the
+record, regenerate it:
+
+    python -m kalab.render.schema --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from kalab import report as report_mod
+
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schema" / "report.schema.json"
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+_SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _type(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return {}
+    if hint in _SCALARS:
+        return {"type": _SCALARS[hint]}
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in args if a is not type(None)]
+        if len(options) != 1:
+            raise TypeError(f"no JSON Schema for {hint!r}")
+        inner = _type(options[0], defs)
+        if set(inner) == {"type"}:
+            return {"type": [inner["type"], "null"]}
+        return {"anyOf": [inner, {"type": "null"}]}
+    if origin is list:
+        return {"type": "array", "items": _type(args[0], defs)}
+    if origin is dict:
+        if args and args[0] is not str:
+            raise TypeError(f"JSON object keys are strings: {hint!r}")
+        values = _type(args[1], defs) if args else {}
+        return {"type": "object", **({"additionalProperties": values} if values else {})}
+    if dataclasses.is_dataclass(hint):
+        name = hint.__name__
+        if name not in defs:
+            defs[name] = {}  # a placeholder first: a record may refer to itself
+            defs[name] = _object(hint, defs)
+        return {"$ref": f"#/$defs/{name}"}
+    raise TypeError(f"no JSON Schema for {hint!r}")
+
+
+def _object(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    properties: dict[str, Any] = {}
+    required = []
+    for f in dataclasses.fields(cls):
+        prop = _type(hints[f.name], defs)
+        if "doc" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name} has no doc=: every field is documented")
+        prop = {"description": f.metadata["doc"], **prop}
+        if f.default is not dataclasses.MISSING:
+            prop["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            prop["default"] = f.default_factory()
+        else:
+            required.append(f.name)  # what from_dict cannot do without
+        properties[f.name] = prop
+    return {"type": "object", "description": inspect.cleandoc(cls.__doc__ or ""),
+            "properties": properties, "required": required, "additionalProperties": False}
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of report.json, from `kalab.report`'s dataclasses and docs."""
+    defs: dict[str, Any] = {}
+    top = _object(report_mod.Report, defs)
+    top["properties"]["schema"]["const"] = report_mod.SCHEMA
+    return {
+        "$schema": DIALECT,
+        "$id": f"urn:{report_mod.SCHEMA.replace('/', ':')}",
+        "title": f"kalab run report ({report_mod.SCHEMA})",
+        **top,
+        "description": inspect.cleandoc(report_mod.__doc__ or ""),
+        "$defs": dict(sorted(defs.items())),
+    }
+
+
+def as_text() -> str:
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print (or write) report.json's JSON Schema.")
+    parser.add_argument("--write", action="store_true", help=f"write it to {SCHEMA_FILE}")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if the committed file differs from what is generated")
+    args = parser.parse_args(argv)
+    text = as_text()
+    if args.check:
+        same = SCHEMA_FILE.is_file() and SCHEMA_FILE.read_text(encoding="utf-8") == text
+        print(f"{SCHEMA_FILE}: {'up to date' if same else 'stale: run with --write'}")
+        return 0 if same else 1
+    if args.write:
+        SCHEMA_FILE.parent.mkdir(exist_ok=True)
+        SCHEMA_FILE.write_text(text, encoding="utf-8")
+        print(f"wrote {SCHEMA_FILE}")
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
