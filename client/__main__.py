@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
             handoff.fail(folder, "client", str(exc))
             print(f"kalab client: {engine.name}: {exc}", file=sys.stderr)
             return 1
-        records = run_sessions(scenario, f"http://{host}:{scenario.port}")
+        records = run_sessions(scenario, f"http://{host}:{scenario.port}",
+                               folder / handoff.CLIENT_PROGRESS)
         records["impairments"] = applied
         handoff.write_json(folder / handoff.CLIENT_RECORDS, records)
         (folder / handoff.CLIENT_DONE).touch()

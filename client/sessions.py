@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -21,7 +22,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from kalab.scenario import Scenario, Session
+from client.progress import ProgressFile, describe
+from kalab.scenario import Scenario, Session, Step
 
 REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read
 
@@ -97,6 +99,8 @@ def _root_cause(exc: BaseException) -> str:
 
 
 class SessionRunner:
+    progress = ProgressFile(None)  # run_sessions sets the run's file
+
     def __init__(self, scenario: Scenario, session: Session, base_url: str, t0: float,
                  epoch0: float, log: _Urllib3Log) -> None:
         self.scenario, self.session, self.base_url = scenario, session, base_url
@@ -112,7 +116,8 @@ class SessionRunner:
         ports: dict[int, int] = {}
         last_done = self.t0
         try:
-            for step in self.session.steps:
+            for number, step in enumerate(self.session.steps, 1):
+                self._show(number, step, last_done)
                 if step.kind == "sleep":
                     target = last_done + step.seconds
                     _sleep_until(target)
@@ -131,6 +136,15 @@ class SessionRunner:
         finally:
             http.close()
             self.closes.append(CloseRecord(self.session.name, time.time(), False))
+
+    def _show(self, number: int, step: Step, last_done: float) -> None:
+        until = None
+        if step.kind == "sleep":
+            until = self.epoch(last_done + step.seconds)
+        elif step.kind == "at":
+            until = self.epoch(self.t0 + step.seconds)
+        self.progress.step(self.session.name, number, len(self.session.steps), describe(step),
+                           until)
 
     def _send(self, http: requests.Session, request: Any, planned: float,
               ports: dict[int, int]) -> RequestRecord:
@@ -232,14 +246,22 @@ def _sleep_until(target: float) -> None:
         time.sleep(min(left, 0.5) if left > 0.002 else 0)
 
 
-def run_sessions(scenario: Scenario, base_url: str) -> dict[str, Any]:
-    """Run every session at once from one start; the records, as JSON-ready data."""
+def run_sessions(scenario: Scenario, base_url: str,
+                 progress: Path | None = None) -> dict[str, Any]:
+    """Run every session at once from one start; the records, as JSON-ready data.
+
+    With ``progress``, each session's current step is kept in that file
+    (`client.progress.ProgressFile`) for the live display of `kalab run`.
+    """
     log = _Urllib3Log()
     pool_logger = logging.getLogger("urllib3.connectionpool")
     pool_logger.addHandler(log)
     pool_logger.setLevel(logging.DEBUG)
     t0, epoch0 = time.monotonic(), time.time()
     runners = [SessionRunner(scenario, s, base_url, t0, epoch0, log) for s in scenario.sessions]
+    shown = ProgressFile(progress)
+    for runner in runners:
+        runner.progress = shown
     threads = [threading.Thread(target=r.run, name=f"session-{r.session.name}")
                for r in runners]
     try:

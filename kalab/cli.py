@@ -1,4 +1,4 @@
-"""The `kalab` command: run a scenario, analyse a pcap, clean up after a crash.
+"""The `kalab` command: run a scenario, analyse a pcap, redo a run's reports, clean up.
 
 Exit codes (the same for every command):
   0  every expectation held (or there were none)
@@ -43,8 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the JSON report, not the summary")
 
     analyze = sub.add_parser("analyze", help="report on any pcap: connections, requests, closes",
-                             description="Analyse a capture file (pcap or pcapng) as the lab "
-                             "does its own.")
+                             description="Analyse a capture file as the lab does its own: "
+                             "pcap or pcapng (tcpdump, dumpcap, Wireshark), Ethernet, Linux "
+                             "cooked (SLL, SLL2), loopback or raw IP, IPv4 and IPv6. A file cut "
+                             "short or corrupt is reported up to the bad byte, then exits 2.")
     analyze.add_argument("pcap", type=Path)
     analyze.add_argument("--port", type=int, action="append",
                          help="server port to follow (repeatable; default: every port that "
@@ -53,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a scenario file and say what it will run")
     check.add_argument("scenario", type=Path)
+
+    report = sub.add_parser("report", help="write report.html, report.md and junit.xml "
+                            "again from a run's report.json",
+                            description="Regenerate the views of a run (report.html, "
+                            "report.md, junit.xml, summary.txt) from its report.json alone; "
+                            "exits with the run's verdict code.")
+    report.add_argument("results", type=Path, help="a results folder (or its report.json)")
 
     clean = sub.add_parser("clean", help="remove namespaces and processes crashed runs left")
     clean.add_argument("--all", action="store_true",
@@ -63,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "analyze": cmd_analyze, "check": cmd_check,
-               "clean": cmd_clean}[args.command]
+               "clean": cmd_clean, "report": cmd_report}[args.command]
     return handler(args)
 
 
@@ -105,14 +114,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if missing:
         return _error(f"missing tools: {', '.join(missing)} (apt-get install iproute2)",
                       EXIT_LAB_ERROR)
-    from kalab import lab, summary
+    from kalab import lab, progress, summary
 
     results = args.results or Path("results") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     console = summary.make_console(stderr=args.json)
-    say = (lambda text: console.print(f"[dim]kalab: {text}[/]")) if console.is_terminal \
-        else (lambda text: None)
-    try:
-        report = lab.run(scenario, args.runtime, results, say)
+    try:  # the live line (a terminal only) reads the roles' files: none under compose
+        with progress.shown(console, scenario,
+                            None if args.runtime == "compose" else results) as say:
+            report = lab.run(scenario, args.runtime, results, say)
     except lab.LabError as exc:
         return _error(str(exc), EXIT_LAB_ERROR)
     except KeyboardInterrupt:
@@ -124,7 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(report_mod.to_json(report))
     else:
         summary.render(report, console)
-        console.print(f"report: {results / 'report.json'}; pcaps: "
+        console.print(f"report: {results / 'report.json'} (to read: "
+                      f"{results / 'report.html'}); pcaps: "
                       f"{', '.join(str(results / r.capture.pcap) for r in report.runs)}")
     return report.exit_code
 
@@ -141,34 +151,86 @@ def _link_latest(results: Path) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from kalab import evidence, summary
-    from kalab.pcap import PcapError
+    from kalab import evidence
 
     if not args.pcap.is_file():
         return _error(f"{args.pcap}: no such file", EXIT_BAD_INPUT)
     started = time.time()
-    try:
-        connections, requests, ports = evidence.analyze_pcap(
-            args.pcap, set(args.port) if args.port else None)
-    except PcapError as exc:
-        return _error(str(exc), EXIT_BAD_INPUT)
-    problems = evidence.wire_problems(connections)
-    capture = report_mod.Capture(pcap=str(args.pcap), problems=problems)
-    verdict = evidence.verdict_of([], problems)
+    analysis = evidence.analyze_capture(args.pcap, set(args.port) if args.port else None)
+    if analysis.error is not None and not analysis.records:
+        return _error(str(analysis.error), EXIT_BAD_INPUT)  # not a capture at all
+    ports = analysis.ports
+    capture = _capture_beside(args.pcap)
+    capture.problems += evidence.wire_problems(analysis.connections)
+    if analysis.cut_short():
+        capture.problems.append(analysis.cut_short())
+    verdict = evidence.verdict_of([], capture.problems)
     run = report_mod.EngineRun(
         engine="capture", kind="unknown", description=f"{args.pcap.name}, server port(s) "
         f"{', '.join(map(str, sorted(ports))) or 'none seen'}", version=None, listen=None,
-        options={"ports": sorted(ports)}, capture=capture, connections=connections,
-        requests=requests, verdict=verdict)
+        options={"ports": sorted(ports)}, capture=capture, connections=analysis.connections,
+        requests=analysis.requests, verdict=verdict)
+    # A file cut short is bad input (exit 2), but what was read before the bad byte is
+    # still reported, marked as such among the capture's problems.
+    exit_code = EXIT_BAD_INPUT if analysis.error else report_mod.EXIT_CODES[verdict]
     report = report_mod.Report(
         schema=report_mod.SCHEMA, scenario=None, name=args.pcap.stem, runtime="analyze",
         started_at=started, finished_at=time.time(), runs=[run], verdict=verdict,
-        exit_code=report_mod.EXIT_CODES[verdict])
+        exit_code=exit_code)
     if args.json:
-        print(report_mod.to_json(report))
+        sys.stdout.write(report_mod.to_json(report) + "\n")
     else:
+        from kalab import summary
+
         summary.render(report)
+    if analysis.error:
+        return _error(str(analysis.error), EXIT_BAD_INPUT)
     return report.exit_code
+
+
+def _capture_beside(pcap: Path) -> report_mod.Capture:
+    """The capture's own accounting when the lab's observer wrote ``pcap`` (its
+    capture.json lies beside it): kernel drops then count; else none is known."""
+    from kalab import handoff
+
+    capture = report_mod.Capture(pcap=str(pcap))
+    stats_path = pcap.parent / handoff.CAPTURE_STATS
+    try:
+        stats = handoff.read_json(stats_path) if stats_path.is_file() else {}
+    except (OSError, ValueError):
+        stats = {}
+    if stats.get("pcap") != pcap.name:
+        return capture
+    for name in ("interface", "filter", "started_at", "stopped_at", "packets",
+                 "duplicates_dropped", "kernel_drops"):
+        if name in stats:
+            setattr(capture, name, stats[name])
+    capture.problems = list(stats.get("problems", []))
+    return capture
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from kalab import render, summary
+
+    path = args.results / "report.json" if args.results.is_dir() else args.results
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("schema") != report_mod.SCHEMA:
+            return _error(f"{path}: not a {report_mod.SCHEMA} report", EXIT_BAD_INPUT)
+        record = report_mod.from_dict(data)
+    except OSError as exc:
+        return _error(f"{path}: {exc.strerror or exc}", EXIT_BAD_INPUT)
+    except (ValueError, TypeError, KeyError) as exc:
+        return _error(f"{path}: not a valid report: {exc}", EXIT_BAD_INPUT)
+    written = render.write_all(record, path.parent)
+    summary_txt = path.parent / "summary.txt"
+    summary_txt.write_text(summary.as_text(record), encoding="utf-8")
+    for item in [*written, summary_txt]:
+        print(f"wrote {item}")
+    print(f"verdict: {record.verdict} (exit {record.exit_code})")
+    return record.exit_code
 
 
 def cmd_clean(args: argparse.Namespace) -> int:

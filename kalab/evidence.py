@@ -8,13 +8,15 @@ same report.
 
 from __future__ import annotations
 
+import gc
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kalab import handoff
 from kalab.analyzer import Analyzer
-from kalab.pcap import read_segments
+from kalab.pcap import PcapError, SegmentReader
 from kalab.report import (
     EXIT_CODES,
     SCHEMA,
@@ -34,13 +36,56 @@ from kalab.scenario import ENGINE_OPTIONS, Engine, Expectation, Scenario
 JOIN_SLACK = 0.002
 
 
+@dataclass
+class WireAnalysis:
+    """What a capture file shows, and how much of the file could be read."""
+
+    connections: list[Connection]
+    requests: list[HttpRequest]
+    ports: set[int]  # the server ports followed: those asked for, else those that answered
+    error: PcapError | None = None  # why the file ends early; what came before is above
+    records: int = 0  # records read
+    skipped: int = 0  # pure ACKs left out: they change no record
+
+    def cut_short(self) -> str | None:
+        """The capture problem a file that could not be read to its end makes, if any."""
+        if self.error is None:
+            return None
+        return (f"the capture file is cut short at byte {self.error.offset}: the report covers "
+                f"the {self.records} record(s) before it ({self.error})")
+
+
+def analyze_capture(path: Path, ports: set[int] | None = None) -> WireAnalysis:
+    """Analyse a pcap or pcapng file; an unreadable record ends the reading, not the report."""
+    analyzer = Analyzer(ports)
+    reader = SegmentReader(path, ports, skip_acks=True)
+    feed = analyzer.feed
+    error = None
+    # Hundreds of thousands of small objects and hardly a cycle among them: the
+    # collector's passes would cost a fifth of the analysis and free nothing.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for batch in reader.batches():
+            for segment in batch:
+                feed(segment)
+    except PcapError as exc:
+        error = exc
+    finally:
+        if collecting:
+            gc.enable()
+    connections, requests = analyzer.finish()
+    return WireAnalysis(connections, requests, set(ports or analyzer.server_ports()), error,
+                        reader.records, reader.skipped)
+
+
 def analyze_pcap(path: Path, ports: set[int] | None = None
                  ) -> tuple[list[Connection], list[HttpRequest], set[int]]:
-    analyzer = Analyzer(ports)
-    for seg in read_segments(path):
-        analyzer.feed(seg)
-    connections, requests = analyzer.finish()
-    return connections, requests, ports or analyzer.server_ports()
+    """The records of a capture file that must be whole: a `PcapError` if it is not."""
+    analysis = analyze_capture(path, ports)
+    if analysis.error is not None:
+        raise analysis.error
+    return analysis.connections, analysis.requests, analysis.ports
 
 
 def wire_problems(connections: list[Connection]) -> list[str]:
@@ -237,8 +282,11 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
         if (run_dir / handoff.SERVER_READY).exists() else {}
     client = handoff.read_json(run_dir / handoff.CLIENT_RECORDS) \
         if (run_dir / handoff.CLIENT_RECORDS).exists() else {"requests": []}
-    connections, requests, _ = analyze_pcap(run_dir / handoff.CAPTURE_PCAP, {scenario.port})
+    analysis = analyze_capture(run_dir / handoff.CAPTURE_PCAP, {scenario.port})
+    connections, requests = analysis.connections, analysis.requests
     problems = list(stats.get("problems", [])) + wire_problems(connections)
+    if analysis.cut_short():
+        problems.append(analysis.cut_short())
     if not client.get("requests") and scenario.requests:
         problems.append("the client role left no records")
     missing, join_problems, disagreements = join_client(requests, connections,

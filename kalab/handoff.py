@@ -7,6 +7,7 @@ for the file that says its turn has come:
 
     observer  listening               -> ENGINE/observer.ready
     server    engine accepting        -> ENGINE/server.json     (waited on observer.ready)
+    client    each step it starts     -> ENGINE/client.progress (for the live display)
     client    sessions done           -> ENGINE/client.json, client.done  (on server.json)
     observer  capture closed          -> ENGINE/capture.json, capture.pcap (on client.done)
     server    engine stopped          -> ENGINE/server.stopped  (on capture.json)
@@ -41,6 +42,7 @@ CAPTURE_STATS = "capture.json"
 CAPTURE_PCAP = "capture.pcap"
 CLIENT_RECORDS = "client.json"
 CLIENT_DONE = "client.done"
+CLIENT_PROGRESS = "client.progress"  # the step each session is on (a display aid)
 REPORT = "report.json"
 OBSERVER_DONE = "observer.done"  # in the run folder itself: the run is over
 

@@ -19,7 +19,8 @@ def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
 
-def _zero(run: EngineRun) -> float:
+def time_zero(run: EngineRun) -> float:
+    """The engine's time origin: its first SYN (or request); every shown time is from it."""
     times = [c.syn_at or c.established_at for c in run.connections if not c.probe]
     times += [r.sent_at for r in run.requests]
     times = [t for t in times if t is not None]
@@ -52,6 +53,47 @@ def connection_story(conn: Connection) -> str:
             f"{'sooner' if gap < 0 else 'later'} than it said")
 
 
+def requests_table(run: EngineRun, zero: float) -> Table:
+    """The requests table: also the one report.html and report.md show."""
+    requests = Table(title="Requests -> connections", title_justify="left")
+    for col in ("req", "sent", "request", "conn", "depth", "status",
+                "response Connection", "Keep-Alive", "story", "client saw"):
+        requests.add_column(col)
+    for r in run.requests:
+        client = r.client or {}
+        if r.attempt > 1 or r.id.count("~"):
+            saw = f"try {r.attempt}"
+        else:
+            saw = ""
+        error = client.get("error_cause") or client.get("error")
+        if error and r.status is None and "~" not in r.id:
+            saw = f"{saw}; {error}".lstrip("; ")
+        elif client.get("local_port") and "~" not in r.id:
+            saw = f"{saw}; port {client['local_port']}".lstrip("; ")
+        # Text, not markup: a target like `/a[/]b` comes from the wire.
+        requests.add_row(*map(Text, (
+            r.id, _t(r.sent_at, zero), f"{r.method} {r.target}", f"#{r.connection}",
+            f"{r.depth}{' (reused)' if r.reused else ''}", str(r.status or "-"),
+            r.response_connection or "-", r.response_keep_alive or "-", r.story or "-", saw)))
+    return requests
+
+
+def connections_table(run: EngineRun, zero: float) -> Table:
+    """The connections table: also the one report.html and report.md show."""
+    conns = Table(title="Connections -> who closed", title_justify="left")
+    for col in ("conn", "client", "SYN", "requests", "first FIN by", "at",
+                "idle before close", "advertised timeout"):
+        conns.add_column(col)
+    for c in run.connections:
+        label = "probe" if c.probe and not c.refused else ", ".join(c.requests) or "-"
+        closer = c.closed_by
+        conns.add_row(*map(Text, (
+            f"#{c.id}", c.client, _t(c.syn_at, zero), label, closer,
+            _t(c.first_fin_at or c.rst_at, zero), _secs(c.idle_before_close),
+            "-" if c.advertised_timeout is None else f"{c.advertised_timeout:g} s")))
+    return conns
+
+
 def as_text(report: Report) -> str:
     """The summary as plain text, for summary.txt beside the report."""
     console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
@@ -70,7 +112,7 @@ def make_console(stderr: bool = False) -> Console:
 def render(report: Report, console: Console | None = None) -> None:
     console = console or make_console()
     for run in report.runs:
-        zero = _zero(run)
+        zero = time_zero(run)
         console.rule(f"[bold]{run.engine}[/]: {run.description}")
         cap = run.capture
         drops = "unknown" if cap.kernel_drops is None else str(cap.kernel_drops)
@@ -78,37 +120,8 @@ def render(report: Report, console: Console | None = None) -> None:
                       f"captured {cap.packets} packets on {cap.interface or '?'} "
                       f"(kernel drops: {drops}); times in seconds from the first SYN",
                       soft_wrap=True)
-        requests = Table(title="Requests -> connections", title_justify="left")
-        for col in ("req", "sent", "request", "conn", "depth", "status",
-                    "response Connection", "Keep-Alive", "story", "client saw"):
-            requests.add_column(col)
-        for r in run.requests:
-            client = r.client or {}
-            if r.attempt > 1 or r.id.count("~"):
-                saw = f"try {r.attempt}"
-            else:
-                saw = ""
-            error = client.get("error_cause") or client.get("error")
-            if error and r.status is None and "~" not in r.id:
-                saw = f"{saw}; {error}".lstrip("; ")
-            elif client.get("local_port") and "~" not in r.id:
-                saw = f"{saw}; port {client['local_port']}".lstrip("; ")
-            requests.add_row(r.id, _t(r.sent_at, zero), f"{r.method} {r.target}",
-                             f"#{r.connection}", f"{r.depth}{' (reused)' if r.reused else ''}",
-                             str(r.status or "-"), r.response_connection or "-",
-                             r.response_keep_alive or "-", r.story or "-", saw)
-        console.print(requests)
-        conns = Table(title="Connections -> who closed", title_justify="left")
-        for col in ("conn", "client", "SYN", "requests", "first FIN by", "at",
-                    "idle before close", "advertised timeout"):
-            conns.add_column(col)
-        for c in run.connections:
-            label = "probe" if c.probe and not c.refused else ", ".join(c.requests) or "-"
-            closer = c.closed_by
-            conns.add_row(f"#{c.id}", c.client, _t(c.syn_at, zero), label, closer,
-                          _t(c.first_fin_at or c.rst_at, zero), _secs(c.idle_before_close),
-                          "-" if c.advertised_timeout is None else f"{c.advertised_timeout:g} s")
-        console.print(conns)
+        console.print(requests_table(run, zero))
+        console.print(connections_table(run, zero))
         for c in run.connections:
             if not c.probe:
                 console.print(f"  {connection_story(c)}", soft_wrap=True)

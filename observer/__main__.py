@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from kalab import evidence, handoff, netem, summary
+from kalab import evidence, handoff, netem, render, summary
 from kalab import report as report_mod
 from kalab.scenario import Engine, Scenario
 from observer.capture import Capture
@@ -121,6 +121,10 @@ def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSign
                                    label=args.scenario_label)
     report_mod.write(record, results)
     (results / "summary.txt").write_text(summary.as_text(record), encoding="utf-8")
+    try:
+        render.write_all(record, results)  # report.html, report.md, junit.xml
+    except Exception as exc:  # a view must never cost the run its verdict
+        print(f"kalab observer: the report's views failed: {exc!r}", file=sys.stderr)
     return EXIT_ROLE_FAILED if failed else record.exit_code
 
 if __name__ == "__main__":

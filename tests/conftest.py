@@ -113,3 +113,27 @@ def lab_yaml_run(walkthrough_results, lab_workdir) -> Path:
     folders = sorted((lab_workdir / "results").glob("tutorial-truth-*/report.json"))
     assert folders, "the walkthrough did not run lab.yaml"
     return folders[-1].parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reports_match_the_schema(tmp_path_factory):
+    """After the suite: every report.json a test made matches schema/report.schema.json."""
+    yield
+    import json
+
+    try:
+        import jsonschema
+    except ImportError:
+        pytest.fail("jsonschema is missing: pip install -e '.[test]'")
+    schema = json.loads((ROOT / "schema" / "report.schema.json").read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    wrong = []
+    for path in sorted(Path(tmp_path_factory.getbasetemp()).rglob("report.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            wrong.append(f"{path}: {exc}")
+            continue
+        wrong += [f"{path}: {e.json_path}: {e.message}" for e in validator.iter_errors(data)]
+    if wrong:
+        pytest.fail("reports that do not match schema/report.schema.json:\n" + "\n".join(wrong))
