@@ -114,7 +114,8 @@ def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSign
         for engine in captured:
             try:
                 shutil.copytree(handoff.engine_dir(args.run_dir, engine),
-                                handoff.engine_dir(results, engine), dirs_exist_ok=True)
+                                handoff.engine_dir(results, engine), dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns(".scratch-*"))
             except shutil.Error as exc:  # an unreadable file must not cost the report
                 print(f"kalab observer: not copied: {exc}", file=sys.stderr)
     record = evidence.build_report(results, scenario, captured, args.runtime, started,

@@ -20,6 +20,10 @@ from kalab import handoff
 from kalab.scenario import Engine, Scenario
 from server.engines import plan, version
 
+# The engine's private files (nginx's 0700 buffers) live in its own folder, so
+# a role killed before it could remove them leaves nothing outside the results.
+SCRATCH_PREFIX = ".scratch-"
+
 
 def wait_until_accepting(host: str, port: int, child: subprocess.Popen, timeout: float) -> None:
     # Connects from inside the server's network namespace, so in the netns and
@@ -46,7 +50,7 @@ def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
                      what="the observer", stop=stop)
     children: list[subprocess.Popen] = []
     with open(folder / "server.log", "wb") as log, \
-            tempfile.TemporaryDirectory(prefix="kalab-engine-") as scratch:
+            tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=folder) as scratch:
         launches = plan(engine, engine.app or scenario.app, host, scenario.port, folder,
                         Path(scratch))
         try:
