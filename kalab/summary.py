@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 from rich.console import Console
+from rich.markup import escape as esc
 from rich.table import Table
 from rich.text import Text
 
@@ -113,39 +114,40 @@ def render(report: Report, console: Console | None = None) -> None:
     console = console or make_console()
     for run in report.runs:
         zero = time_zero(run)
-        console.rule(f"[bold]{run.engine}[/]: {run.description}")
+        console.rule(f"[bold]{esc(run.engine)}[/]: {esc(run.description)}")
         cap = run.capture
         drops = "unknown" if cap.kernel_drops is None else str(cap.kernel_drops)
-        console.print(f"server {run.version or '?'} on {run.listen or '?'}; "
-                      f"captured {cap.packets} packets on {cap.interface or '?'} "
+        console.print(f"server {esc(run.version or '?')} on {esc(run.listen or '?')}; "
+                      f"captured {cap.packets} packets on {esc(cap.interface or '?')} "
                       f"(kernel drops: {drops}); times in seconds from the first SYN",
                       soft_wrap=True)
         console.print(requests_table(run, zero))
         console.print(connections_table(run, zero))
         for c in run.connections:
             if not c.probe:
-                console.print(f"  {connection_story(c)}", soft_wrap=True)
+                console.print(f"  {esc(connection_story(c))}", soft_wrap=True)
         for disagreement in run.disagreements:
-            console.print(f"  [yellow]belief vs wire:[/] {disagreement}", soft_wrap=True)
+            console.print(f"  [yellow]belief vs wire:[/] {esc(disagreement)}", soft_wrap=True)
         for impairment in cap.impairments:
-            console.print(f"  link impaired: {impairment}", soft_wrap=True)
+            console.print(f"  link impaired: {esc(impairment)}", soft_wrap=True)
         for error in run.client_errors:
-            console.print(f"  [yellow]request {error['ref']} never reached the wire: "
-                          f"{error.get('error_cause') or error.get('error')}[/]")
+            console.print(f"  [yellow]request {esc(error['ref'])} never reached the wire: "
+                          f"{esc(error.get('error_cause') or error.get('error') or '')}[/]")
         for problem in cap.problems:
-            console.print(f"  [bold yellow]capture problem:[/] {problem}")
+            console.print(f"  [bold yellow]capture problem:[/] {esc(problem)}")
         for e in run.expectations:
             mark = Text("PASS", style="bold green") if e.passed else \
                 Text("FAIL", style="bold red")
             console.print(mark, Text(f" {e.claim}"))
             console.print(Text(f"       wire: {e.observed}", style="dim" if e.passed else ""),
                           soft_wrap=True)
-        console.print(f"verdict for {run.engine}: [bold]{run.verdict}[/]")
+        console.print(f"verdict for {esc(run.engine)}: [bold]{run.verdict}[/]")
     refuted = [(run.engine, e) for run in report.runs for e in run.expectations if not e.passed]
     if refuted:
         console.print("[bold red]The wire refuted:[/]")
         for engine, e in refuted:
             where = f"{report.scenario}:{e.line}" if report.scenario else f"line {e.line}"
-            console.print(f"  [red]{engine}: {e.claim}[/] ({where})", soft_wrap=True)
+            console.print(f"  [red]{esc(engine)}: {esc(e.claim)}[/] ({esc(where)})",
+                          soft_wrap=True)
     style = {"pass": "green", "fail": "red", "inconclusive": "yellow"}.get(report.verdict, "")
     console.rule(f"[bold {style}]{report.verdict.upper()}[/] (exit {report.exit_code})")

@@ -157,3 +157,17 @@ def test_requests_close_together_join_one_to_one():
                              "shows it opened #1"]
     assert conn.requests == [str(n + 1) for n in range(10)]
     assert wire[3].send_lag == pytest.approx(0.0015, abs=1e-6)
+
+
+def test_the_summary_prints_wire_text_as_text(tmp_path):
+    from kalab import summary
+    from kalab.report import Report
+
+    run = run_folder(tmp_path)
+    run.disagreements.append("request [bold]1[/] said [red")
+    run.capture.problems.append("a problem with [/] in it")
+    text = summary.as_text(Report(schema="kalab.report/1", scenario="[x].yaml", name="n",
+                                  runtime="netns", started_at=T0, finished_at=T0, runs=[run],
+                                  verdict="pass", exit_code=0))
+    assert "belief vs wire: request [bold]1[/] said [red" in text
+    assert "capture problem: a problem with [/] in it" in text
