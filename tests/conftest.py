@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,19 @@ def role_processes() -> list[str]:
     out = subprocess.run(["pgrep", "-af", "--", "-m (server|client|observer) "],
                          capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if line.strip()]
+
+
+def free_port(low: int, high: int) -> int:
+    """A loopback port in [low, high) that nothing listens on; each test file keeps its
+    own range so that files run side by side do not race for a port."""
+    for port in random.sample(range(low, high), min(40, high - low)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{high - 1}")
 
 
 def can_run_lab() -> str | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -21,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 from conftest import run_kalab
 
@@ -33,14 +33,7 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok
 
 
 def free_port() -> int:
-    for port in random.sample(range(18200, 18399), 40):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 18200-18399")
+    return conftest.free_port(18200, 18399)
 
 
 class Server:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 import struct
 import subprocess
@@ -26,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import conftest
 import pytest
 import requests
 import tshark_referee
@@ -74,15 +74,7 @@ def app_dir(tmp_path_factory) -> Path:
 
 
 def free_port() -> int:
-    """A loopback port of this test's range that nothing listens on."""
-    for port in random.sample(range(18400, 18999), 40):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 18400-18999")
+    return conftest.free_port(18400, 18999)
 
 
 def werkzeug(port: int) -> list[str]:

@@ -119,22 +119,18 @@ def compare(report_run: dict, pcap: Path, port: int | Iterable[int]) -> list[str
                             "tshark has no such stream")
             continue
         stream = paired[conn["id"]] = queue.pop(0)
-        tshark_fin_by = _side(stream, stream.first_fin_port)
-        if tshark_fin_by != conn["first_fin_by"]:
-            problems.append(f"#{conn['id']}: first FIN by {conn['first_fin_by']}, "
-                            f"tshark says {tshark_fin_by}")
-        elif stream.first_fin_at is not None and \
-                abs(stream.first_fin_at - conn["first_fin_at"]) > TOLERANCE:
-            problems.append(f"#{conn['id']}: first FIN at {conn['first_fin_at']}, "
-                            f"tshark says {stream.first_fin_at}")
-        tshark_rst_by = _side(stream, stream.first_rst_port)
-        if tshark_rst_by != conn["rst_by"]:
-            problems.append(f"#{conn['id']}: first RST by {conn['rst_by']}, "
-                            f"tshark says {tshark_rst_by}")
-        elif stream.first_rst_at is not None and \
-                abs(stream.first_rst_at - conn["rst_at"]) > TOLERANCE:
-            problems.append(f"#{conn['id']}: first RST at {conn['rst_at']}, "
-                            f"tshark says {stream.first_rst_at}")
+        # The same two checks for the first FIN and the first RST: its sender, then its time.
+        for flag, port, at, by_key, at_key in (
+                ("FIN", stream.first_fin_port, stream.first_fin_at, "first_fin_by",
+                 "first_fin_at"),
+                ("RST", stream.first_rst_port, stream.first_rst_at, "rst_by", "rst_at")):
+            tshark_by = _side(stream, port)
+            if tshark_by != conn[by_key]:
+                problems.append(f"#{conn['id']}: first {flag} by {conn[by_key]}, "
+                                f"tshark says {tshark_by}")
+            elif at is not None and abs(at - conn[at_key]) > TOLERANCE:
+                problems.append(f"#{conn['id']}: first {flag} at {conn[at_key]}, "
+                                f"tshark says {at}")
     # Requests: each on the connection tshark has it on, at the depth of its order there.
     total = sum(len(s.requests) for s in seen.values())
     if total != len(report_run["requests"]):
