@@ -7,10 +7,12 @@ client believed) and then ``client.done``.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from client.sessions import run_sessions
-from kalab import handoff, netem
+from kalab import handoff, impairment
+from kalab.scenario import Scenario
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,17 +20,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="the server's address")
     args, scenario = handoff.parse_role(parser, argv, "client")
     host = f"[{args.host}]" if ":" in args.host else args.host
-    applied = []
-    if "client_to_server" in scenario.link:
+    applied: list[impairment.Applied] = []
+    if scenario.link:
         try:
-            interface = netem.route_interface(args.host)
-            applied.append(netem.apply(interface, scenario.link["client_to_server"],
-                                       "client_to_server"))
-        except netem.ImpairmentError as exc:
+            applied = impairment.apply_in_client_namespace(
+                scenario.link, impairment.route_interface(args.host))
+        except impairment.ImpairmentError as exc:
             print(f"kalab client: {exc}", file=sys.stderr)
             for engine in handoff.engines_to_run(scenario, args.engine):
                 handoff.fail(handoff.shared_engine_dir(args.run_dir, engine), "client", str(exc))
             return 1
+    try:
+        return run_engines(scenario, args, host, applied)
+    finally:
+        for done in applied:
+            done.close()
+
+
+def run_engines(scenario: Scenario, args: argparse.Namespace, host: str,
+                applied: list[impairment.Applied]) -> int:
     for engine in handoff.engines_to_run(scenario, args.engine):
         folder = handoff.shared_engine_dir(args.run_dir, engine)
         try:
@@ -40,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         records = run_sessions(scenario, f"http://{host}:{scenario.port}",
                                folder / handoff.CLIENT_PROGRESS)
-        records["impairments"] = applied
+        records["impairments"] = [a.describe() for a in applied]
         handoff.write_json(folder / handoff.CLIENT_RECORDS, records)
         (folder / handoff.CLIENT_DONE).touch()
     handoff.linger_until_observer_done(args.run_dir)

@@ -29,7 +29,8 @@ Expectations (per engine), each one mapping with one kind and an optional
   (``each``: every connection) was first closed (first FIN) by that side,
   ``idle`` seconds after its last response (± tolerance), or at most
   ``within`` seconds after it;
-- ``status: CODE``: every request got this status;
+- ``status: CODE``: every request got this status; ``status: {request: R,
+  is: CODE}``: request R did (a proxy's 502, say);
 - ``story: {request: R, is: STORY}``: the request's fate, from the wire and
   the client together: ``new``, ``reused``, ``replaced dropped connection``,
   ``raced the FIN`` or ``unanswered``.
@@ -37,9 +38,11 @@ Expectations (per engine), each one mapping with one kind and an optional
 Sessions may set ``retries: N`` (urllib3 retries, idempotent methods only),
 ``http_version: "1.0"`` and ``stale_check: false`` (reuse a pooled
 connection without urllib3's check that the server closed it). ``link``
-sets impairments per direction (``server_to_client``, ``client_to_server``:
-``delay_ms``, ``jitter_ms``, ``loss_percent``, ``rate``), applied with
-``tc``. Engines: ``werkzeug`` (``threaded``), ``gunicorn`` (``worker``,
+sets impairments per direction (``server_to_client``, ``client_to_server``
+and, with nginx engines only, ``upstream_to_proxy``: ``delay_ms``,
+``jitter_ms``, ``loss_percent``, ``rate``, ``only: fin``), applied with ``tc`` or the
+user-space delay line (``kalab.impairment``). Engines: ``werkzeug``
+(``threaded``), ``gunicorn`` (``worker``,
 ``keep_alive``, ``threads``, ``max_requests``), ``waitress``
 (``channel_timeout``, ``cleanup_interval``, ``threads``) and ``nginx`` in
 front of gunicorn (``keepalive_timeout``, ``keepalive_header``,
@@ -74,7 +77,9 @@ ENGINE_OPTIONS = {
     "nginx": {"keepalive_timeout", "keepalive_header", "upstream_keepalive",
               "upstream_keepalive_timeout", "worker", "keep_alive", "threads", "max_requests"},
 }
-LINK_DIRECTIONS = ("server_to_client", "client_to_server")
+# upstream_to_proxy: nginx's upstream (gunicorn) to nginx, on the server's loopback.
+LINK_DIRECTIONS = ("server_to_client", "client_to_server", "upstream_to_proxy")
+LINK_ONLY = ("fin",)
 CLOSERS = ("server", "client", "either")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -186,14 +191,17 @@ class Engine:
 
 @dataclass(frozen=True)
 class LinkImpairment:
-    """What `tc netem` applies to one direction of the lab's link."""
+    """What one direction of a link suffers (netem's words: `kalab.impairment` applies it)."""
 
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss_percent: float = 0.0
     rate: str | None = None  # e.g. "1mbit"
+    # "fin": impair only packets carrying a FIN (a FIN slow to arrive widens
+    # the race at the keep-alive edge without slowing anything else)
+    only: str | None = None
 
-    def netem_args(self) -> list[str]:
+    def netem_args(self, rate: bool = True) -> list[str]:
         args: list[str] = []
         if self.delay_ms or self.jitter_ms:
             args += ["delay", f"{self.delay_ms:g}ms"]
@@ -201,9 +209,14 @@ class LinkImpairment:
                 args.append(f"{self.jitter_ms:g}ms")
         if self.loss_percent:
             args += ["loss", f"{self.loss_percent:g}%"]
-        if self.rate:
+        if self.rate and rate:
             args += ["rate", self.rate]
         return args
+
+
+def upstream_port(port: int) -> int:
+    """Where an nginx engine's gunicorn listens, on the server's loopback."""
+    return port + 1
 
 
 @dataclass(frozen=True)
@@ -215,7 +228,7 @@ class Scenario:
     port: int
     engines: tuple[Engine, ...]
     sessions: tuple[Session, ...]
-    link: dict[str, LinkImpairment] = field(default_factory=dict)  # direction -> netem
+    link: dict[str, LinkImpairment] = field(default_factory=dict)  # direction -> impairment
 
     def engine(self, name: str) -> Engine:
         for engine in self.engines:
@@ -350,6 +363,16 @@ class _Checker:
                 raise self.fail(node, f"engines[{i}].name",
                                 f"duplicate engine name {engine_name!r}: give each a name")
         link = self._link(top["link"]) if "link" in top else {}
+        if port == 65535 and any(e.kind == "nginx" for e in engines):
+            raise self.fail(top["port"], "port", "nginx engines need port + 1 for gunicorn "
+                            "behind them: choose a port below 65535")
+        if "upstream_to_proxy" in link and any(e.kind != "nginx" for e in engines):
+            raise self.fail(top["link"].value["upstream_to_proxy"], "link.upstream_to_proxy",
+                            "only nginx engines have an upstream: every engine must be nginx")
+        if "upstream_to_proxy" in link and link["upstream_to_proxy"].rate:
+            raise self.fail(top["link"].value["upstream_to_proxy"],
+                            "link.upstream_to_proxy.rate",
+                            "not on the upstream (a rate would slow all of the loopback)")
         return Scenario(self.file, name, description, app, port, engines, tuple(sessions), link)
 
     def _link(self, node: _Node) -> dict[str, LinkImpairment]:
@@ -357,7 +380,8 @@ class _Checker:
         link = {}
         for direction, value in fields.items():
             where = f"link.{direction}"
-            spec = self.mapping(value, where, {"delay_ms", "jitter_ms", "loss_percent", "rate"})
+            spec = self.mapping(value, where,
+                                {"delay_ms", "jitter_ms", "loss_percent", "rate", "only"})
             numbers = {key: self.number(spec[key], f"{where}.{key}", 0, False,
                                         100 if key == "loss_percent" else 60_000)
                        for key in ("delay_ms", "jitter_ms", "loss_percent") if key in spec}
@@ -367,7 +391,12 @@ class _Checker:
                 if not re.fullmatch(r"[0-9]+(\.[0-9]+)?([kmg]?bit|[kmg]?bps)", rate):
                     raise self.fail(spec["rate"], f"{where}.rate",
                                     f"expected a tc rate such as 1mbit, got {rate!r}")
-            link[direction] = LinkImpairment(rate=rate, **numbers)
+            only = self.string(spec["only"], f"{where}.only", LINK_ONLY) \
+                if "only" in spec else None
+            if only and rate:
+                raise self.fail(spec["only"], f"{where}.only",
+                                "not with rate (a rate shapes every packet)")
+            link[direction] = LinkImpairment(rate=rate, only=only, **numbers)
         return link
 
     def _sessions(self, node: _Node) -> list[Session]:
@@ -529,9 +558,18 @@ class _Checker:
             return Expectation(kind, claim or f"the requests use {count} connection(s)",
                                node.line, count=count)
         if kind == "status":
-            status = int(self.number(value, here, 100, True, 599))
-            return Expectation(kind, claim or f"every request gets status {status}",
-                               node.line, status=status)
+            if not isinstance(value.value, dict):
+                status = int(self.number(value, here, 100, True, 599))
+                return Expectation(kind, claim or f"every request gets status {status}",
+                                   node.line, status=status)
+            spec = self.mapping(value, here, {"request", "is"})
+            for key in ("request", "is"):
+                if key not in spec:
+                    raise self.fail(value, f"{here}.{key}", "missing")
+            requests = self._refs(spec["request"], f"{here}.request", refs)
+            status = int(self.number(spec["is"], f"{here}.is", 100, True, 599))
+            return Expectation(kind, claim or f"request {requests[0]} gets status {status}",
+                               node.line, requests=requests[:1], status=status)
         if kind == "story":
             spec = self.mapping(value, here, {"request", "is"})
             for key in ("request", "is"):

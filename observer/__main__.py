@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from kalab import evidence, handoff, netem, render, summary
+from kalab import evidence, handoff, impairment, render, summary
 from kalab import report as report_mod
-from kalab.scenario import Engine, Scenario
+from kalab.scenario import Engine, Scenario, upstream_port
 from observer.capture import Capture
 
 LINGER = 0.5  # seconds to keep listening after the client ends: its FINs, the last ACKs
@@ -29,7 +29,7 @@ EXIT_ROLE_FAILED = 4
 
 
 def capture_engine(scenario: Scenario, engine: Engine, folder: Path, interface: str,
-                   stop: handoff.StopSignal, applied: list[str]) -> None:
+                   stop: handoff.StopSignal, applied: list[impairment.Applied]) -> None:
     capture = Capture(interface, scenario.port, folder / handoff.CAPTURE_PCAP)
     try:
         (folder / handoff.OBSERVER_READY).touch()
@@ -50,7 +50,7 @@ def capture_engine(scenario: Scenario, engine: Engine, folder: Path, interface: 
                 raise handoff.Aborted("the client did not finish in time")
     finally:
         stats = capture.close()
-        stats.impairments = list(applied)
+        stats.impairments = [a.describe() for a in applied]
         handoff.write_json(folder / handoff.CAPTURE_STATS, stats.to_dict())
 
 
@@ -68,16 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     args, scenario = handoff.parse_role(parser, argv, "observer")
     stop = handoff.StopSignal()
     args.run_dir.mkdir(parents=True, exist_ok=True)
+    args.applied = []
     try:
-        if "server_to_client" in scenario.link:
-            try:
-                args.applied = [netem.apply(args.interface, scenario.link["server_to_client"],
-                                            "server_to_client")]
-            except netem.ImpairmentError as exc:
-                print(f"kalab observer: {exc}", file=sys.stderr)
-                return EXIT_ROLE_FAILED
+        try:
+            args.applied = impairment.apply_in_server_namespace(
+                scenario.link, args.interface, upstream_port(scenario.port))
+        except impairment.ImpairmentError as exc:
+            print(f"kalab observer: {exc}", file=sys.stderr)
+            return EXIT_ROLE_FAILED
         return observe(scenario, args, stop)
     finally:
+        for applied in args.applied:
+            applied.close()
         (args.run_dir / handoff.OBSERVER_DONE).touch()
 
 
@@ -95,8 +97,7 @@ def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSign
                 handoff.wait_for(previous / handoff.SERVER_STOPPED, 30,
                                  what="the previous engine's stop", stop=stop)
             captured.append(engine)
-            capture_engine(scenario, engine, folder, args.interface, stop,
-                           getattr(args, "applied", []))
+            capture_engine(scenario, engine, folder, args.interface, stop, args.applied)
         except (OSError, RuntimeError, handoff.Aborted) as exc:
             if not stop():
                 handoff.fail(folder, "observer", str(exc))

@@ -51,6 +51,18 @@ def test_the_bundled_scenarios_load():
         assert load(path).engines
 
 
+def test_a_status_can_be_expected_of_one_request():
+    scenario = parse("""\
+sessions: [{steps: [get: /, get: /]}]
+engines:
+  - engine: nginx
+    expect: [status: {request: 2, is: 502}, status: 200]
+""")
+    one, every = scenario.engines[0].expect
+    assert (one.requests, one.status, one.claim) == (("2",), 502, "request 2 gets status 502")
+    assert (every.requests, every.status) == ((), 200)
+
+
 def test_several_sessions_name_requests_by_session():
     scenario = parse("""\
 sessions:
@@ -79,6 +91,15 @@ BAD = [
     ("option of another engine", "sessions: [{steps: [get: /]}]\n"
      "engines:\n  - engine: werkzeug\n    keep_alive: 5\n", 4, "engines[0].keep_alive",
      "does not apply to werkzeug"),
+    ("upstream without nginx", "sessions: [{steps: [get: /]}]\nengines: [{engine: gunicorn}]\n"
+     "link:\n  upstream_to_proxy: {delay_ms: 100}\n", 4, "link.upstream_to_proxy",
+     "only nginx engines"),
+    ("only with rate", "sessions: [{steps: [get: /]}]\nengines: [{engine: gunicorn}]\n"
+     "link:\n  server_to_client:\n    rate: 1mbit\n    only: fin\n", 6,
+     "link.server_to_client.only", "not with rate"),
+    ("status of no request", "sessions: [{steps: [get: /]}]\nengines:\n  - engine: werkzeug\n"
+     "    expect:\n      - status: {request: 3, is: 502}\n", 5,
+     "engines[0].expect[0].status.request", "no request '3'"),
 ]
 
 
