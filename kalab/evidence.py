@@ -230,8 +230,9 @@ def check(expectation: Expectation, requests: list[HttpRequest],
                       f"{request.id}: {request.story or 'no client record'} on #"
                       f"{request.connection}")
     if kind == "status":
-        wrong = [r for r in scenario_requests if r.status != expectation.status]
-        if not scenario_requests:
+        checked = [by_id[ref] for ref in expectation.requests] or scenario_requests
+        wrong = [r for r in checked if r.status != expectation.status]
+        if not checked:
             return result(False, "no request reached the wire")
         return result(not wrong, "all as expected" if not wrong else "; ".join(
             f"{r.id}: {r.status if r.status is not None else 'no response'}" for r in wrong))

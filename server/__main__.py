@@ -35,7 +35,8 @@ def wait_until_accepting(host: str, port: int, child: subprocess.Popen, timeout:
             raise handoff.Aborted(f"the engine exited with code {child.returncode} "
                                   "before listening")
         try:
-            with socket.create_connection((probe_host, port), timeout=0.5):
+            # generous: an impaired link (nginx's delayed upstream) answers late
+            with socket.create_connection((probe_host, port), timeout=5):
                 return
         except OSError:
             if time.monotonic() > deadline:

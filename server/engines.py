@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from kalab.scenario import Engine
+from kalab.scenario import Engine, upstream_port
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,10 @@ def plan(engine: Engine, app: str, host: str, port: int, folder: Path,
                         f"--cleanup-interval={int(engine.cleanup_interval)}", app], host, port)]
     if engine.kind == "nginx":
         # gunicorn behind, on loopback only: the capture sees the client's side.
-        upstream = Launch(_gunicorn(engine, app, "127.0.0.1", port + 1), "127.0.0.1", port + 1)
+        behind = upstream_port(port)
+        upstream = Launch(_gunicorn(engine, app, "127.0.0.1", behind), "127.0.0.1", behind)
         conf = folder / "nginx.conf"
-        conf.write_text(nginx_conf(engine, host, port, port + 1, folder, scratch),
+        conf.write_text(nginx_conf(engine, host, port, behind, folder, scratch),
                         encoding="utf-8")
         return [upstream, Launch(["nginx", "-p", str(folder), "-c", str(conf), "-g",
                                   "daemon off;"], host, port)]
