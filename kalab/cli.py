@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _error(str(exc), EXIT_BAD_INPUT)
     if scenario.link and args.runtime == "local":
         return _error(f"{args.scenario}: link: impairments need --runtime netns or compose "
-                      "(netem on the host's loopback would slow everything on it)",
+                      "(impairing the host's loopback would slow everything on it)",
                       EXIT_BAD_INPUT)
     if os.geteuid() != 0 and args.runtime != "compose":
         return _error("the lab needs root: namespaces and packet capture (try sudo)",

@@ -120,7 +120,7 @@ def delay(direction: str, impairment: LinkImpairment, interface: str, inbound: b
     applied.delay_line = line.start()
     only = f", only {' '.join(which)}" if which else ""
     way = "coming in by" if inbound else "leaving by"
-    applied.how = (f"{' '.join(impairment.netem_args(rate=False))} by the user-space delay "
+    applied.how = (f"{' '.join(impairment.words(rate=False))} by the user-space delay "
                    f"line (NFQUEUE {queue}{only}), {way} {interface}")
     return applied
 

@@ -130,9 +130,12 @@ class Capture:
                                    "a pcap from elsewhere.", None)
     problems: list[str] = doc("Why the capture cannot be trusted; empty when it can.",
                               factory=list)
-    impairments: list[str] = doc("Link impairments applied during the run (`tc netem`), "
-                                 "one line per direction, e.g. `client_to_server: netem "
-                                 "delay 100ms on eth0`; empty for a clean link.", factory=list)
+    impairments: list[str] = doc(
+        "Link impairments in force for this engine (`kalab/impairment.py`), one line per "
+        "direction and mechanism, e.g. `server_to_client: delay 100ms by the user-space "
+        "delay line (NFQUEUE 1), coming in by eth0: 7 packets delayed, 0 dropped as loss`; "
+        "packets the delay line's queue could not hold are counted as LOST TO QUEUE "
+        "OVERFLOW. Empty for a clean link.", factory=list)
 
 
 @dataclass

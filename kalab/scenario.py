@@ -201,7 +201,7 @@ class LinkImpairment:
     # the race at the keep-alive edge without slowing anything else)
     only: str | None = None
 
-    def netem_args(self, rate: bool = True) -> list[str]:
+    def words(self, rate: bool = True) -> list[str]:
         args: list[str] = []
         if self.delay_ms or self.jitter_ms:
             args += ["delay", f"{self.delay_ms:g}ms"]

@@ -50,7 +50,7 @@ class CaptureStats:
     kernel_drops: int = 0
     kernel_packets: int = 0
     problems: list[str] = field(default_factory=list)
-    impairments: list[str] = field(default_factory=list)  # netem applied by the observer
+    impairments: list[str] = field(default_factory=list)  # applied by the observer and client
 
     def to_dict(self) -> dict:
         return asdict(self)
