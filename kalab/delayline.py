@@ -52,6 +52,7 @@ NF_ACCEPT = 1
 
 QUEUE_MAXLEN = 8192  # packets held at once: 100 ms of a busy lab link with room to spare
 RECEIVE_BUFFER = 8 << 20
+OVERFLOW = "LOST TO QUEUE OVERFLOW"  # the words a report uses for the delay line's own loss
 
 
 class DelayLineError(Exception):

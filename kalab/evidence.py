@@ -16,6 +16,7 @@ from typing import Any
 
 from kalab import handoff
 from kalab.analyzer import Analyzer
+from kalab.delayline import OVERFLOW
 from kalab.pcap import PcapError, SegmentReader
 from kalab.report import (
     EXIT_CODES,
@@ -293,11 +294,14 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
     missing, join_problems, disagreements = join_client(requests, connections,
                                                         client.get("requests", []))
     problems += join_problems
+    impairments = stats.get("impairments", []) + client.get("impairments", [])
+    problems += [f"the link lost packets it was not told to: {line}" for line in impairments
+                 if OVERFLOW in line]
     capture = Capture(pcap=pcap_name, interface=stats["interface"], filter=stats["filter"],
                       started_at=stats["started_at"], stopped_at=stats["stopped_at"],
                       packets=stats["packets"], duplicates_dropped=stats["duplicates_dropped"],
                       kernel_drops=stats["kernel_drops"], problems=problems,
-                      impairments=stats.get("impairments", []) + client.get("impairments", []))
+                      impairments=impairments)
     first_request = min((r["sent_at"] for r in client.get("requests", [])), default=None)
     if first_request is not None and capture.started_at > first_request:
         problems.append("the capture started after the first request was sent")

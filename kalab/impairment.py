@@ -27,7 +27,7 @@ import json
 import subprocess
 from collections.abc import Callable
 
-from kalab.delayline import DelayLine, DelayLineError, iptables, queue_rule
+from kalab.delayline import OVERFLOW, DelayLine, DelayLineError, iptables, queue_rule
 from kalab.scenario import LinkImpairment
 
 # NFQUEUE numbers, one per direction (each namespace has its own queues anyway).
@@ -64,7 +64,7 @@ class Applied:
         held, lost, overflowed = (n - c for n, c in zip(stats, self._counted, strict=True))
         self._counted = stats
         text = f"{self.direction}: {self.how}: {held} packets delayed, {lost} dropped as loss"
-        return text + (f", {overflowed} LOST TO QUEUE OVERFLOW" if overflowed else "")
+        return text + (f", {overflowed} {OVERFLOW}" if overflowed else "")
 
     def close(self) -> None:
         for undo in reversed(self._undo):

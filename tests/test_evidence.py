@@ -54,13 +54,14 @@ def write_pcap(path, frames):
             writer.write(ts, data)
 
 
-def run_folder(tmp_path, with_syn=True, kernel_drops=0):
+def run_folder(tmp_path, with_syn=True, kernel_drops=0, impairments=()):
     write_pcap(tmp_path / handoff.CAPTURE_PCAP, exchange(with_syn))
     handoff.write_json(tmp_path / handoff.CAPTURE_STATS, {
         "interface": "test0", "filter": "tcp port 5000", "started_at": T0 - 1,
         "stopped_at": T0 + 1, "packets": 7, "duplicates_dropped": 0,
         "kernel_drops": kernel_drops,
-        "problems": [f"the kernel dropped {kernel_drops} packet(s)"] if kernel_drops else []})
+        "problems": [f"the kernel dropped {kernel_drops} packet(s)"] if kernel_drops else [],
+        "impairments": list(impairments)})
     handoff.write_json(tmp_path / handoff.CLIENT_RECORDS, {"requests": [{
         "ref": "1", "session": "s1", "method": "GET", "path": "/keep-alive",
         "planned_at": T0, "sent_at": T0 + 0.005, "finished_at": T0 + 0.025,
@@ -81,6 +82,18 @@ def test_kernel_drops_make_the_run_inconclusive(tmp_path):
     run = run_folder(tmp_path, kernel_drops=3)
     assert run.verdict == "inconclusive"
     assert any("dropped 3" in p for p in run.capture.problems)
+
+
+def test_a_delay_line_that_overflowed_makes_the_run_inconclusive(tmp_path):
+    (tmp_path / "held").mkdir()
+    (tmp_path / "lost").mkdir()
+    held = "server_to_client: delay 100ms by the user-space delay line (NFQUEUE 1), " \
+        "coming in by eth0: 7 packets delayed, 0 dropped as loss"
+    assert run_folder(tmp_path / "held", impairments=[held]).verdict == "pass"
+    overflowed = held + ", 2 LOST TO QUEUE OVERFLOW"
+    run = run_folder(tmp_path / "lost", impairments=[overflowed])
+    assert run.verdict == "inconclusive"
+    assert run.capture.problems == [f"the link lost packets it was not told to: {overflowed}"]
 
 
 def test_a_capture_that_missed_the_syn_is_inconclusive(tmp_path):
