@@ -11,7 +11,10 @@ by the observer at the server's interface:
   packets come in, client to server as they go out. The server's packets
   thus leave at once, as on a real link; holding them on the server's own
   way out would also hold back its next segments (TCP small queues count a
-  queued packet against its socket, and only netem lets go of it).
+  queued packet against its socket, and only netem lets go of it). The
+  client's own sends do wait so, one held segment per socket at a time;
+  its requests are one segment each (http.client sends a small body with
+  the headers), so only a body larger than a segment shows it.
 - nginx's upstream (``upstream_to_proxy``) lives on the server's loopback:
   the observer delays what gunicorn sends there.
 
