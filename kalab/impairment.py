@@ -27,6 +27,7 @@ packets the delay line held or dropped.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Callable
 
@@ -42,8 +43,12 @@ class ImpairmentError(Exception):
 
 
 def route_interface(host: str) -> str:
-    """The interface this host's packets to ``host`` leave by."""
-    out = subprocess.run(["ip", "-j", "route", "get", host], capture_output=True, text=True)
+    """The interface this host's packets to ``host`` (a name or an address) leave by."""
+    try:
+        address = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError as exc:
+        raise ImpairmentError(f"cannot resolve {host}: {exc}") from None
+    out = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True)
     if out.returncode:
         raise ImpairmentError(f"no route to {host}: {out.stderr.strip()}")
     return json.loads(out.stdout)[0]["dev"]

@@ -16,6 +16,7 @@ from conftest import ROOT, requires_lab, run_kalab
 from walkthrough import docker_commands
 
 from kalab.runtime.compose import docker_problem
+from kalab.scenario import load
 
 PROBLEM = docker_problem()
 REQUIRED = os.environ.get("KALAB_REQUIRE_DOCKER") == "1"  # CI: a missing engine is a failure
@@ -113,7 +114,8 @@ def test_compose_and_netns_see_the_same_wire(tmp_path, scenario):
                      json.loads((tmp_path / "netns" / "report.json").read_text()))
 
 
-@pytest.mark.parametrize("scenario", ["scenarios/race.yaml", "scenarios/waitress.yaml"])
+@pytest.mark.parametrize("scenario", ["scenarios/race.yaml", "scenarios/waitress.yaml",
+                                      "scenarios/delay-100ms.yaml", "scenarios/nginx-502.yaml"])
 def test_issue_scenarios_hold_in_containers(tmp_path, scenario):
     """Engines and clients of the bundled scenarios run in containers too.
 
@@ -125,7 +127,11 @@ def test_issue_scenarios_hold_in_containers(tmp_path, scenario):
     done = run_kalab("run", "--runtime", "compose", scenario, "--results", str(tmp_path),
                      timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr
-    assert json.loads((tmp_path / "report.json").read_text())["verdict"] == "pass"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["verdict"] == "pass"
+    # a link's impairments were applied in the containers, each direction by its role
+    applied = report["runs"][0]["capture"]["impairments"]
+    assert sorted(line.split(":")[0] for line in applied) == sorted(load(ROOT / scenario).link)
 
 
 def test_plain_docker_compose_up_gives_the_verdict_and_down_leaves_nothing(tmp_path):
