@@ -100,3 +100,11 @@ def test_without_the_delay_line_a_round_trip_is_quick(two_namespaces):
     # the control: the same connects, nothing applied
     result = probe(two_namespaces, {})
     assert all(t is not None and t < 0.1 for t in result["trips"]), result
+
+
+def test_jitter_spreads_the_delay_around_its_mean(two_namespaces):
+    result = probe(two_namespaces, {"delay_ms": 150, "jitter_ms": 100})
+    trips = result["trips"]
+    assert all(t is not None and 0.045 <= t < 0.7 for t in trips), result
+    # three draws from 50-250 ms: equal to the millisecond only by a fluke of 1 in ~10^4
+    assert len({round(t, 3) for t in trips}) > 1, result
