@@ -9,6 +9,7 @@ same report.
 from __future__ import annotations
 
 import gc
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,8 +312,25 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
         version=server.get("version"), listen=server.get("listen"),
         options=_options(engine), capture=capture, connections=connections,
         requests=requests, client_errors=missing, disagreements=disagreements,
-        expectations=results,
+        engine_log=engine_log(run_dir), expectations=results,
         verdict=verdict_of(results, problems))
+
+
+# The engines' own words for trouble: nginx's error log levels, gunicorn's.
+ENGINE_LOGS = ("nginx-error.log", "server.log")
+TROUBLE = re.compile(r"\[(error|warn|crit|alert|emerg|ERROR|WARNING|CRITICAL)\]")
+
+
+def engine_log(run_dir: Path, limit: int = 50) -> list[str]:
+    """The error and warning lines the engine wrote in this run (the first ``limit``)."""
+    lines: list[str] = []
+    for name in ENGINE_LOGS:
+        try:
+            text = (run_dir / name).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        lines += [line.strip() for line in text.splitlines() if TROUBLE.search(line)]
+    return lines[:limit]
 
 
 def build_report(results: Path, scenario: Scenario, engines: list[Engine], runtime: str,

@@ -166,6 +166,10 @@ class EngineRun:
                                               "(e.g. connection refused).", factory=list)
     disagreements: list[str] = doc("Where the client's belief and the wire differ (a port, "
                                    "a reuse, an error the wire does not show).", factory=list)
+    engine_log: list[str] = doc("What the engine logged as an error or a warning during "
+                                "the run, verbatim (nginx's error log says why it answered "
+                                "502: `upstream prematurely closed connection`, `recv() "
+                                "failed (104: Connection reset by peer)`).", factory=list)
     expectations: list[ExpectationResult] = doc("Each expectation with its result.",
                                                 factory=list)
     verdict: str = doc("`pass`, `fail`, `inconclusive` (the capture cannot be trusted), or "
@@ -210,10 +214,21 @@ def to_json(report: Report) -> str:
     written several times faster than by json's indenting encoder (which is
     pure Python); the document parses to what `dataclasses.asdict` gives.
     """
+    return to_json_bytes(report).decode()
+
+
+def to_json_bytes(report: Report) -> bytes:
+    """`to_json` in UTF-8, for a file or a pipe: no trip through text and back.
+
+    The document is gathered as pieces and joined once: a report of tens of
+    megabytes is copied once, not once per level of nesting.
+    """
     collecting = gc.isenabled()
     gc.disable()  # a tree of fresh dicts holds no cycle: collection passes only cost time
     try:
-        return _dump(_plain(report), 0)
+        out: list[bytes | memoryview] = []
+        _dump(_plain(report), 0, out)
+        return b"".join(out)
     finally:
         if collecting:
             gc.enable()
@@ -231,6 +246,11 @@ if _C_ENCODER is not None:  # one encoder for every record, not one per call
         return "".join(_ENCODE_ONE(value, 0))
 else:  # pragma: no cover - CPython always has the C encoder
     _encode = json.JSONEncoder(check_circular=False).encode
+
+try:  # writes records several times faster than json; Debian 12 has no package of it
+    import orjson
+except ImportError:  # pragma: no cover - the json module writes the same document
+    orjson = None
 
 
 def _names(cls: type) -> tuple[str, ...]:
@@ -265,17 +285,69 @@ def _record(record: Connection | HttpRequest) -> str:
         return _encode({name: _plain(value) for name, value in values.items()})
 
 
-def _dump(value: Any, level: int) -> str:
+def _record_lines(records: list[Any], level: int) -> bytes | memoryview | None:
+    """A list of connections or requests as `_dump` writes it, by orjson: None when
+    orjson is missing or the list is not one of plain records.
+
+    orjson writes the same values as json but indents every field on a line of
+    its own; a newline is never inside a JSON string (it is escaped there), so
+    joining a record's lines back into one, with json's ", " between fields, is
+    a matter of replacing each newline and its indentation.
+    """
+    if orjson is None:
+        return None
+    kind = type(records[0])
+    if kind not in _ONE_LINE:
+        return None
+    fields = len(_names(kind))
+    # orjson writes a record's attributes: only the fields may be there, as _record says.
+    if not all(type(r) is kind and len(vars(r)) == fields for r in records):
+        return None
+    try:
+        text = orjson.dumps(records, option=orjson.OPT_INDENT_2)
+    except TypeError:  # what orjson cannot write (a huge int, a key not a string): json can
+        return None
+    deepest = 4  # a record's fields; whatever they hold lies deeper
+    while b"\n" + b" " * (deepest + 2) in text:
+        deepest += 2
+    for indent in range(deepest, 2, -2):
+        spaces = b" " * indent
+        text = text.replace(b",\n" + spaces, b", ").replace(b"\n" + spaces, b"")
+    # "[\n  {...\n  },\n  {...\n  }\n]": close each record on its own line, indent for level.
+    text = text.replace(b"\n  }", b"}")
+    pad = b"\n" + b"  " * (level + 1)
+    if pad != b"\n  ":
+        text = text.replace(b"\n  ", pad)
+    return memoryview(text)[:-2]  # the caller closes the list at its own indentation
+
+
+def _dump(value: Any, level: int, out: list[bytes | memoryview]) -> None:
     if isinstance(value, _ONE_LINE):
-        return _record(value)
-    pad = "\n" + "  " * (level + 1)
-    end = "\n" + "  " * level
+        out.append(_record(value).encode())
+        return
+    pad = ("\n" + "  " * (level + 1)).encode()
+    end = ("\n" + "  " * level).encode()
     if isinstance(value, dict) and value:
-        return "{" + ",".join(f"{pad}{_encode(_key(k))}: {_dump(v, level + 1)}"
-                              for k, v in value.items()) + end + "}"
+        separator = b"{"
+        for k, v in value.items():
+            out.append(separator + pad + _encode(_key(k)).encode() + b": ")
+            _dump(v, level + 1, out)
+            separator = b","
+        out.append(end + b"}")
+        return
     if isinstance(value, list) and value:
-        return "[" + ",".join(pad + _dump(v, level + 1) for v in value) + end + "]"
-    return _encode(value)
+        lines = _record_lines(value, level)
+        if lines is not None:
+            out.append(lines)
+        else:
+            separator = b"["
+            for v in value:
+                out.append(separator + pad)
+                _dump(v, level + 1, out)
+                separator = b","
+        out.append(end + b"]")
+        return
+    out.append(_encode(value).encode())
 
 
 def _key(key: Any) -> str:
@@ -290,7 +362,7 @@ def _key(key: Any) -> str:
 def write(report: Report, folder: Path) -> Path:
     path = folder / "report.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(to_json(report) + "\n", encoding="utf-8")
+    tmp.write_bytes(to_json_bytes(report) + b"\n")
     tmp.replace(path)
     return path
 

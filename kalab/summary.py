@@ -130,6 +130,8 @@ def render(report: Report, console: Console | None = None) -> None:
             console.print(f"  [yellow]belief vs wire:[/] {esc(disagreement)}", soft_wrap=True)
         for impairment in cap.impairments:
             console.print(f"  link impaired: {esc(impairment)}", soft_wrap=True)
+        for line in run.engine_log:
+            console.print(f"  [yellow]the engine logged:[/] {esc(line)}", soft_wrap=True)
         for error in run.client_errors:
             console.print(f"  [yellow]request {esc(error['ref'])} never reached the wire: "
                           f"{esc(error.get('error_cause') or error.get('error') or '')}[/]")

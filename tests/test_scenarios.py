@@ -73,9 +73,14 @@ def test_the_proxy_502_and_its_fix(tmp_path):
     requests = {r["id"]: r for r in broken["requests"]}
     assert requests["2"]["status"] == 502 and requests["2"]["story"] == "reused"
     assert requests["2"]["client"]["status"] == 502
+    # nginx says why, and the report carries its words: the pooled upstream
+    # connection was gone under the POST
     error_log = (tmp_path / "broken" / broken["engine"] / "nginx-error.log").read_text()
-    # nginx says why: the pooled upstream connection was gone under the POST
-    assert re.search(r"upstream prematurely closed|Connection reset by peer", error_log)
+    reason = re.compile(r"upstream prematurely closed|Connection reset by peer")
+    assert reason.search(error_log)
+    assert [line for line in broken["engine_log"] if reason.search(line)]
+    summary = (tmp_path / "broken" / "summary.txt").read_text()
+    assert "the engine logged:" in summary and reason.search(summary)
     assert "only FIN packets from port" in " ".join(broken["capture"]["impairments"])
 
 

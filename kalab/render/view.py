@@ -336,6 +336,7 @@ def _engine(report: Report, run: EngineRun, scale: float) -> EngineView:
                      f"{drops}); times in seconds from the first SYN")
     notes = [("disagreement", f"belief vs wire: {d}") for d in run.disagreements]
     notes += [("impairment", f"link impaired: {i}") for i in cap.impairments]
+    notes += [("engine", f"the engine logged: {line}") for line in run.engine_log]
     notes += [("error", f"request {e.get('ref')} never reached the wire: "
                f"{e.get('error_cause') or e.get('error')}") for e in run.client_errors]
     notes += [("problem", f"capture problem: {p}") for p in cap.problems]
