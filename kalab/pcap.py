@@ -13,12 +13,18 @@ on, even a pure ACK: for a capture that started late it may be the only sign
 that the connection existed. Memory is the block buffer plus one entry per
 four-tuple; it does not grow with the packet count.
 
+`SegmentReader.background_batches` does the reading in a forked child
+process, which sends the decoded batches down a pipe: on two cores, the
+reading of a big file then costs the analysis next to nothing.
+
 Writes classic microsecond pcap, which tcpdump and tshark open.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import marshal
+import os
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -40,6 +46,8 @@ _ETH_IPV4, _ETH_IPV6, _ETH_VLAN, _ETH_QINQ = 0x0800, 0x86DD, 0x8100, 0x88A8
 _SNAPLEN = 262144
 _BLOCK = 1 << 20
 _BATCH = 2048  # segments handed on at a time
+_BACKGROUND_MIN_SIZE = 4 << 20  # bytes of file below which a reading process costs more
+_FRAME = struct.Struct("<?I")  # a background reader's message: last?, length
 _AF_INET6 = (10, 24, 28, 30)  # Linux, OpenBSD, FreeBSD, macOS
 _NO_FRAME = (None, 0, 0)
 
@@ -144,6 +152,20 @@ def _address(raw: int | bytes) -> str:
     if isinstance(raw, int):
         return f"{raw >> 24}.{(raw >> 16) & 0xFF}.{(raw >> 8) & 0xFF}.{raw & 0xFF}"
     return str(ipaddress.IPv6Address(bytes(raw)))
+
+
+class _Names(dict):
+    """Addresses as the analyzer names them, each formatted the first time it is seen: a
+    capture has few hosts and many packets, and a subscript is cheaper than a call."""
+
+    def __missing__(self, raw: int | bytes) -> str:
+        name = self[raw] = _address(raw)
+        return name
+
+
+# Segment's own constructor is a Python function around this: called directly, one call
+# less for each of hundreds of thousands of segments.
+_new_segment = tuple.__new__
 
 
 def decode_ip(ts: float, packet: bytes, offset: int = 0) -> Segment | None:
@@ -325,14 +347,18 @@ class SegmentReader:
     them). ``skip_acks``: leave out pure ACKs on a four-tuple already handed
     on (see the module's docstring). A `PcapError` ends the iteration at the
     first unreadable byte; everything before it has been handed on, and
-    ``offset`` says where the good part of the file ends.
+    ``offset`` says where the good part of the file ends. ``fast``: read a
+    classic pcap with `_classic`; False reads every file with `_any`, which
+    must give the same segments (the tests compare the two).
     """
 
     def __init__(self, path: str | Path, ports: Iterable[int] | None = None,
-                 skip_acks: bool = False) -> None:
+                 skip_acks: bool = False, fast: bool = True) -> None:
         self.path = path
         self.ports = frozenset(ports or ())
         self.skip_acks = skip_acks
+        self.fast = fast
+        self._row: type = Segment  # plain tuple in a background reader: marshal writes those
         self.records = 0  # records read
         self.segments = 0  # segments handed on
         self.skipped = 0  # pure ACKs left out
@@ -347,16 +373,91 @@ class SegmentReader:
         segment, and the reading loop stays hot (a third faster than one at a time)."""
         with open(self.path, "rb") as f:
             blocks = _Blocks(f)
-            if blocks.need(4) and blocks.buf[:4] in _PCAP_MAGIC:
+            if self.fast and blocks.need(4) and blocks.buf[:4] in _PCAP_MAGIC:
                 yield from self._classic(blocks, blocks.buf[:4])
                 return
         yield from self._any()
+
+    def background_batches(self) -> Iterator[list[Segment]]:
+        """`batches`, read by a child process while the caller works on what came before.
+
+        Reading and decoding is a third of the work of an analysis; on a second core
+        it overlaps the rest. The child sends each batch as it is decoded, down a pipe
+        in `marshal` form (plain tuples: a few times cheaper to write and read than the
+        decoding itself), then the counters and the `PcapError` that ended the file,
+        if one did. Without ``os.fork``, for a small file (a fork would cost more than
+        it saves), or if the child dies, the batches are read here, in this process.
+        Only for a caller that has no other threads: a forked child copies one.
+        """
+        try:
+            small = os.path.getsize(self.path) < _BACKGROUND_MIN_SIZE
+        except OSError:
+            small = True
+        if small or not hasattr(os, "fork"):
+            yield from self.batches()
+            return
+        source, sink = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: read, send, and leave without running the parent's exits
+            os.close(source)
+            try:
+                with os.fdopen(sink, "wb") as out:
+                    self._send(out)
+            finally:
+                os._exit(0)
+        os.close(sink)
+        received = 0
+        try:
+            with os.fdopen(source, "rb") as pipe:
+                for batch in self._receive(pipe):
+                    received += 1
+                    yield batch
+                return
+        except EOFError:
+            pass  # the child died: read the rest here
+        finally:
+            os.waitpid(pid, 0)  # the pipe is closed: a child still writing stops at once
+        for number, batch in enumerate(self.batches()):
+            if number >= received:
+                yield batch
+
+    def _send(self, out: BinaryIO) -> None:
+        self._row = tuple
+        error = None
+        try:
+            for batch in self.batches():
+                data = marshal.dumps(batch)
+                out.write(_FRAME.pack(False, len(data)))
+                out.write(data)
+        except PcapError as exc:
+            error = (str(exc), exc.offset)
+        data = marshal.dumps((self.records, self.segments, self.skipped, self.offset, error))
+        out.write(_FRAME.pack(True, len(data)))
+        out.write(data)
+
+    def _receive(self, pipe: BinaryIO) -> Iterator[list[Segment]]:
+        new = _new_segment
+        while True:
+            header = pipe.read(_FRAME.size)
+            if len(header) < _FRAME.size:
+                raise EOFError
+            last, size = _FRAME.unpack(header)
+            data = pipe.read(size)
+            if len(data) < size:
+                raise EOFError
+            if not last:
+                yield [new(Segment, row) for row in marshal.loads(data)]
+                continue
+            self.records, self.segments, self.skipped, self.offset, error = marshal.loads(data)
+            if error is not None:
+                raise PcapError(*error)
+            return
 
     def _any(self) -> Iterator[list[Segment]]:
         """Any format, a frame at a time."""
         ports, skip_acks = self.ports, self.skip_acks
         known: set[tuple] = set()  # four-tuples already handed on, both directions
-        names: dict[int | bytes, str] = {}
+        names = _Names()
         batch: list[Segment] = []
         records = _records(self.path)
         while True:
@@ -384,11 +485,9 @@ class SegmentReader:
             elif skip_acks and data >= data_end and not flags & 0x07:
                 self.skipped += 1  # a pure ACK: changes no record
                 continue
-            src_name = names.get(src) or names.setdefault(src, _address(src))
-            dst_name = names.get(dst) or names.setdefault(dst, _address(dst))
             self.segments += 1
-            batch.append(Segment(ts, src_name, sport, dst_name, dport, flags, seq, ack,
-                                 buf[data:data_end]))
+            batch.append(_new_segment(self._row, (ts, names[src], sport, names[dst], dport,
+                                                  flags, seq, ack, buf[data:data_end])))
             if len(batch) >= _BATCH:
                 yield batch
                 batch = []
@@ -410,10 +509,11 @@ class SegmentReader:
         limit = max(snaplen, _SNAPLEN)
         record = struct.Struct(order + "IIII").unpack_from
         ipv4_tcp = _ETH_IPV4_TCP.unpack_from
+        new, row = _new_segment, self._row
         ethernet = linktype == LINKTYPE_ETHERNET
         ports, skip_acks = self.ports, self.skip_acks
         known: set[tuple] = set()  # four-tuples already handed on, both directions
-        names: dict[int | bytes, str] = {}
+        names = _Names()
         records = segments = skipped = 0
         batch: list[Segment] = []
         append = batch.append
@@ -475,11 +575,9 @@ class SegmentReader:
                 elif skip_acks and data >= data_end and not flags & 0x07:
                     skipped += 1  # a pure ACK: changes no record
                     continue
-                src_name = names.get(src) or names.setdefault(src, _address(src))
-                dst_name = names.get(dst) or names.setdefault(dst, _address(dst))
                 segments += 1
-                append(Segment(sec + frac * unit, src_name, sport, dst_name, dport, flags, seq,
-                               ack, buf[data:data_end]))
+                append(new(row, (sec + frac * unit, names[src], sport, names[dst], dport,
+                                     flags, seq, ack, buf[data:data_end])))
                 if segments % _BATCH == 0:
                     yield batch
                     batch = []

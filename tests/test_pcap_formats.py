@@ -10,7 +10,9 @@ tshark. A file cut short or corrupt ends with an error naming the byte, exit
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import marshal
 import os
 import shutil
 import signal
@@ -508,3 +510,139 @@ def test_report_json_is_asdict_with_one_record_a_line(tmp_path):
     lines = text.splitlines()
     assert sum(line.lstrip().startswith('{"id": ') for line in lines) == 3 + 6
     assert lines[0] == "{" and lines[1] == '  "schema": "kalab.report/1",'
+
+
+# --- two ways to read a classic pcap, two ways to write a report: the same result
+
+
+def _read(path: Path, **options) -> tuple:
+    """Everything a reader hands on, its counters and the error that ended it."""
+    reader = SegmentReader(path, **{k: v for k, v in options.items() if k != "background"})
+    batches, error = [], None
+    try:
+        for batch in (reader.background_batches() if options.get("background")
+                      else reader.batches()):
+            batches.append(batch)
+    except PcapError as exc:
+        error = (str(exc), exc.offset)
+    return batches, error, reader.records, reader.segments, reader.skipped
+
+
+def damaged_captures(tmp_path: Path) -> list[Path]:
+    """Every link type, VLAN tags, a big-endian file, and files cut short or corrupt."""
+    paths = [write(tmp_path / f"{linktype}.pcap", mixed_capture(), linktype)
+             for linktype in (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2,
+                              LINKTYPE_NULL, LINKTYPE_LOOP, LINKTYPE_RAW)]
+    paths.append(write(tmp_path / "vlan.pcap", mixed_capture(), vlan=True))
+    data = paths[0].read_bytes()
+    big = bytearray(struct.pack(">IHHiIII", *struct.unpack("<IHHiIII", data[:24])))
+    offset = 24
+    while offset < len(data):
+        sec, usec, caplen, length = struct.unpack_from("<IIII", data, offset)
+        big += struct.pack(">IIII", sec, usec, caplen, length)
+        big += data[offset + 16:offset + 16 + caplen]
+        offset += 16 + caplen
+    (tmp_path / "be.pcap").write_bytes(bytes(big))
+    (tmp_path / "cut.pcap").write_bytes(data[:len(data) - 30])
+    corrupt = bytearray(data)
+    struct.pack_into("<I", corrupt, 24 + 16 + struct.unpack_from("<I", data, 32)[0] + 8, 1 << 30)
+    (tmp_path / "corrupt.pcap").write_bytes(bytes(corrupt))
+    return [*paths, tmp_path / "be.pcap", tmp_path / "cut.pcap", tmp_path / "corrupt.pcap"]
+
+
+@pytest.mark.parametrize("options", [{}, {"skip_acks": True}, {"skip_acks": True,
+                                                                  "ports": {9090}}])
+def test_the_fast_path_and_the_generic_path_read_the_same(tmp_path, options):
+    # `_classic` decodes the usual frame inline and reads the file in one loop; `_any`
+    # reads any format a frame at a time. On every link type, damage included, they
+    # must hand on the same segments, count the same, and stop at the same byte.
+    for path in damaged_captures(tmp_path):
+        fast, generic = _read(path, **options), _read(path, fast=False, **options)
+        assert [s for b in fast[0] for s in b] == [s for b in generic[0] for s in b], path
+        assert fast[1:] == generic[1:], path
+        assert all(type(s) is Segment for b in fast[0] for s in b)
+
+
+def test_a_big_capture_reads_the_same_either_way(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    import synth
+
+    path = tmp_path / "big.pcap"
+    synth.write(path, 1500, segments_per_body=3)  # megabytes: records across read blocks
+    for options in ({}, {"skip_acks": True}):
+        fast, generic = _read(path, **options), _read(path, fast=False, **options)
+        assert [s for b in fast[0] for s in b] == [s for b in generic[0] for s in b]
+        assert fast[1:] == generic[1:]
+
+
+def test_a_background_reader_hands_on_what_this_process_would(tmp_path, monkeypatch):
+    from kalab import pcap
+
+    monkeypatch.setattr(pcap, "_BACKGROUND_MIN_SIZE", 0)  # fork even for a small file
+    for path in damaged_captures(tmp_path):
+        for options in ({}, {"skip_acks": True, "ports": {8080}}):
+            assert _read(path, background=True, **options) == _read(path, **options), path
+
+
+def test_a_background_reader_that_dies_is_taken_over(tmp_path, monkeypatch):
+    from kalab import pcap
+
+    def send_one_then_die(reader, out):
+        batch = next(reader.batches())
+        data = marshal.dumps([tuple(s) for s in batch])
+        out.write(pcap._FRAME.pack(False, len(data)) + data)
+        out.flush()
+        os._exit(1)
+
+    path = write(tmp_path / "x.pcap", mixed_capture() * 200)  # several batches
+    monkeypatch.setattr(pcap, "_BACKGROUND_MIN_SIZE", 0)
+    monkeypatch.setattr(pcap.SegmentReader, "_send", send_one_then_die)
+    here = _read(path, skip_acks=True)
+    assert len(here[0]) > 1
+    assert _read(path, background=True, skip_acks=True) == here
+
+
+def test_the_report_is_the_same_however_it_is_written(tmp_path, monkeypatch):
+    from kalab import report
+
+    connections, requests = records(write(tmp_path / "x.pcap", mixed_capture()))
+    requests[0].client = {"ref": "1", "urllib3": ["Starting new HTTP connection (1)"],
+                          "nested": {"n": [1, 2.5, None, True], "deeper": [{"a": []}]}}
+    requests[1].target = '/odd "quote", comma: \\ and\nnewline'
+    connections[0].requests = []
+    run = report.EngineRun(engine="capture", kind="unknown", description="x", version=None,
+                           listen=None, options={"ports": [8080], 1: "int key"},
+                           capture=report.Capture(), connections=connections,
+                           requests=requests)
+    document = report.Report(schema=report.SCHEMA, scenario=None, name="x", runtime="analyze",
+                             started_at=T0, finished_at=T0 + 1, runs=[run], verdict="observed",
+                             exit_code=0)
+    monkeypatch.setattr(report, "_HELPED_MIN", 1)  # a helper for every list of records
+    monkeypatch.setattr(report.os, "cpu_count", lambda: 4)
+    written = {"serial": report.to_json_bytes(document),
+               "parallel": report.to_json_bytes(document, parallel=True)}
+    monkeypatch.setattr(report, "orjson", None)
+    written["json"] = report.to_json_bytes(document)
+    written["json, parallel"] = report.to_json_bytes(document, parallel=True)
+    assert len(set(written.values())) == 1, written  # ASCII throughout: the same bytes
+    assert json.loads(written["serial"]) == json.loads(json.dumps(dataclasses.asdict(document)))
+
+
+def test_kalab_analyze_of_a_big_capture_says_what_the_plain_path_says(tmp_path, monkeypatch):
+    # Big enough for `kalab analyze` to read in a second process and write half its JSON
+    # in another: the records must be those of the one-process path, field for field.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    import synth
+
+    from kalab import pcap
+
+    path = tmp_path / "big.pcap"
+    synth.write(path, 4000)
+    assert path.stat().st_size >= pcap._BACKGROUND_MIN_SIZE
+    done = run_kalab("analyze", str(path), "--json")
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)["runs"]
+    connections, requests = records(path)
+    assert len(connections) == 4000 and len(requests) == 8000
+    assert run["connections"] == [dataclasses.asdict(c) for c in connections]
+    assert run["requests"] == [dataclasses.asdict(r) for r in requests]
