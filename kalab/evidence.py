@@ -13,11 +13,9 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kalab import handoff
 from kalab.analyzer import Analyzer
-from kalab.delayline import OVERFLOW
 from kalab.pcap import PcapError, SegmentReader
 from kalab.report import (
     EXIT_CODES,
@@ -30,7 +28,9 @@ from kalab.report import (
     Report,
     overall_verdict,
 )
-from kalab.scenario import ENGINE_OPTIONS, Engine, Expectation, Scenario
+
+if TYPE_CHECKING:  # `kalab analyze` needs no scenario: it loads without yaml and the lab
+    from kalab.scenario import Engine, Expectation, Scenario
 
 # A request's first byte reaches the wire after the client read its clock before
 # the call and before it read it again on return (one host clock in every
@@ -57,8 +57,13 @@ class WireAnalysis:
                 f"the {self.records} record(s) before it ({self.error})")
 
 
-def analyze_capture(path: Path, ports: set[int] | None = None) -> WireAnalysis:
-    """Analyse a pcap or pcapng file; an unreadable record ends the reading, not the report."""
+def analyze_capture(path: Path, ports: set[int] | None = None,
+                    background: bool = False) -> WireAnalysis:
+    """Analyse a pcap or pcapng file; an unreadable record ends the reading, not the report.
+
+    ``background``: read the file in a child process while this one analyses (see
+    `SegmentReader.background_batches`); only for a caller without threads.
+    """
     analyzer = Analyzer(ports)
     reader = SegmentReader(path, ports, skip_acks=True)
     feed = analyzer.feed
@@ -68,15 +73,16 @@ def analyze_capture(path: Path, ports: set[int] | None = None) -> WireAnalysis:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for batch in reader.batches():
-            for segment in batch:
-                feed(segment)
-    except PcapError as exc:
-        error = exc
+        try:
+            for batch in reader.background_batches() if background else reader.batches():
+                for segment in batch:
+                    feed(segment)
+        except PcapError as exc:
+            error = exc
+        connections, requests = analyzer.finish()
     finally:
         if collecting:
             gc.enable()
-    connections, requests = analyzer.finish()
     return WireAnalysis(connections, requests, set(ports or analyzer.server_ports()), error,
                         reader.records, reader.skipped)
 
@@ -280,6 +286,9 @@ def verdict_of(expectations: list[ExpectationResult], problems: list[str]) -> st
 
 def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str) -> EngineRun:
     """Build one engine's record from what its roles left in ``run_dir``."""
+    from kalab import handoff
+    from kalab.delayline import OVERFLOW
+
     stats = handoff.read_json(run_dir / handoff.CAPTURE_STATS)
     server = handoff.read_json(run_dir / handoff.SERVER_READY) \
         if (run_dir / handoff.SERVER_READY).exists() else {}
@@ -336,6 +345,8 @@ def engine_log(run_dir: Path, limit: int = 50) -> list[str]:
 def build_report(results: Path, scenario: Scenario, engines: list[Engine], runtime: str,
                  started_at: float, label: str | None = None) -> Report:
     """The run's report from each engine's folder under ``results``."""
+    from kalab import handoff
+
     runs = []
     for engine in engines:
         folder = handoff.engine_dir(results, engine)
@@ -355,6 +366,8 @@ def build_report(results: Path, scenario: Scenario, engines: list[Engine], runti
 
 def _options(engine: Engine) -> dict[str, Any]:
     """The engine's settings that apply to its kind, as the scenario (or its default) set them."""
+    from kalab.scenario import ENGINE_OPTIONS
+
     options = {key: getattr(engine, key) for key in sorted(ENGINE_OPTIONS[engine.kind])}
     if engine.app:
         options["app"] = engine.app

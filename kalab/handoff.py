@@ -31,9 +31,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kalab.scenario import Engine, Scenario
+if TYPE_CHECKING:  # names for annotations: `kalab analyze` loads without the scenario
+    from kalab.scenario import Engine, Scenario
 
 SERVER_READY = "server.json"
 SERVER_STOPPED = "server.stopped"
