@@ -168,18 +168,22 @@ def test_converted_files_give_the_same_records_and_times(tmp_path, tool, form):
         [c.first_fin_at for c in theirs[0]], rel=0, abs=1e-6)
 
 
+def big_endian(little: bytes) -> bytes:
+    """The same classic pcap with its file and record headers written big-endian."""
+    out = bytearray(struct.pack(">IHHiIII", *struct.unpack("<IHHiIII", little[:24])))
+    offset = 24
+    while offset < len(little):
+        sec, usec, caplen, length = struct.unpack_from("<IIII", little, offset)
+        out += struct.pack(">IIII", sec, usec, caplen, length)
+        out += little[offset + 16:offset + 16 + caplen]
+        offset += 16 + caplen
+    return bytes(out)
+
+
 def test_big_endian_pcap(tmp_path):
     little = write(tmp_path / "le.pcap", mixed_capture())
     big = tmp_path / "be.pcap"
-    data = little.read_bytes()
-    out = bytearray(struct.pack(">IHHiIII", *struct.unpack("<IHHiIII", data[:24])))
-    offset = 24
-    while offset < len(data):
-        sec, usec, caplen, length = struct.unpack_from("<IIII", data, offset)
-        out += struct.pack(">IIII", sec, usec, caplen, length)
-        out += data[offset + 16:offset + 16 + caplen]
-        offset += 16 + caplen
-    big.write_bytes(bytes(out))
+    big.write_bytes(big_endian(little.read_bytes()))
     assert summary(big) == EXPECTED
 
 
@@ -535,14 +539,7 @@ def damaged_captures(tmp_path: Path) -> list[Path]:
                               LINKTYPE_NULL, LINKTYPE_LOOP, LINKTYPE_RAW)]
     paths.append(write(tmp_path / "vlan.pcap", mixed_capture(), vlan=True))
     data = paths[0].read_bytes()
-    big = bytearray(struct.pack(">IHHiIII", *struct.unpack("<IHHiIII", data[:24])))
-    offset = 24
-    while offset < len(data):
-        sec, usec, caplen, length = struct.unpack_from("<IIII", data, offset)
-        big += struct.pack(">IIII", sec, usec, caplen, length)
-        big += data[offset + 16:offset + 16 + caplen]
-        offset += 16 + caplen
-    (tmp_path / "be.pcap").write_bytes(bytes(big))
+    (tmp_path / "be.pcap").write_bytes(big_endian(data))
     (tmp_path / "cut.pcap").write_bytes(data[:len(data) - 30])
     corrupt = bytearray(data)
     struct.pack_into("<I", corrupt, 24 + 16 + struct.unpack_from("<I", data, 32)[0] + 8, 1 << 30)
