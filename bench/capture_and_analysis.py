@@ -137,7 +137,7 @@ def capture_part(work: Path, connections: int, rate: float) -> list[str]:
         server.start()
         served.wait(10)
         opened, errors, seconds = burst.burst(port, connections, rate)
-        time.sleep(1.0)  # the last FINs and ACKs
+        time.sleep(1.5)  # the last FINs and ACKs; tcpdump hands over a part-full block after 1 s
     finally:
         stop.set()
         stats = results.get(timeout=60)

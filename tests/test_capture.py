@@ -112,7 +112,9 @@ def test_observer_and_tcpdump_keep_the_same_packets(tmp_path):
         assert "listening on lo" in tcpdump.stderr.readline()  # tcpdump is ready
         time.sleep(0.2)
         burst(port, 600)
-        time.sleep(0.5)
+        # tcpdump reads its packet ring a block at a time, and a block that is not full
+        # is handed over only when its 1 s timeout runs out: a SIGINT sooner loses it.
+        time.sleep(1.5)
     finally:
         stop.set()
         reader.join()
