@@ -12,7 +12,7 @@ the same segments, the same sequence numbers, just later.
 What it cannot do that netem does: shape non-IP frames (ARP passes at once)
 and IPv6 (the lab's links are IPv4). Packets the queue could not hold are
 dropped by the kernel and counted in ``/proc/net/netfilter/nfnetlink_queue``;
-`DelayLine.close` reports them so a run never hides them.
+`DelayLine.counts` reports them so a run never hides them.
 
 One DelayLine per network namespace and queue number; it lives in a thread
 of the role that owns the direction and ends with it (the rule stays until
@@ -30,7 +30,6 @@ import struct
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
@@ -59,11 +58,6 @@ class DelayLineError(Exception):
     pass
 
 
-@dataclass
-class DelayLineStats:
-    held: int = 0  # packets delayed and then let through
-    lost: int = 0  # packets dropped on purpose (the loss rate)
-    overflowed: int = 0  # packets the kernel dropped: queue full or the reader behind
 
 
 
@@ -95,13 +89,14 @@ class DelayLine:
     """Delays, jitters and drops the packets queued to ``queue`` in this namespace."""
 
     def __init__(self, queue: int, delay_ms: float = 0.0, jitter_ms: float = 0.0,
-                 loss_percent: float = 0.0, seed: int | None = None) -> None:
+                 loss_percent: float = 0.0) -> None:
         self.queue = queue
         self.delay = delay_ms / 1000
         self.jitter = jitter_ms / 1000
         self.loss = loss_percent / 100
-        self.stats = DelayLineStats()
-        self._random = random.Random(seed)
+        self.held = 0  # packets delayed and then let through
+        self.lost = 0  # packets dropped on purpose (the loss rate)
+        self._random = random.Random()
         self._held: list[tuple[float, int, int]] = []  # (release at, order, packet id)
         self._order = 0
         self._stopping = threading.Event()
@@ -150,7 +145,7 @@ class DelayLine:
 
     def _admit(self, packet_id: int, now: float) -> None:
         if self.loss and self._random.random() < self.loss:
-            self.stats.lost += 1
+            self.lost += 1
             self._verdict(packet_id, NF_DROP)
             return
         wait = self.delay + (self._random.uniform(-self.jitter, self.jitter) if self.jitter else 0)
@@ -162,7 +157,7 @@ class DelayLine:
         now = time.monotonic()
         while self._held and self._held[0][0] <= now:
             self._verdict(heapq.heappop(self._held)[2], NF_ACCEPT)
-            self.stats.held += 1
+            self.held += 1
         return self._held[0][0] - now if self._held else None
 
     def _run(self) -> None:
@@ -180,16 +175,14 @@ class DelayLine:
 
     def counts(self) -> tuple[int, int, int]:
         """(delayed, dropped as loss, lost to overflow) so far."""
-        return self.stats.held, self.stats.lost, queue_drops(self.queue)
+        return self.held, self.lost, queue_drops(self.queue)
 
-    def close(self) -> DelayLineStats:
-        """Let everything still held through at its time, stop, and account."""
+    def close(self) -> None:
+        """Let everything still held through at its time, then stop."""
         if self._thread.is_alive():
             self._stopping.set()
             self._thread.join(timeout=self.delay + self.jitter + 5)
-        self.stats.overflowed = queue_drops(self.queue)
         self._sock.close()
-        return self.stats
 
 
 def queue_drops(queue: int) -> int:
