@@ -40,13 +40,13 @@ Sessions may set ``retries: N`` (urllib3 retries, idempotent methods only),
 connection without urllib3's check that the server closed it). ``link``
 sets impairments per direction (``server_to_client``, ``client_to_server``
 and, with nginx engines only, ``upstream_to_proxy``: ``delay_ms``,
-``jitter_ms``, ``loss_percent``, ``rate``, ``only: fin``), applied with ``tc`` or the
-user-space delay line (``kalab.impairment``). Engines: ``werkzeug``
-(``threaded``), ``gunicorn`` (``worker``,
-``keep_alive``, ``threads``, ``max_requests``), ``waitress``
-(``channel_timeout``, ``cleanup_interval``, ``threads``) and ``nginx`` in
-front of gunicorn (``keepalive_timeout``, ``keepalive_header``,
-``upstream_keepalive``, ``upstream_keepalive_timeout``, and gunicorn's).
+``jitter_ms``, ``loss_percent``, ``rate``, ``only: fin``), applied with
+``tc`` or the user-space delay line (``kalab.impairment``). Engines:
+``werkzeug`` (``threaded``), ``gunicorn`` (``worker``, ``keep_alive``,
+``threads``, ``max_requests``), ``waitress`` (``channel_timeout``,
+``cleanup_interval``, ``threads``) and ``nginx`` in front of gunicorn
+(``keepalive_timeout``, ``keepalive_header``, ``upstream_keepalive``,
+``upstream_keepalive_timeout``, and gunicorn's).
 
 Requests are numbered from 1 in each session's step order; with several
 sessions they are named ``SESSION.N``.
@@ -543,6 +543,15 @@ class _Checker:
             out.append(ref)
         return tuple(out)
 
+    def _request_is(self, node: _Node, where: str,
+                    refs: dict[str, Request]) -> tuple[str, _Node]:
+        """``{request: R, is: X}``: the request R names, and X's node for the caller to check."""
+        spec = self.mapping(node, where, {"request", "is"})
+        for key in ("request", "is"):
+            if key not in spec:
+                raise self.fail(node, f"{where}.{key}", "missing")
+        return self._refs(spec["request"], f"{where}.request", refs)[0], spec["is"]
+
     def _expectation(self, node: _Node, where: str, refs: dict[str, Request]) -> Expectation:
         kinds = ("connections", "same_connection", "new_connection", "close", "status", "story")
         fields = self.mapping(node, where, set(kinds) | {"claim"})
@@ -562,23 +571,15 @@ class _Checker:
                 status = int(self.number(value, here, 100, True, 599))
                 return Expectation(kind, claim or f"every request gets status {status}",
                                    node.line, status=status)
-            spec = self.mapping(value, here, {"request", "is"})
-            for key in ("request", "is"):
-                if key not in spec:
-                    raise self.fail(value, f"{here}.{key}", "missing")
-            requests = self._refs(spec["request"], f"{here}.request", refs)
-            status = int(self.number(spec["is"], f"{here}.is", 100, True, 599))
-            return Expectation(kind, claim or f"request {requests[0]} gets status {status}",
-                               node.line, requests=requests[:1], status=status)
+            request, is_node = self._request_is(value, here, refs)
+            status = int(self.number(is_node, f"{here}.is", 100, True, 599))
+            return Expectation(kind, claim or f"request {request} gets status {status}",
+                               node.line, requests=(request,), status=status)
         if kind == "story":
-            spec = self.mapping(value, here, {"request", "is"})
-            for key in ("request", "is"):
-                if key not in spec:
-                    raise self.fail(value, f"{here}.{key}", "missing")
-            requests = self._refs(spec["request"], f"{here}.request", refs)
-            story = self.string(spec["is"], f"{here}.is", STORIES)
-            return Expectation(kind, claim or f"request {requests[0]}: {story}", node.line,
-                               requests=requests[:1], story=story)
+            request, is_node = self._request_is(value, here, refs)
+            story = self.string(is_node, f"{here}.is", STORIES)
+            return Expectation(kind, claim or f"request {request}: {story}", node.line,
+                               requests=(request,), story=story)
         if kind in ("same_connection", "new_connection"):
             requests = self._refs(value, here, refs)
             default = (f"requests {', '.join(requests)} share one connection"
