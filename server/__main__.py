@@ -73,11 +73,12 @@ def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
                              what="the end of the capture", stop=stop)
         finally:
             for child in reversed(children):
-                _stop(child)
+                stop_engine(child)
     (folder / handoff.SERVER_STOPPED).touch()
 
 
-def _stop(child: subprocess.Popen) -> None:
+def stop_engine(child: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not gone in 5 s."""
     if child.poll() is None:
         child.terminate()
         try:

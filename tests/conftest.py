@@ -8,6 +8,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,6 +44,33 @@ def free_port(low: int, high: int) -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in {low}-{high - 1}")
+
+
+@contextmanager
+def capturing(port: int, pcap: Path, linger: float) -> Iterator:
+    """The observer's capture of ``port`` on lo, read in a thread while the body runs.
+
+    On the way out it keeps reading ``linger`` seconds more (the last FINs and
+    ACKs), then closes: the yielded capture's ``stats`` are then final.
+    """
+    from observer.capture import Capture
+
+    capture = Capture("lo", port, pcap)
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            capture.poll(0.02)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        yield capture
+    finally:
+        time.sleep(linger)
+        stop.set()
+        reader.join()
+        capture.close()
 
 
 def can_run_lab() -> str | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import conftest
 import pytest
-from conftest import run_kalab
+from conftest import capturing, run_kalab
 
 from kalab import handoff
 from kalab.pcap import SegmentReader
@@ -91,37 +91,24 @@ def flags(pcap: Path) -> dict[str, int]:
 
 @pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump is not installed")
 def test_observer_and_tcpdump_keep_the_same_packets(tmp_path):
-    from observer.capture import Capture
-
     port = free_port()
     server = Server(port)
     ours, theirs = tmp_path / "observer.pcap", tmp_path / "tcpdump.pcap"
     tcpdump = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-w", str(theirs),
                                 f"tcp port {port}"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-    capture = Capture("lo", port, ours)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            capture.poll(0.02)
-
-    reader = threading.Thread(target=loop)
     try:
-        reader.start()
-        assert "listening on lo" in tcpdump.stderr.readline()  # tcpdump is ready
-        time.sleep(0.2)
-        burst(port, 600)
         # tcpdump reads its packet ring a block at a time, and a block that is not full
         # is handed over only when its 1 s timeout runs out: a SIGINT sooner loses it.
-        time.sleep(1.5)
+        with capturing(port, ours, linger=1.5) as capture:
+            assert "listening on lo" in tcpdump.stderr.readline()  # tcpdump is ready
+            time.sleep(0.2)
+            burst(port, 600)
     finally:
-        stop.set()
-        reader.join()
-        stats = capture.close()
         tcpdump.send_signal(signal.SIGINT)
         report = tcpdump.communicate(timeout=20)[1]
         server.stop()
+    stats = capture.stats
     assert stats.kernel_drops == 0 and stats.problems == []
     assert "0 packets dropped by kernel" in report
     mine, reference = flags(ours), flags(theirs)

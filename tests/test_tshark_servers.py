@@ -18,8 +18,6 @@ import os
 import socket
 import struct
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +27,11 @@ import conftest
 import pytest
 import requests
 import tshark_referee
-from conftest import ROOT, run_kalab
+from conftest import ROOT, capturing, run_kalab
+
+from kalab.scenario import Engine
+from server.__main__ import stop_engine, wait_until_accepting
+from server.engines import plan
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="packet capture needs root"),
@@ -39,15 +41,10 @@ pytestmark = [
 APP = '''
 from flask import Flask, Response, request
 
+from server.app import keep_alive  # the tutorial's own view
+
 app = Flask(__name__)
-
-
-@app.route("/keep-alive")
-def keep_alive():
-    response = Response("This connection is kept alive for 5 seconds!")
-    response.headers["Connection"] = "keep-alive"
-    response.headers["Keep-Alive"] = "timeout=5"
-    return response
+app.add_url_rule("/keep-alive", view_func=keep_alive)
 
 
 @app.route("/echo", methods=["POST"])
@@ -78,16 +75,17 @@ def free_port() -> int:
 
 
 def werkzeug(port: int) -> list[str]:
-    return [sys.executable, "-m", "server.werkzeug_engine", "kalab_t5_app:app", "127.0.0.1",
-            str(port), "threaded"]
+    return _argv(Engine("werkzeug", "werkzeug"), port)
 
 
 def gunicorn(port: int, worker: str, keep_alive: float = 2) -> list[str]:
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-            "--worker-class", worker, "--no-control-socket", "--log-level", "warning"]
-    if worker == "gthread":
-        argv += ["--threads", "4", "--keep-alive", f"{keep_alive:g}"]
-    return [*argv, "kalab_t5_app:app"]
+    return _argv(Engine("gunicorn", "gunicorn", worker=worker, keep_alive=keep_alive), port)
+
+
+def _argv(engine: Engine, port: int) -> list[str]:
+    """The server role's own command line for this engine."""
+    (launch,) = plan(engine, "kalab_t5_app:app", "127.0.0.1", port, Path("."), Path("."))
+    return launch.argv
 
 
 @contextmanager
@@ -96,47 +94,12 @@ def server(argv: list[str], port: int, app_dir: Path) -> Iterator[None]:
     child = subprocess.Popen(argv, cwd=app_dir, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:  # ready: before the capture starts, so its probe is not on the wire
-            assert child.poll() is None, f"{argv[2]} exited with {child.returncode}"
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, f"{argv[2]} never listened on {port}"
-                time.sleep(0.05)
+        # ready before the capture starts, so its probe is not on the wire
+        wait_until_accepting("127.0.0.1", port, child, 20)
         time.sleep(0.3)  # the probe's own FINs pass before the capture begins
         yield
     finally:
-        child.terminate()
-        try:
-            child.wait(10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-
-
-@contextmanager
-def capturing(port: int, pcap: Path) -> Iterator[None]:
-    from observer.capture import Capture
-
-    capture = Capture("lo", port, pcap)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            capture.poll(0.02)
-
-    thread = threading.Thread(target=loop)
-    thread.start()
-    try:
-        yield
-    finally:
-        time.sleep(0.3)  # the last FINs and ACKs
-        stop.set()
-        thread.join()
-        stats = capture.close()
-        assert stats.kernel_drops == 0
+        stop_engine(child)
 
 
 def record(tmp_path: Path, app_dir: Path, engine: Callable[[int], list[str]],
@@ -144,8 +107,9 @@ def record(tmp_path: Path, app_dir: Path, engine: Callable[[int], list[str]],
     """Run ``client`` against the engine under capture; the pcap, port and kalab's run."""
     port = free_port()
     pcap = tmp_path / "capture.pcap"
-    with server(engine(port), port, app_dir), capturing(port, pcap):
+    with server(engine(port), port, app_dir), capturing(port, pcap, linger=0.3) as capture:
         client(port)
+    assert capture.stats.kernel_drops == 0
     done = run_kalab("analyze", str(pcap), "--json")  # ports: those that answered a SYN
     assert done.returncode == 0, done.stderr
     (run,) = json.loads(done.stdout)["runs"]
