@@ -512,7 +512,7 @@ def test_report_json_is_asdict_with_one_record_a_line(tmp_path):
     text = report.to_json(document)
     assert json.loads(text) == json.loads(json.dumps(dataclasses.asdict(document)))
     lines = text.splitlines()
-    assert sum(line.lstrip().startswith('{"id": ') for line in lines) == 3 + 6
+    assert sum(line.lstrip().startswith('{"id":') for line in lines) == 3 + 6
     assert lines[0] == "{" and lines[1] == '  "schema": "kalab.report/1",'
 
 
@@ -605,7 +605,7 @@ def test_the_report_is_the_same_however_it_is_written(tmp_path, monkeypatch):
     connections, requests = records(write(tmp_path / "x.pcap", mixed_capture()))
     requests[0].client = {"ref": "1", "urllib3": ["Starting new HTTP connection (1)"],
                           "nested": {"n": [1, 2.5, None, True], "deeper": [{"a": []}]}}
-    requests[1].target = '/odd "quote", comma: \\ and\nnewline'
+    requests[1].target = '/odd "quote", comma: \\ and\nnewline, },{"id": caf\u00e9'
     connections[0].requests = []
     run = report.EngineRun(engine="capture", kind="unknown", description="x", version=None,
                            listen=None, options={"ports": [8080], 1: "int key"},
@@ -614,20 +614,36 @@ def test_the_report_is_the_same_however_it_is_written(tmp_path, monkeypatch):
     document = report.Report(schema=report.SCHEMA, scenario=None, name="x", runtime="analyze",
                              started_at=T0, finished_at=T0 + 1, runs=[run], verdict="observed",
                              exit_code=0)
-    monkeypatch.setattr(report, "_HELPED_MIN", 1)  # a helper for every list of records
-    monkeypatch.setattr(report.os, "cpu_count", lambda: 4)
-    written = {"serial": report.to_json_bytes(document),
-               "parallel": report.to_json_bytes(document, parallel=True)}
+    orjson = report.orjson
+    assert orjson is not None, "the test extra installs orjson"
+    written = {"orjson": report.to_json_bytes(document)}
+    # A record at a time: what a nested object that looks like a boundary leads to.
+    monkeypatch.setattr(report, "_BOUNDARY", b"no such bytes")
+    written["orjson, a record at a time"] = report.to_json_bytes(document)
+    monkeypatch.setattr(report, "orjson", None)
+    written["json, a record at a time"] = report.to_json_bytes(document)
+    monkeypatch.undo()
     monkeypatch.setattr(report, "orjson", None)
     written["json"] = report.to_json_bytes(document)
-    written["json, parallel"] = report.to_json_bytes(document, parallel=True)
-    assert len(set(written.values())) == 1, written  # ASCII throughout: the same bytes
-    assert json.loads(written["serial"]) == json.loads(json.dumps(dataclasses.asdict(document)))
+    assert len(set(written.values())) == 1, written
+    assert json.loads(written["json"]) == json.loads(json.dumps(dataclasses.asdict(document)))
+    lines = written["json"].decode().splitlines()
+    assert sum(line.lstrip().startswith('{"id":') for line in lines) == len(connections) + len(
+        requests)
+    # An object nested in a record that starts like a record: written a record at a time.
+    requests[2].client = {"tries": [{"id": 1}, {"id": 2}]}
+    assert report._BOUNDARY in report._encode_compact(requests[2].client).encode()
+    for writer in (orjson, None):
+        monkeypatch.setattr(report, "orjson", writer)
+        text = report.to_json(document)
+        assert json.loads(text) == json.loads(json.dumps(dataclasses.asdict(document)))
+        assert sum(line.lstrip().startswith('{"id":') for line in text.splitlines()) == len(
+            connections) + len(requests)
 
 
 def test_kalab_analyze_of_a_big_capture_says_what_the_plain_path_says(tmp_path, monkeypatch):
-    # Big enough for `kalab analyze` to read in a second process and write half its JSON
-    # in another: the records must be those of the one-process path, field for field.
+    # Big enough for `kalab analyze` to read in a second process: the records must be
+    # those of the one-process path, field for field.
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
     import synth
 
