@@ -33,7 +33,7 @@ incomplete connection cannot conclude.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from operator import attrgetter
 from typing import NamedTuple
 
@@ -166,8 +166,8 @@ class _MessageStream:
         if mode == "dead" or not data:
             return
         self.last_ts = ts
-        held = len(self.buf)
-        if held:
+        if self.buf:
+            held = len(self.buf)
             self.marks.append((self.base + held, ts))
             work = self.buf + data
             used = self._run(work, held, None)
@@ -184,11 +184,14 @@ class _MessageStream:
             if used < len(data):
                 self.marks = [(self.base, ts)]
         self.base += used
-        self.buf = work[used:] if used < len(work) else b""
-        # Forget the times of chunks wholly consumed.
-        marks = self.marks
-        while len(marks) > 1 and marks[1][0] <= self.base:
-            marks.pop(0)
+        if used < len(work):
+            self.buf = work[used:]
+            # Forget the times of chunks wholly consumed.
+            marks = self.marks
+            while len(marks) > 1 and marks[1][0] <= self.base:
+                marks.pop(0)
+        else:
+            self.buf = b""
 
     def _run(self, buf: bytes, searched: int, only: float | None) -> int:
         """Parse ``buf`` (stream offset ``self.base``); returns how many bytes it used.
@@ -211,12 +214,20 @@ class _MessageStream:
                         return n
                     return i
                 started = self.time_at(base + i) if only is None else only
-                head = _parse_head(buf, i, end)
+                # The head: its first line's words, and its header block parsed once.
+                cut = buf.find(b"\r\n", i, end)
+                if cut < 0:
+                    first, block = buf[i:end].decode("latin-1").split(" ", 2), b""
+                else:
+                    first, block = buf[i:cut].decode("latin-1").split(" ", 2), buf[cut + 2:end]
                 i = end + 4
-                if head is None:
+                if len(first) < 2:
                     self.mode = "dead"
                     return n
-                framing, length = self.on_head(head[0], head[1], started)
+                headers = _HEADER_BLOCKS.get(block)
+                if headers is None:
+                    headers = _header_block(block)
+                framing, length = self.on_head(first, headers, started)
                 if framing == "none" or (framing == "fixed" and length == 0):
                     self.on_end(self.time_at(base + i - 1) if only is None else only)
                 elif framing == "fixed":
@@ -282,20 +293,13 @@ _ENDED.mode = "dead"
 _WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips
 
 
-def _parse_head(buf: bytes, start: int, end: int) -> tuple[list[str], _Headers] | None:
-    """The head in ``buf[start:end]``: the first line's words and its header block."""
-    cut = buf.find(b"\r\n", start, end)
-    line, block = (buf[start:end], b"") if cut < 0 else (buf[start:cut], buf[cut + 2:end])
-    first = line.decode("latin-1").split(" ", 2)
-    if len(first) < 2:
-        return None
-    headers = _HEADER_BLOCKS.get(block)
-    if headers is None:
-        headers = _Headers(block)
-        if len(_HEADER_BLOCKS) >= _HEADER_BLOCKS_MAX:
-            _HEADER_BLOCKS.clear()
-        _HEADER_BLOCKS[block] = headers
-    return first, headers
+def _header_block(block: bytes) -> _Headers:
+    """A header block not met before, parsed and remembered."""
+    headers = _Headers(block)
+    if len(_HEADER_BLOCKS) >= _HEADER_BLOCKS_MAX:
+        _HEADER_BLOCKS.clear()
+    _HEADER_BLOCKS[block] = headers
+    return headers
 
 
 _HEADER_BLOCKS: dict[bytes, _Headers] = {}  # never mutated once parsed
@@ -317,24 +321,18 @@ def _parse_headers(block: bytes) -> dict[str, str]:
     return headers
 
 
-def _is_request_line(first: list[str]) -> bool:
-    return len(first) == 3 and first[2].startswith("HTTP/") and first[0].isalpha()
-
-
-def _is_status_line(first: list[str]) -> bool:
-    return first[0].startswith("HTTP/") and len(first) >= 2 and first[1].isdigit()
-
-
-@dataclass(slots=True)
 class _Half:
     """One direction of a connection: sequence tracking for reassembly."""
 
-    next_seq: int | None = None
-    pending: dict[int, tuple[bytes, float]] = field(default_factory=dict)
-    pending_bytes: int = 0
-    lost: bool = False  # more bytes waited behind a hole than _MAX_PENDING: some were let go
-    fin_at: float | None = None
-    fin_seq: int | None = None  # sequence number of the FIN: every byte before it is data
+    __slots__ = ("next_seq", "pending", "pending_bytes", "lost", "fin_at", "fin_seq")
+
+    def __init__(self, next_seq: int | None = None) -> None:
+        self.next_seq = next_seq  # the sequence number of the next byte in order
+        self.pending: dict[int, tuple[bytes, float]] = {}  # by seq: bytes after a hole
+        self.pending_bytes = 0
+        self.lost = False  # more bytes waited behind a hole than _MAX_PENDING: some were let go
+        self.fin_at: float | None = None
+        self.fin_seq: int | None = None  # sequence number of the FIN: every byte before it is data
 
     def short_of_fin(self) -> bool:
         """True while bytes before the FIN have not been seen (a hole before it)."""
@@ -358,9 +356,9 @@ class _Conn:
         self.syn_retransmits = 0
         self.state = "syn_sent" if syn_seq is not None else "midstream"
         self.established_at: float | None = None
-        self.up, self.down = _Half(), _Half()  # client->server, server->client
-        if syn_seq is not None:
-            self.up.next_seq = (syn_seq + 1) % SEQ_MOD
+        # client->server, server->client
+        self.up = _Half(None if syn_seq is None else (syn_seq + 1) % SEQ_MOD)
+        self.down = _Half()
         self.first_fin: tuple[str, float] | None = None
         self.second_fin_at: float | None = None
         self.rst: tuple[str, float] | None = None
@@ -378,8 +376,8 @@ class _Conn:
 
     def _on_request_head(self, first: list[str], headers: _Headers,
                          started: float) -> tuple[str, int]:
-        if not _is_request_line(first):
-            self.request_stream.mode = "dead"
+        if len(first) != 3 or not first[2].startswith("HTTP/") or not first[0].isalpha():
+            self.request_stream.mode = "dead"  # not a request line: not HTTP/1.x
             return _NO_BODY
         method, target, version = first
         requests = self.requests
@@ -394,10 +392,11 @@ class _Conn:
 
     def _on_response_head(self, first: list[str], headers: _Headers,
                           started: float) -> tuple[str, int]:
-        if not _is_status_line(first):
-            self.response_stream.mode = "dead"
+        version, code = first[0], first[1]
+        if not version.startswith("HTTP/") or not code.isdigit():
+            self.response_stream.mode = "dead"  # not a status line: not HTTP/1.x
             return _NO_BODY
-        status = int(first[1])
+        status = int(code)
         if 100 <= status < 200:
             return _NO_BODY  # an interim response answers no request
         request = self.unanswered[0] if self.unanswered else None
@@ -405,7 +404,7 @@ class _Conn:
             return _response_framing(headers, "GET", status)
         request.response_at = started
         request.status = status
-        request.response_version = first[0]
+        request.response_version = version
         request.response_connection = headers.connection
         request.response_keep_alive = headers.keep_alive
         if headers.timeout is not None:
@@ -462,7 +461,7 @@ class _Conn:
             elif self.second_fin_at is None:
                 self.second_fin_at = ts
             self.event("fin_client" if client else "fin_server")
-            if not half.short_of_fin():
+            if half.fin_seq == half.next_seq or not half.short_of_fin():
                 stream.close()  # else when the hole before the FIN fills (_accept)
             self._release()
 
@@ -513,7 +512,8 @@ class _Conn:
         if self.second_fin_at is None or self.request_stream is _ENDED:
             return
         up, down = self.up, self.down
-        if up.pending or down.pending or up.short_of_fin() or down.short_of_fin():
+        if up.pending or down.pending or (up.fin_seq != up.next_seq and up.short_of_fin()) or (
+                down.fin_seq != down.next_seq and down.short_of_fin()):
             return
         self.request_stream = self.response_stream = _ENDED
         self.unanswered = []
@@ -522,8 +522,11 @@ class _Conn:
 
     def record(self) -> Connection:
         up, down = self.up, self.down
-        self.gaps = ((1 if up.pending or up.lost or up.short_of_fin() else 0)
-                     + (1 if down.pending or down.lost or down.short_of_fin() else 0))
+        self.gaps = (
+            (1 if up.pending or up.lost or (up.fin_seq != up.next_seq and up.short_of_fin())
+             else 0)
+            + (1 if down.pending or down.lost or (down.fin_seq != down.next_seq
+                                                  and down.short_of_fin()) else 0))
         ended_at = None
         first_fin_by = first_fin_at = None
         if self.first_fin:
@@ -618,7 +621,8 @@ class Analyzer:
         self._all: list[_Conn] = []
         self._servers: set[int] = set()  # ports that have answered a SYN so far
 
-    def feed(self, seg: Segment) -> None:
+    def feed(self, seg: Segment | tuple) -> None:
+        """One segment: a `Segment`, or a plain tuple of its fields in its order."""
         ts, src, sport, dst, dport, flags, seq, _, payload = seg
         ports = self.ports
         if ports and sport not in ports and dport not in ports:
@@ -670,8 +674,9 @@ class Analyzer:
                     conn.number = number
                     for request in conn.requests:
                         request.connection = number
-        requests = sorted((r for c in kept for r in c.requests),
-                          key=attrgetter("sent_at", "connection", "depth"))
+        # By time sent; the sort is stable, so requests sent at the same instant stay in
+        # the order they are gathered: by connection, then depth.
+        requests = sorted((r for c in kept for r in c.requests), key=attrgetter("sent_at"))
         for number, request in enumerate(requests, 1):
             request.id = f"w{number}"
         return [c.record() for c in kept], requests

@@ -378,15 +378,17 @@ class SegmentReader:
                 return
         yield from self._any()
 
-    def background_batches(self) -> Iterator[list[Segment]]:
+    def background_batches(self) -> Iterator[list[Segment] | list[tuple]]:
         """`batches`, read by a child process while the caller works on what came before.
 
         Reading and decoding is a third of the work of an analysis; on a second core
         it overlaps the rest. The child sends each batch as it is decoded, down a pipe
         in `marshal` form (plain tuples: a few times cheaper to write and read than the
-        decoding itself), then the counters and the `PcapError` that ended the file,
-        if one did. Without ``os.fork``, for a small file (a fork would cost more than
-        it saves), or if the child dies, the batches are read here, in this process.
+        decoding itself), and they come out as plain tuples in `Segment`'s field
+        order, equal to its segments (`Analyzer.feed` takes either); then the
+        counters and the `PcapError` that ended the file, if one did. Without
+        ``os.fork``, for a small file (a fork would cost more than it saves), or if
+        the child dies, the batches are read here, in this process.
         Only for a caller that has no other threads: a forked child copies one.
         """
         try:
@@ -435,8 +437,7 @@ class SegmentReader:
         out.write(_FRAME.pack(True, len(data)))
         out.write(data)
 
-    def _receive(self, pipe: BinaryIO) -> Iterator[list[Segment]]:
-        new = _new_segment
+    def _receive(self, pipe: BinaryIO) -> Iterator[list[tuple]]:
         while True:
             header = pipe.read(_FRAME.size)
             if len(header) < _FRAME.size:
@@ -446,7 +447,7 @@ class SegmentReader:
             if len(data) < size:
                 raise EOFError
             if not last:
-                yield [new(Segment, row) for row in marshal.loads(data)]
+                yield marshal.loads(data)
                 continue
             self.records, self.segments, self.skipped, self.offset, error = marshal.loads(data)
             if error is not None:

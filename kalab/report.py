@@ -228,13 +228,13 @@ def write_json(report: Report, stream: BinaryIO) -> None:
     stream.writelines(_pieces(report))
 
 
-def _pieces(report: Report) -> list[bytes]:
+def _pieces(report: Report) -> list[bytes | memoryview]:
     """The document as pieces in order: a report of tens of megabytes is copied once at
     most (by the caller's join or write), not once for each level of nesting."""
     collecting = gc.isenabled()
     gc.disable()  # a tree of fresh dicts holds no cycle: collection passes only cost time
     try:
-        out: list[bytes] = []
+        out: list[bytes | memoryview] = []
         _dump(_plain(report), 0, out)
         return out
     finally:
@@ -313,7 +313,7 @@ def _record(record: Connection | HttpRequest) -> bytes:
 _BOUNDARY = b'},{"id":'
 
 
-def _record_lines(records: list[Any], level: int) -> bytes:
+def _record_lines(records: list[Any], level: int, out: list[bytes | memoryview]) -> None:
     """A list of connections or requests, one a line, less the closing bracket.
 
     The whole list is written in one call (orjson's, else json's C encoder) and
@@ -339,12 +339,14 @@ def _record_lines(records: list[Any], level: int) -> bytes:
             text = None
         if text is not None and text.count(_BOUNDARY) != len(records) - 1:
             text = None
+    out.append(b"[" + pad)
     if text is None:
-        return b"[" + pad + (b"," + pad).join(_record(r) for r in records)
-    return b"[" + pad + text[1:-1].replace(_BOUNDARY, b"}," + pad + b'{"id":')
+        out.append((b"," + pad).join(_record(r) for r in records))
+    else:  # less the list's brackets, without copying tens of megabytes to leave them out
+        out.append(memoryview(text.replace(_BOUNDARY, b"}," + pad + b'{"id":'))[1:-1])
 
 
-def _dump(value: Any, level: int, out: list[bytes]) -> None:
+def _dump(value: Any, level: int, out: list[bytes | memoryview]) -> None:
     if isinstance(value, _ONE_LINE):
         out.append(_record(value))
         return
@@ -360,7 +362,7 @@ def _dump(value: Any, level: int, out: list[bytes]) -> None:
         return
     if isinstance(value, list) and value:
         if all(isinstance(v, _ONE_LINE) for v in value):
-            out.append(_record_lines(value, level))
+            _record_lines(value, level, out)
         else:
             separator = b"["
             for v in value:
