@@ -198,7 +198,7 @@ def _analyze(args: argparse.Namespace) -> int:
         exit_code=exit_code)
     if args.json:
         sys.stdout.flush()
-        report_mod.write_json(report, sys.stdout.buffer)
+        report_mod.write_json(report, sys.stdout.buffer, parallel=True)
         sys.stdout.buffer.write(b"\n")
     else:
         from kalab import summary

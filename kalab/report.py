@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -218,26 +220,38 @@ def to_json(report: Report) -> str:
     return to_json_bytes(report).decode()
 
 
-def to_json_bytes(report: Report) -> bytes:
-    """`to_json` in UTF-8, for a file or a pipe: no trip through text and back."""
-    return b"".join(_pieces(report))
+def to_json_bytes(report: Report, parallel: bool = False) -> bytes:
+    """`to_json` in UTF-8, for a file or a pipe: no trip through text and back.
+    ``parallel``: see `write_json`."""
+    return b"".join(_pieces(report, parallel))
 
 
-def write_json(report: Report, stream: BinaryIO) -> None:
-    """Write `to_json_bytes` to ``stream`` piece by piece, never as one copy."""
-    stream.writelines(_pieces(report))
+def write_json(report: Report, stream: BinaryIO, parallel: bool = False) -> None:
+    """Write `to_json_bytes` to ``stream`` piece by piece, never as one copy.
+
+    ``parallel``: the first big list of records is written by a forked child on
+    another core while this process writes the rest (see `_Helper`); only for a
+    caller without threads.
+    """
+    stream.writelines(_pieces(report, parallel))
 
 
-def _pieces(report: Report) -> list[bytes | memoryview]:
+def _pieces(report: Report, parallel: bool = False) -> list[bytes | memoryview]:
     """The document as pieces in order: a report of tens of megabytes is copied once at
     most (by the caller's join or write), not once for each level of nesting."""
     collecting = gc.isenabled()
     gc.disable()  # a tree of fresh dicts holds no cycle: collection passes only cost time
+    # One helper at most: it takes one core, and this process keeps the other.
+    helpers: list[_Helper] | None = [] if parallel and hasattr(os, "fork") else None
     try:
         out: list[bytes | memoryview] = []
-        _dump(_plain(report), 0, out)
+        _dump(_plain(report), 0, out, helpers)
+        for helper in helpers or ():
+            out[helper.index] = helper.result()
         return out
     finally:
+        for helper in helpers or ():
+            helper.close()
         if collecting:
             gc.enable()
 
@@ -346,7 +360,8 @@ def _record_lines(records: list[Any], level: int, out: list[bytes | memoryview])
         out.append(memoryview(text.replace(_BOUNDARY, b"}," + pad + b'{"id":'))[1:-1])
 
 
-def _dump(value: Any, level: int, out: list[bytes | memoryview]) -> None:
+def _dump(value: Any, level: int, out: list[bytes | memoryview],
+          helpers: list[_Helper] | None = None) -> None:
     if isinstance(value, _ONE_LINE):
         out.append(_record(value))
         return
@@ -356,25 +371,74 @@ def _dump(value: Any, level: int, out: list[bytes | memoryview]) -> None:
         separator = b"{"
         for k, v in value.items():
             out.append(separator + pad + _encode(_key(k)).encode() + b": ")
-            _dump(v, level + 1, out)
+            _dump(v, level + 1, out, helpers)
             separator = b","
         out.append(end + b"}")
         return
     if isinstance(value, list) and value:
-        if all(isinstance(v, _ONE_LINE) for v in value):
-            _record_lines(value, level, out)
-        else:
+        if not all(isinstance(v, _ONE_LINE) for v in value):
             separator = b"["
             for v in value:
                 out.append(separator + pad)
-                _dump(v, level + 1, out)
+                _dump(v, level + 1, out, helpers)
                 separator = b","
+        elif helpers == [] and len(value) >= _HELPED_MIN:
+            helpers.append(_Helper(value, level, len(out)))
+            out.append(b"")  # its bytes, once it has written them
+        else:
+            _record_lines(value, level, out)
         out.append(end + b"]")
         return
     out.append(_encode(value).encode())
 
 
 _INFINITY = float("inf")
+_HELPED_MIN = 5000  # records in a list below which a helper costs more than it saves
+_LENGTH = struct.Struct("<Q")
+
+
+class _Helper:
+    """A list of records written by a forked child, which sends the bytes down a pipe:
+    a big report's connections and requests are written at once, on two cores. A
+    fork copies nothing until written to, and the child only reads. If the child
+    fails, this process writes the list itself: the document is the same either way."""
+
+    def __init__(self, records: list[Any], level: int, index: int) -> None:
+        self.records, self.level = records, level
+        self.index = index  # where in the pieces its bytes go
+        self.source, sink = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self.source)
+            try:
+                out: list[bytes | memoryview] = []
+                _record_lines(records, level, out)
+                with os.fdopen(sink, "wb") as pipe:
+                    pipe.write(_LENGTH.pack(sum(len(piece) for piece in out)))
+                    pipe.writelines(out)
+            finally:
+                os._exit(0)
+        os.close(sink)
+
+    def result(self) -> bytes:
+        with os.fdopen(self.source, "rb") as pipe:
+            self.source = -1
+            header = pipe.read(_LENGTH.size)
+            size = _LENGTH.unpack(header)[0] if len(header) == _LENGTH.size else -1
+            data = pipe.read(size) if size >= 0 else b""
+        if len(data) == size:
+            return data
+        out: list[bytes | memoryview] = []  # the child failed: write the list here
+        _record_lines(self.records, self.level, out)
+        return b"".join(out)
+
+    def close(self) -> None:
+        if self.source >= 0:
+            os.close(self.source)
+            self.source = -1
+        if self.pid:
+            os.waitpid(self.pid, 0)
+            self.pid = 0
 
 
 def _key(key: Any) -> str:

@@ -617,6 +617,9 @@ def test_the_report_is_the_same_however_it_is_written(tmp_path, monkeypatch):
     orjson = report.orjson
     assert orjson is not None, "the test extra installs orjson"
     written = {"orjson": report.to_json_bytes(document)}
+    monkeypatch.setattr(report, "_HELPED_MIN", 1)  # the first list of records to a helper
+    written["orjson, helper"] = report.to_json_bytes(document, parallel=True)
+    monkeypatch.undo()
     # A record at a time: what a nested object that looks like a boundary leads to.
     monkeypatch.setattr(report, "_BOUNDARY", b"no such bytes")
     written["orjson, a record at a time"] = report.to_json_bytes(document)
