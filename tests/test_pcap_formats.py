@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import tshark_referee
-from conftest import run_kalab
+from conftest import KALAB, ROOT, run_kalab
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
@@ -662,3 +662,11 @@ def test_kalab_analyze_of_a_big_capture_says_what_the_plain_path_says(tmp_path, 
     assert len(connections) == 4000 and len(requests) == 8000
     assert run["connections"] == [dataclasses.asdict(c) for c in connections]
     assert run["requests"] == [dataclasses.asdict(r) for r in requests]
+    # The reader leaves after the first bytes (`| head`): a quiet exit, not a traceback.
+    with subprocess.Popen([*KALAB, "analyze", str(path), "--json"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}) as partial:
+        assert partial.stdout.read(10) == b'{\n  "schem'
+        partial.stdout.close()
+        assert partial.wait(timeout=120) == 1
+        assert partial.stderr.read() == b""
