@@ -541,8 +541,10 @@ class _Conn:
         else:
             closed_by = "open"
         requests = self.requests
+        ids = []
         last_response_at = None
         for r in requests:
+            ids.append(r.id)
             if r.response_at is not None:
                 end = r.response_end_at or r.response_at
                 if last_response_at is None or end > last_response_at:
@@ -556,7 +558,7 @@ class _Conn:
         return Connection(
             self.number, _fmt(self.client), _fmt(self.server), self.syn_at,
             self.syn_retransmits, self.established_at, self.state == "refused",
-            [r.id for r in requests], last_response_at, self.last_data_at, first_fin_by,
+            ids, last_response_at, self.last_data_at, first_fin_by,
             first_fin_at, self.second_fin_at, rst_by, rst_at, closed_by, idle, advertised,
             not requests, self.syn_at is not None and gaps == 0, gaps,
             round(idle - advertised, 6) if closed_by == "server" and idle is not None
@@ -676,7 +678,8 @@ class Analyzer:
                         request.connection = number
         # By time sent; the sort is stable, so requests sent at the same instant stay in
         # the order they are gathered: by connection, then depth.
-        requests = sorted((r for c in kept for r in c.requests), key=attrgetter("sent_at"))
+        requests = [r for c in kept for r in c.requests]
+        requests.sort(key=attrgetter("sent_at"))
         for number, request in enumerate(requests, 1):
             request.id = f"w{number}"
         return [c.record() for c in kept], requests

@@ -295,6 +295,8 @@ def _plain(value: Any) -> Any:
     connections and requests are left for `_dump` to write on one line."""
     if type(value) in _SCALARS or isinstance(value, _ONE_LINE):
         return value
+    if isinstance(value, list) and value and isinstance(value[0], _ONE_LINE):
+        return value  # records, left as they are: `_record_lines` looks at each
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -355,7 +357,13 @@ def _record_lines(records: list[Any], level: int, out: list[bytes | memoryview])
             text = None
     out.append(b"[" + pad)
     if text is None:
-        out.append((b"," + pad).join(_record(r) for r in records))
+        for number, r in enumerate(records):
+            if number:
+                out.append(b"," + pad)
+            if isinstance(r, _ONE_LINE):
+                out.append(_record(r))
+            else:  # a list of records with something else in it
+                _dump(_plain(r), level + 1, out)
     else:  # less the list's brackets, without copying tens of megabytes to leave them out
         out.append(memoryview(text.replace(_BOUNDARY, b"}," + pad + b'{"id":'))[1:-1])
 
@@ -376,7 +384,7 @@ def _dump(value: Any, level: int, out: list[bytes | memoryview],
         out.append(end + b"}")
         return
     if isinstance(value, list) and value:
-        if not all(isinstance(v, _ONE_LINE) for v in value):
+        if not isinstance(value[0], _ONE_LINE):
             separator = b"["
             for v in value:
                 out.append(separator + pad)

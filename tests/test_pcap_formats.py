@@ -614,6 +614,7 @@ def test_the_report_is_the_same_however_it_is_written(tmp_path, monkeypatch):
     document = report.Report(schema=report.SCHEMA, scenario=None, name="x", runtime="analyze",
                              started_at=T0, finished_at=T0 + 1, runs=[run], verdict="observed",
                              exit_code=0)
+    run.client_errors = [connections[1], {"error": "refused"}]  # a record among other things
     orjson = report.orjson
     assert orjson is not None, "the test extra installs orjson"
     written = {"orjson": report.to_json_bytes(document)}
@@ -632,7 +633,7 @@ def test_the_report_is_the_same_however_it_is_written(tmp_path, monkeypatch):
     assert json.loads(written["json"]) == json.loads(json.dumps(dataclasses.asdict(document)))
     lines = written["json"].decode().splitlines()
     assert sum(line.lstrip().startswith('{"id":') for line in lines) == len(connections) + len(
-        requests)
+        requests) + 1
     # An object nested in a record that starts like a record: written a record at a time.
     requests[2].client = {"tries": [{"id": 1}, {"id": 2}]}
     assert report._BOUNDARY in report._encode_compact(requests[2].client).encode()
@@ -641,7 +642,7 @@ def test_the_report_is_the_same_however_it_is_written(tmp_path, monkeypatch):
         text = report.to_json(document)
         assert json.loads(text) == json.loads(json.dumps(dataclasses.asdict(document)))
         assert sum(line.lstrip().startswith('{"id":') for line in text.splitlines()) == len(
-            connections) + len(requests)
+            connections) + len(requests) + 1
 
 
 def test_kalab_analyze_of_a_big_capture_says_what_the_plain_path_says(tmp_path, monkeypatch):
