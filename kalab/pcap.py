@@ -399,6 +399,12 @@ class SegmentReader:
             yield from self.batches()
             return
         source, sink = os.pipe()
+        try:  # a batch at once in the pipe, not 64 KiB: the two sides wake each other less
+            import fcntl
+
+            fcntl.fcntl(sink, fcntl.F_SETPIPE_SZ, 1 << 20)
+        except (ImportError, AttributeError, OSError):
+            pass  # not Linux, or above the system's limit: the default pipe works as well
         pid = os.fork()
         if pid == 0:  # the child: read, send, and leave without running the parent's exits
             os.close(source)
