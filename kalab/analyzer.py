@@ -336,8 +336,9 @@ class _Half:
 
     def short_of_fin(self) -> bool:
         """True while bytes before the FIN have not been seen (a hole before it)."""
-        return (self.fin_seq is not None and self.next_seq is not None
-                and _seq_diff(self.fin_seq, self.next_seq) > 0)
+        fin_seq, next_seq = self.fin_seq, self.next_seq
+        return (fin_seq != next_seq and fin_seq is not None and next_seq is not None
+                and _seq_diff(fin_seq, next_seq) > 0)
 
 
 class _Conn:
@@ -461,7 +462,7 @@ class _Conn:
             elif self.second_fin_at is None:
                 self.second_fin_at = ts
             self.event("fin_client" if client else "fin_server")
-            if half.fin_seq == half.next_seq or not half.short_of_fin():
+            if not half.short_of_fin():
                 stream.close()  # else when the hole before the FIN fills (_accept)
             self._release()
 
@@ -512,8 +513,7 @@ class _Conn:
         if self.second_fin_at is None or self.request_stream is _ENDED:
             return
         up, down = self.up, self.down
-        if up.pending or down.pending or (up.fin_seq != up.next_seq and up.short_of_fin()) or (
-                down.fin_seq != down.next_seq and down.short_of_fin()):
+        if up.pending or down.pending or up.short_of_fin() or down.short_of_fin():
             return
         self.request_stream = self.response_stream = _ENDED
         self.unanswered = []
@@ -522,11 +522,8 @@ class _Conn:
 
     def record(self) -> Connection:
         up, down = self.up, self.down
-        self.gaps = (
-            (1 if up.pending or up.lost or (up.fin_seq != up.next_seq and up.short_of_fin())
-             else 0)
-            + (1 if down.pending or down.lost or (down.fin_seq != down.next_seq
-                                                  and down.short_of_fin()) else 0))
+        self.gaps = ((1 if up.pending or up.lost or up.short_of_fin() else 0)
+                     + (1 if down.pending or down.lost or down.short_of_fin() else 0))
         ended_at = None
         first_fin_by = first_fin_at = None
         if self.first_fin:
