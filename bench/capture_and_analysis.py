@@ -77,15 +77,25 @@ def timed(argv: list[str], output: Path | None = None, runs: int = 3
           ) -> tuple[float, int, int]:
     """Run a command ``runs`` times; the fastest wall seconds, its peak RSS in MiB and its
     exit code (the machine may be shared: the fastest run is the least disturbed)."""
-    best = None
+    (best,) = timed_side_by_side([(argv, output)], runs)
+    return best
+
+
+def timed_side_by_side(commands: list[tuple[list[str], Path | None]], runs: int = 3
+                       ) -> list[tuple[float, int, int]]:
+    """`timed` for several commands, taking turns (the first, the second, ..., then again):
+    a machine whose load drifts during the runs weighs on each command alike."""
+    best: list[tuple[float, int, int] | None] = [None] * len(commands)
     for _ in range(runs):
-        with open(output or os.devnull, "wb") as out:
-            started = time.perf_counter()
-            child = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
-            _, status, usage = os.wait4(child.pid, 0)
-            elapsed = time.perf_counter() - started
-        result = (elapsed, usage.ru_maxrss // 1024, os.waitstatus_to_exitcode(status))
-        best = result if best is None or result < best else best
+        for number, (argv, output) in enumerate(commands):
+            with open(output or os.devnull, "wb") as out:
+                started = time.perf_counter()
+                child = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
+                _, status, usage = os.wait4(child.pid, 0)
+                elapsed = time.perf_counter() - started
+            result = (elapsed, usage.ru_maxrss // 1024, os.waitstatus_to_exitcode(status))
+            if best[number] is None or result < best[number]:
+                best[number] = result
     return best
 
 
@@ -201,7 +211,8 @@ _START = "import kalab.cli, kalab.evidence"
 def analysis_part(work: Path, connections: int) -> list[str]:
     lines = [f"## Analysis: {connections:,} connections, tshark -q -z conv,tcp vs "
              "kalab analyze --json", "",
-             "Fastest of three runs each, as separate processes, one after the other.", "",
+             "Fastest of three runs each, as separate processes, taking turns (tshark, kalab, "
+             "tshark, ...).", "",
              "| pcap | packets | size | tshark s | kalab s | kalab / tshark | tshark RSS "
              "| kalab RSS | kalab exit |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -215,9 +226,9 @@ def analysis_part(work: Path, connections: int) -> list[str]:
         pcap = work / f"big-{segments}.pcap"
         packets = synth.write(pcap, connections, segments_per_body=segments)
         size = pcap.stat().st_size / 2**20
-        tshark_s, tshark_rss, _ = timed(["tshark", "-q", "-z", "conv,tcp", "-r", str(pcap)])
-        kalab_s, kalab_rss, code = timed([*KALAB, "analyze", str(pcap), "--json"],
-                                         work / f"report-{segments}.json")
+        (tshark_s, tshark_rss, _), (kalab_s, kalab_rss, code) = timed_side_by_side([
+            (["tshark", "-q", "-z", "conv,tcp", "-r", str(pcap)], None),
+            ([*KALAB, "analyze", str(pcap), "--json"], work / f"report-{segments}.json")])
         lines.append(f"| {pcap.name} | {packets:,} | {size:.0f} MiB | {tshark_s:.2f} | "
                      f"{kalab_s:.2f} | {kalab_s / tshark_s:.2f} | {tshark_rss} MiB | "
                      f"{kalab_rss} MiB | {code} |")
