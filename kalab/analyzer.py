@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 This module is sans-IO, in the manner of h11: it is fed `Segment` values (one
-decoded TCP segment each, with its capture time) through `Analyzer.feed` and
-answers with `Connection` and `HttpRequest` records from `Analyzer.finish`.
+decoded TCP segment each, with its capture time) through `Analyzer.feed`, or a
+batch at a time through `Analyzer.feed_all`, and answers with `Connection` and
+`HttpRequest` records from `Analyzer.finish`.
 It knows nothing of sockets, capture, pcap files, namespaces or Docker; the
 pcap reader and the observer decode frames into segments and feed them here.
 
@@ -33,6 +34,7 @@ incomplete connection cannot conclude.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import fields
 from operator import attrgetter
 from typing import NamedTuple
@@ -622,28 +624,33 @@ class Analyzer:
 
     def feed(self, seg: Segment | tuple) -> None:
         """One segment: a `Segment`, or a plain tuple of its fields in its order."""
-        ts, src, sport, dst, dport, flags, seq, _, payload = seg
-        ports = self.ports
-        if ports and sport not in ports and dport not in ports:
-            return
-        entry = self._live.get((src, sport, dst, dport))
-        if flags & SYN and not flags & ACK:
-            if entry is not None and entry[1] == "client" and entry[0].syn_isn == seq:
-                entry[0].syn_retransmits += 1
+        self.feed_all((seg,))
+
+    def feed_all(self, segments: Iterable[Segment | tuple]) -> None:
+        """Segments in capture order, as `feed` takes them: a reader's batch at a time
+        saves a call per segment on a big capture."""
+        ports, live = self.ports, self._live
+        for ts, src, sport, dst, dport, flags, seq, _, payload in segments:
+            if ports and sport not in ports and dport not in ports:
+                continue
+            entry = live.get((src, sport, dst, dport))
+            if flags & SYN and not flags & ACK:
+                if entry is not None and entry[1] == "client" and entry[0].syn_isn == seq:
+                    entry[0].syn_retransmits += 1
+                else:
+                    self._open((src, sport), (dst, dport), ts, seq)  # new, or its port reused
+                continue
+            if entry is None:
+                client, server = ((dst, dport), (src, sport)) if self._is_server(sport, dport) \
+                    else ((src, sport), (dst, dport))
+                conn = self._open(client, server, ts, None)
+                side = "client" if client == (src, sport) else "server"
             else:
-                self._open((src, sport), (dst, dport), ts, seq)  # new, or its port reused
-            return
-        if entry is None:
-            client, server = ((dst, dport), (src, sport)) if self._is_server(sport, dport) \
-                else ((src, sport), (dst, dport))
-            conn = self._open(client, server, ts, None)
-            side = "client" if client == (src, sport) else "server"
-        else:
-            conn, side = entry
-        conn.take(ts, flags, seq, payload, side)
-        if flags & (SYN | RST) and side == "server" and (
-                conn.established_at is not None or conn.state == "refused"):
-            self._servers.add(sport)
+                conn, side = entry
+            conn.take(ts, flags, seq, payload, side)
+            if flags & (SYN | RST) and side == "server" and (
+                    conn.established_at is not None or conn.state == "refused"):
+                self._servers.add(sport)
 
     def _is_server(self, port: int, other: int) -> bool:
         """For a connection first seen mid-stream: is ``port`` (the sender's) the server's?"""
@@ -689,6 +696,5 @@ class Analyzer:
 def analyze(segments, ports: set[int] | None = None) -> tuple[list[Connection], list[HttpRequest]]:
     """Run segments through a fresh Analyzer."""
     analyzer = Analyzer(ports)
-    for seg in segments:
-        analyzer.feed(seg)
+    analyzer.feed_all(segments)
     return analyzer.finish()

@@ -66,7 +66,7 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
     """
     analyzer = Analyzer(ports)
     reader = SegmentReader(path, ports, skip_acks=True)
-    feed = analyzer.feed
+    feed_all = analyzer.feed_all
     error = None
     # Hundreds of thousands of small objects and hardly a cycle among them: the
     # collector's passes would cost a fifth of the analysis and free nothing.
@@ -75,8 +75,7 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
     try:
         try:
             for batch in reader.background_batches() if background else reader.batches():
-                for segment in batch:
-                    feed(segment)
+                feed_all(batch)
         except PcapError as exc:
             error = exc
         connections, requests = analyzer.finish()
