@@ -123,11 +123,10 @@ class _Headers:
     a client or server repeats its block from message to message (only the request
     line, a Date or a length changes), so most messages find theirs already here."""
 
-    __slots__ = ("fields", "connection", "keep_alive", "timeout", "framing")
+    __slots__ = ("connection", "keep_alive", "timeout", "framing")
 
     def __init__(self, block: bytes) -> None:
-        parsed = _parse_headers(block)
-        self.fields = parsed  # by lower-case name, repeated headers joined by ``, ``
+        parsed = _parse_headers(block)  # by lower-case name, repeated ones joined by ``, ``
         self.connection = parsed.get("connection")
         self.keep_alive = parsed.get("keep-alive")
         self.timeout = _timeout(self.keep_alive) if self.keep_alive else None
@@ -344,16 +343,15 @@ class _Half:
 
 
 class _Conn:
-    __slots__ = ("number", "client", "server", "first_ts", "syn_at", "syn_isn", "syn_retransmits",
-                 "state", "established_at", "up", "down", "first_fin", "second_fin_at", "rst",
-                 "last_data_at", "last_data_before_end", "end_at", "gaps", "requests",
-                 "unanswered", "request_stream", "response_stream", "advertised")
+    __slots__ = ("number", "client", "server", "syn_at", "syn_isn", "syn_retransmits", "state",
+                 "established_at", "up", "down", "first_fin", "second_fin_at", "rst",
+                 "last_data_at", "last_data_before_end", "end_at", "requests", "unanswered",
+                 "request_stream", "response_stream", "advertised")
 
     def __init__(self, number: int, client: tuple[str, int], server: tuple[str, int],
                  ts: float, syn_seq: int | None) -> None:
         self.number = number
         self.client, self.server = client, server
-        self.first_ts = ts
         self.syn_at = ts if syn_seq is not None else None
         self.syn_isn = syn_seq
         self.syn_retransmits = 0
@@ -368,7 +366,6 @@ class _Conn:
         self.last_data_at: float | None = None
         self.last_data_before_end: float | None = None  # last payload before the first FIN/RST
         self.end_at: float | None = None  # the first FIN or RST, whichever came first
-        self.gaps = 0
         self.requests: list[HttpRequest] = []
         self.unanswered: list[HttpRequest] = []
         self.request_stream = _MessageStream(self._on_request_head, self._on_request_end)
@@ -419,9 +416,6 @@ class _Conn:
             self.unanswered.pop(0).response_end_at = ts
 
     # --- TCP
-
-    def side(self, src: tuple[str, int]) -> str:
-        return "client" if src == self.client else "server"
 
     def event(self, name: str) -> None:
         self.state = TRANSITIONS.get((self.state, name), self.state)
@@ -524,8 +518,8 @@ class _Conn:
 
     def record(self) -> Connection:
         up, down = self.up, self.down
-        self.gaps = ((1 if up.pending or up.lost or up.short_of_fin() else 0)
-                     + (1 if down.pending or down.lost or down.short_of_fin() else 0))
+        gaps = ((1 if up.pending or up.lost or up.short_of_fin() else 0)
+                + (1 if down.pending or down.lost or down.short_of_fin() else 0))
         ended_at = None
         first_fin_by = first_fin_at = None
         if self.first_fin:
@@ -553,7 +547,6 @@ class _Conn:
         if ended_at is not None and quiet_since is not None and closed_by != "refused":
             idle = round(ended_at - quiet_since, 6)
         advertised = self.advertised
-        gaps = self.gaps
         return Connection(
             self.number, _fmt(self.client), _fmt(self.server), self.syn_at,
             self.syn_retransmits, self.established_at, self.state == "refused",
