@@ -461,7 +461,9 @@ def _key(key: Any) -> str:
 def write(report: Report, folder: Path) -> Path:
     path = folder / "report.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_bytes(to_json_bytes(report) + b"\n")
+    with open(tmp, "wb") as out:
+        write_json(report, out)
+        out.write(b"\n")
     tmp.replace(path)
     return path
 
