@@ -58,9 +58,6 @@ class DelayLineError(Exception):
     pass
 
 
-
-
-
 def _attr(kind: int, payload: bytes) -> bytes:
     length = 4 + len(payload)
     return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
