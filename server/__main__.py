@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kalab import handoff
+from kalab import handoff, lifeline
 from kalab.scenario import Engine, Scenario
 from server.engines import plan, version
 
@@ -56,8 +56,10 @@ def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
                         Path(scratch))
         try:
             for launch in launches:
+                # The engine goes when this role goes, however it goes (SIGKILL included).
                 child = subprocess.Popen(launch.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL,
+                                         preexec_fn=lifeline.die_with_parent)
                 children.append(child)
                 wait_until_accepting(launch.host, launch.port, child,
                                      handoff.ROLE_START_TIMEOUT)

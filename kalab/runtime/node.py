@@ -2,7 +2,9 @@
 
 Every process is started in a session of its own, so stopping it stops
 its children too (the server role's engine, gunicorn's workers), and its
-pid is recorded in the run's state before anything else happens.
+pid is recorded in the run's state before anything else happens. Each gets
+SIGTERM if `kalab` dies (`kalab.lifeline`): a killed run's roles do not
+keep capturing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from kalab.lifeline import die_with_parent
 from kalab.runtime.state import RunState
 
 
@@ -78,7 +81,7 @@ class Node:
         with open(log, "ab") as out:
             popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                                      env=env, start_new_session=True,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         self.state.add_pid(popen.pid)
         time.sleep(0)  # let the child get going before the caller polls its files
         return Process(f"{self.name}:{role}", popen, log)
