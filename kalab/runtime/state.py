@@ -1,8 +1,11 @@
 """What a run created, written down as it is created, so `kalab clean` can undo it.
 
-Each run keeps one JSON file under STATE_DIR naming its owner pid, its
-namespaces and the pids of the role processes it started. The file goes
-when the run has removed everything itself.
+Each run keeps one JSON file under STATE_DIR naming its owner (pid and
+start time, so a reused pid is never taken for the owner), its namespaces,
+its compose projects and the role processes it started. The file goes only
+when the run has removed everything it lists: a run cut short in its own
+cleanup leaves the file, and the next `kalab run` or `kalab clean` finishes
+the job.
 """
 
 from __future__ import annotations
@@ -16,20 +19,42 @@ STATE_DIR = Path(os.environ.get("KALAB_STATE_DIR", "/run/kalab"))
 PREFIX = "kalab-"  # every namespace the lab makes starts with this
 
 
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22);
+    None when no such process runs. A pid and its start time name one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def is_running(pid: int, started: int | None) -> bool:
+    """True when ``pid`` runs and is the process that started at ``started`` (if known)."""
+    now = process_start(pid)
+    return now is not None and (started is None or now == started)
+
+
 class RunState:
     def __init__(self) -> None:
         self.run_id = secrets.token_hex(3)
         self.namespaces: list[str] = []
-        self.pids: list[int] = []
+        self.pids: list[list[int]] = []  # [pid, start time]
         self.compose_projects: list[str] = []
         self.path = STATE_DIR / f"{self.run_id}.json"
 
+    def as_dict(self) -> dict:
+        return {"owner": os.getpid(), "owner_start": process_start(os.getpid()),
+                "namespaces": self.namespaces, "pids": self.pids,
+                "compose_projects": self.compose_projects}
+
     def save(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        data = {"owner": os.getpid(), "namespaces": self.namespaces, "pids": self.pids,
-                "compose_projects": self.compose_projects}
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
+        tmp.write_text(json.dumps(self.as_dict()))
         tmp.replace(self.path)
 
     def add_namespace(self, name: str) -> None:
@@ -37,7 +62,7 @@ class RunState:
         self.save()
 
     def add_pid(self, pid: int) -> None:
-        self.pids.append(pid)
+        self.pids.append([pid, process_start(pid) or 0])
         self.save()
 
     def add_compose_project(self, name: str) -> None:
@@ -45,6 +70,7 @@ class RunState:
         self.save()
 
     def forget(self) -> None:
+        """Remove the record: only once everything it lists is gone."""
         self.path.unlink(missing_ok=True)
 
 
@@ -54,7 +80,24 @@ def saved_states() -> list[tuple[Path, dict]]:
     out = []
     for path in sorted(STATE_DIR.glob("*.json")):
         try:
-            out.append((path, json.loads(path.read_text())))
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
-            out.append((path, {}))
+            data = {}
+        out.append((path, data if isinstance(data, dict) else {}))
+    return out
+
+
+def owner_alive(data: dict) -> bool:
+    owner = data.get("owner")
+    return isinstance(owner, int) and is_running(owner, data.get("owner_start"))
+
+
+def recorded_pids(data: dict) -> list[tuple[int, int | None]]:
+    """The role processes a state names, each with its start time (None in old files)."""
+    out = []
+    for item in data.get("pids", []):
+        if isinstance(item, int):
+            out.append((item, None))
+        elif isinstance(item, list) and len(item) == 2 and all(isinstance(v, int) for v in item):
+            out.append((item[0], item[1] or None))
     return out
