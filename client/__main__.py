@@ -2,7 +2,8 @@
 
 For each engine of the scenario in turn: wait until the server is ready,
 run the scenario's sessions against it, and write ``client.json`` (what the
-client believed) and then ``client.done``.
+client believed) and then ``client.done``. SIGTERM or SIGINT ends it at
+once, after its link impairments (the delay line's rules) are removed.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 
 from client.sessions import run_sessions
-from kalab import handoff, impairment
+from kalab import handoff, impairment, lifeline
 from kalab.scenario import Scenario
 
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = handoff.role_arguments("Run the scenario's client sessions against each engine.")
     parser.add_argument("--host", default="127.0.0.1", help="the server's address")
     args, scenario = handoff.parse_role(parser, argv, "client")
+    lifeline.raise_on_sigterm()  # so that the delay line's rules go on SIGTERM too
     host = f"[{args.host}]" if ":" in args.host else args.host
     applied: list[impairment.Applied] = []
     if scenario.link:
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     try:
         return run_engines(scenario, args, host, applied)
+    except KeyboardInterrupt:
+        return 130
     finally:
         for done in applied:
             done.close()
@@ -52,6 +56,8 @@ def run_engines(scenario: Scenario, args: argparse.Namespace, host: str,
                                folder / handoff.CLIENT_PROGRESS)
         records["impairments"] = [a.describe() for a in applied]
         handoff.write_json(folder / handoff.CLIENT_RECORDS, records)
+        if records["interrupted"]:  # the records so far are kept; the run is over
+            raise KeyboardInterrupt
         (folder / handoff.CLIENT_DONE).touch()
     handoff.linger_until_observer_done(args.run_dir)
     return 0

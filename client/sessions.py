@@ -250,6 +250,9 @@ def run_sessions(scenario: Scenario, base_url: str,
                  progress: Path | None = None) -> dict[str, Any]:
     """Run every session at once from one start; the records, as JSON-ready data.
 
+    Interrupted (SIGTERM or Ctrl-C, raised here as `KeyboardInterrupt`), it returns
+    the records made so far with ``interrupted`` true; the request in flight has none.
+
     With ``progress``, each session's current step is kept in that file
     (`client.progress.ProgressFile`) for the live display of `kalab run`.
     """
@@ -262,22 +265,29 @@ def run_sessions(scenario: Scenario, base_url: str,
     shown = ProgressFile(progress)
     for runner in runners:
         runner.progress = shown
-    threads = [threading.Thread(target=r.run, name=f"session-{r.session.name}")
+    # Daemons: a client stopped mid-sleep (SIGTERM, Ctrl-C) exits once its main thread
+    # has cleaned up, instead of waiting out the sessions' sleeps.
+    threads = [threading.Thread(target=r.run, name=f"session-{r.session.name}", daemon=True)
                for r in runners]
+    interrupted = False
     try:
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C: keep what the sessions recorded so far
+        interrupted = True
     finally:
         pool_logger.removeHandler(log)
-    records = sorted((rec for r in runners for rec in r.records), key=lambda rec: rec.sent_at)
+    records = sorted((rec for r in runners for rec in list(r.records)),
+                     key=lambda rec: rec.sent_at)
     return {
         "started_at": epoch0,
         "base_url": base_url,
         "requests": [asdict(rec) for rec in records],
-        "closes": [asdict(c) for r in runners for c in r.closes],
+        "closes": [asdict(c) for r in runners for c in list(r.closes)],
         "versions": _versions(),
+        "interrupted": interrupted,
     }
 
 
