@@ -6,6 +6,8 @@ Exit codes (the same for every command):
   2  bad input (scenario, pcap or arguments); nothing was started
   3  inconclusive: the capture lost packets or started late
   4  the lab itself could not run (missing tool, no root, a role crashed)
+  5  interrupted (Ctrl-C, SIGTERM): the report covers what was captured,
+     marked incomplete with the phase reached; nothing is concluded from it
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                      "container per role with docker compose (KALAB_BASE_IMAGE picks the "
                      "base image)")
     run.add_argument("--results", type=Path, default=None,
-                     help="folder for the report and pcaps (default results/NAME-TIME)")
+                     help="folder for the report and pcaps: new, or empty (default: a new "
+                     "results/NAME-TIME-ID, with results/latest pointing at it)")
     run.add_argument("--json", action="store_true", help="print the JSON report, not the summary")
 
     analyze = sub.add_parser("analyze", help="report on any pcap: connections, requests, closes",
@@ -82,6 +85,9 @@ def console() -> None:
     except BrokenPipeError:  # the reader left (`kalab analyze x.pcap --json | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except KeyboardInterrupt:  # outside a run (which says more itself): nothing was left
+        print("kalab: interrupted", file=sys.stderr)
+        sys.exit(report_mod.EXIT_CODES["interrupted"])
     if _LEFT_TO_THE_OS:
         try:
             sys.stdout.flush()
@@ -141,21 +147,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     if missing:
         return _error(f"missing tools: {', '.join(missing)} (apt-get install iproute2)",
                       EXIT_LAB_ERROR)
-    from kalab import lab, progress, summary
+    from kalab import handoff, lab, progress, summary
+    from kalab.runtime.clean import clean_dead_runs
+    from kalab.runtime.state import RunState
 
-    results = args.results or Path("results") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if os.geteuid() == 0:
+        removed = clean_dead_runs()  # what runs killed outright left: never more than that
+        if removed:
+            print(f"kalab: removed what an earlier run left: {', '.join(removed)}",
+                  file=sys.stderr)
+    state = RunState()
+    try:
+        if args.results is None:
+            results = handoff.new_results_folder(Path("results"), scenario.name, state.run_id)
+        else:
+            results = args.results
+            handoff.claim_results_folder(results)
+    except OSError as exc:
+        return _error(f"--results: {exc}", EXIT_BAD_INPUT)
     console = summary.make_console(stderr=args.json)
     try:  # the live line (a terminal only) reads the roles' files: none under compose
         with progress.shown(console, scenario,
                             None if args.runtime == "compose" else results) as say:
-            report = lab.run(scenario, args.runtime, results, say)
+            report = lab.run(scenario, args.runtime, results, state, say)
     except lab.LabError as exc:
         return _error(str(exc), EXIT_LAB_ERROR)
-    except KeyboardInterrupt:
-        print("kalab: interrupted; everything the run started has been stopped",
+    except lab.Interrupted as stopped:
+        report = stopped.report
+        handoff.link_latest(results)
+        left = (f"could not remove {', '.join(stopped.left)}: run `kalab clean`"
+                if stopped.left else "everything the run started has been stopped")
+        print(f"kalab: interrupted during {report.phase}; {left}; the report of what was "
+              f"captured: {results / 'report.json'} (exit {report.exit_code})",
               file=sys.stderr)
-        return 130
-    _link_latest(results)  # the observer role wrote report.json and summary.txt
+        return report.exit_code
+    handoff.link_latest(results)  # the observer role wrote report.json and summary.txt
     if args.json:
         print(report_mod.to_json(report))
     else:
@@ -164,17 +190,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                       f"{results / 'report.html'}); pcaps: "
                       f"{', '.join(str(results / r.capture.pcap) for r in report.runs)}")
     return report.exit_code
-
-
-def _link_latest(results: Path) -> None:
-    latest = results.parent / "latest"
-    try:
-        if latest.is_symlink():
-            latest.unlink()
-        if not latest.exists():
-            latest.symlink_to(results.name)
-    except OSError:
-        pass
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -251,6 +266,9 @@ def _capture_beside(pcap: Path) -> report_mod.Capture:
         if name in stats:
             setattr(capture, name, stats[name])
     capture.problems = list(stats.get("problems", []))
+    if stats.get("complete") is False:
+        capture.complete = False
+        capture.problems.append("the capture was cut short: its run was interrupted")
     return capture
 
 

@@ -298,8 +298,8 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
     problems = list(stats.get("problems", [])) + wire_problems(connections)
     if analysis.cut_short():
         problems.append(analysis.cut_short())
-    if not client.get("requests") and scenario.requests:
-        problems.append("the client role left no records")
+    if not client.get("requests") and scenario.requests and stats.get("complete", True):
+        problems.append("the client role left no records")  # cut short, it may have none
     missing, join_problems, disagreements = join_client(requests, connections,
                                                         client.get("requests", []))
     problems += join_problems
@@ -310,18 +310,20 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
                       started_at=stats["started_at"], stopped_at=stats["stopped_at"],
                       packets=stats["packets"], duplicates_dropped=stats["duplicates_dropped"],
                       kernel_drops=stats["kernel_drops"], problems=problems,
-                      impairments=impairments)
+                      impairments=impairments, complete=stats.get("complete", True))
     first_request = min((r["sent_at"] for r in client.get("requests", [])), default=None)
     if first_request is not None and capture.started_at > first_request:
         problems.append("the capture started after the first request was sent")
-    results = [check(e, requests, connections) for e in engine.expect]
+    # A capture cut short cannot refute anything: what it lacks may be what was claimed.
+    results = [check(e, requests, connections) for e in engine.expect] \
+        if capture.complete else []
+    verdict = verdict_of(results, problems) if capture.complete else "interrupted"
     return EngineRun(
         engine=engine.name, kind=engine.kind, description=engine.describe(),
         version=server.get("version"), listen=server.get("listen"),
         options=_options(engine), capture=capture, connections=connections,
         requests=requests, client_errors=missing, disagreements=disagreements,
-        engine_log=engine_log(run_dir), expectations=results,
-        verdict=verdict_of(results, problems))
+        engine_log=engine_log(run_dir), expectations=results, verdict=verdict)
 
 
 # The engines' own words for trouble: nginx's error log levels, gunicorn's.
@@ -342,8 +344,14 @@ def engine_log(run_dir: Path, limit: int = 50) -> list[str]:
 
 
 def build_report(results: Path, scenario: Scenario, engines: list[Engine], runtime: str,
-                 started_at: float, label: str | None = None) -> Report:
-    """The run's report from each engine's folder under ``results``."""
+                 started_at: float, label: str | None = None,
+                 interrupted: str | None = None) -> Report:
+    """The run's report from each engine's folder under ``results``.
+
+    ``interrupted``: the phase (`kalab.handoff.PHASES`) where a signal cut the run
+    short; the report then says so (`mark_interrupted`). An engine without a
+    capture is listed among those that did not run, never left out in silence.
+    """
     from kalab import handoff
 
     runs = []
@@ -353,14 +361,28 @@ def build_report(results: Path, scenario: Scenario, engines: list[Engine], runti
             continue
         run = engine_run(folder, scenario, engine, f"{engine.name}/{handoff.CAPTURE_PCAP}")
         failed = handoff.failures(folder)
-        if failed:
+        if failed and run.verdict != "interrupted":
             run.capture.problems.extend(f"a role failed: {reason}" for reason in failed)
             run.verdict = "inconclusive"
         runs.append(run)
     verdict = overall_verdict([r.verdict for r in runs]) if runs else "inconclusive"
-    return Report(schema=SCHEMA, scenario=label or scenario.file, name=scenario.name,
-                  runtime=runtime, started_at=started_at, finished_at=time.time(), runs=runs,
-                  verdict=verdict, exit_code=EXIT_CODES[verdict])
+    ran = {r.engine for r in runs}
+    report = Report(schema=SCHEMA, scenario=label or scenario.file, name=scenario.name,
+                    runtime=runtime, started_at=started_at, finished_at=time.time(), runs=runs,
+                    verdict=verdict, exit_code=EXIT_CODES[verdict],
+                    engines_not_run=[e.name for e in engines if e.name not in ran])
+    if interrupted is not None:
+        mark_interrupted(report, interrupted)
+    return report
+
+
+def mark_interrupted(report: Report, phase: str) -> None:
+    """Say in ``report`` that its run was cut short at ``phase``: its own verdict and exit
+    code, whatever the engines that did finish showed."""
+    report.complete = False
+    report.phase = phase
+    report.verdict = "interrupted"
+    report.exit_code = EXIT_CODES["interrupted"]
 
 
 def _options(engine: Engine) -> dict[str, Any]:

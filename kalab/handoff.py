@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +47,12 @@ CLIENT_DONE = "client.done"
 CLIENT_PROGRESS = "client.progress"  # the step each session is on (a display aid)
 REPORT = "report.json"
 OBSERVER_DONE = "observer.done"  # in the run folder itself: the run is over
+
+# Where a run can be cut short, in the order a run passes them (an engine at a
+# time from "capture start" to "between engines"); `phase_reached` reads them off
+# the run folder, so every role and `kalab` itself name the same phase.
+PHASES = ("setup", "capture start", "server start", "scenario", "between engines",
+          "report writing")
 
 ROLE_START_TIMEOUT = 60.0  # an engine (or a container) may take a while to come up
 
@@ -102,19 +109,85 @@ def linger_until_observer_done(run_dir: Path, timeout: float = 120.0) -> None:
 
 
 def engine_dir(run_dir: Path, engine: Engine) -> Path:
-    return run_dir / engine.name
+    """The engine's folder: a child of the run folder, checked on the resolved path
+    (the scenario checks names too; this holds whatever a name or a link says)."""
+    folder = run_dir / engine.name
+    if folder.resolve().parent != run_dir.resolve():
+        raise ValueError(f"engine name {engine.name!r} does not name a folder inside "
+                         f"{run_dir}")
+    return folder
 
 
 def shared_engine_dir(run_dir: Path, engine: Engine) -> Path:
     """The engine's folder, made writable by every role: in containers they run as
-    different users, and the observer is root without CAP_DAC_OVERRIDE."""
+    different users, and the observer is root without CAP_DAC_OVERRIDE. Only the
+    role that makes the folder opens it up: never a folder this run did not make."""
     folder = engine_dir(run_dir, engine)
-    folder.mkdir(parents=True, exist_ok=True)
     try:
-        folder.chmod(0o777)
-    except PermissionError:
-        pass  # made by another role, which opened it already
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        return folder  # made by another role, which opened it already
+    folder.chmod(0o777)
     return folder
+
+
+def new_results_folder(parent: Path, name: str, run_id: str | None = None) -> Path:
+    """Make a run's own results folder under ``parent``: ``NAME-YYYYmmdd-HHMMSS-RUNID``.
+
+    The run id makes two runs started in the same second distinct, and the folder
+    is made exclusively: a run never writes into a folder it did not make.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder = parent / f"{name}-{stamp}-{run_id or secrets.token_hex(3)}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            run_id = None  # taken (the same id in the same second): draw another
+
+
+def claim_results_folder(folder: Path) -> None:
+    """Take ``folder`` for a run: made new, or an empty folder that exists. A folder with
+    anything in it is another run's, or the user's: `FileExistsError`."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        if not folder.is_dir() or folder.is_symlink() or any(folder.iterdir()):
+            raise FileExistsError(f"{folder} exists and is not an empty folder: a run never "
+                                  "writes over what another left") from None
+
+
+def link_latest(folder: Path) -> None:
+    """Point ``latest`` beside ``folder`` at it (relative), replacing the link atomically;
+    anything at ``latest`` that is not a link is left alone."""
+    latest = folder.parent / "latest"
+    if latest.exists() and not latest.is_symlink():
+        return
+    tmp = folder.parent / f".latest.{os.getpid()}.{secrets.token_hex(3)}"
+    try:
+        tmp.symlink_to(folder.name)
+        tmp.replace(latest)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def phase_reached(run_dir: Path, engines: list[Engine], roles_started: bool = True) -> str:
+    """How far a run had got (one of `PHASES`), from the files its roles left."""
+    if not roles_started:
+        return "setup"
+    for index, engine in enumerate(engines):
+        folder = run_dir / engine.name
+        if (folder / CAPTURE_STATS).exists():
+            continue
+        if (folder / SERVER_READY).exists():
+            return "scenario"
+        if (folder / OBSERVER_READY).exists():
+            return "server start"
+        return "capture start" if index == 0 else "between engines"
+    return "report writing"
 
 
 def engines_to_run(scenario: Scenario, name: str | None) -> list[Engine]:
@@ -150,10 +223,11 @@ def parse_role(parser: argparse.ArgumentParser, argv: list[str] | None,
 
     args = parser.parse_args(argv)
     try:
-        return args, load(args.scenario)
+        scenario = load(args.scenario)
     except ScenarioError as exc:
         print(f"kalab {role}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    return args, scenario
 
 
 def role_arguments(description: str) -> argparse.ArgumentParser:

@@ -4,23 +4,29 @@ The roles pace themselves through their shared run folder (see
 `kalab.handoff`), in namespaces, on loopback or in containers alike, so
 this module only provides the network (or hands over to docker compose),
 starts the same three entry points and waits for the observer, which
-writes the report and exits with the verdict. Whatever
-happens (an error, Ctrl-C, SIGTERM), every process is stopped and the
-runtime's namespaces removed before this returns or raises.
+writes the report and exits with the verdict.
+
+Whatever happens (an error, Ctrl-C, SIGTERM), every process is stopped and
+the runtime's namespaces removed before this returns or raises, with
+further signals only noted while that goes on (`kalab.lifeline`); the run's
+record of what it made (`kalab.runtime.state`) is removed only once all it
+lists is gone. A run cut short by a signal still gets its report, marked
+incomplete with the phase it had reached (`Interrupted`).
 """
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kalab import handoff
+from kalab import evidence, handoff, lifeline, render
 from kalab import report as report_mod
 from kalab.report import Report
+from kalab.runtime.clean import remove_recorded, still_there
 from kalab.runtime.compose import ComposeError, ComposeLab, docker_problem
 from kalab.runtime.local import LocalLab
 from kalab.runtime.netns import NetnsLab
@@ -37,12 +43,40 @@ class LabError(Exception):
     """A run that could not be carried out (not a verdict about the wire)."""
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised like Ctrl-C so that every cleanup on the way out runs."""
+class Interrupted(Exception):
+    """The run was cut short by a signal: its report (marked incomplete) and what of the
+    run could not be removed (empty when nothing was left)."""
+
+    def __init__(self, report: Report, left: list[str]) -> None:
+        super().__init__(f"interrupted during {report.phase}")
+        self.report, self.left = report, left
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated()
+class _Signals:
+    """SIGINT and SIGTERM during a run: note the phase the run was in (read off its
+    files before stopping the roles changes them), then unwind like Ctrl-C."""
+
+    def __init__(self, scenario: Scenario, results: Path, watch_files: bool) -> None:
+        self.scenario, self.results, self.watch_files = scenario, results, watch_files
+        self.roles_started = False
+        self.phase: str | None = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._interrupt)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _interrupt(self, signum: int, frame: object) -> None:
+        if self.phase is None:
+            self.phase = handoff.phase_reached(self.results, list(self.scenario.engines),
+                                               self.roles_started) \
+                if self.watch_files else ("scenario" if self.roles_started else "setup")
+        raise KeyboardInterrupt
 
 
 def time_limit(scenario: Scenario) -> float:
@@ -50,26 +84,68 @@ def time_limit(scenario: Scenario) -> float:
     return per_engine * len(scenario.engines)
 
 
-def run(scenario: Scenario, runtime: str, results: Path,
+def run(scenario: Scenario, runtime: str, results: Path, state: RunState,
         say: Callable[[str], None] = lambda text: None) -> Report:
-    if results.exists():
-        for engine in scenario.engines:
-            shutil.rmtree(handoff.engine_dir(results, engine), ignore_errors=True)
-    results.mkdir(parents=True, exist_ok=True)
-    state = RunState()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    """Run ``scenario`` into ``results`` (a new folder of the run's own); its report.
+
+    Raises `Interrupted` after a signal (the report is written all the same) and
+    `LabError` when the lab could not run.
+    """
+    started = time.time()
+    signals = _Signals(scenario, results, watch_files=runtime != "compose")
+    interrupted = False
+    state.save()
     try:
-        state.save()
-        if runtime == "compose":
-            _run_compose(scenario, results, state, say)
-        else:
-            _run_processes(scenario, runtime, results, state, say)
-        return report_mod.from_dict(handoff.read_json(results / handoff.REPORT))
-    except _Terminated:
-        raise KeyboardInterrupt from None
+        with signals:
+            if runtime == "compose":
+                _run_compose(scenario, results, state, say)
+            else:
+                _run_processes(scenario, runtime, results, state, say, signals)
+        report = report_mod.from_dict(handoff.read_json(results / handoff.REPORT))
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
+        with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):
+            left = _finish(state)
+            if interrupted:
+                report = _interrupted_report(scenario, runtime, results, started,
+                                             signals.phase or "setup")
+    if interrupted:
+        raise Interrupted(report, left)
+    if left:
+        print(f"kalab: could not remove {', '.join(left)}: run `kalab clean`", file=sys.stderr)
+    return report
+
+
+def _finish(state: RunState) -> list[str]:
+    """Remove whatever the run's record still names (idempotent: a second pass finds
+    nothing); forget the record once nothing it lists is left. What is left."""
+    data = state.as_dict()
+    remove_recorded(data)
+    left = still_there(data)
+    if not left:
         state.forget()
-        signal.signal(signal.SIGTERM, previous)
+    return left
+
+
+def _interrupted_report(scenario: Scenario, runtime: str, results: Path, started: float,
+                        phase: str) -> Report:
+    """The report of a run cut short at ``phase``: the observer's, if it wrote one, marked
+    incomplete; else one made here from what the roles left. Written with its views."""
+    path = results / handoff.REPORT
+    report = None
+    if path.exists():
+        try:
+            report = report_mod.from_dict(handoff.read_json(path))
+        except (OSError, ValueError, TypeError, KeyError):
+            report = None  # half a report: make it again below
+    if report is None:
+        report = evidence.build_report(results, scenario, list(scenario.engines), runtime,
+                                       started, label=scenario.file, interrupted=phase)
+    else:
+        evidence.mark_interrupted(report, phase)
+    render.publish(report, results)
+    return report
 
 
 def _run_compose(scenario: Scenario, results: Path, state: RunState,
@@ -88,16 +164,18 @@ def _run_compose(scenario: Scenario, results: Path, state: RunState,
             raise LabError(_explain_failure(scenario, results, []) +
                            f" (docker compose exited {code}; see {results / 'compose.log'})")
     finally:
-        lab.down()
+        with lifeline.deferred_signals():
+            lab.down()
 
 
 def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunState,
-                   say: Callable[[str], None]) -> None:
+                   say: Callable[[str], None], signals: _Signals) -> None:
     lab = RUNTIMES[runtime](state)
     processes: list[Process] = []
     try:
         lab.start()
         common = [str(Path(scenario.file).resolve()), "--run-dir", str(results.resolve())]
+        signals.roles_started = True  # from here on the run folder tells the phase
         observer = lab.observer.start_role(
             "observer", [*common, "--interface", lab.capture_interface, "--report",
                          "--runtime", runtime, "--scenario-label", scenario.file],
@@ -110,9 +188,10 @@ def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunSt
         if code not in report_mod.EXIT_CODES.values() or not (results / handoff.REPORT).exists():
             raise LabError(_explain_failure(scenario, results, processes))
     finally:
-        for process in reversed(processes):
-            process.stop()
-        lab.stop()
+        with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):
+            for process in reversed(processes):
+                process.stop()
+            lab.stop()
 
 
 def _wait_for_observer(observer: Process, scenario: Scenario, results: Path,

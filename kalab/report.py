@@ -132,6 +132,10 @@ class Capture:
                                    "a pcap from elsewhere.", None)
     problems: list[str] = doc("Why the capture cannot be trusted; empty when it can.",
                               factory=list)
+    complete: bool = doc("False when the capture was stopped before the client was done "
+                         "and its last packets had passed (a run cut short by a signal or a "
+                         "failing role): the engine's expectations are then not checked.",
+                         True)
     impairments: list[str] = doc(
         "Link impairments in force for this engine (`kalab/impairment.py`), one line per "
         "direction and mechanism, e.g. `server_to_client: delay 100ms by the user-space "
@@ -174,8 +178,10 @@ class EngineRun:
                                 "failed (104: Connection reset by peer)`).", factory=list)
     expectations: list[ExpectationResult] = doc("Each expectation with its result.",
                                                 factory=list)
-    verdict: str = doc("`pass`, `fail`, `inconclusive` (the capture cannot be trusted), or "
-                       "`observed` (no expectations).", "observed")
+    verdict: str = doc("`pass`, `fail`, `inconclusive` (the capture cannot be trusted), "
+                       "`interrupted` (the run was cut short while this engine ran: its "
+                       "expectations are not checked), or `observed` (no expectations).",
+                       "observed")
 
 
 @dataclass
@@ -189,17 +195,31 @@ class Report:
     started_at: float = doc("When the run started.")
     finished_at: float = doc("When the run finished.")
     runs: list[EngineRun] = doc("One per engine, in the order run.")
-    verdict: str = doc("`pass` if every engine passed, `inconclusive` if any capture cannot "
-                       "be trusted, else `fail`; `observed` with no expectations.")
-    exit_code: int = doc("0 pass or observed, 1 fail, 3 inconclusive; 2 (bad input) only "
-                         "for `kalab analyze` of a capture file cut short, whose report "
-                         "covers what was read before the bad byte.")
+    verdict: str = doc("`interrupted` if the run was cut short (see `complete`), else "
+                       "`inconclusive` if any capture cannot be trusted, else `fail` if any "
+                       "engine failed, `pass` if any passed; `observed` with no "
+                       "expectations.")
+    exit_code: int = doc("0 pass or observed, 1 fail, 3 inconclusive, 5 interrupted; 2 (bad "
+                         "input) only for `kalab analyze` of a capture file cut short, whose "
+                         "report covers what was read before the bad byte.")
+    complete: bool = doc("False when the run was cut short (Ctrl-C, SIGTERM, a stopped "
+                         "container): `phase` says where, `engines_not_run` which engines "
+                         "never ran, and the verdict is `interrupted`.", True)
+    phase: str | None = doc("Where an incomplete run was cut short: `setup` (making the "
+                            "network), `capture start`, `server start`, `scenario` (the "
+                            "client running), `between engines`, or `report writing`; null "
+                            "for a complete run.", None)
+    engines_not_run: list[str] = doc("The scenario's engines whose turn never came (an "
+                                     "incomplete run); empty when every engine ran.",
+                                     factory=list)
 
 
-EXIT_CODES = {"pass": 0, "observed": 0, "fail": 1, "inconclusive": 3}
+EXIT_CODES = {"pass": 0, "observed": 0, "fail": 1, "inconclusive": 3, "interrupted": 5}
 
 
 def overall_verdict(verdicts: list[str]) -> str:
+    if "interrupted" in verdicts:
+        return "interrupted"
     if "inconclusive" in verdicts:
         return "inconclusive"
     if "fail" in verdicts:

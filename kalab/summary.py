@@ -54,6 +54,19 @@ def connection_story(conn: Connection) -> str:
             f"{'sooner' if gap < 0 else 'later'} than it said")
 
 
+def interruption(report: Report) -> str | None:
+    """The sentence an incomplete run opens with: where it was cut short, what did not run."""
+    if report.complete:
+        return None
+    words = f"The run was interrupted during {report.phase or 'an unknown phase'}"
+    cut = [run.engine for run in report.runs if run.verdict == "interrupted"]
+    if cut:
+        words += f"; cut short: {', '.join(cut)} (its expectations were not checked)"
+    if report.engines_not_run:
+        words += f"; did not run: {', '.join(report.engines_not_run)}"
+    return words + ". Nothing is concluded from what the run did not capture."
+
+
 def requests_table(run: EngineRun, zero: float) -> Table:
     """The requests table: also the one report.html and report.md show."""
     requests = Table(title="Requests -> connections", title_justify="left")
@@ -112,6 +125,7 @@ def make_console(stderr: bool = False) -> Console:
 
 def render(report: Report, console: Console | None = None) -> None:
     console = console or make_console()
+    cut_short = interruption(report)
     for run in report.runs:
         zero = time_zero(run)
         console.rule(f"[bold]{esc(run.engine)}[/]: {esc(run.description)}")
@@ -143,6 +157,8 @@ def render(report: Report, console: Console | None = None) -> None:
             console.print(mark, Text(f" {e.claim}"))
             console.print(Text(f"       wire: {e.observed}", style="dim" if e.passed else ""),
                           soft_wrap=True)
+        if run.verdict == "interrupted":
+            console.print("  [bold yellow]cut short:[/] its expectations were not checked")
         console.print(f"verdict for {esc(run.engine)}: [bold]{run.verdict}[/]")
     refuted = [(run.engine, e) for run in report.runs for e in run.expectations if not e.passed]
     if refuted:
@@ -151,5 +167,8 @@ def render(report: Report, console: Console | None = None) -> None:
             where = f"{report.scenario}:{e.line}" if report.scenario else f"line {e.line}"
             console.print(f"  [red]{esc(engine)}: {esc(e.claim)}[/] ({esc(where)})",
                           soft_wrap=True)
-    style = {"pass": "green", "fail": "red", "inconclusive": "yellow"}.get(report.verdict, "")
+    if cut_short:
+        console.print(f"[bold yellow]{esc(cut_short)}[/]", soft_wrap=True)
+    style = {"pass": "green", "fail": "red", "inconclusive": "yellow",
+             "interrupted": "yellow"}.get(report.verdict, "")
     console.rule(f"[bold {style}]{report.verdict.upper()}[/] (exit {report.exit_code})")

@@ -51,6 +51,7 @@ class CaptureStats:
     kernel_packets: int = 0
     problems: list[str] = field(default_factory=list)
     impairments: list[str] = field(default_factory=list)  # applied by the observer and client
+    complete: bool = False  # set by the observer when the client finished and it lingered
 
     def to_dict(self) -> dict:
         return asdict(self)

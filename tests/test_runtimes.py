@@ -90,8 +90,8 @@ def test_an_interrupted_run_removes_everything(tmp_path, sig):
         if run.poll() is None:
             run.kill()
             run.wait()
-    assert run.returncode == 130, err
-    assert "stopped" in err
+    assert run.returncode == 5, err
+    assert "interrupted during scenario" in err and "stopped" in err
     assert set(lab_namespaces()) == before
     assert not [p for p in role_processes() if str(tmp_path) in p]
 
@@ -141,6 +141,10 @@ def test_the_observer_keeps_its_pcap_and_report_on_sigterm(tmp_path):
     assert (tmp_path / "werkzeug" / "capture.pcap").read_bytes()[:4] == b"\xd4\xc3\xb2\xa1"
     report = json.loads((tmp_path / "report.json").read_text())
     assert [r["engine"] for r in report["runs"]] == ["werkzeug"]
-    # The client never ran: the lab will not conclude from that.
-    assert report["verdict"] == "inconclusive"
+    # Stopped before any server started: the report says so, and concludes nothing.
+    assert report["verdict"] == "interrupted" and report["exit_code"] == 5
+    assert report["complete"] is False and report["phase"] == "server start"
+    assert report["runs"][0]["verdict"] == "interrupted"
+    assert report["runs"][0]["expectations"] == []
+    assert report["engines_not_run"] == ["gthread-5"]
     assert (tmp_path / "observer.done").exists()

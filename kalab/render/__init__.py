@@ -6,11 +6,14 @@
 - ``junit.xml``: one test case per expectation per engine (`kalab.render.junit`).
 
 `write_all` writes the three beside report.json; `kalab report DIR` redoes it.
+`publish` writes a run's record itself, summary.txt and the views: what the
+observer does at the end of a run, and `kalab run` after an interrupt.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,3 +41,17 @@ def write_all(report: Report, folder: Path) -> list[Path]:
         tmp.replace(path)
         written.append(path)
     return written
+
+
+def publish(report: Report, folder: Path) -> None:
+    """Write ``report.json``, ``summary.txt`` and every view into ``folder``. A view that
+    fails is said on stderr: it must never cost the run its record and verdict."""
+    from kalab import report as report_mod
+    from kalab import summary
+
+    report_mod.write(report, folder)
+    (folder / "summary.txt").write_text(summary.as_text(report), encoding="utf-8")
+    try:
+        write_all(report, folder)
+    except Exception as exc:  # noqa: BLE001 - any bug in a view
+        print(f"kalab: the report's views failed: {exc!r}", file=sys.stderr)

@@ -3,7 +3,8 @@
 Each engine is a test suite; an expectation the wire refuted is a
 ``<failure>``; an engine whose capture cannot be trusted (inconclusive) has
 an ``<error>`` on each of its cases instead, since the lab will not
-conclude. XML cannot carry most control characters at all, so every text
+conclude; an engine cut short by an interrupt, or that never ran, has one
+``<skipped>`` case. XML cannot carry most control characters at all, so every text
 first goes through `view.visible`; ElementTree escapes the rest.
 """
 
@@ -33,6 +34,9 @@ def _suite(report: Report, run: EngineRun, parent: ET.Element) -> tuple[int, int
     cases = [(e.claim, e.line, e.passed, e.observed, e.kind) for e in run.expectations]
     if inconclusive and not cases:
         cases = [("the capture can be trusted", 0, False, why, "capture")]
+    if run.verdict == "interrupted":
+        return _skipped(report, run.engine, "the run was cut short while this engine ran: "
+                        "its expectations were not checked", parent)
     failures = errors = 0
     for claim, line, passed, observed, kind in cases:
         case = ET.SubElement(suite, "testcase", name=visible(claim),
@@ -65,10 +69,23 @@ def _suite(report: Report, run: EngineRun, parent: ET.Element) -> tuple[int, int
     return len(cases), failures, errors
 
 
+def _skipped(report: Report, engine: str, why: str,
+             parent: ET.Element) -> tuple[int, int, int]:
+    """A suite whose one case was skipped: an engine cut short, or one that never ran."""
+    suite = ET.SubElement(parent, "testsuite", name=visible(engine), tests="1", failures="0",
+                          errors="0", skipped="1", time="0")
+    case = ET.SubElement(suite, "testcase", name="the engine's expectations",
+                         classname=visible(f"{report.name}.{engine}"), time="0")
+    ET.SubElement(case, "skipped", message=visible(why))
+    return 1, 0, 0
+
+
 def render_junit(report: Report) -> str:
     """The JUnit XML document as a string."""
     root = ET.Element("testsuites", name=visible(f"kalab {report.name}"))
     totals = [_suite(report, run, root) for run in report.runs]
+    totals += [_skipped(report, engine, f"the run was interrupted during {report.phase}: "
+                        "this engine did not run", root) for engine in report.engines_not_run]
     root.set("tests", str(sum(t[0] for t in totals)))
     root.set("failures", str(sum(t[1] for t in totals)))
     root.set("errors", str(sum(t[2] for t in totals)))

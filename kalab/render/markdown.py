@@ -78,6 +78,8 @@ def render_markdown(report: Report) -> str:
     out = [f"# kalab report: {md(v.name)}: {v.verdict.upper()}", "",
            f"scenario {md(v.scenario)} · runtime {md(report.runtime)} · started {v.started} · "
            f"{v.duration:.1f} s · exit {v.exit_code}", ""]
+    if v.interruption:
+        out += [f"**{md(v.interruption)}**", ""]
     out += table(["engine", "what ran", "connections", "requests", "expectations held",
                   "verdict"],
                  [[e.name, e.description, str(len(e.run.connections)),

@@ -191,6 +191,7 @@ class ReportView:
     scale: float  # px per second on every ladder
     scale_bar: tuple[float, str]  # a length in px and what it stands for
     refuted: list[tuple[str, ExpectationView]]
+    interruption: str | None  # where an incomplete run was cut short, in words
 
 
 def _events(conn: Connection, requests: dict[str, HttpRequest]) -> list[Event]:
@@ -385,4 +386,5 @@ def build(report: Report) -> ReportView:
         scenario=visible(report.scenario or "(no scenario: kalab analyze)"),
         verdict=report.verdict, exit_code=report.exit_code, started=when(report.started_at),
         duration=report.finished_at - report.started_at, engines=engines, scale=scale,
-        scale_bar=_scale_bar(scale), refuted=refuted)
+        scale_bar=_scale_bar(scale), refuted=refuted,
+        interruption=visible(summary.interruption(report) or "") or None)
