@@ -227,6 +227,8 @@ def parse_role(parser: argparse.ArgumentParser, argv: list[str] | None,
     except ScenarioError as exc:
         print(f"kalab {role}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.shared_volume:
+        args.run_dir = volume_run_dir(args.run_dir, role)
     return args, scenario
 
 
@@ -238,7 +240,47 @@ def role_arguments(description: str) -> argparse.ArgumentParser:
                         "(default: every engine, in turn)")
     parser.add_argument("--run-dir", type=Path, default=Path("results/run"),
                         help="folder shared by the roles; one subfolder per engine")
+    parser.add_argument("--shared-volume", action="store_true",
+                        help="--run-dir is a volume every run of a compose project shares: "
+                        "the observer makes this run's folder in it, the server takes the "
+                        "first made after it started, the client the current one")
     return parser
+
+
+# Under compose the roles' folder is a volume that outlives a run (until `docker compose
+# down -v`): a second `up` would find the first's files. So each run works in a folder of
+# its own in the volume, which the observer makes and names in CURRENT_RUN. The server
+# starts first (the observer shares its network) and waits for a folder whose observer
+# started after it did; the client starts once the server is healthy, by which time the
+# current folder is this run's. Start times are the kernel's (ticks since boot), the same
+# clock in every container on the host.
+CURRENT_RUN = "current-run.json"
+
+
+def volume_run_dir(volume: Path, role: str, timeout: float = ROLE_START_TIMEOUT) -> Path:
+    """This run's folder in a compose project's shared volume, for ``role``."""
+    from kalab.runtime.state import process_start
+
+    me = process_start(os.getpid()) or 0
+    if role == "observer":
+        folder = new_results_folder(volume, "run")
+        folder.chmod(0o777)  # the server and client run as other users
+        write_json(volume / CURRENT_RUN, {"folder": folder.name, "observer_started": me})
+        return folder
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            current = read_json(volume / CURRENT_RUN)
+            if role == "client" or current["observer_started"] >= me:
+                folder = volume / current["folder"]
+                if folder.resolve().parent == volume.resolve():
+                    return folder
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not written yet
+        if time.monotonic() > deadline:
+            raise SystemExit(f"kalab {role}: no run folder in {volume} after {timeout:g} s: "
+                             "is the observer running?")
+        time.sleep(0.05)
 
 
 class StopSignal:

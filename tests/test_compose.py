@@ -135,23 +135,35 @@ def test_issue_scenarios_hold_in_containers(tmp_path, scenario):
 
 
 def test_plain_docker_compose_up_gives_the_verdict_and_down_leaves_nothing(tmp_path):
-    """The README's one-liner, as a user types it, on the tutorial's own claims."""
+    """The README's one-liner, as a user types it, on the tutorial's own claims; then
+    another scenario: each run keeps a folder of its own, `latest` the newest."""
     (readme_env, up_argv), down_argv = docker_commands(ROOT / "README.md")
     project = f"kalab-test-{os.getpid()}"
-    env = {**os.environ, **readme_env, "KALAB_SCENARIO": "./scenarios/seed-claims.yaml",
-           "KALAB_RESULTS": str(tmp_path), "KALAB_PROJECT": project}
+    env = {**os.environ, **readme_env, "KALAB_RESULTS": str(tmp_path),
+           "KALAB_PROJECT": project}
     try:
-        up = subprocess.run(up_argv, cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
+        up = subprocess.run(up_argv, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**env, "KALAB_SCENARIO": "./scenarios/seed-claims.yaml"})
         assert up.returncode == 1, up.stdout[-3000:] + up.stderr[-3000:]
-        report = json.loads((tmp_path / "report.json").read_text())
+        (first,) = tmp_path.glob("seed-claims-*")
+        report = json.loads((first / "report.json").read_text())
         assert report["verdict"] == "fail"
         refuted = [e["claim"] for r in report["runs"] for e in r["expectations"]
                    if not e["passed"]]
         assert "requests within 5 seconds reuse the same connection" in refuted
         assert project_leftovers(project)  # the stopped containers are still there
+        written = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+        again = subprocess.run(up_argv, cwd=ROOT, capture_output=True, text=True,
+                               timeout=600,
+                               env={**env, "KALAB_SCENARIO": "./scenarios/engines.yaml"})
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     finally:
         down = subprocess.run(down_argv, cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr
     assert project_leftovers(project) == []
+    (second,) = tmp_path.glob("engines-*")
+    assert (tmp_path / "latest").resolve() == second.resolve()
+    assert json.loads((second / "report.json").read_text())["verdict"] == "pass"
+    # Nothing the first run wrote was touched by the second.
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == written
