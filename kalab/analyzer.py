@@ -32,8 +32,10 @@ checked before int() or float() sees them (both accept signs, underscores,
 a status code is exactly three digits (RFC 9112's 3DIGIT), else the line
 is not a status line and the stream is not HTTP/1.x; a Content-Length is
 at most 18 digits, and a chunk-size at most 16 hex digits, else the length
-is unusable (a response then runs to the close, a chunked body is lost).
-Each is checked where it is parsed: once per message or chunk, not per
+is unusable (a response then runs to the close, a chunked body is lost);
+a Keep-Alive ``timeout=`` is at most 10 digits before the point, else the
+advertised timeout is null while the raw header is kept. Each is checked
+where it is parsed: once per message, header block or chunk, not per
 segment.
 
 Nothing is guessed: a connection whose SYN was not seen, or whose bytes
@@ -117,8 +119,10 @@ def _check_positions() -> None:
 
 _check_positions()
 
-_TIMEOUT = re.compile(rb"timeout\s*=\s*([0-9]+(?:\.[0-9]+)?)", re.I)
+_TIMEOUT = re.compile(rb"timeout\s*=\s*([^\s,;]*)", re.I)  # the parameter's value, whatever it is
+_SECONDS = re.compile(rb"([0-9]+)(?:\.[0-9]+)?")
 # Numbers from the wire, leading zeros aside (see "Numbers from the wire" above).
+_MAX_TIMEOUT_DIGITS = 10  # before the point: up to 317 years; 400 digits would make inf
 _MAX_LENGTH_DIGITS = 18  # a Content-Length below 10^18 bytes: int() is cheap, no body is longer
 _MAX_CHUNK_DIGITS = 16  # a chunk-size of 64 bits
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,%d}" % _MAX_CHUNK_DIGITS)
@@ -137,13 +141,16 @@ class _Headers:
     a client or server repeats its block from message to message (only the request
     line, a Date or a length changes), so most messages find theirs already here."""
 
-    __slots__ = ("connection", "keep_alive", "timeout", "framing")
+    __slots__ = ("connection", "keep_alive", "said_timeout", "timeout", "framing")
 
     def __init__(self, block: bytes) -> None:
         parsed = _parse_headers(block)  # by lower-case name, repeated ones joined by ``, ``
         self.connection = parsed.get("connection")
         self.keep_alive = parsed.get("keep-alive")
-        self.timeout = _timeout(self.keep_alive) if self.keep_alive else None
+        # said_timeout: Keep-Alive has a timeout= parameter; timeout: its seconds, None
+        # when they are not a number within bounds.
+        self.said_timeout, self.timeout = _timeout(self.keep_alive) if self.keep_alive \
+            else (False, None)
         self.framing = _header_framing(parsed)  # None: no usable length, the default applies
 
 
@@ -428,7 +435,7 @@ class _Conn:
         request.response_version = version
         request.response_connection = headers.connection
         request.response_keep_alive = headers.keep_alive
-        if headers.timeout is not None:
+        if headers.said_timeout:  # an unreadable one too: the older one no longer holds
             request.advertised_timeout = self.advertised = headers.timeout
         return _response_framing(headers, request.method, status)
 
@@ -583,10 +590,18 @@ def _fmt(endpoint: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _timeout(keep_alive: str) -> float | None:
-    """The ``timeout=`` of a Keep-Alive header."""
+def _timeout(keep_alive: str) -> tuple[bool, float | None]:
+    """Whether a Keep-Alive header has a ``timeout=``, and its seconds: None unless they
+    are digits, perhaps with a fraction, and at most `_MAX_TIMEOUT_DIGITS` before the
+    point. "1e400", "inf" or 400 nines would be infinite, or a guess if cut short."""
     match = _TIMEOUT.search(keep_alive.encode("latin-1"))
-    return float(match.group(1)) if match else None
+    if match is None:
+        return False, None
+    value = match.group(1)
+    number = _SECONDS.fullmatch(value)
+    if number is None or len(number.group(1).lstrip(b"0")) > _MAX_TIMEOUT_DIGITS:
+        return True, None
+    return True, float(value)
 
 
 _NO_BODY = ("none", 0)

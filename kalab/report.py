@@ -59,8 +59,11 @@ class HttpRequest:
                                           None)
     response_keep_alive: str | None = doc("The response's `Keep-Alive` header, if any.", None)
     advertised_timeout: float | None = doc("`timeout=` from `Keep-Alive`, in seconds: what "
-                                           "the server advertised (a hint, never a promise).",
-                                           None)
+                                           "the server advertised (a hint, never a promise); "
+                                           "null without one, or when its value is not a "
+                                           "plain decimal number of at most 10 digits before "
+                                           "the point (`1e400`, `inf`, 400 nines): the raw "
+                                           "header is in `response_keep_alive`.", None)
     client: dict[str, Any] | None = doc("What the client role believed about this request "
                                         "(see `client.sessions.RequestRecord`); null for "
                                         "`kalab analyze`.", None)
@@ -106,7 +109,9 @@ class Connection:
                                           "response's end) to the first FIN or RST: the idle "
                                           "time after which it was closed.")
     advertised_timeout: float | None = doc("The last `Keep-Alive: timeout=` the server "
-                                           "advertised on it; null if none.")
+                                           "advertised on it; null if none, or if the last "
+                                           "one was unreadable (see "
+                                           "`HttpRequest.advertised_timeout`).")
     probe: bool = doc("True when it carried no request (a readiness probe, a port scan).")
     complete: bool = doc("False when the capture has a hole in it: no SYN seen, or a "
                          "sequence gap never filled.")

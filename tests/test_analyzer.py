@@ -1005,13 +1005,46 @@ def test_leading_zeros_do_not_count_against_the_bounds():
     c, s = wire.conversation()
     handshake(c, s, at(0))
     c.send(at(1), get("/a"))
-    s.send(at(1.1), f"HTTP/1.1 200 OK\r\nContent-Length: {zeros}5\r\n\r\nhello".encode())
+    s.send(at(1.1), f"HTTP/1.1 200 OK\r\nContent-Length: {zeros}5\r\n"
+                    f"Keep-Alive: timeout={zeros}7.5\r\n\r\nhello".encode())
     c.send(at(2), get("/b"))
     s.send(at(2.1), f"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                     f"{zeros}5\r\nhello\r\n{zeros}\r\n\r\n".encode())
-    _, reqs = wire.analyze()
+    (conn,), reqs = wire.analyze()
 
     assert [r.response_end_at for r in reqs] == [near(1.1), near(2.1)]
+    assert reqs[0].advertised_timeout == conn.advertised_timeout == 7.5
+
+
+@pytest.mark.parametrize("timeout", ["9" * 400, "12345678901", "1e400", "5e3", "inf", "NaN",
+                                     "5abc", "5.", ""])
+def test_a_keep_alive_timeout_beyond_bounds_is_null(timeout):
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/a"))
+    s.send(at(1.1), response(200, b"x", "Keep-Alive: timeout=5"))
+    c.send(at(2), get("/b"))
+    s.send(at(2.1), response(200, b"x", f"Keep-Alive: timeout={timeout}, max=100"))
+    s.fin(at(7))
+    (conn,), reqs = wire.analyze()
+
+    # Never a guess ("1e400" is not 1), nor infinite; the header itself is kept as sent.
+    assert [r.advertised_timeout for r in reqs] == [5.0, None]
+    assert reqs[1].response_keep_alive == f"timeout={timeout}, max=100"
+    # The server said something else than 5 last: the 5 no longer holds.
+    assert conn.advertised_timeout is None and conn.enforced_minus_advertised is None
+
+
+def test_a_keep_alive_timeout_of_ten_digits_is_taken():
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/"))
+    s.send(at(1.1), response(200, b"x", "Keep-Alive: max=100, TIMEOUT = 9999999999.25"))
+    (conn,), (req,) = wire.analyze()
+
+    assert req.advertised_timeout == conn.advertised_timeout == 9999999999.25
 
 
 # --- more: addressing and filtering
