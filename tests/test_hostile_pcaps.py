@@ -12,6 +12,9 @@ exits 2 naming the byte where its record starts.
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import struct
 
 import pytest
@@ -199,3 +202,50 @@ def test_absurd_pcapng_clocks_are_corrupt(tmp_path):
         analysis = analysis_of(tmp_path, pcapng(early, options=options, tick=tick)[0])
         assert analysis.error is None
         assert analysis.connections[0].established_at == pytest.approx(1e-3, abs=1e-12)
+
+
+def strict_json(text: str | bytes) -> object:
+    """json.loads, refusing NaN and Infinity as JavaScript's JSON.parse does."""
+    def refuse(word: str) -> None:
+        raise ValueError(f"not strict JSON: {word}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_way_of_writing_the_report_writes_strict_json(tmp_path, monkeypatch):
+    # json wrote Infinity and NaN, which strict parsers refuse; orjson writes null, and
+    # a record with an infinite timeout was sent to json to match it.
+    from kalab import report
+
+    analysis = analysis_of(tmp_path, classic(keep_alive())[0])
+    connections, requests = analysis.connections, analysis.requests
+    nan, inf = float("nan"), float("inf")
+    requests[0].advertised_timeout = inf
+    requests[1].client = {"sent_at": nan, "tries": [inf, 1.5, {"lag": -inf}]}
+    connections[0].enforced_minus_advertised = -inf
+    run = report.EngineRun(engine="capture", kind="unknown", description="x", version=None,
+                           listen=None, options={"ports": [8080], "idle": nan},
+                           capture=report.Capture(started_at=inf), connections=connections,
+                           requests=requests, client_errors=[connections[0], {"at": nan}])
+    document = report.Report(schema=report.SCHEMA, scenario=None, name="x", runtime="analyze",
+                             started_at=T0, finished_at=nan, runs=[run], verdict="observed",
+                             exit_code=0)
+    # What the document says, every number JSON cannot write as null.
+    expected = json.loads(json.dumps(dataclasses.asdict(document)), parse_constant=lambda _: None)
+    written = {"orjson": report.to_json_bytes(document)}
+    monkeypatch.setattr(report, "_HELPED_MIN", 1)  # the first list of records to a helper
+    written["orjson, helper"] = report.to_json_bytes(document, parallel=True)
+    monkeypatch.setattr(report, "orjson", None)
+    written["json, helper"] = report.to_json_bytes(document, parallel=True)
+    monkeypatch.setattr(report, "_BOUNDARY", b"no such bytes")  # a record at a time
+    written["json, a record at a time"] = report.to_json_bytes(document)
+    monkeypatch.undo()
+    monkeypatch.setattr(report, "orjson", None)
+    written["json"] = report.to_json_bytes(document)
+    stream = io.BytesIO()  # as report.write and `kalab analyze --json` write it
+    report.write_json(document, stream)
+    written["json, streamed"] = stream.getvalue()
+    assert len(set(written.values())) == 1, written
+    assert strict_json(written["json"]) == expected
+    assert expected["runs"][0]["requests"][0]["advertised_timeout"] is None
+
