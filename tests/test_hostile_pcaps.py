@@ -249,3 +249,12 @@ def test_every_way_of_writing_the_report_writes_strict_json(tmp_path, monkeypatc
     assert strict_json(written["json"]) == expected
     assert expected["runs"][0]["requests"][0]["advertised_timeout"] is None
 
+
+def test_handoff_files_are_strict_json(tmp_path):
+    from kalab import handoff
+
+    path = tmp_path / handoff.CLIENT_RECORDS
+    handoff.write_json(path, {"requests": [{"sent_at": float("nan"), "lag": [float("-inf")]}],
+                              "count": 1, "ratio": 0.5})
+    assert strict_json(path.read_text()) == {"requests": [{"sent_at": None, "lag": [None]}],
+                                             "count": 1, "ratio": 0.5}

@@ -29,7 +29,7 @@ class RunState:
         data = {"owner": os.getpid(), "namespaces": self.namespaces, "pids": self.pids,
                 "compose_projects": self.compose_projects}
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
+        tmp.write_text(json.dumps(data, allow_nan=False))  # strict: names and ids, no float
         tmp.replace(self.path)
 
     def add_namespace(self, name: str) -> None:
