@@ -602,6 +602,8 @@ class SegmentReader:
                     data_end = start + 14 + total if total else end
                     if data_end > end:
                         data_end = end
+                    elif data_end < start + 54:
+                        continue  # an IP length that ends inside the headers: as `_tcp` does
                 else:
                     ip = _ip_offset(linktype, buf, start, end)
                     fields = None if ip is None else _tcp(buf, ip, end)

@@ -39,7 +39,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from kalab import cli, evidence
-from kalab.pcap import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2
+from kalab.pcap import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, PcapError, SegmentReader
 
 T0 = 1_700_000_000.0
 ETHERNET, SLL2 = LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2
@@ -220,6 +220,30 @@ def test_absurd_pcapng_clocks_are_corrupt(tmp_path):
         analysis = analysis_of(tmp_path, pcapng(early, options=options, tick=tick)[0])
         assert analysis.error is None
         assert analysis.connections[0].established_at == pytest.approx(1e-3, abs=1e-12)
+
+
+def read_all(path: Path, fast: bool) -> tuple:
+    """What one of the two classic-pcap readers hands on: segments, error, records."""
+    reader = SegmentReader(path, fast=fast)
+    segments, error = [], None
+    try:
+        for batch in reader.batches():
+            segments += batch
+    except PcapError as exc:
+        error = (str(exc), exc.offset)
+    return segments, error, reader.records
+
+
+def test_an_ip_length_that_ends_inside_the_headers_is_dropped_by_both_readers(tmp_path):
+    # The fast reader handed on such a packet (its flags: here the server's FIN) where
+    # the generic one dropped it: the same file made two different reports.
+    data, starts = classic(keep_alive())
+    path = tmp_path / "short-ip.pcap"
+    for total in (20, 39):
+        path.write_bytes(with_field(data, starts[-3] + 16 + 14 + 2, ">H", total))
+        fast, generic = read_all(path, fast=True), read_all(path, fast=False)
+        assert fast == generic
+        assert len(fast[0]) == len(starts) - 1 and fast[0][-2].flags & 0x01  # the client's FIN
 
 
 def strict_json(text: str | bytes) -> object:
@@ -804,6 +828,23 @@ def test_control_and_non_ascii_bytes_in_http(tmp_path):
 def test_empty_and_huge_frames(tmp_path):
     survive(tmp_path, "empty, 65535-byte and 262144-byte frames, frames cut to headers",
             odd_frames())
+
+
+@pytest.mark.reliability
+def test_both_classic_readers_read_every_hostile_pcap_alike(tmp_path):
+    # `_classic` decodes the usual frame inline, `_any` every frame with `_tcp`: on a
+    # hostile file too they must hand on the same segments and stop at the same byte.
+    cases = [case for make in (cut_short, flipped, absurd_lengths, absurd_headers, odd_frames)
+             for case in make() if not is_pcapng(case.data)]
+    path = tmp_path / "hostile.pcap"
+    failures = []
+    for case in cases:
+        path.write_bytes(case.data)
+        if read_all(path, fast=True) != read_all(path, fast=False):
+            failures.append(case.name)
+    tally(AREA, "the same hostile pcaps through both classic-pcap readers (the same "
+          "segments, the same error)", len(cases), len(cases) - len(failures))
+    assert not failures, failures[:8]
 
 
 def kalab_command(path: Path, *flags: str) -> Outcome:
