@@ -30,13 +30,14 @@ Numbers from the wire are taken only within bounds, and their digits are
 checked before int() or float() sees them (both accept signs, underscores,
 "inf"; int() refuses more than 4,300 digits). Leading zeros aside:
 a status code is exactly three digits (RFC 9112's 3DIGIT), else the line
-is not a status line and the stream is not HTTP/1.x; a Content-Length is
-at most 18 digits, and a chunk-size at most 16 hex digits, else the length
-is unusable (a response then runs to the close, a chunked body is lost);
-a Keep-Alive ``timeout=`` is at most 10 digits before the point, else the
-advertised timeout is null while the raw header is kept. Each is checked
-where it is parsed: once per message, header block or chunk, not per
-segment.
+is not a status line and the stream is not HTTP/1.x (no later response on
+the connection is read); a Content-Length is at most 18 digits, else it
+is unusable (a response then runs to the close, a request has no body);
+a chunk-size is at most 16 hex digits, else the rest of the stream is
+lost; a Keep-Alive ``timeout=`` is at most 10 digits before the point,
+else the advertised timeout is null while the raw header is kept. Each is
+checked where it is parsed: once per message, header block or chunk, not
+per segment.
 
 Nothing is guessed: a connection whose SYN was not seen, or whose bytes
 have a hole that never filled, is marked incomplete, and a run with an

@@ -54,8 +54,9 @@ class HttpRequest:
     response_end_at: float | None = doc("When the response's last byte was seen (end of "
                                         "body); null if unknown.", None)
     status: int | None = doc("Response status code; null if no response came. A line whose "
-                             "code is not three digits is no status line: the stream is "
-                             "then not HTTP/1.x, and nothing after it is read.", None)
+                             "code is not three digits is no status line: the responses are "
+                             "then not HTTP/1.x, and no later one on the connection is read.",
+                             None)
     response_version: str | None = doc("HTTP version of the status line.", None)
     response_connection: str | None = doc("The response's `Connection` header values, joined "
                                           "by `, ` as on the wire (e.g. `keep-alive, close`).",
