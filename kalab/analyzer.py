@@ -26,6 +26,19 @@ oldest unanswered request; a 1xx response answers nothing. Message bodies
 are framed by Content-Length, chunked coding, or the close of the
 connection, as RFC 9112 section 6 says.
 
+Numbers from the wire are taken only within bounds, and their digits are
+checked before int() or float() sees them (both accept signs, underscores,
+"inf"; int() refuses more than 4,300 digits). Leading zeros aside:
+a status code is exactly three digits (RFC 9112's 3DIGIT), else the line
+is not a status line and the stream is not HTTP/1.x (no later response on
+the connection is read); a Content-Length is at most 18 digits, else it
+is unusable (a response then runs to the close, a request has no body);
+a chunk-size is at most 16 hex digits, else the rest of the stream is
+lost; a Keep-Alive ``timeout=`` is at most 10 digits before the point,
+else the advertised timeout is null while the raw header is kept. Each is
+checked where it is parsed: once per message, header block or chunk, not
+per segment.
+
 Nothing is guessed: a connection whose SYN was not seen, or whose bytes
 have a hole that never filled, is marked incomplete, and a run with an
 incomplete connection cannot conclude.
@@ -107,7 +120,13 @@ def _check_positions() -> None:
 
 _check_positions()
 
-_TIMEOUT = re.compile(rb"timeout\s*=\s*([0-9]+(?:\.[0-9]+)?)", re.I)
+_TIMEOUT = re.compile(rb"timeout\s*=\s*([^\s,;]*)", re.I)  # the parameter's value, whatever it is
+_SECONDS = re.compile(rb"([0-9]+)(?:\.[0-9]+)?")
+# Numbers from the wire, leading zeros aside (see "Numbers from the wire" above).
+_MAX_TIMEOUT_DIGITS = 10  # before the point: up to 317 years; 400 digits would make inf
+_MAX_LENGTH_DIGITS = 18  # a Content-Length below 10^18 bytes: int() is cheap, no body is longer
+_MAX_CHUNK_DIGITS = 16  # a chunk-size of 64 bits
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,%d}" % _MAX_CHUNK_DIGITS)
 _MAX_HEAD = 64 * 1024
 _MAX_PENDING = 16 * 1024 * 1024  # bytes held behind a hole, per direction
 
@@ -123,13 +142,16 @@ class _Headers:
     a client or server repeats its block from message to message (only the request
     line, a Date or a length changes), so most messages find theirs already here."""
 
-    __slots__ = ("connection", "keep_alive", "timeout", "framing")
+    __slots__ = ("connection", "keep_alive", "said_timeout", "timeout", "framing")
 
     def __init__(self, block: bytes) -> None:
         parsed = _parse_headers(block)  # by lower-case name, repeated ones joined by ``, ``
         self.connection = parsed.get("connection")
         self.keep_alive = parsed.get("keep-alive")
-        self.timeout = _timeout(self.keep_alive) if self.keep_alive else None
+        # said_timeout: Keep-Alive has a timeout= parameter; timeout: its seconds, None
+        # when they are not a number within bounds.
+        self.said_timeout, self.timeout = _timeout(self.keep_alive) if self.keep_alive \
+            else (False, None)
         self.framing = _header_framing(parsed)  # None: no usable length, the default applies
 
 
@@ -263,11 +285,15 @@ class _MessageStream:
                         self.mode = "head"
                         self.on_end(self.time_at(base + i - 1) if only is None else only)
                     continue
-                try:
-                    size = int(line.split(b";")[0].strip(), 16)
-                except ValueError:
-                    self.mode = "dead"
+                # chunk-size = 1*HEXDIG, then extensions after ";" (RFC 9112 section 7.1).
+                # int(x, 16) alone would take "-a" (the parser would step back), "0x5", "+5".
+                field = line.split(b";", 1)[0].strip()
+                if len(field) > _MAX_CHUNK_DIGITS:
+                    field = field.lstrip(b"0") or b"0"
+                if _CHUNK_SIZE.fullmatch(field) is None:
+                    self.mode = "dead"  # no usable size: where the next message starts is lost
                     return n
+                size = int(field, 16)
                 if size == 0:
                     self.mode = "trailer"
                 else:
@@ -393,7 +419,10 @@ class _Conn:
     def _on_response_head(self, first: list[str], headers: _Headers,
                           started: float) -> tuple[str, int]:
         version, code = first[0], first[1]
-        if not version.startswith("HTTP/") or not code.isdigit():
+        # status-code = 3DIGIT (RFC 9112 section 4). isdigit() alone also passes "²00" and
+        # 5,000 digits, which int() refuses.
+        if not version.startswith("HTTP/") or len(code) != 3 or not code.isascii() \
+                or not code.isdigit():
             self.response_stream.mode = "dead"  # not a status line: not HTTP/1.x
             return _NO_BODY
         status = int(code)
@@ -407,7 +436,7 @@ class _Conn:
         request.response_version = version
         request.response_connection = headers.connection
         request.response_keep_alive = headers.keep_alive
-        if headers.timeout is not None:
+        if headers.said_timeout:  # an unreadable one too: the older one no longer holds
             request.advertised_timeout = self.advertised = headers.timeout
         return _response_framing(headers, request.method, status)
 
@@ -562,10 +591,18 @@ def _fmt(endpoint: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _timeout(keep_alive: str) -> float | None:
-    """The ``timeout=`` of a Keep-Alive header."""
+def _timeout(keep_alive: str) -> tuple[bool, float | None]:
+    """Whether a Keep-Alive header has a ``timeout=``, and its seconds: None unless they
+    are digits, perhaps with a fraction, and at most `_MAX_TIMEOUT_DIGITS` before the
+    point. "1e400", "inf" or 400 nines would be infinite, or a guess if cut short."""
     match = _TIMEOUT.search(keep_alive.encode("latin-1"))
-    return float(match.group(1)) if match else None
+    if match is None:
+        return False, None
+    value = match.group(1)
+    number = _SECONDS.fullmatch(value)
+    if number is None or len(number.group(1).lstrip(b"0")) > _MAX_TIMEOUT_DIGITS:
+        return True, None
+    return True, float(value)
 
 
 _NO_BODY = ("none", 0)
@@ -579,12 +616,25 @@ def _header_framing(headers: dict[str, str]) -> tuple[str, int] | None:
     if transfer and "chunked" in transfer.lower():
         return "chunked", 0
     length = headers.get("content-length")
-    if length is not None:
-        try:
-            return "fixed", int(length.split(",")[0].strip())
-        except ValueError:
+    if length is None:
+        return None
+    size = _content_length(length)
+    return None if size is None else ("fixed", size)
+
+
+def _content_length(value: str) -> int | None:
+    """A Content-Length's value: 1*DIGIT (RFC 9110 section 8.6), the same each time when
+    repeated, at most `_MAX_LENGTH_DIGITS` digits; None for anything else, which RFC 9112
+    section 6.3 calls invalid. int() alone would take "-5" (the parser would step back
+    and read the same head forever), "+5", "5_0" and refuse 5,000 digits."""
+    first, *rest = value.split(",")
+    first = first.strip(_WHITESPACE)
+    if not first.isascii() or not first.isdigit() or len(first.lstrip("0")) > _MAX_LENGTH_DIGITS:
+        return None
+    for other in rest:
+        if other.strip(_WHITESPACE) != first:
             return None
-    return None
+    return int(first)
 
 
 def _response_framing(headers: _Headers, method: str, status: int) -> tuple[str, int]:

@@ -62,8 +62,18 @@ class Aborted(Exception):
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as strict JSON, atomically. A NaN or an infinity (which json writes as
+    NaN or Infinity, and strict parsers refuse) is written as null, as report.json writes
+    it: these files carry measurements into the report, where null is the word for a
+    value not known, and a role that raised here would lose its engine's whole run."""
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False)
+    except ValueError:
+        from kalab.report import finite
+
+        text = json.dumps(finite(data), indent=2, allow_nan=False)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
 
 

@@ -17,6 +17,14 @@ four-tuple; it does not grow with the packet count.
 process, which sends the decoded batches down a pipe: on two cores, the
 reading of a big file then costs the analysis next to nothing.
 
+Every length and time in a file is checked before it is used, for a file
+from a stranger is hostile: a record or block longer than 4 MiB (whatever
+the file header's snap length says), a pcapng block shorter than its own
+fields, an interface option that runs past its block, a timestamp
+resolution finer than 10^-19 or 2^-63 s, or a record time outside the
+years 1970 to 9999, is a `PcapError` naming the byte where its record or
+block starts; what came before it is handed on as usual.
+
 Writes classic microsecond pcap, which tcpdump and tshark open.
 """
 
@@ -44,6 +52,15 @@ _LINKTYPE_RAW_OLD = 12  # DLT_RAW as some old writers stored it
 
 _ETH_IPV4, _ETH_IPV6, _ETH_VLAN, _ETH_QINQ = 0x0800, 0x86DD, 0x8100, 0x88A8
 _SNAPLEN = 262144
+# The longest record or block read: a length past it is corrupt, whatever a header says
+# (a snap length of 4 GiB would make a read of 4 GiB). Wireshark's own limit is _SNAPLEN.
+_MAX_RECORD = 16 * _SNAPLEN
+# Record times a report can hold: from 1970 to the end of the year 9999, what `datetime`
+# (and so `kalab report`) can show. Only pcapng can say more: 64-bit ticks, its own units.
+_LATEST = 253402300800.0
+# if_tsresol: a tick of at least 10^-19 or 2^-63 s, as Wireshark reads it (the ticks in a
+# second fit in 64 bits); a finer one is corrupt.
+_MAX_TSRESOL_DECIMAL, _MAX_TSRESOL_BINARY = 19, 63
 _BLOCK = 1 << 20
 _BATCH = 2048  # segments handed on at a time
 _BACKGROUND_MIN_SIZE = 4 << 20  # bytes of file below which a reading process costs more
@@ -238,7 +255,7 @@ def _pcap_records(blocks: _Blocks, path: str | Path, magic: bytes) -> Iterator[R
     linktype &= 0x0FFFFFFF
     if linktype not in _SUPPORTED:
         raise PcapError(f"{path}: byte 20: link type {linktype} is not supported", 20)
-    limit = max(snaplen, _SNAPLEN)
+    limit = min(max(snaplen, _SNAPLEN), _MAX_RECORD)
     header = struct.Struct(order + "IIII")
     unpack = header.unpack_from
     blocks.pos = 24
@@ -284,7 +301,7 @@ def _pcapng_records(blocks: _Blocks, path: str | Path) -> Iterator[Record]:
                 raise PcapError(f"{path}: byte {offset}: corrupt section header", offset)
             interfaces = []
         block_type, length = struct.unpack_from(order + "II", buf, pos)
-        if length < 12 or length % 4 or length > 16 * _SNAPLEN:
+        if length < 12 or length % 4 or length > _MAX_RECORD:
             raise PcapError(f"{path}: byte {offset}: corrupt block length {length}", offset)
         if not blocks.need(length):
             raise PcapError(f"{path}: byte {offset}: truncated block", offset)
@@ -294,6 +311,8 @@ def _pcapng_records(blocks: _Blocks, path: str | Path) -> Iterator[Record]:
                             offset)
         blocks.pos = pos + length
         if block_type == 6:  # enhanced packet
+            if length < 32:  # its fields would be read from the next block, or past the file
+                raise PcapError(f"{path}: byte {offset}: corrupt block length {length}", offset)
             iface, high, low, caplen = struct.unpack_from(order + "IIII", buf, pos + 8)
             if iface >= len(interfaces):
                 raise PcapError(f"{path}: byte {offset}: packet names unknown interface {iface}",
@@ -302,32 +321,48 @@ def _pcapng_records(blocks: _Blocks, path: str | Path) -> Iterator[Record]:
                 raise PcapError(f"{path}: byte {offset}: record length {caplen} is corrupt",
                                 offset)
             linktype, tick, base = interfaces[iface]
-            yield linktype, base + ((high << 32) | low) * tick, buf, pos + 28, pos + 28 + caplen
+            ts = base + ((high << 32) | low) * tick
+            if not 0.0 <= ts < _LATEST:
+                raise PcapError(f"{path}: byte {offset}: timestamp {ts:.6g} is absurd (not "
+                                "between the years 1970 and 9999)", offset)
+            yield linktype, ts, buf, pos + 28, pos + 28 + caplen
         elif block_type == 1:  # interface description
+            if length < 20:
+                raise PcapError(f"{path}: byte {offset}: corrupt block length {length}", offset)
             linktype = struct.unpack_from(order + "H", buf, pos + 8)[0]
             if linktype not in _SUPPORTED:
                 raise PcapError(f"{path}: byte {offset}: link type {linktype} is not supported",
                                 offset)
-            tick, base = _if_options(buf[pos + 16:pos + length - 4], order)
+            tick, base = _if_options(buf[pos + 16:pos + length - 4], order, f"{path}: byte "
+                                     f"{offset}", offset)
             interfaces.append((linktype, tick, base))
         elif block_type == 3:  # simple packet: no timestamp
+            if length < 16:
+                raise PcapError(f"{path}: byte {offset}: corrupt block length {length}", offset)
             if not interfaces:
                 raise PcapError(f"{path}: byte {offset}: packet before any interface", offset)
             wirelen = struct.unpack_from(order + "I", buf, pos + 8)[0]
             yield interfaces[0][0], 0.0, buf, pos + 12, pos + 12 + min(wirelen, length - 16)
 
 
-def _if_options(options: bytes, order: str) -> tuple[float, float]:
-    """An interface's seconds per timestamp tick (if_tsresol) and offset (if_tsoffset)."""
+def _if_options(options: bytes, order: str, where: str, offset: int) -> tuple[float, float]:
+    """An interface's seconds per timestamp tick (if_tsresol) and offset (if_tsoffset);
+    a `PcapError` at ``offset`` (``where`` says so) for an option that is not readable."""
     tick, base = 1e-6, 0.0
     i = 0
     while i + 4 <= len(options):
         code, length = struct.unpack_from(order + "HH", options, i)
         if code == 0:
             break
+        if i + 4 + length > len(options):
+            raise PcapError(f"{where}: interface option {code} runs past its block", offset)
         if code == 9 and length >= 1:
             value = options[i + 4]
-            tick = 2.0 ** -(value & 0x7F) if value & 0x80 else 10.0 ** -value
+            binary, exponent = bool(value & 0x80), value & 0x7F
+            if exponent > (_MAX_TSRESOL_BINARY if binary else _MAX_TSRESOL_DECIMAL):
+                raise PcapError(f"{where}: timestamp resolution {2 if binary else 10}^-"
+                                f"{exponent} s is absurd", offset)
+            tick = 2.0 ** -exponent if binary else 10.0 ** -exponent
         elif code == 14 and length == 8:
             base = float(struct.unpack_from(order + "q", options, i + 4)[0])
         i += 4 + ((length + 3) & ~3)
@@ -513,7 +548,7 @@ class SegmentReader:
         linktype &= 0x0FFFFFFF
         if linktype not in _SUPPORTED:
             raise PcapError(f"{path}: byte 20: link type {linktype} is not supported", 20)
-        limit = max(snaplen, _SNAPLEN)
+        limit = min(max(snaplen, _SNAPLEN), _MAX_RECORD)
         record = struct.Struct(order + "IIII").unpack_from
         ipv4_tcp = _ETH_IPV4_TCP.unpack_from
         new, row = _new_segment, self._row
@@ -567,6 +602,8 @@ class SegmentReader:
                     data_end = start + 14 + total if total else end
                     if data_end > end:
                         data_end = end
+                    elif data_end < start + 54:
+                        continue  # an IP length that ends inside the headers: as `_tcp` does
                 else:
                     ip = _ip_offset(linktype, buf, start, end)
                     fields = None if ip is None else _tcp(buf, ip, end)

@@ -6,7 +6,9 @@ fills `Connection` and `HttpRequest` from packets; the run fills the rest.
 
 Times: every ``*_at`` field is absolute Unix epoch seconds (float), directly
 comparable with tshark's ``frame.time_epoch``; every other duration is in
-seconds. A value that the wire did not show is ``null``, never a guess.
+seconds. A value that the wire did not show is ``null``, never a guess; so
+is a number JSON has no word for (NaN, an infinity): the JSON is strict, as
+JavaScript's parser and every other strict one want it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -50,15 +53,21 @@ class HttpRequest:
                                     "no response came.", None)
     response_end_at: float | None = doc("When the response's last byte was seen (end of "
                                         "body); null if unknown.", None)
-    status: int | None = doc("Response status code; null if no response came.", None)
+    status: int | None = doc("Response status code; null if no response came. A line whose "
+                             "code is not three digits is no status line: the responses are "
+                             "then not HTTP/1.x, and no later one on the connection is read.",
+                             None)
     response_version: str | None = doc("HTTP version of the status line.", None)
     response_connection: str | None = doc("The response's `Connection` header values, joined "
                                           "by `, ` as on the wire (e.g. `keep-alive, close`).",
                                           None)
     response_keep_alive: str | None = doc("The response's `Keep-Alive` header, if any.", None)
     advertised_timeout: float | None = doc("`timeout=` from `Keep-Alive`, in seconds: what "
-                                           "the server advertised (a hint, never a promise).",
-                                           None)
+                                           "the server advertised (a hint, never a promise); "
+                                           "null without one, or when its value is not a "
+                                           "plain decimal number of at most 10 digits before "
+                                           "the point (`1e400`, `inf`, 400 nines): the raw "
+                                           "header is in `response_keep_alive`.", None)
     client: dict[str, Any] | None = doc("What the client role believed about this request "
                                         "(see `client.sessions.RequestRecord`); null for "
                                         "`kalab analyze`.", None)
@@ -104,7 +113,9 @@ class Connection:
                                           "response's end) to the first FIN or RST: the idle "
                                           "time after which it was closed.")
     advertised_timeout: float | None = doc("The last `Keep-Alive: timeout=` the server "
-                                           "advertised on it; null if none.")
+                                           "advertised on it; null if none, or if the last "
+                                           "one was unreadable (see "
+                                           "`HttpRequest.advertised_timeout`).")
     probe: bool = doc("True when it carried no request (a readiness probe, a port scan).")
     complete: bool = doc("False when the capture has a hole in it: no SYN seen, or a "
                          "sequence gap never filled.")
@@ -235,7 +246,7 @@ def to_json(report: Report) -> str:
     A record is written compactly (no space after ``:`` or ``,``), one a line:
     a report of 20,000 connections stays a grep away, and is written in a tenth
     of the time json's indenting encoder (pure Python) takes. The document
-    parses to what `dataclasses.asdict` gives.
+    parses to what `dataclasses.asdict` gives, NaN and infinities as null.
     """
     return to_json_bytes(report).decode()
 
@@ -281,21 +292,52 @@ _SCALARS = (str, int, float, bool, type(None))
 _FIELDS: dict[type, tuple[str, ...]] = {}
 _C_ENCODER = getattr(json.encoder, "c_make_encoder", None)
 if _C_ENCODER is not None:  # one encoder each, not one per call
+    # The last argument, allow_nan, is off: a NaN or an infinity raises (see `_encode`).
     _ENCODE = _C_ENCODER(None, None, json.encoder.encode_basestring_ascii, None, ": ", ", ",
-                         False, False, True)
+                         False, False, False)
     # Records as orjson writes them: no spaces, UTF-8 as it is.
     _ENCODE_COMPACT = _C_ENCODER(None, None, json.encoder.encode_basestring, None, ":", ",",
-                                 False, False, True)
+                                 False, False, False)
 
-    def _encode(value: Any) -> str:
+    def _strict(value: Any) -> str:
         return "".join(_ENCODE(value, 0))
 
-    def _encode_compact(value: Any) -> str:
+    def _strict_compact(value: Any) -> str:
         return "".join(_ENCODE_COMPACT(value, 0))
 else:  # pragma: no cover - CPython always has the C encoder
-    _encode = json.JSONEncoder(check_circular=False).encode
-    _encode_compact = json.JSONEncoder(check_circular=False, ensure_ascii=False,
-                                       separators=(",", ":")).encode
+    _strict = json.JSONEncoder(check_circular=False, allow_nan=False).encode
+    _strict_compact = json.JSONEncoder(check_circular=False, ensure_ascii=False,
+                                       separators=(",", ":"), allow_nan=False).encode
+
+
+def _encode(value: Any) -> str:
+    """``value`` as strict JSON. json would write a NaN or an infinity as NaN or Infinity,
+    which strict parsers refuse; they are written as null, as orjson writes them. No
+    report is lost for one, and only a value that has one is walked a second time."""
+    try:
+        return _strict(value)
+    except ValueError:
+        return _strict(finite(value))
+
+
+def _encode_compact(value: Any) -> str:
+    """`_encode`, without spaces and with UTF-8 as it is."""
+    try:
+        return _strict_compact(value)
+    except ValueError:
+        return _strict_compact(finite(value))
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity in it, through dicts, lists and tuples, made
+    None: what strict JSON can write, and what a report says of a value it lacks."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
 
 try:  # writes records ten times faster than json; not in Debian 12
     import orjson
@@ -362,10 +404,10 @@ def _record_lines(records: list[Any], level: int, out: list[bytes | memoryview])
     fields = len(_names(kind))
     text = None
     # The records go to the encoder as they are, so only their fields may be attributes
-    # (`_fields` says why). orjson writes an infinite float as null where json writes
-    # Infinity: a Keep-Alive header can say timeout=99...9 with 400 digits.
+    # (`_fields` says why). A NaN or an infinity comes out as null either way: orjson
+    # writes it so, and so does `_encode_compact`.
     for r in records:
-        if type(r) is not kind or len(vars(r)) != fields or r.advertised_timeout == _INFINITY:
+        if type(r) is not kind or len(vars(r)) != fields:
             break
     else:
         try:
@@ -420,7 +462,6 @@ def _dump(value: Any, level: int, out: list[bytes | memoryview],
     out.append(_encode(value).encode())
 
 
-_INFINITY = float("inf")
 _HELPED_MIN = 5000  # records in a list below which a helper costs more than it saves
 _LENGTH = struct.Struct("<Q")
 

@@ -8,6 +8,9 @@ into bytes, decodes it with `kalab.pcap.decode_ip` and feeds the segments to
 
 from __future__ import annotations
 
+import signal
+from contextlib import contextmanager
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -913,6 +916,135 @@ def test_response_framed_by_close_cut_by_reset_has_no_end():
     assert req.status == 200
     assert req.response_end_at is None
     assert conn.closed_by == "server-reset"
+
+
+# --- 17. numbers from the wire, taken within bounds
+
+
+@contextmanager
+def no_longer_than(seconds: float):
+    """A hang made a failure: the analyzer is pure Python, so the alarm's handler runs."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("code", ["2" * 5000, "\u00b200", "2000", "20", "-20"])
+def test_a_status_code_is_exactly_three_digits(code):
+    # int() refuses 5,000 digits and the superscript two that isdigit() lets through.
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/"))
+    s.send(at(1.1), f"HTTP/1.1 {code} OK\r\nContent-Length: 0\r\n\r\n".encode("latin-1"))
+    c.send(at(2), get("/next"))
+    s.send(at(2.1), response(200))
+    _, reqs = wire.analyze()
+
+    # Not a status line: the stream is not HTTP/1.x, and nothing after it is read.
+    assert [(r.target, r.status, r.response_at) for r in reqs] == [("/", None, None),
+                                                                   ("/next", None, None)]
+
+
+@pytest.mark.parametrize("length", ["+5", "-5", "5_0", "0x5", "\u00b2", "9" * 19, "9" * 5000,
+                                    "5, 7"])
+def test_an_unusable_content_length_leaves_the_response_to_the_close(length):
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/"))
+    s.send(at(1.1), f"HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\nhello".encode(
+        "latin-1"))
+    s.send(at(1.2), b" world")
+    s.fin(at(1.5))
+    _, (req,) = wire.analyze()
+
+    assert req.status == 200
+    assert req.response_end_at == near(1.2)  # its last byte before the close, not the fifth
+
+
+def test_a_negative_content_length_does_not_send_the_parser_back():
+    # int("-40") is -40: the parser stepped back 40 bytes and read the same head forever.
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), b"POST /a HTTP/1.1\r\nContent-Length: -40\r\n\r\n" + get("/b"))
+    with no_longer_than(2):
+        _, reqs = wire.analyze()
+
+    assert [(r.method, r.target) for r in reqs] == [("POST", "/a"), ("GET", "/b")]
+
+
+@pytest.mark.parametrize("size", ["-a", "0x5", "+5", "5_0", "1" * 17, "f" * 400])
+def test_an_unusable_chunk_size_loses_the_rest_of_the_stream(size):
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/chunked"))
+    s.send(at(1.1), b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + size.encode() + b"\r\nhello\r\n0\r\n\r\n")
+    c.send(at(2), get("/next"))
+    s.send(at(2.1), response(200))
+    with no_longer_than(2):
+        _, reqs = wire.analyze()
+
+    # Where the body ends is unknown, and so is where the next response starts.
+    assert [(r.status, r.response_end_at) for r in reqs] == [(200, None), (None, None)]
+
+
+def test_leading_zeros_do_not_count_against_the_bounds():
+    zeros = "0" * 30
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/a"))
+    s.send(at(1.1), f"HTTP/1.1 200 OK\r\nContent-Length: {zeros}5\r\n"
+                    f"Keep-Alive: timeout={zeros}7.5\r\n\r\nhello".encode())
+    c.send(at(2), get("/b"))
+    s.send(at(2.1), f"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    f"{zeros}5\r\nhello\r\n{zeros}\r\n\r\n".encode())
+    (conn,), reqs = wire.analyze()
+
+    assert [r.response_end_at for r in reqs] == [near(1.1), near(2.1)]
+    assert reqs[0].advertised_timeout == conn.advertised_timeout == 7.5
+
+
+@pytest.mark.parametrize("timeout", ["9" * 400, "12345678901", "1e400", "5e3", "inf", "NaN",
+                                     "5abc", "5.", ""])
+def test_a_keep_alive_timeout_beyond_bounds_is_null(timeout):
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/a"))
+    s.send(at(1.1), response(200, b"x", "Keep-Alive: timeout=5"))
+    c.send(at(2), get("/b"))
+    s.send(at(2.1), response(200, b"x", f"Keep-Alive: timeout={timeout}, max=100"))
+    s.fin(at(7))
+    (conn,), reqs = wire.analyze()
+
+    # Never a guess ("1e400" is not 1), nor infinite; the header itself is kept as sent.
+    assert [r.advertised_timeout for r in reqs] == [5.0, None]
+    assert reqs[1].response_keep_alive == f"timeout={timeout}, max=100"
+    # The server said something else than 5 last: the 5 no longer holds.
+    assert conn.advertised_timeout is None and conn.enforced_minus_advertised is None
+
+
+def test_a_keep_alive_timeout_of_ten_digits_is_taken():
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/"))
+    s.send(at(1.1), response(200, b"x", "Keep-Alive: max=100, TIMEOUT = 9999999999.25"))
+    (conn,), (req,) = wire.analyze()
+
+    assert req.advertised_timeout == conn.advertised_timeout == 9999999999.25
 
 
 # --- more: addressing and filtering

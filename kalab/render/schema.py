@@ -95,7 +95,8 @@ def json_schema() -> dict[str, Any]:
 
 
 def as_text() -> str:
-    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+    # Strict: a NaN here could only be a default in the code, a bug to fix, not to hide.
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,7 @@ class RunState:
     def save(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.as_dict()))
+        tmp.write_text(json.dumps(self.as_dict(), allow_nan=False))  # strict: no float here
         tmp.replace(self.path)
 
     def add_namespace(self, name: str) -> None:
