@@ -5,11 +5,17 @@ from __future__ import annotations
 import io
 
 from rich.console import Console
-from rich.markup import escape as esc
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from kalab.render.text import visible
 from kalab.report import Connection, EngineRun, Report
+
+
+def esc(text: object) -> str:
+    """Wire or scenario text for rich markup: controls shown (`visible`), markup escaped."""
+    return escape(visible(text))
 
 
 def _t(value: float | None, zero: float) -> str:
@@ -85,7 +91,7 @@ def requests_table(run: EngineRun, zero: float) -> Table:
         elif client.get("local_port") and "~" not in r.id:
             saw = f"{saw}; port {client['local_port']}".lstrip("; ")
         # Text, not markup: a target like `/a[/]b` comes from the wire.
-        requests.add_row(*map(Text, (
+        requests.add_row(*(Text(visible(cell)) for cell in (
             r.id, _t(r.sent_at, zero), f"{r.method} {r.target}", f"#{r.connection}",
             f"{r.depth}{' (reused)' if r.reused else ''}", str(r.status or "-"),
             r.response_connection or "-", r.response_keep_alive or "-", r.story or "-", saw)))
@@ -101,7 +107,7 @@ def connections_table(run: EngineRun, zero: float) -> Table:
     for c in run.connections:
         label = "probe" if c.probe and not c.refused else ", ".join(c.requests) or "-"
         closer = c.closed_by
-        conns.add_row(*map(Text, (
+        conns.add_row(*(Text(visible(cell)) for cell in (
             f"#{c.id}", c.client, _t(c.syn_at, zero), label, closer,
             _t(c.first_fin_at or c.rst_at, zero), _secs(c.idle_before_close),
             "-" if c.advertised_timeout is None else f"{c.advertised_timeout:g} s")))
@@ -154,9 +160,9 @@ def render(report: Report, console: Console | None = None) -> None:
         for e in run.expectations:
             mark = Text("PASS", style="bold green") if e.passed else \
                 Text("FAIL", style="bold red")
-            console.print(mark, Text(f" {e.claim}"))
-            console.print(Text(f"       wire: {e.observed}", style="dim" if e.passed else ""),
-                          soft_wrap=True)
+            console.print(mark, Text(f" {visible(e.claim)}"))
+            console.print(Text(f"       wire: {visible(e.observed)}",
+                               style="dim" if e.passed else ""), soft_wrap=True)
         if run.verdict == "interrupted":
             console.print("  [bold yellow]cut short:[/] its expectations were not checked")
         console.print(f"verdict for {esc(run.engine)}: [bold]{run.verdict}[/]")

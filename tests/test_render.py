@@ -312,3 +312,16 @@ def test_the_readme_shows_a_screenshot_of_the_bundled_labs_report():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", png[16:24])
     assert width >= 1200 and height >= 1000
+
+
+def test_the_terminal_summary_shows_controls_from_the_wire_never_obeys_them():
+    """An escape sequence in a request target must not reach the terminal: it could clear
+    the screen, retitle it, or hide text."""
+    from kalab import summary
+
+    report = hostile(sample_report())
+    report.runs[0].requests[0].target = "/\x1b[2J\x1b]0;owned\x07\u202eevil"
+    report.runs[0].engine_log = ["GET /\x1b[31mred HTTP/1.1"]
+    text = summary.as_text(report)
+    assert not [c for c in text if (ord(c) < 0x20 and c != "\n") or c in "\x7f\x85\u202e"]
+    assert "\u241b[2J" in text  # shown as the picture of ESC

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 
 from kalab import summary
-from kalab.render.view import visible
+from kalab.render.text import visible
 from kalab.report import EngineRun, Report
 
 

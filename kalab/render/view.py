@@ -10,13 +10,13 @@ for its own format.
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from rich.table import Table
 
 from kalab import summary
+from kalab.render.text import visible
 from kalab.report import Connection, EngineRun, HttpRequest, Report
 
 # The time axis of a ladder: seconds run down the page at one scale for the
@@ -33,33 +33,7 @@ WIDTH = 520.0
 TIME_X, CLIENT_X, SERVER_X, NOTE_X = 46.0, 100.0, 334.0, 348.0
 LABEL_CHARS = 40  # an arrow's label is cut to this many characters (the full text is its title)
 MAX_LADDERS = 100  # per engine: a capture of thousands of connections stays a readable page
-
-_PICTURES = {0x7F: "\u2421"}  # DEL; C0 controls map to U+2400 + code below
 _BREAKS = {"idle": ", ", "advertised": "Keep-Alive: "}  # where a mark's label wraps
-
-
-def visible(text: object) -> str:
-    """``text`` with every control or invisible format character shown, not obeyed.
-
-    C0 controls become their Unicode pictures (a newline shows as U+240A),
-    anything else that would act rather than print (C1 controls, bidi
-    overrides, line separators) becomes ``<U+XXXX>`` in words.
-    """
-    text = str(text)
-    if text.isprintable():  # the usual case: nothing to show differently
-        return text
-    out = []
-    for char in text:
-        code = ord(char)
-        if code < 0x20:
-            out.append(chr(0x2400 + code))
-        elif code in _PICTURES:
-            out.append(_PICTURES[code])
-        elif unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
-            out.append(f"\u27e8U+{code:04X}\u27e9")
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 def clip(text: str, chars: int = LABEL_CHARS) -> str:
