@@ -55,6 +55,7 @@ sessions they are named ``SESSION.N``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import stat
@@ -69,20 +70,29 @@ ENGINE_KINDS = ("werkzeug", "gunicorn", "waitress", "nginx")
 GUNICORN_WORKERS = ("sync", "gthread")
 HTTP_VERSIONS = ("1.1", "1.0")
 STORIES = ("new", "reused", "replaced dropped connection", "raced the FIN", "unanswered")
-# Which settings each engine takes (nginx's upstream is a gunicorn, so it takes
-# gunicorn's settings for it too).
-ENGINE_OPTIONS = {
-    "werkzeug": {"threaded"},
-    "gunicorn": {"worker", "keep_alive", "threads", "max_requests"},
-    "waitress": {"channel_timeout", "cleanup_interval", "threads"},
-    "nginx": {"keepalive_timeout", "keepalive_header", "upstream_keepalive",
-              "upstream_keepalive_timeout", "worker", "keep_alive", "threads", "max_requests"},
-}
 # upstream_to_proxy: nginx's upstream (gunicorn) to nginx, on the server's loopback.
 LINK_DIRECTIONS = ("server_to_client", "client_to_server", "upstream_to_proxy")
 LINK_ONLY = ("fin",)
 CLOSERS = ("server", "client", "either")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+# Names become folders (an engine's under the results folder, the scenario's
+# results folder itself) and parts of request refs: letters, digits, '.', '_'
+# and '-', never starting with '.' (no '.', '..' or hidden folders), at most 64.
+NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"
+NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '.', at most 64 characters"
+# A session's name is the SESSION of a request ref SESSION.N: no '.' in it.
+SESSION_NAME_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+
+# Bounds a lab needs and nothing near what would hang a run or a machine.
+MAX_SECONDS = 3600  # a sleep, an `at`, a session's planned time, an engine's timeout
+MAX_ENGINES = 16
+MAX_SESSIONS = 100
+MAX_STEPS = 2000  # per session
+MAX_EXPECTATIONS = 100  # per engine
+MAX_HEADERS = 32  # per request
+MAX_BODY = 65_536  # characters
+MAX_PATH = 2048  # characters
 
 
 class ScenarioError(Exception):
@@ -94,7 +104,304 @@ class ScenarioError(Exception):
         super().__init__(f"{place}: {where}: {message}" if where else f"{place}: {message}")
 
 
+def check_name(name: str) -> str:
+    """``name`` if it matches NAME_PATTERN (safe as one folder's name), else ValueError.
+
+    For code that takes a name from a scenario, a report or a command line and
+    is about to make it a folder: the scenario checker already refused others.
+    """
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"not a name ({NAME_RULE}): {name!r}")
+    return name
+
+
+def slug(text: str) -> str:
+    """``text`` made a name: each character NAME_PATTERN does not allow becomes '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", text)[:64]
+    return ("-" + name[1:] if name.startswith(".") else name) or "scenario"
+
+
+# ------------------------------------------------------------ the field specs
+#
+# Every field of the language is described once, here: its type, bounds or
+# choices, default and a one-line doc. The checker (`_Checker.check`) and the
+# JSON Schema (`kalab.scenario_schema`, schema/scenario.schema.json) both read
+# these; what only the checker can see (a request ref that names no request,
+# an `at` going back in time, a session's planned time) it checks after them.
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """One value: its type, bounds or choices, default and what it means."""
+
+    type: str  # "string" | "integer" | "number" | "boolean" | "text" (a string or a number,
+    #            taken as written: a header value)
+    doc: str
+    default: Any = None  # None: unset when absent (or required: its Record says)
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] = ()
+    pattern: str | None = None  # the whole string must match; re and JSON Schema read it alike
+    max_length: int | None = None
+    says: str = ""  # the pattern (or choices) in words, for the message when it fails
+
+
+@dataclass(frozen=True)
+class Record:
+    """A mapping of known fields; with ``switch``, the value of that field (an engine's
+    kind) adds its own fields from ``kinds``."""
+
+    doc: str
+    fields: dict[str, Spec]
+    required: tuple[str, ...] = ()
+    one_of: tuple[str, ...] = ()  # exactly one of these fields is present
+    switch: str = ""
+    kinds: dict[str, dict[str, Scalar]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ListOf:
+    item: Spec
+    doc: str
+    max_items: int
+    min_items: int = 1
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """A mapping of free names (headers) to values."""
+
+    key: Scalar
+    value: Spec
+    doc: str
+    max_items: int
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of several shapes, told apart by the value's type (a string, a number, a
+    list, a mapping): the first that takes it checks it."""
+
+    options: tuple[Spec, ...]
+    doc: str
+    want: str  # the shapes in words, after "expected" in a message
+
+
+Spec = Scalar | Record | ListOf | MapOf | OneOf
+
+
+def _seconds(doc: str, default: float | None = None, minimum: float = 0,
+             maximum: float = MAX_SECONDS) -> Scalar:
+    return Scalar("number", doc, default, minimum, maximum)
+
+
+# Each engine kind's own settings, with the engine's own defaults. nginx runs
+# gunicorn behind it, so it takes gunicorn's settings for that gunicorn too.
+GUNICORN_OPTIONS: dict[str, Scalar] = {
+    "worker": Scalar("string", "gunicorn's worker class: sync answers Connection: close, "
+                     "gthread keeps connections alive", "gthread", choices=GUNICORN_WORKERS),
+    "keep_alive": _seconds("gunicorn --keep-alive: seconds an idle connection is kept "
+                           "(gthread only)", 2.0),
+    "threads": Scalar("integer", "gunicorn --threads (gthread only)", 4, 1, 1024),
+    "max_requests": Scalar("integer", "gunicorn --max-requests: restart the worker after N "
+                           "requests (0: never)", 0, 0, 1024),
+}
+ENGINE_KIND_OPTIONS: dict[str, dict[str, Scalar]] = {
+    "werkzeug": {
+        "threaded": Scalar("boolean", "app.run(threaded=...): false serves one request at a "
+                           "time and speaks HTTP/1.0", True),
+    },
+    "gunicorn": GUNICORN_OPTIONS,
+    "waitress": {
+        # waitress takes whole seconds
+        "channel_timeout": Scalar("integer", "waitress --channel-timeout: seconds an idle "
+                                  "connection is kept", 120, 1, MAX_SECONDS),
+        "cleanup_interval": Scalar("integer", "waitress --cleanup-interval: how often, in "
+                                   "seconds, idle connections are looked for", 30, 1,
+                                   MAX_SECONDS),
+        "threads": Scalar("integer", "waitress --threads", 4, 1, 1024),
+    },
+    "nginx": {
+        "keepalive_timeout": _seconds("nginx keepalive_timeout: seconds an idle client "
+                                      "connection is kept", 75.0),
+        "keepalive_header": _seconds("nginx keepalive_timeout's second value: the "
+                                     "Keep-Alive: timeout=N it advertises (default none)"),
+        "upstream_keepalive": Scalar("integer", "nginx upstream keepalive: idle connections "
+                                     "to gunicorn kept in a pool (0: none, HTTP/1.0 "
+                                     "upstream)", 0, 0, 1024),
+        "upstream_keepalive_timeout": _seconds("nginx upstream keepalive_timeout: seconds "
+                                               "a pooled upstream connection is kept", 60.0),
+        **GUNICORN_OPTIONS,
+    },
+}
+# Which settings each kind takes, by name (for code that only needs the names).
+ENGINE_OPTIONS: dict[str, frozenset[str]] = {
+    kind: frozenset(options) for kind, options in ENGINE_KIND_OPTIONS.items()}
+
+
+def _default(kind: str, option: str) -> Any:
+    return ENGINE_KIND_OPTIONS[kind][option].default
+
+
+# ------------------------------------------------------- the document's specs
+
+_ONE_LINE = r"[^\x00-\x1f\x7f-\x9f]*"  # no control characters: it is printed on a terminal
+_LINES = r"[^\x00-\x08\x0b-\x1f\x7f-\x9f]*"  # the same, with tabs and line breaks
+NAME = Scalar("string", "a name: " + NAME_RULE, pattern=NAME_PATTERN, max_length=64,
+              says=f"a name is {NAME_RULE}")
+SESSION_NAME = Scalar("string", "the session's name (default s1, s2, ... by position): "
+                      "letters, digits, '_' and '-', at most 64 characters; requests are "
+                      "named SESSION.N after it", pattern=SESSION_NAME_PATTERN, max_length=64,
+                      says="a session's name is letters, digits, '_' and '-' (no '.'), at "
+                      "most 64 characters")
+PATH = Scalar("string", "the request's path and query, e.g. /keep-alive", pattern=r"/[!-~]*",
+              max_length=MAX_PATH, says="a path starts with '/' and has only visible ASCII "
+              "characters (no spaces or control characters)")
+# RFC 9110 token; a value is what http.client can send: no CR, LF, NUL or other
+# controls but tab, and Latin-1 at most.
+HEADER_NAME = Scalar("string", "a header's name (an RFC 9110 token)",
+                     pattern=r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", max_length=256,
+                     says="a header's name is a token: letters, digits and !#$%&'*+-.^_`|~")
+HEADER_VALUE = Scalar("text", "a header's value, as written (a number too)",
+                      pattern=r"[\t\x20-\x7e\xa0-\xff]*", max_length=8192,
+                      says="a header's value has no CR, LF, NUL or other control characters "
+                      "but tab, and only Latin-1 characters")
+BODY = Scalar("string", "the request's body; http.client sends it as Latin-1",
+              pattern=r"[\x00-\xff]*", max_length=MAX_BODY,
+              says="a body has only Latin-1 characters (http.client sends it so)")
+_REF = r"([A-Za-z0-9_-]{1,64}\.)?[1-9][0-9]{0,8}"
+REF_NUMBER = Scalar("integer", "a request's number, from 1 in step order", minimum=1,
+                    maximum=MAX_SESSIONS * MAX_STEPS)
+REF_NAME = Scalar("string", "a request as SESSION.N (with several sessions), or its number",
+                  pattern=_REF, max_length=80,
+                  says="a request is its number, or SESSION.N with several sessions")
+_REQUEST_WORDS = "(N, or SESSION.N with several sessions)"
+REF = OneOf((REF_NUMBER, REF_NAME), "the request", f"a request {_REQUEST_WORDS}")
+REFS = OneOf((REF_NUMBER, REF_NAME, ListOf(REF, "the requests", MAX_STEPS)), "the requests",
+             f"a request or a list of requests {_REQUEST_WORDS}")
+STATUS = Scalar("integer", "an HTTP status code", minimum=100, maximum=599)
+
+REQUEST = Record("a request", {
+    "method": Scalar("string", "the method, upper or lower case", "GET",
+                     choices=HTTP_METHODS + tuple(m.lower() for m in HTTP_METHODS)),
+    "path": dataclasses.replace(PATH, default="/keep-alive"),
+    "headers": MapOf(HEADER_NAME, HEADER_VALUE, "headers to send, name: value", MAX_HEADERS),
+    "body": BODY,
+})
+STEP_KINDS = ("get", "request", "sleep", "at", "close")
+STEP = OneOf((
+    Scalar("string", "close: session.close()", choices=("close",)),
+    Record("one step: exactly one of get, request, sleep, at, close", {
+        "get": dataclasses.replace(PATH, doc="GET this path"),
+        "request": REQUEST,
+        "sleep": _seconds("seconds to wait after the previous response"),
+        "at": _seconds("seconds from the session's start to wait until"),
+        "close": Scalar("boolean", "session.close()", choices=(True,),
+                        says="write `- close` or `close: true`"),
+    }, one_of=STEP_KINDS),
+), "one step of the session", "a step (get, request, sleep, at or close)")
+SESSION = Record("a client: one requests.Session running its steps", {
+    "name": SESSION_NAME,
+    "steps": ListOf(STEP, "what the client does, in order", MAX_STEPS),
+    "retries": Scalar("integer", "urllib3 retries (idempotent methods only)", 0, 0, 10),
+    "http_version": Scalar("string", "the HTTP version the client speaks (quote it: \"1.0\")",
+                           "1.1", choices=HTTP_VERSIONS),
+    "stale_check": Scalar("boolean", "false: reuse a pooled connection without urllib3's "
+                          "check that the server closed it", True),
+}, required=("steps",))
+
+EXPECTATION_KINDS = ("connections", "same_connection", "new_connection", "close", "status",
+                     "story")
+REQUEST_IS = ("request", "is")
+CLOSE = Record("how the connection of a request was first closed (its first FIN)", {
+    "request": OneOf((REF_NUMBER, dataclasses.replace(
+        REF_NAME, pattern="each|" + _REF, says="a request is its number, SESSION.N, or "
+        "each (every connection)")), "the request whose connection it is, or each for "
+        "every connection", f"a request {_REQUEST_WORDS} or each"),
+    "by": Scalar("string", "the side that sent the first FIN", "either", choices=CLOSERS),
+    "idle": _seconds("seconds after the connection's last response"),
+    "tolerance": _seconds("± seconds around idle", 0.5, maximum=60),
+    "within": _seconds("at most this many seconds after the last response"),
+}, required=("request",))
+EXPECTATION = Record("one checkable statement about the wire: exactly one of "
+                     + ", ".join(EXPECTATION_KINDS) + ", and an optional claim", {
+    "claim": Scalar("string", "the sentence reported if the wire refutes it",
+                    pattern=_ONE_LINE, max_length=1000,
+                    says="a claim is one line without control characters"),
+    "connections": Scalar("integer", "the scenario's requests travelled on N connections",
+                          minimum=0, maximum=MAX_SESSIONS * MAX_STEPS),
+    "same_connection": dataclasses.replace(REFS, doc="these requests shared one connection"),
+    "new_connection": dataclasses.replace(REFS, doc="each of these requests opened a "
+                                          "connection of its own"),
+    "close": CLOSE,
+    "status": OneOf((
+        dataclasses.replace(STATUS, doc="every request got this status"),
+        Record("request R got this status", {"request": REF, "is": STATUS},
+               required=REQUEST_IS),
+    ), "every request got this status, or request R did",
+        "a status code, or {request: R, is: CODE}"),
+    "story": Record("the request's fate, from the wire and the client together", {
+        "request": REF,
+        "is": Scalar("string", "the story", choices=STORIES),
+    }, required=REQUEST_IS),
+}, one_of=EXPECTATION_KINDS)
+
+APP = Scalar("string", "the WSGI app as module:attribute", DEFAULT_APP,
+             pattern=r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*", max_length=200,
+             says="an app is module:attribute, e.g. server.plain_app:app")
+ENGINE = Record("a server engine, run in turn with the same sessions", {
+    "engine": Scalar("string", "the kind of engine", choices=ENGINE_KINDS),
+    "name": dataclasses.replace(NAME, doc="the engine's name, its folder in the results "
+                                "(default: the kind; gunicorn-WORKER for gunicorn): "
+                                + NAME_RULE),
+    "app": dataclasses.replace(APP, default=None, doc="this engine's app, if not the "
+                               "scenario's"),
+    "expect": ListOf(EXPECTATION, "what the wire must show with this engine",
+                     MAX_EXPECTATIONS, min_items=0),
+}, required=("engine",), switch="engine", kinds=ENGINE_KIND_OPTIONS)
+
+_DELAY = Scalar("number", "", 0.0, 0, 60_000)
+LINK_IMPAIRMENT = Record("what one direction of the link suffers", {
+    "delay_ms": dataclasses.replace(_DELAY, doc="milliseconds each packet is held"),
+    "jitter_ms": dataclasses.replace(_DELAY, doc="± milliseconds around delay_ms"),
+    "loss_percent": Scalar("number", "percent of packets dropped", 0.0, 0, 100),
+    "rate": Scalar("string", "a tc rate such as 1mbit (not with only)",
+                   pattern=r"[0-9]+(\.[0-9]+)?([kmg]?bit|[kmg]?bps)", max_length=16,
+                   says="a rate is a tc rate such as 1mbit"),
+    "only": Scalar("string", "impair only packets carrying a FIN", choices=LINK_ONLY),
+})
+LINK = Record("impairments per direction", {
+    "server_to_client": dataclasses.replace(LINK_IMPAIRMENT, doc="the server's packets"),
+    "client_to_server": dataclasses.replace(LINK_IMPAIRMENT, doc="the client's packets"),
+    "upstream_to_proxy": dataclasses.replace(LINK_IMPAIRMENT, doc="gunicorn's packets to "
+                                             "nginx, on the server's loopback (nginx "
+                                             "engines only; no rate)"),
+})
+SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) to run "
+                  "against each, and what the wire must show", {
+    "name": dataclasses.replace(NAME, doc="the scenario's name, the start of its results "
+                                "folder (default: the file's name, made a name): " + NAME_RULE),
+    "description": Scalar("string", "what the scenario shows", "", pattern=_LINES,
+                          max_length=4096, says="a description has no control characters "
+                          "but tabs and line breaks"),
+    "app": APP,
+    "port": Scalar("integer", "the TCP port the server listens on", 5000, 1, 65535),
+    "engines": ListOf(ENGINE, "the servers to run in turn, each with its own expectations",
+                      MAX_ENGINES),
+    "sessions": ListOf(SESSION, "the clients, run concurrently", MAX_SESSIONS),
+    "link": LINK,
+}, required=("engines", "sessions"))
+
+
 # ---------------------------------------------------------------- the model
+
+
+def _field_default(record: Record, key: str) -> Any:
+    """A field's default, from its spec: the model's defaults are the language's."""
+    spec = record.fields[key]
+    if not isinstance(spec, Scalar):
+        raise TypeError(f"{key} is not a scalar field: it has no default")
+    return spec.default
 
 
 @dataclass(frozen=True)
@@ -104,8 +411,8 @@ class Request:
     ref: str  # "3", or "session.3" with several sessions
     session: str
     number: int
-    method: str = "GET"
-    path: str = "/keep-alive"
+    method: str = _field_default(REQUEST, "method")
+    path: str = _field_default(REQUEST, "path")
     headers: dict[str, str] = field(default_factory=dict)
     body: str | None = None
 
@@ -123,11 +430,11 @@ class Step:
 class Session:
     name: str
     steps: tuple[Step, ...]
-    retries: int = 0  # urllib3 Retry(total=N); requests' default is none
-    http_version: str = "1.1"  # "1.0" makes the client speak HTTP/1.0
+    retries: int = _field_default(SESSION, "retries")  # urllib3 Retry(total=N)
+    http_version: str = _field_default(SESSION, "http_version")  # "1.0": HTTP/1.0
     # False: reuse a pooled connection without urllib3's check that the server
     # closed it, as clients without such a check do (the request races the FIN).
-    stale_check: bool = True
+    stale_check: bool = _field_default(SESSION, "stale_check")
 
     @property
     def requests(self) -> list[Request]:
@@ -143,9 +450,9 @@ class Expectation:
     line: int
     count: int | None = None
     requests: tuple[str, ...] = ()  # request refs; ("each",) for close on every connection
-    by: str = "either"
+    by: str = _field_default(CLOSE, "by")
     idle: float | None = None
-    tolerance: float = 0.5
+    tolerance: float = _field_default(CLOSE, "tolerance")
     within: float | None = None
     status: int | None = None
     story: str | None = None
@@ -157,17 +464,18 @@ class Engine:
 
     name: str
     kind: str  # werkzeug | gunicorn | waitress | nginx (in front of gunicorn)
-    threaded: bool = True  # werkzeug: False speaks HTTP/1.0, as app.run(threaded=False)
-    worker: str = "gthread"  # gunicorn worker class
-    keep_alive: float = 2.0  # gunicorn --keep-alive (its default is 2)
-    threads: int = 4  # gunicorn gthread --threads, waitress threads
-    max_requests: int = 0  # gunicorn --max-requests: restart a worker after N requests
-    channel_timeout: float = 120.0  # waitress: idle connection timeout
-    cleanup_interval: float = 30.0  # waitress: how often idle connections are checked
-    keepalive_timeout: float = 75.0  # nginx keepalive_timeout (client side)
-    keepalive_header: float | None = None  # nginx: the Keep-Alive: timeout=H it advertises
-    upstream_keepalive: int = 0  # nginx upstream keepalive pool size (0: no pooling)
-    upstream_keepalive_timeout: float = 60.0  # nginx: idle upstream connections kept
+    # The kinds' settings; each default is the one ENGINE_KIND_OPTIONS gives.
+    threaded: bool = _default("werkzeug", "threaded")
+    worker: str = _default("gunicorn", "worker")
+    keep_alive: float = _default("gunicorn", "keep_alive")
+    threads: int = _default("gunicorn", "threads")  # waitress's default is the same
+    max_requests: int = _default("gunicorn", "max_requests")
+    channel_timeout: float = _default("waitress", "channel_timeout")
+    cleanup_interval: float = _default("waitress", "cleanup_interval")
+    keepalive_timeout: float = _default("nginx", "keepalive_timeout")
+    keepalive_header: float | None = _default("nginx", "keepalive_header")
+    upstream_keepalive: int = _default("nginx", "upstream_keepalive")
+    upstream_keepalive_timeout: float = _default("nginx", "upstream_keepalive_timeout")
     app: str | None = None  # this engine's WSGI app, if not the scenario's
     expect: tuple[Expectation, ...] = ()
 
@@ -194,9 +502,9 @@ class Engine:
 class LinkImpairment:
     """What one direction of a link suffers (netem's words: `kalab.impairment` applies it)."""
 
-    delay_ms: float = 0.0
-    jitter_ms: float = 0.0
-    loss_percent: float = 0.0
+    delay_ms: float = _field_default(LINK_IMPAIRMENT, "delay_ms")
+    jitter_ms: float = _field_default(LINK_IMPAIRMENT, "jitter_ms")
+    loss_percent: float = _field_default(LINK_IMPAIRMENT, "loss_percent")
     rate: str | None = None  # e.g. "1mbit"
     # "fin": impair only packets carrying a FIN (a FIN slow to arrive widens
     # the race at the keep-alive edge without slowing anything else)
@@ -271,6 +579,9 @@ class _PlainResolver(yaml.resolver.Resolver):
 _PlainResolver.yaml_implicit_resolvers = {
     first: [(tag, pattern) for tag, pattern in resolvers if tag in _SCALAR_TAGS]
     for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()}
+# YAML 1.2's floats without a dot (1e9), as editors and JSON read them.
+_PlainResolver.add_implicit_resolver(
+    _YAML + "float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789"))
 _RESOLVER = _PlainResolver()
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _CONSTRUCT = {tag: yaml.constructor.SafeConstructor.yaml_constructors[tag]
@@ -450,316 +761,300 @@ def _tree(text: str, file: str) -> _Node | None:
 # --------------------------------------------------------------- validation
 
 
+def _fits(spec: Spec, value: Any) -> bool:
+    """Whether ``value`` is of the spec's shape (its bounds aside)."""
+    if isinstance(spec, (Record, MapOf)):
+        return isinstance(value, dict)
+    if isinstance(spec, ListOf):
+        return isinstance(value, list)
+    if isinstance(spec, OneOf):
+        return any(_fits(option, value) for option in spec.options)
+    if isinstance(value, bool):
+        return spec.type == "boolean"
+    return {"string": isinstance(value, str), "integer": isinstance(value, int),
+            "number": isinstance(value, (int, float)),
+            "text": isinstance(value, (str, int, float))}.get(spec.type, False)
+
+
+def _want(spec: Spec) -> str:
+    if isinstance(spec, (Record, MapOf)):
+        return "a mapping"
+    if isinstance(spec, ListOf):
+        return "a list"
+    if isinstance(spec, OneOf):
+        return spec.want
+    if spec.type == "string" and len(spec.choices) == 1:
+        return repr(spec.choices[0])
+    return {"string": "a string", "integer": "a whole number", "number": "a number",
+            "boolean": "true or false", "text": "a string"}[spec.type]
+
+
+def _value(node: _Node, spec: Scalar) -> Any:
+    """A checked scalar's value; a "text" one as written (`1e3` stays "1e3")."""
+    if spec.type == "text" and not isinstance(node.value, str):
+        return node.text
+    return node.value
+
+
 class _Checker:
-    """Turns the line-annotated tree into the model, or raises ScenarioError."""
+    """Checks the line-annotated tree against the specs, then builds the model from it;
+    raises ScenarioError at the first problem."""
 
     def __init__(self, file: str) -> None:
         self.file = file
 
-    def fail(self, node: _Node | None, where: str, message: str) -> ScenarioError:
-        return ScenarioError(self.file, node.line if node else None, where, message)
+    def fail(self, node: _Node, where: str, message: str) -> ScenarioError:
+        return ScenarioError(self.file, node.line, where, message)
 
-    def mapping(self, node: _Node, where: str, allowed: set[str]) -> dict[str, _Node]:
-        if not isinstance(node.value, dict):
-            raise self.fail(node, where, f"expected a mapping, got {_kind(node.value)}")
-        for key, value in node.value.items():
+    # --- what the specs say, for any spec
+
+    def check(self, spec: Spec, node: _Node, where: str) -> None:
+        if not _fits(spec, node.value):
+            raise self.fail(node, where, f"expected {_want(spec)}, got {node.shown()}")
+        if isinstance(spec, Scalar):
+            self.scalar(spec, node, where)
+        elif isinstance(spec, Record):
+            self.record(spec, node, where)
+        elif isinstance(spec, ListOf):
+            items = node.value
+            if len(items) < spec.min_items:
+                raise self.fail(node, where, "must not be empty")
+            if len(items) > spec.max_items:
+                raise self.fail(node, where, f"has {len(items)} items, more than the "
+                                f"{spec.max_items} allowed")
+            for i, item in enumerate(items):
+                self.check(spec.item, item, f"{where}[{i}]")
+        elif isinstance(spec, MapOf):
+            if len(node.value) > spec.max_items:
+                raise self.fail(node, where, f"has {len(node.value)} entries, more than the "
+                                f"{spec.max_items} allowed")
+            for key, value in node.value.items():
+                here = _key_where(where, key)
+                self.scalar(spec.key, _Node(key, value.line), here)
+                self.check(spec.value, value, here)
+        else:
+            option = next(option for option in spec.options if _fits(option, node.value))
+            self.check(option, node, where)
+
+    def scalar(self, spec: Scalar, node: _Node, where: str) -> None:
+        value = _value(node, spec)
+        if spec.type in ("integer", "number"):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.fail(node, where, f"must be a finite number from {spec.minimum:g} "
+                                f"to {spec.maximum:g}, got {node.shown()}")
+            if spec.minimum is not None and value < spec.minimum:
+                raise self.fail(node, where, f"must be >= {spec.minimum:g}, got {node.shown()}")
+            if spec.maximum is not None and value > spec.maximum:
+                raise self.fail(node, where, f"must be <= {spec.maximum:g}, got {node.shown()}")
+        if spec.choices and value not in spec.choices:
+            raise self.fail(node, where, f"{spec.says}, got {node.shown()}" if spec.says else
+                            f"unknown value {_clip(repr(value))} (choose from: "
+                            f"{', '.join(map(str, spec.choices))})")
+        if isinstance(value, str):
+            if spec.max_length is not None and len(value) > spec.max_length:
+                raise self.fail(node, where, f"has {len(value)} characters, more than the "
+                                f"{spec.max_length} allowed")
+            if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+                raise self.fail(node, where, f"{spec.says}, got {node.shown()}")
+
+    def record(self, spec: Record, node: _Node, where: str) -> None:
+        fields = node.value
+        allowed = dict(spec.fields)
+        kind = ""
+        if spec.switch:
+            here = _key_where(where, spec.switch)
+            if spec.switch not in fields:
+                raise self.fail(node, here, f"missing (one of: {', '.join(spec.kinds)})")
+            self.check(spec.fields[spec.switch], fields[spec.switch], here)
+            kind = fields[spec.switch].value
+            allowed.update(spec.kinds[kind])
+        for key, value in fields.items():
             if key not in allowed:
-                raise self.fail(value, f"{where}.{key}" if where else key,
+                if any(key in options for options in spec.kinds.values()):
+                    raise self.fail(value, _key_where(where, key), f"does not apply to {kind}")
+                raise self.fail(value, _key_where(where, key),
                                 f"unknown field (allowed: {', '.join(sorted(allowed))})")
-        return node.value
+        for key in spec.required:
+            if key not in fields:
+                raise self.fail(node, _key_where(where, key), f"missing: {allowed[key].doc}")
+        if spec.one_of:
+            present = [key for key in spec.one_of if key in fields]
+            if len(present) != 1:
+                raise self.fail(node, where, f"exactly one of {', '.join(spec.one_of)} "
+                                f"(got {', '.join(present) or 'none'})")
+        for key, value in fields.items():
+            self.check(allowed[key], value, _key_where(where, key))
 
-    def number(self, node: _Node, where: str, minimum: float = 0.0,
-               integer: bool = False, maximum: float | None = None) -> float:
-        value = node.value
-        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok:
-            want = "a whole number" if integer else "a number"
-            raise self.fail(node, where, f"expected {want}, got {_kind(value)} {value!r}")
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"from {minimum:g} to {maximum:g}" if maximum is not None else f">= {minimum:g}"
-            raise self.fail(node, where, f"must be {bound}, got {value!r}")
-        return value
-
-    def string(self, node: _Node, where: str, choices: tuple[str, ...] = ()) -> str:
-        if not isinstance(node.value, str):
-            raise self.fail(node, where, f"expected a string, got {_kind(node.value)}")
-        if choices and node.value not in choices:
-            raise self.fail(node, where,
-                            f"unknown value {node.value!r} (choose from: {', '.join(choices)})")
-        return node.value
-
-    def boolean(self, node: _Node, where: str) -> bool:
-        if not isinstance(node.value, bool):
-            raise self.fail(node, where, f"expected true or false, got {node.value!r}")
-        return node.value
-
-    def sequence(self, node: _Node, where: str, nonempty: bool = True) -> list[_Node]:
-        if not isinstance(node.value, list):
-            raise self.fail(node, where, f"expected a list, got {_kind(node.value)}")
-        if nonempty and not node.value:
-            raise self.fail(node, where, "must not be empty")
-        return node.value
-
-    # --- the document
+    # --- the model, from a checked tree, and what the specs cannot say
 
     def scenario(self, root: _Node) -> Scenario:
-        top = self.mapping(root, "", {"name", "description", "app", "port",
-                                      "engines", "sessions", "link"})
-        for required in ("engines", "sessions"):
-            if required not in top:
-                raise self.fail(root, required, "missing (a scenario needs engines and sessions)")
-        port = int(self.number(top["port"], "port", 1, True, 65535)) if "port" in top else 5000
-        app = self.string(top["app"], "app") if "app" in top else DEFAULT_APP
-        if ":" not in app:
-            raise self.fail(top["app"], "app", "expected module:attribute, e.g. server.app:app")
-        name = self.string(top["name"], "name") if "name" in top else Path(self.file).stem
-        description = self.string(top["description"], "description") \
-            if "description" in top else ""
-
+        self.check(SCENARIO, root, "")
+        top = root.value
+        port, app = _get(SCENARIO, top, "port"), _get(SCENARIO, top, "app")
+        # A name from the file is made one; a name the scenario gives is checked.
+        name = top["name"].value if "name" in top else slug(Path(self.file).stem)
+        description = _get(SCENARIO, top, "description")
         sessions = self._sessions(top["sessions"])
         refs = {r.ref: r for s in sessions for r in s.requests}
-        engines = tuple(self._engine(n, f"engines[{i}]", refs)
-                        for i, n in enumerate(self.sequence(top["engines"], "engines")))
-        names = [e.name for e in engines]
-        for i, engine_name in enumerate(names):
-            if names.index(engine_name) != i:
-                node = top["engines"].value[i]
-                raise self.fail(node, f"engines[{i}].name",
-                                f"duplicate engine name {engine_name!r}: give each a name")
+        engines = tuple(self._engine(node, f"engines[{i}]", refs)
+                        for i, node in enumerate(top["engines"].value))
+        seen: dict[str, int] = {}
+        for i, engine in enumerate(engines):
+            # casefold: the names are folders, and some file systems ignore case
+            if seen.setdefault(engine.name.casefold(), i) != i:
+                raise self.fail(top["engines"].value[i], f"engines[{i}].name",
+                                f"duplicate engine name {engine.name!r}: give each a name")
         link = self._link(top["link"]) if "link" in top else {}
         if port == 65535 and any(e.kind == "nginx" for e in engines):
             raise self.fail(top["port"], "port", "nginx engines need port + 1 for gunicorn "
                             "behind them: choose a port below 65535")
-        if "upstream_to_proxy" in link and any(e.kind != "nginx" for e in engines):
-            raise self.fail(top["link"].value["upstream_to_proxy"], "link.upstream_to_proxy",
-                            "only nginx engines have an upstream: every engine must be nginx")
-        if "upstream_to_proxy" in link and link["upstream_to_proxy"].rate:
-            raise self.fail(top["link"].value["upstream_to_proxy"],
-                            "link.upstream_to_proxy.rate",
-                            "not on the upstream (a rate would slow all of the loopback)")
+        if "upstream_to_proxy" in link:
+            upstream = top["link"].value["upstream_to_proxy"]
+            if any(e.kind != "nginx" for e in engines):
+                raise self.fail(upstream, "link.upstream_to_proxy",
+                                "only nginx engines have an upstream: every engine must be "
+                                "nginx")
+            if link["upstream_to_proxy"].rate:
+                raise self.fail(upstream, "link.upstream_to_proxy.rate",
+                                "not on the upstream (a rate would slow all of the loopback)")
         return Scenario(self.file, name, description, app, port, engines, tuple(sessions), link)
 
     def _link(self, node: _Node) -> dict[str, LinkImpairment]:
-        fields = self.mapping(node, "link", set(LINK_DIRECTIONS))
         link = {}
-        for direction, value in fields.items():
-            where = f"link.{direction}"
-            spec = self.mapping(value, where,
-                                {"delay_ms", "jitter_ms", "loss_percent", "rate", "only"})
-            numbers = {key: self.number(spec[key], f"{where}.{key}", 0, False,
-                                        100 if key == "loss_percent" else 60_000)
-                       for key in ("delay_ms", "jitter_ms", "loss_percent") if key in spec}
-            rate = None
-            if "rate" in spec:
-                rate = self.string(spec["rate"], f"{where}.rate")
-                if not re.fullmatch(r"[0-9]+(\.[0-9]+)?([kmg]?bit|[kmg]?bps)", rate):
-                    raise self.fail(spec["rate"], f"{where}.rate",
-                                    f"expected a tc rate such as 1mbit, got {rate!r}")
-            only = self.string(spec["only"], f"{where}.only", LINK_ONLY) \
-                if "only" in spec else None
-            if only and rate:
-                raise self.fail(spec["only"], f"{where}.only",
+        for direction, value in node.value.items():
+            spec = value.value
+            if "only" in spec and "rate" in spec:
+                raise self.fail(spec["only"], f"link.{direction}.only",
                                 "not with rate (a rate shapes every packet)")
-            link[direction] = LinkImpairment(rate=rate, only=only, **numbers)
+            link[direction] = LinkImpairment(**{key: v.value for key, v in spec.items()})
         return link
 
     def _sessions(self, node: _Node) -> list[Session]:
-        items = self.sequence(node, "sessions")
+        items = node.value
         several = len(items) > 1
         sessions: list[Session] = []
         seen: set[str] = set()
         for i, item in enumerate(items):
             where = f"sessions[{i}]"
-            fields = self.mapping(item, where, {"name", "steps", "retries", "http_version",
-                                                "stale_check"})
-            name = self.string(fields["name"], f"{where}.name") if "name" in fields else f"s{i + 1}"
-            if name in seen or "." in name:
-                raise self.fail(item, f"{where}.name",
-                                f"name {name!r} must be unique, without dots")
+            fields = item.value
+            name = fields["name"].value if "name" in fields else f"s{i + 1}"
+            if name in seen:
+                raise self.fail(item, f"{where}.name", f"name {name!r} must be unique")
             seen.add(name)
-            if "steps" not in fields:
-                raise self.fail(item, f"{where}.steps", "missing")
             steps = self._steps(fields["steps"], f"{where}.steps", name, several)
             if not any(s.kind == "request" for s in steps):
                 raise self.fail(fields["steps"], f"{where}.steps", "has no request")
-            retries = int(self.number(fields["retries"], f"{where}.retries", 0, True, 10)) \
-                if "retries" in fields else 0
-            version = "1.1"
-            if "http_version" in fields:
-                version = self.string(fields["http_version"], f"{where}.http_version",
-                                      HTTP_VERSIONS)
-            stale_check = self.boolean(fields["stale_check"], f"{where}.stale_check") \
-                if "stale_check" in fields else True
-            sessions.append(Session(name, tuple(steps), retries, version, stale_check))
+            sessions.append(Session(name, tuple(steps), _get(SESSION, fields, "retries"),
+                                    _get(SESSION, fields, "http_version"),
+                                    _get(SESSION, fields, "stale_check")))
         return sessions
 
     def _steps(self, node: _Node, where: str, session: str, several: bool) -> list[Step]:
         steps: list[Step] = []
         number = 0
         last_at = 0.0
-        for i, item in enumerate(self.sequence(node, where)):
+        planned = 0.0  # seconds from the session's start, if requests took no time
+        for i, item in enumerate(node.value):
             here = f"{where}[{i}]"
-            if item.value == "close":
+            if not isinstance(item.value, dict):  # `- close`
                 steps.append(Step("close"))
                 continue
-            fields = self.mapping(item, here, {"get", "request", "sleep", "at", "close"})
-            if len(fields) != 1:
-                raise self.fail(item, here, "a step is exactly one of get, request, sleep, "
-                                            f"at, close; got {', '.join(fields)}")
-            (kind, value), = fields.items()
+            ((kind, value),) = item.value.items()
             if kind in ("get", "request"):
                 number += 1
                 ref = f"{session}.{number}" if several else str(number)
-                steps.append(Step("request", self._request(kind, value, f"{here}.{kind}",
-                                                           ref, session, number)))
-            elif kind == "sleep":
-                steps.append(Step("sleep", seconds=self.number(value, f"{here}.sleep")))
-            elif kind == "at":
-                seconds = self.number(value, f"{here}.at")
-                if seconds < last_at:
-                    raise self.fail(value, f"{here}.at",
-                                    f"goes back in time ({seconds:g} < {last_at:g})")
-                last_at = seconds
-                steps.append(Step("at", seconds=seconds))
-            else:
-                if value.value is not True:
-                    raise self.fail(value, f"{here}.close", "write `- close` or `close: true`")
+                steps.append(Step("request", self._request(kind, value, ref, session, number)))
+            elif kind == "close":
                 steps.append(Step("close"))
+            else:
+                seconds = value.value
+                if kind == "at":
+                    if seconds < last_at:
+                        raise self.fail(value, f"{here}.at", f"goes back in time "
+                                        f"({value.text} < {last_at:g})")
+                    last_at = seconds
+                planned = planned + seconds if kind == "sleep" else max(planned, seconds)
+                if planned > MAX_SECONDS:
+                    raise self.fail(value, f"{here}.{kind}", f"the session's planned time "
+                                    f"reaches {planned:g} s here, more than {MAX_SECONDS} s")
+                steps.append(Step(kind, seconds=seconds))
         return steps
 
-    def _request(self, kind: str, node: _Node, where: str, ref: str, session: str,
+    def _request(self, kind: str, node: _Node, ref: str, session: str,
                  number: int) -> Request:
         if kind == "get":
-            path = self.string(node, where)
-            if not path.startswith("/"):
-                raise self.fail(node, where, f"a path starts with '/', got {path!r}")
-            return Request(ref, session, number, "GET", path)
-        fields = self.mapping(node, where, {"method", "path", "headers", "body"})
-        method = self.string(fields["method"], f"{where}.method").upper() \
-            if "method" in fields else "GET"
-        if method not in HTTP_METHODS:
-            raise self.fail(fields["method"], f"{where}.method",
-                            f"unknown method {method!r} (choose from: {', '.join(HTTP_METHODS)})")
-        path = self.string(fields["path"], f"{where}.path") if "path" in fields else "/keep-alive"
-        if not path.startswith("/"):
-            raise self.fail(fields["path"], f"{where}.path", f"a path starts with '/': {path!r}")
-        headers: dict[str, str] = {}
-        if "headers" in fields:
-            raw = fields["headers"]
-            if not isinstance(raw.value, dict):
-                raise self.fail(raw, f"{where}.headers", "expected a mapping of name: value")
-            for key, value in raw.value.items():
-                if not isinstance(value.value, (str, int, float)) or isinstance(value.value, bool):
-                    raise self.fail(value, f"{where}.headers.{key}", "expected a string value")
-                headers[key] = str(value.value)
-        body = self.string(fields["body"], f"{where}.body") if "body" in fields else None
+            return Request(ref, session, number, "GET", node.value)
+        fields = node.value
+        method = _get(REQUEST, fields, "method").upper()
+        path = _get(REQUEST, fields, "path")
+        headers = {key: _value(value, HEADER_VALUE)
+                   for key, value in fields["headers"].value.items()} \
+            if "headers" in fields else {}
+        body = _get(REQUEST, fields, "body")
         return Request(ref, session, number, method, path, headers, body)
 
     def _engine(self, node: _Node, where: str, refs: dict[str, Request]) -> Engine:
-        every_option = set().union(*ENGINE_OPTIONS.values())
-        fields = self.mapping(node, where, {"name", "engine", "expect", "app"} | every_option)
-        if "engine" not in fields:
-            raise self.fail(node, f"{where}.engine", f"missing (one of: {', '.join(ENGINE_KINDS)})")
-        kind = self.string(fields["engine"], f"{where}.engine", ENGINE_KINDS)
-        for key in sorted(every_option & fields.keys()):
-            if key not in ENGINE_OPTIONS[kind]:
-                raise self.fail(fields[key], f"{where}.{key}", f"does not apply to {kind}")
-        options: dict[str, Any] = {}
-        for key in ENGINE_OPTIONS[kind] & fields.keys():
-            value, here = fields[key], f"{where}.{key}"
-            if key == "threaded":
-                options[key] = self.boolean(value, here)
-            elif key == "worker":
-                options[key] = self.string(value, here, GUNICORN_WORKERS)
-            elif key in ("threads", "upstream_keepalive", "max_requests"):
-                low = 1 if key == "threads" else 0
-                options[key] = int(self.number(value, here, low, True, 1024))
-            elif key in ("channel_timeout", "cleanup_interval"):  # waitress takes whole seconds
-                options[key] = int(self.number(value, here, 1, True, 3600))
-            else:
-                options[key] = self.number(value, here, 0, False, 3600)
-        if options.get("worker") == "sync" and ("keep_alive" in options or "threads" in options):
-            key = "keep_alive" if "keep_alive" in options else "threads"
-            raise self.fail(fields[key], f"{where}.{key}",
-                            "gunicorn's sync worker has no keep-alive or threads; use gthread")
-        if "app" in fields:
-            options["app"] = self.string(fields["app"], f"{where}.app")
-            if ":" not in options["app"]:
-                raise self.fail(fields["app"], f"{where}.app",
-                                "expected module:attribute, e.g. server.plain_app:app")
-        worker = options.get("worker", "gthread")
-        default_name = f"gunicorn-{worker}" if kind == "gunicorn" else kind
-        name = self.string(fields["name"], f"{where}.name") if "name" in fields else default_name
-        expect = ()
-        if "expect" in fields:
-            expect = tuple(self._expectation(n, f"{where}.expect[{i}]", refs) for i, n in
-                           enumerate(self.sequence(fields["expect"], f"{where}.expect", False)))
-        return Engine(name=name, kind=kind, expect=expect, **options)
+        fields = node.value
+        kind = fields["engine"].value
+        options = {key: _value(fields[key], spec) if key in fields else spec.default
+                   for key, spec in ENGINE_KIND_OPTIONS[kind].items()}
+        if options.get("worker") == "sync":
+            for key in ("keep_alive", "threads"):
+                if key in fields:
+                    raise self.fail(fields[key], f"{where}.{key}", "gunicorn's sync worker "
+                                    "has no keep-alive or threads; use gthread")
+        app = _get(ENGINE, fields, "app")
+        default_name = f"gunicorn-{options['worker']}" if kind == "gunicorn" else kind
+        name = fields["name"].value if "name" in fields else default_name
+        expect = tuple(self._expectation(n, f"{where}.expect[{i}]", refs) for i, n in
+                       enumerate(fields["expect"].value)) if "expect" in fields else ()
+        return Engine(name=name, kind=kind, app=app, expect=expect, **options)
 
     def _refs(self, node: _Node, where: str, refs: dict[str, Request]) -> tuple[str, ...]:
-        values = [node] if not isinstance(node.value, list) else self.sequence(node, where)
         out = []
-        for item in values:
+        for item in node.value if isinstance(node.value, list) else [node]:
             ref = str(item.value)
-            if isinstance(item.value, bool) or ref not in refs:
-                known = ", ".join(refs)
-                raise self.fail(item, where, f"no request {ref!r} in the sessions (known: {known})")
+            if ref not in refs:
+                known = ", ".join(refs) if len(refs) <= 20 else \
+                    ", ".join(list(refs)[:20]) + ", ..."
+                raise self.fail(item, where, f"no request {_clip(repr(ref))} in the sessions "
+                                f"(known: {known})")
             out.append(ref)
         return tuple(out)
 
-    def _request_is(self, node: _Node, where: str,
-                    refs: dict[str, Request]) -> tuple[str, _Node]:
-        """``{request: R, is: X}``: the request R names, and X's node for the caller to check."""
-        spec = self.mapping(node, where, {"request", "is"})
-        for key in ("request", "is"):
-            if key not in spec:
-                raise self.fail(node, f"{where}.{key}", "missing")
-        return self._refs(spec["request"], f"{where}.request", refs)[0], spec["is"]
-
     def _expectation(self, node: _Node, where: str, refs: dict[str, Request]) -> Expectation:
-        kinds = ("connections", "same_connection", "new_connection", "close", "status", "story")
-        fields = self.mapping(node, where, set(kinds) | {"claim"})
-        present = [k for k in kinds if k in fields]
-        if len(present) != 1:
-            raise self.fail(node, where, f"an expectation has exactly one of {', '.join(kinds)}")
-        kind = present[0]
+        fields = node.value
+        (kind,) = [k for k in EXPECTATION_KINDS if k in fields]
         value = fields[kind]
         here = f"{where}.{kind}"
-        claim = self.string(fields["claim"], f"{where}.claim") if "claim" in fields else ""
+        claim = _get(EXPECTATION, fields, "claim") or ""
         if kind == "connections":
-            count = int(self.number(value, here, 0, True))
+            count = value.value
             return Expectation(kind, claim or f"the requests use {count} connection(s)",
                                node.line, count=count)
-        if kind == "status":
-            if not isinstance(value.value, dict):
-                status = int(self.number(value, here, 100, True, 599))
-                return Expectation(kind, claim or f"every request gets status {status}",
-                                   node.line, status=status)
-            request, is_node = self._request_is(value, here, refs)
-            status = int(self.number(is_node, f"{here}.is", 100, True, 599))
-            return Expectation(kind, claim or f"request {request} gets status {status}",
-                               node.line, requests=(request,), status=status)
-        if kind == "story":
-            request, is_node = self._request_is(value, here, refs)
-            story = self.string(is_node, f"{here}.is", STORIES)
-            return Expectation(kind, claim or f"request {request}: {story}", node.line,
-                               requests=(request,), story=story)
+        if kind == "status" and not isinstance(value.value, dict):
+            status = value.value
+            return Expectation(kind, claim or f"every request gets status {status}",
+                               node.line, status=status)
+        if kind in ("status", "story"):
+            (request,) = self._refs(value.value["request"], f"{here}.request", refs)
+            outcome = value.value["is"].value
+            if kind == "status":
+                return Expectation(kind, claim or f"request {request} gets status {outcome}",
+                                   node.line, requests=(request,), status=outcome)
+            return Expectation(kind, claim or f"request {request}: {outcome}", node.line,
+                               requests=(request,), story=outcome)
         if kind in ("same_connection", "new_connection"):
             requests = self._refs(value, here, refs)
             default = (f"requests {', '.join(requests)} share one connection"
                        if kind == "same_connection" else
                        f"requests {', '.join(requests)} each open a new connection")
             return Expectation(kind, claim or default, node.line, requests=requests)
-        close = self.mapping(value, here, {"request", "by", "idle", "tolerance", "within"})
-        if "request" not in close:
-            raise self.fail(value, f"{here}.request", "missing (a request number, or each)")
+        close = value.value
         requests = ("each",) if close["request"].value == "each" else \
             self._refs(close["request"], f"{here}.request", refs)
-        by = self.string(close["by"], f"{here}.by", CLOSERS) if "by" in close else "either"
-        idle = self.number(close["idle"], f"{here}.idle") if "idle" in close else None
-        within = self.number(close["within"], f"{here}.within") if "within" in close else None
-        tolerance = self.number(close["tolerance"], f"{here}.tolerance") \
-            if "tolerance" in close else 0.5
+        by, idle = _get(CLOSE, close, "by"), _get(CLOSE, close, "idle")
+        within, tolerance = _get(CLOSE, close, "within"), _get(CLOSE, close, "tolerance")
         if idle is not None and within is not None:
             raise self.fail(value, here, "give idle (with tolerance) or within, not both")
         target = "every connection" if requests == ("each",) else \
@@ -774,14 +1069,11 @@ class _Checker:
                            idle=idle, tolerance=tolerance, within=within)
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing"
-    return type(value).__name__
+def _get(record: Record, fields: dict[str, _Node], key: str) -> Any:
+    """A checked field's value, or its spec's default."""
+    return _value(fields[key], record.fields[key]) if key in fields else \
+        _field_default(record, key)
+
 
 
 def load(path: str | os.PathLike[str]) -> Scenario:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import ROOT, lab_namespaces, run_kalab
 
-from kalab.scenario import ScenarioError, load, parse
+from kalab.scenario import (
+    ENGINE_KIND_OPTIONS,
+    ENGINE_OPTIONS,
+    NAME_PATTERN,
+    Engine,
+    ScenarioError,
+    check_name,
+    load,
+    parse,
+)
 
 GOOD = """\
 port: 5000
@@ -135,3 +146,46 @@ def test_a_missing_scenario_file_is_bad_input(tmp_path):
     done = run_kalab("run", str(tmp_path / "nope.yaml"))
     assert done.returncode == 2
     assert "nope.yaml" in done.stderr and "cannot read" in done.stderr
+
+
+@pytest.mark.parametrize(("file", "name"), [
+    ("my lab (copy).yaml", "my-lab--copy-"), (".hidden.yaml", "-hidden"),
+    ("naïve.yaml", "na-ve"), (f"{'x' * 80}.yaml", "x" * 64)])
+def test_a_name_taken_from_the_file_is_made_a_name_never_refused(tmp_path, file, name):
+    (tmp_path / file).write_text("sessions: [{steps: [get: /]}]\nengines: [{engine: werkzeug}]\n")
+    scenario = load(tmp_path / file)
+    assert scenario.name == name and check_name(scenario.name) == name
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "/etc", "a/b", ".git", "x" * 65, "a\n",
+                                  "tab\there", "é"])
+def test_check_name_refuses_what_is_not_one_folder_name(name):
+    with pytest.raises(ValueError, match="not a name"):
+        check_name(name)
+    assert not re.fullmatch(NAME_PATTERN, name)
+
+
+def test_names_may_be_slugs_with_dots_but_sessions_without():
+    scenario = parse("name: lab-1.2\nsessions: [{name: my_client-2, steps: [get: /]}]\n"
+                     "engines: [{engine: nginx, name: nginx-1.24_a}]\n", "x.yaml")
+    assert (scenario.name, scenario.sessions[0].name, scenario.engines[0].name) == \
+        ("lab-1.2", "my_client-2", "nginx-1.24_a")
+
+
+def test_each_engine_default_comes_from_its_kind_s_option_spec():
+    for kind, options in ENGINE_KIND_OPTIONS.items():
+        engine = parse("sessions: [{steps: [get: /]}]\n"
+                       f"engines: [{{engine: {kind}}}]\n").engines[0]
+        assert set(options) == ENGINE_OPTIONS[kind]
+        for key, spec in options.items():
+            assert getattr(engine, key) == spec.default, (kind, key)
+            assert getattr(Engine("e", kind), key) == spec.default, (kind, key)
+            assert spec.doc, (kind, key)
+
+
+def test_header_values_and_numbers_in_messages_are_kept_as_written():
+    scenario = parse("sessions: [{steps: [request: {headers: {X-A: 1e3, X-B: 0x10, "
+                     "X-C: '007'}}]}]\nengines: [{engine: werkzeug}]\n")
+    assert scenario.requests[0].headers == {"X-A": "1e3", "X-B": "0x10", "X-C": "007"}
+    with pytest.raises(ScenarioError, match=r"got 0x1000$"):
+        parse("sessions: [{steps: [get: /, sleep: 0x1000]}]\nengines: [{engine: werkzeug}]\n")
