@@ -65,7 +65,9 @@ from typing import Any
 
 import yaml
 
-DEFAULT_APP = "server.app:app"
+from kalab.apps import ATTRIBUTE_PATTERN, PROJECT_APPS, AppFile
+
+DEFAULT_APP = PROJECT_APPS[0]  # the tutorial's app
 ENGINE_KINDS = ("werkzeug", "gunicorn", "waitress", "nginx")
 GUNICORN_WORKERS = ("sync", "gthread")
 HTTP_VERSIONS = ("1.1", "1.0")
@@ -185,6 +187,7 @@ class OneOf:
     options: tuple[Spec, ...]
     doc: str
     want: str  # the shapes in words, after "expected" in a message
+    default: Any = None
 
 
 Spec = Scalar | Record | ListOf | MapOf | OneOf
@@ -346,9 +349,22 @@ EXPECTATION = Record("one checkable statement about the wire: exactly one of "
     }, required=REQUEST_IS),
 }, one_of=EXPECTATION_KINDS)
 
-APP = Scalar("string", "the WSGI app as module:attribute", DEFAULT_APP,
-             pattern=r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*", max_length=200,
-             says="an app is module:attribute, e.g. server.plain_app:app")
+APP_FILE = Record("your own WSGI app, in a Python file", {
+    "file": Scalar("string", "the .py file, relative to the scenario file's folder and inside "
+                   "it", pattern=r"[A-Za-z0-9_][A-Za-z0-9_./-]*\.py", max_length=255,
+                   says="an app file is a relative path to a .py file (letters, digits, '_', "
+                   "'-', '.' and '/')"),
+    "attribute": Scalar("string", "the WSGI callable's name in the file", "app",
+                        pattern=ATTRIBUTE_PATTERN, says="an attribute is a Python name"),
+}, required=("file",))
+APP = OneOf((
+    Scalar("string", "one of the project's apps, as module:attribute", choices=PROJECT_APPS,
+           says="an app is one of the project's (" + ", ".join(PROJECT_APPS) + ") or your "
+           "own file, as {file: my_app.py}"),
+    APP_FILE,
+), "the WSGI app to serve: one of the project's apps, or your own file",
+    "one of the project's apps (" + ", ".join(PROJECT_APPS) + ") or {file: my_app.py}",
+    DEFAULT_APP)
 ENGINE = Record("a server engine, run in turn with the same sessions", {
     "engine": Scalar("string", "the kind of engine", choices=ENGINE_KINDS),
     "name": dataclasses.replace(NAME, doc="the engine's name, its folder in the results "
@@ -399,8 +415,8 @@ SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) 
 def _field_default(record: Record, key: str) -> Any:
     """A field's default, from its spec: the model's defaults are the language's."""
     spec = record.fields[key]
-    if not isinstance(spec, Scalar):
-        raise TypeError(f"{key} is not a scalar field: it has no default")
+    if not isinstance(spec, (Scalar, OneOf)):
+        raise TypeError(f"{key} is a {type(spec).__name__}: it has no default")
     return spec.default
 
 
@@ -476,7 +492,7 @@ class Engine:
     keepalive_header: float | None = _default("nginx", "keepalive_header")
     upstream_keepalive: int = _default("nginx", "upstream_keepalive")
     upstream_keepalive_timeout: float = _default("nginx", "upstream_keepalive_timeout")
-    app: str | None = None  # this engine's WSGI app, if not the scenario's
+    app: str | AppFile | None = None  # this engine's WSGI app, if not the scenario's
     expect: tuple[Expectation, ...] = ()
 
     def describe(self) -> str:
@@ -533,7 +549,7 @@ class Scenario:
     file: str
     name: str
     description: str
-    app: str
+    app: str | AppFile  # a project app's module:attribute, or a user's file
     port: int
     engines: tuple[Engine, ...]
     sessions: tuple[Session, ...]
@@ -890,7 +906,8 @@ class _Checker:
     def scenario(self, root: _Node) -> Scenario:
         self.check(SCENARIO, root, "")
         top = root.value
-        port, app = _get(SCENARIO, top, "port"), _get(SCENARIO, top, "app")
+        port = _get(SCENARIO, top, "port")
+        app = self._app(top["app"], "app") if "app" in top else DEFAULT_APP
         # A name from the file is made one; a name the scenario gives is checked.
         name = top["name"].value if "name" in top else slug(Path(self.file).stem)
         description = _get(SCENARIO, top, "description")
@@ -918,6 +935,21 @@ class _Checker:
                 raise self.fail(upstream, "link.upstream_to_proxy.rate",
                                 "not on the upstream (a rate would slow all of the loopback)")
         return Scenario(self.file, name, description, app, port, engines, tuple(sessions), link)
+
+    def _app(self, node: _Node, where: str) -> str | AppFile:
+        if isinstance(node.value, str):
+            return node.value
+        fields = node.value
+        folder = Path(os.path.abspath(self.file)).parent.resolve()
+        path = (folder / fields["file"].value).resolve()
+        here = f"{where}.file"
+        if not path.is_relative_to(folder):
+            raise self.fail(fields["file"], here, f"must be inside the scenario's folder "
+                            f"({folder}), and is {path}")
+        if not path.is_file():
+            raise self.fail(fields["file"], here, f"no such file: {path}" if not path.exists()
+                            else f"not a regular file: {path}")
+        return AppFile(str(path), _get(APP_FILE, fields, "attribute"))
 
     def _link(self, node: _Node) -> dict[str, LinkImpairment]:
         link = {}
@@ -1003,7 +1035,7 @@ class _Checker:
                 if key in fields:
                     raise self.fail(fields[key], f"{where}.{key}", "gunicorn's sync worker "
                                     "has no keep-alive or threads; use gthread")
-        app = _get(ENGINE, fields, "app")
+        app = self._app(fields["app"], f"{where}.app") if "app" in fields else None
         default_name = f"gunicorn-{options['worker']}" if kind == "gunicorn" else kind
         name = fields["name"].value if "name" in fields else default_name
         expect = tuple(self._expectation(n, f"{where}.expect[{i}]", refs) for i, n in

@@ -7,7 +7,9 @@ import re
 import pytest
 from conftest import ROOT, lab_namespaces, run_kalab
 
+from kalab.apps import PROJECT_APPS, AppFile, load_app
 from kalab.scenario import (
+    DEFAULT_APP,
     ENGINE_KIND_OPTIONS,
     ENGINE_OPTIONS,
     NAME_PATTERN,
@@ -189,3 +191,34 @@ def test_header_values_and_numbers_in_messages_are_kept_as_written():
     assert scenario.requests[0].headers == {"X-A": "1e3", "X-B": "0x10", "X-C": "007"}
     with pytest.raises(ScenarioError, match=r"got 0x1000$"):
         parse("sessions: [{steps: [get: /, sleep: 0x1000]}]\nengines: [{engine: werkzeug}]\n")
+
+
+APP_FILE = ("def app(environ, start_response):\n    start_response('200 OK', [])\n"
+            "    return [b'mine']\n")
+
+
+def test_an_app_is_a_project_app_or_a_user_file_kept_as_resolved_path(tmp_path):
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "mine.py").write_text(APP_FILE)
+    path = tmp_path / "lab.yaml"
+    path.write_text("app: {file: apps/../apps/mine.py}\nsessions: [{steps: [get: /]}]\n"
+                    "engines: [{engine: werkzeug},\n"
+                    "          {engine: waitress, app: server.plain_app:app}]\n")
+    scenario = load(path)
+    assert scenario.app == AppFile(str((tmp_path / "apps" / "mine.py").resolve()), "app")
+    assert scenario.engines[1].app == "server.plain_app:app"
+    assert parse("sessions: [{steps: [get: /]}]\nengines: [{engine: werkzeug}]\n").app == \
+        DEFAULT_APP == PROJECT_APPS[0]
+
+
+def test_load_app_loads_project_apps_and_files_and_refuses_anything_else(tmp_path):
+    assert callable(load_app("server.post_app:app"))
+    (tmp_path / "mine.py").write_text(APP_FILE)
+    app = load_app(AppFile(str(tmp_path / "mine.py")))
+    assert app({}, lambda status, headers: None) == [b"mine"]
+    assert load_app(f"{tmp_path / 'mine.py'}:app")({}, lambda *_: None) == [b"mine"]
+    for bad in ("os:system", "builtins:eval", "server.app:keep_alive",
+                AppFile("relative.py"), AppFile(str(tmp_path / "mine.py"), "os.system"),
+                AppFile(str(tmp_path)), AppFile(str(tmp_path / "absent.py"))):
+        with pytest.raises(SystemExit):
+            load_app(bad)

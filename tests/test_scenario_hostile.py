@@ -327,3 +327,48 @@ def test_a_one_mib_document_is_checked_in_a_few_seconds(tmp_path):
     done = kalab_check(str(path), timeout=10)  # it took 20 s and 505 MB for 3.4 MB
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
     assert done.stderr.startswith(f"kalab: {path}:")
+
+
+def test_an_app_is_a_project_app_or_a_file_inside_the_scenario_s_folder(tmp_path):
+    outside = tmp_path / "outside.py"
+    outside.write_text("app = None\n")
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    (folder / "folder.py").mkdir()
+    (folder / "notes.txt").write_text("app = None\n")
+    (folder / "escape.py").symlink_to(outside)
+    engine = "{engine: werkzeug, app: %s}"
+    corpus = [
+        ("os-system", engine % "'os:system'", "an app is one of the project's"),
+        ("builtins-eval", engine % "'builtins:eval'", "an app is one of the project's"),
+        ("project-module-other-attribute", engine % "'server.app:keep_alive'",
+         "an app is one of the project's"),
+        ("file-above", engine % "{file: ../outside.py}", "an app file is a relative path"),
+        ("file-above-by-a-detour", engine % "{file: ok/../../outside.py}",
+         "must be inside the scenario's folder"),
+        ("file-absolute", engine % "{file: /etc/passwd.py}", "an app file is a relative path"),
+        ("file-symlink-out", engine % "{file: escape.py}", "must be inside the scenario's folder"),
+        ("file-missing", engine % "{file: absent.py}", "no such file"),
+        ("file-a-folder", engine % "{file: folder.py}", "not a regular file"),
+        ("file-not-python", engine % "{file: notes.txt}", "an app file is a relative path"),
+        ("attribute-not-a-name", engine % "{file: ok.py, attribute: 'os.system'}",
+         "an attribute is a Python name"),
+        ("file-and-module", engine % "{file: ok.py, module: os}", "unknown field"),
+    ]
+    (folder / "ok.py").write_text("app = None\n")
+    check_corpus(folder, "app: modules that are not the project's apps, files outside the "
+                 "scenario's folder", [
+                     case(name, scenario(engine=text), "{engine", words)
+                     for name, text, words in corpus])
+
+
+def test_kalab_run_refuses_an_app_file_it_cannot_serve_yet(tmp_path):
+    (tmp_path / "mine.py").write_text("app = None\n")
+    path = tmp_path / "lab.yaml"
+    path.write_bytes(scenario(more="app: {file: mine.py}\n"))
+    assert kalab_check(str(path)).returncode == 0
+    done = subprocess.run([*KALAB, "run", str(path), "--results", str(tmp_path / "results")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and "not supported yet" in done.stderr
+    assert not (tmp_path / "results").exists()
