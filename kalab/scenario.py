@@ -626,6 +626,15 @@ class _Node:
         return _clip(self.text if self.text is not None else repr(self.value))
 
 
+    def plain(self) -> Any:
+        """The value as plain data: dicts, lists and scalars (nesting is bounded)."""
+        if isinstance(self.value, dict):
+            return {key: node.plain() for key, node in self.value.items()}
+        if isinstance(self.value, list):
+            return [node.plain() for node in self.value]
+        return self.value
+
+
 def _clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -1159,6 +1168,13 @@ def _file_kind(mode: int) -> str:
         if test(mode):
             return kind
     return "a special file"
+
+
+def document(text: str, file: str = "<scenario>") -> Any:
+    """The document as plain data, as the loader reads it (what the JSON Schema is
+    checked against); ScenarioError if it is not a plain YAML document at all."""
+    root = _tree(text, file)
+    return root.plain() if root is not None else None
 
 
 def parse(text: str, file: str = "<scenario>") -> Scenario:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
+import jsonschema
 import pytest
 from conftest import ROOT, lab_namespaces, run_kalab
 
+from kalab import scenario_schema
 from kalab.apps import PROJECT_APPS, AppFile, load_app
 from kalab.scenario import (
     DEFAULT_APP,
@@ -16,6 +19,7 @@ from kalab.scenario import (
     Engine,
     ScenarioError,
     check_name,
+    document,
     load,
     parse,
 )
@@ -222,3 +226,55 @@ def test_load_app_loads_project_apps_and_files_and_refuses_anything_else(tmp_pat
                 AppFile(str(tmp_path)), AppFile(str(tmp_path / "absent.py"))):
         with pytest.raises(SystemExit):
             load_app(bad)
+
+
+def schema_validator() -> jsonschema.Draft202012Validator:
+    committed = json.loads(scenario_schema.SCHEMA_FILE.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(committed)
+    return jsonschema.Draft202012Validator(committed)
+
+
+def test_the_committed_scenario_schema_is_what_the_specs_generate():
+    assert scenario_schema.SCHEMA_FILE.read_text(encoding="utf-8") == scenario_schema.as_text(), \
+        "schema/scenario.schema.json is stale: run python -m kalab.scenario_schema --write"
+
+
+def test_the_schema_describes_every_field_with_its_bounds_and_default():
+    schema = scenario_schema.json_schema()
+    engine = schema["$defs"]["Engine"]["properties"]
+    assert set(engine) == {"engine", "name", "app", "expect", *set().union(
+        *ENGINE_OPTIONS.values())}
+    assert engine["keep_alive"] == {"description": "gunicorn, nginx: " +
+                                    ENGINE_KIND_OPTIONS["gunicorn"]["keep_alive"].doc,
+                                    "type": "number", "minimum": 0, "maximum": 3600,
+                                    "default": 2.0}
+    step = schema["$defs"]["Step"]["anyOf"][1]["properties"]
+    assert step["sleep"]["maximum"] == 3600 and step["get"]["pattern"].startswith("^(?:/")
+    assert schema["properties"]["port"]["default"] == 5000
+
+    def undocumented(node, where):
+        if isinstance(node, dict):
+            for key, value in node.get("properties", {}).items():
+                if isinstance(value, dict) and not value.get("description"):
+                    yield f"{where}.{key}"
+            for key, value in node.items():
+                if key != "if":  # an engine kind's condition, not a field
+                    yield from undocumented(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from undocumented(value, f"{where}[{i}]")
+
+    assert list(undocumented(schema, "")) == []
+
+
+def test_editors_find_the_schema_from_every_bundled_scenario():
+    validator = schema_validator()
+    for path in [ROOT / "lab.yaml", *sorted((ROOT / "scenarios").glob("*.yaml"))]:
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        assert first.startswith("# yaml-language-server: $schema="), path
+        assert (path.parent / first.split("=", 1)[1]).resolve() == scenario_schema.SCHEMA_FILE
+        errors = [e.message for e in validator.iter_errors(document(path.read_text(), str(path)))]
+        if path.name.startswith("broken"):
+            assert errors, "the schema must refuse what kalab check refuses here"
+        else:
+            assert errors == [], path
