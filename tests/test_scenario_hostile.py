@@ -9,16 +9,33 @@ tallies what it tried for docs/reliability.md (tests/reliability.py).
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import re
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 from conftest import KALAB, ROOT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from reliability import tally
 
-from kalab.scenario import ScenarioError, load
+from kalab import scenario_schema
+from kalab.scenario import (
+    SCENARIO,
+    ListOf,
+    MapOf,
+    Record,
+    Scalar,
+    ScenarioError,
+    document,
+    load,
+    parse,
+)
 
 pytestmark = pytest.mark.reliability
 AREA = "Scenario files"
@@ -35,7 +52,7 @@ def refusal(path: Path) -> ScenarioError | str:
         if "\n" in text or not re.match(rf"{re.escape(str(path))}:\d+: ", text):
             return f"not one line starting FILE:LINE: {text!r}"
         return error
-    except Exception as exc:  # noqa: BLE001 - any other exception is what this catches
+    except Exception as exc:  # any other exception is what these tests look for
         return f"{type(exc).__name__}: {exc}"
     return "loaded"
 
@@ -372,3 +389,294 @@ def test_kalab_run_refuses_an_app_file_it_cannot_serve_yet(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 2 and "not supported yet" in done.stderr
     assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------ fuzzing
+#
+# Two kinds of generated input, each bounded to run in seconds: scenarios
+# built from the language's own specs, with up to two values just out of
+# their bounds and up to two anything at all (NaN, huge numbers, control
+# characters, lists where scalars go), dumped as YAML; and the bundled
+# scenarios' bytes, mutated. Every one must load or be refused cleanly, and
+# whatever loads the JSON Schema must accept: the checker is never more
+# lenient than the schema editors use.
+
+HOSTILE = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), 1e9, 10**40, -1, 0, 3601]),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.text(max_size=12),  # any code point: controls, surrogates, CR, LF, NUL
+    st.sampled_from(["", ".", "..", "/", "/etc/passwd", "a/b", "a\r\nb", "\x00", "\x1b[2J",
+                     "close", "each", "1", "s1.1", "os:system", "server.app:app", "POST",
+                     "Post", "gthread", "nginx", "1.0", "2001-12-14", "x" * 300]),
+    st.booleans(), st.none(),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=6), st.integers(), max_size=2),
+)
+
+
+def _valid_scalar(spec: Scalar) -> st.SearchStrategy:
+    if spec.choices:
+        return st.sampled_from(spec.choices)
+    if spec.type == "boolean":
+        return st.booleans()
+    low = spec.minimum if spec.minimum is not None else 0
+    high = min(spec.maximum if spec.maximum is not None else 1000, 10_000)
+    # small numbers often, so that request refs name requests that exist
+    integers = st.integers(int(low), int(min(high, low + 2))) | st.integers(int(low), int(high))
+    if spec.type == "integer":
+        return integers
+    if spec.type == "number":
+        return integers | st.floats(low, high)
+    if spec.pattern is None:
+        return st.text(max_size=20)
+    longest = min(40, spec.max_length or 40)
+    return st.from_regex(spec.pattern, fullmatch=True).filter(lambda text: len(text) <= longest)
+
+
+def edges(spec: Scalar) -> list:
+    """Values just outside what the spec allows, or of no use to it."""
+    edges: list = [None, [], {}]
+    if spec.type != "text":  # a header value takes .nan as the text it is
+        edges += [float("nan"), float("inf")]
+    if spec.minimum is not None:
+        edges += [spec.minimum - 1, spec.minimum - 0.5]
+    if spec.maximum is not None:
+        edges += [spec.maximum + 1, spec.maximum + 0.5, spec.maximum * 1e6]
+    if spec.max_length is not None:
+        edges.append("a" * (spec.max_length + 1))
+    edges += [str(choice).upper() + "x" for choice in spec.choices]
+    return edges
+
+
+def _kind_options(record: Record) -> st.SearchStrategy:
+    def with_options(kind: str) -> st.SearchStrategy:
+        return st.fixed_dictionaries({record.switch: st.just(kind)}, optional={
+            **{key: tree(spec) for key, spec in record.fields.items() if key != record.switch},
+            **{key: tree(spec) for key, spec in record.kinds[kind].items()}})
+    return st.sampled_from(list(record.kinds)).flatmap(with_options)
+
+
+def tree(spec) -> st.SearchStrategy:
+    """Scenario-shaped data that a spec allows (what only the checker refuses, such as
+    refs to no request, aside)."""
+    if isinstance(spec, Scalar):
+        return _valid_scalar(spec)
+    if isinstance(spec, Record) and spec.switch:
+        return _kind_options(spec)
+    if isinstance(spec, Record):
+        required = {key: tree(spec.fields[key]) for key in spec.required}
+        optional = {key: tree(field) for key, field in spec.fields.items()
+                    if key not in spec.required and key not in spec.one_of}
+        if not spec.one_of:
+            return st.fixed_dictionaries(required, optional=optional)
+        return st.sampled_from(spec.one_of).flatmap(lambda key: st.fixed_dictionaries(
+            {**required, key: tree(spec.fields[key])}, optional=optional))
+    if isinstance(spec, ListOf):
+        return st.lists(tree(spec.item), min_size=spec.min_items, max_size=2)
+    if isinstance(spec, MapOf):
+        return st.dictionaries(_valid_scalar(spec.key), tree(spec.value), max_size=2)
+    return st.one_of([tree(option) for option in spec.options])
+
+
+def _places(data, here=()) -> list[tuple]:
+    """Every place in ``data``: key and index paths to each value."""
+    places = [here]
+    items = data.items() if isinstance(data, dict) else \
+        enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        places += _places(value, (*here, key))
+    return places
+
+
+def _takes(spec, value) -> bool:
+    if isinstance(spec, (Record, MapOf)):
+        return isinstance(value, dict)
+    if isinstance(spec, ListOf):
+        return isinstance(value, list)
+    if isinstance(spec, Scalar):
+        return not isinstance(value, (dict, list)) and (
+            isinstance(value, str) == (spec.type in ("string", "text")))
+    return any(_takes(option, value) for option in spec.options)
+
+
+def _leaves(spec, data, here=()) -> list[tuple[tuple, Scalar]]:
+    """The place of each scalar in ``data`` (made from ``spec``), with its spec."""
+    if isinstance(spec, Scalar):
+        return [(here, spec)]
+    if isinstance(spec, ListOf):
+        return [leaf for i, item in enumerate(data) for leaf in
+                _leaves(spec.item, item, (*here, i))]
+    if isinstance(spec, MapOf):
+        return [leaf for key, value in data.items() for leaf in
+                _leaves(spec.value, value, (*here, key))]
+    if isinstance(spec, Record):
+        fields = {**spec.fields, **spec.kinds.get(data.get(spec.switch), {})}
+        return [leaf for key, value in data.items() for leaf in
+                _leaves(fields[key], value, (*here, key))]
+    option = next(option for option in spec.options if _takes(option, data))
+    return _leaves(option, data, here)
+
+
+def _put(data, place: tuple, value) -> None:
+    *parents, last = place
+    for key in parents:
+        data = data[key]
+    data[last] = value
+
+
+@st.composite
+def hostile_tree(draw) -> object:
+    """A scenario from the specs as it is, or with one value just out of its bounds, or
+    with one to three values replaced by anything at all, anywhere."""
+    data = draw(tree(SCENARIO))
+    for session in data["sessions"]:
+        session["steps"].insert(0, {"get": "/"})  # most scenarios then have a request
+    change = draw(st.sampled_from(["none", "one edge", "anything"]))
+    if change == "one edge":
+        place, spec = draw(st.sampled_from(_leaves(SCENARIO, data)))
+        _put(data, place, draw(st.sampled_from(edges(spec))))
+    elif change == "anything":
+        for _ in range(draw(st.integers(1, 3))):
+            _put(data, draw(st.sampled_from(_places(data)[1:])), draw(HOSTILE))
+    return data
+
+
+def schema_validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(
+        json.loads(scenario_schema.SCHEMA_FILE.read_text(encoding="utf-8")))
+
+
+class Outcomes:
+    """What a fuzz test tried and how much of it held, for the tally."""
+
+    def __init__(self) -> None:
+        self.tried = self.held = self.loaded = 0
+        self.validator = schema_validator()
+
+    def check(self, path: Path) -> None:
+        """``path`` loads, and the schema accepts it, or is refused in one FILE:LINE: line."""
+        self.tried += 1
+        error = refusal(path)
+        if error == "loaded":
+            self.loaded += 1
+            data = document(path.read_text(encoding="utf-8"), str(path))
+            errors = [e.message for e in self.validator.iter_errors(data)]
+            assert errors == [], f"kalab check accepts what the schema refuses: {errors}"
+        else:
+            assert isinstance(error, ScenarioError), error
+        self.held += 1
+
+
+def fuzz(tmp_path: Path, tried: str, strategy: st.SearchStrategy, examples: int,
+         write) -> Outcomes:
+    outcomes = Outcomes()
+    path = tmp_path / "fuzz.yaml"
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(strategy)
+    def run(example) -> None:
+        path.write_bytes(write(example))
+        outcomes.check(path)
+
+    try:
+        run()
+    finally:
+        tally(AREA, tried, outcomes.tried, outcomes.held)
+    return outcomes
+
+
+def test_generated_scenarios_with_hostile_leaves_load_or_are_refused_cleanly(tmp_path):
+    def write(data) -> bytes:
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode(
+            "utf-8", "surrogatepass")  # lone surrogates too: invalid UTF-8 for the loader
+
+    outcomes = fuzz(tmp_path, "scenario trees from the specs with hostile leaves (NaN, "
+                    "infinities, huge numbers, control characters, wrong types)",
+                    hostile_tree(), 400, write)
+    assert outcomes.loaded > 10, "the generator should make some scenarios that load"
+
+
+BUNDLED_PATHS = [ROOT / "lab.yaml", *sorted((ROOT / "scenarios").glob("*.yaml"))]
+BUNDLED = [path.read_bytes() for path in BUNDLED_PATHS]
+SNIPPETS = [b"\x00", b"\xff", b"\xe2\x82", b"\r", b"\t", b"\x1b", b"!!binary ", b"!!set ",
+            b"!!python/object/apply:os.system ", b"&a ", b"*a ", b"<<: ", b"[" * 40, b"{",
+            b"]", b"- ", b": ", b"? ", b"---\n", b"...\n", b"%YAML 1.1\n", b"'", b'"', b"|",
+            b".nan", b"-.inf", b"1e999", b"9" * 30, b"\n  ", b"#", b"\xef\xbb\xbf"]
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(BUNDLED)))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        action = draw(st.sampled_from(["insert", "delete", "flip", "cut"]))
+        if action == "insert":
+            data[at:at] = draw(st.sampled_from(SNIPPETS) | st.binary(min_size=1, max_size=4))
+        elif action == "delete":
+            del data[at:at + draw(st.integers(1, 20))]
+        elif action == "flip" and at < len(data):
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif action == "cut":
+            del data[at:]
+    return bytes(data)
+
+
+def test_every_value_of_every_bundled_scenario_just_out_of_bounds_is_refused(tmp_path):
+    # Exhaustive where fuzzing is thin: a scenario that loads, with one value changed
+    # to each of its edges, must be refused, and is refused by the schema too.
+    validator = schema_validator()
+    tried, wrong = 0, []
+    for bundled in BUNDLED_PATHS:
+        if bundled.name.startswith("broken"):
+            continue
+        data = document(bundled.read_text(encoding="utf-8"), str(bundled))
+        for place, spec in _leaves(SCENARIO, data):
+            for edge in edges(spec):
+                changed = copy.deepcopy(data)
+                _put(changed, place, edge)
+                tried += 1
+                try:
+                    parse(yaml.safe_dump(changed, sort_keys=False), str(bundled))
+                    wrong.append(f"{bundled.name} {place} = {edge!r}: loaded")
+                except ScenarioError as error:
+                    if error.line is None or "\n" in str(error):
+                        wrong.append(f"{bundled.name} {place} = {edge!r}: {error!r}")
+                if edge == edge and validator.is_valid(changed):  # NaN passes any bound
+                    wrong.append(f"{bundled.name} {place} = {edge!r}: the schema takes it")
+    tally(AREA, "each value of each bundled scenario set just out of its bounds", tried,
+          tried - len(wrong))
+    assert tried > 1000 and wrong == []
+
+
+def test_mutated_bundled_scenarios_load_or_are_refused_cleanly(tmp_path):
+    fuzz(tmp_path, "the bundled scenarios with bytes inserted, deleted, flipped or cut",
+         mutated(), 400, lambda data: data)
+
+
+def test_kalab_check_refuses_hostile_files_with_exit_2_and_one_line(tmp_path):
+    # One of each kind above, through the real command line.
+    sample = [YAML_SHAPES[0], YAML_SHAPES[2], YAML_SHAPES[12], YAML_SHAPES[15], VALUES[0],
+              VALUES[2], VALUES[3], TEXT[0], TEXT[5], NAMES[0], NAMES[8], COUNTS[0]]
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as out:
+        out.write(VALID.encode())
+        out.truncate(2 << 20)
+    wrong = []
+    for name, data, _, _ in sample:
+        (tmp_path / f"{name}.yaml").write_bytes(data)
+    for path, line in [*((tmp_path / f"{name}.yaml", line) for name, _, line, _ in sample),
+                       (big, 3)]:
+        try:
+            done = kalab_check(str(path))
+        except subprocess.TimeoutExpired:
+            wrong.append(f"{path.name}: still running after 20 s")
+            continue
+        lines = done.stderr.splitlines()
+        if done.returncode != 2 or len(lines) != 1 or \
+                not lines[0].startswith(f"kalab: {path}:{line}: "):
+            wrong.append(f"{path.name}: exit {done.returncode}, stderr {done.stderr!r}")
+    tally(AREA, "hostile files through `kalab check` (exit 2, one line naming file and line)",
+          len(sample) + 1, len(sample) + 1 - len(wrong))
+    assert wrong == []
