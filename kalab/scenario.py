@@ -3,13 +3,25 @@
 This is the only place that knows the scenario's shape. Every error names the
 file, the line and the field (``lab.yaml:14: engines[1].engine: ...``) so a
 student can fix it without reading code; `ScenarioError` carries that line and
-the CLI turns it into exit code 2 before anything starts.
+the CLI turns it into exit code 2 before anything starts. Each field is
+described once, as a spec (type, bounds or choices, default, doc) in "the
+field specs" below: the checker reads them, the model takes its defaults from
+them, and `kalab.scenario_schema` makes them ``schema/scenario.schema.json``
+(``python -m kalab.scenario_schema --write``), which every bundled scenario
+names on its first line for editors.
 
 A scenario is:
 
+- ``name``: the start of its results folder (default: the file's name, with
+  each character a name may not have made ``-``);
 - ``port``: the TCP port the server listens on (default 5000);
-- ``app``: the WSGI app as ``module:attribute`` (default the tutorial's app;
-  an engine may name its own);
+- ``app``: the WSGI app (default ``server.app:app``, the tutorial's; an
+  engine may name its own): one of the project's apps, ``server.app:app``,
+  ``server.plain_app:app`` or ``server.post_app:app`` (`kalab.apps`), or
+  your own file, ``app: {file: my_app.py, attribute: app}``, relative to
+  the scenario file's folder and inside it (symlinks resolved), a regular
+  ``.py`` file. The model keeps a project app as its ``module:attribute``
+  string and a file as an `AppFile` (absolute path, attribute);
 - ``engines``: the servers to run in turn, each with its own ``expect`` list;
 - ``sessions``: the clients, run concurrently, each a list of ``steps``.
 
@@ -41,16 +53,42 @@ connection without urllib3's check that the server closed it). ``link``
 sets impairments per direction (``server_to_client``, ``client_to_server``
 and, with nginx engines only, ``upstream_to_proxy``: ``delay_ms``,
 ``jitter_ms``, ``loss_percent``, ``rate``, ``only: fin``), applied with
-``tc`` or the user-space delay line (``kalab.impairment``). Engines:
-``werkzeug`` (``threaded``), ``gunicorn`` (``worker``, ``keep_alive``,
-``threads``, ``max_requests``), ``waitress`` (``channel_timeout``,
-``cleanup_interval``, ``threads``) and ``nginx`` in front of gunicorn
-(``keepalive_timeout``, ``keepalive_header``, ``upstream_keepalive``,
-``upstream_keepalive_timeout``, and gunicorn's).
+``tc`` or the user-space delay line (``kalab.impairment``). Engines and
+their settings (ENGINE_KIND_OPTIONS): ``werkzeug`` (``threaded``),
+``gunicorn`` (``worker``, ``keep_alive``, ``threads``, ``max_requests``),
+``waitress`` (``channel_timeout``, ``cleanup_interval``, ``threads``) and
+``nginx`` in front of gunicorn (``keepalive_timeout``, ``keepalive_header``,
+``upstream_keepalive``, ``upstream_keepalive_timeout``, and gunicorn's).
 
 Requests are numbered from 1 in each session's step order; with several
 sessions they are named ``SESSION.N``.
+
+Scenarios come from strangers and the lab runs as root, so the file and
+every value are bounded:
+
+- the file: a regular file (not a FIFO, device or folder) of UTF-8, at
+  most 1 MiB; one plain YAML document of mappings, lists, strings,
+  numbers (``1e9`` too), true/false and null: no tags (``!!binary``,
+  ``!!python/...``), no anchors or aliases, no timestamps, no duplicate
+  keys, no control characters, nested at most 32 deep, at most 100,000
+  values;
+- names (NAME_PATTERN): scenario and engine names are letters, digits,
+  ``.``, ``_`` and ``-``, not starting with ``.``, at most 64 characters,
+  since they become folders; engine names are unique, ignoring case;
+  session names (SESSION_NAME_PATTERN) have no ``.``. `check_name` checks
+  a name for code about to make it a folder;
+- numbers are finite; a ``sleep`` or an ``at``, ``idle`` and ``within``,
+  and an engine's timeouts are at most 3600 s, and so is a session's
+  planned time (its sleeps and ``at`` steps, requests taking none); at
+  most 16 engines, 100 sessions, 2000 steps a session, 100 expectations an
+  engine, 32 headers a request;
+- a path is ``/`` then visible ASCII (no spaces or controls), at most 2048
+  characters; a header's name is an RFC 9110 token, its value has no CR,
+  LF, NUL or other control but tab and only Latin-1 (what http.client
+  sends); a body is Latin-1, at most 64 KiB; a claim is one line and a
+  description has no controls but tabs and line breaks (both are printed).
 """
+
 
 from __future__ import annotations
 
