@@ -201,6 +201,8 @@ class Record:
 
 @dataclass(frozen=True)
 class ListOf:
+    """A list of items of one spec."""
+
     item: Spec
     doc: str
     max_items: int
@@ -663,7 +665,6 @@ class _Node:
             return "nothing" if not self.text else _clip(self.text)
         return _clip(self.text if self.text is not None else repr(self.value))
 
-
     def plain(self) -> Any:
         """The value as plain data: dicts, lists and scalars (nesting is bounded)."""
         if isinstance(self.value, dict):
@@ -737,9 +738,10 @@ def _tree(text: str, file: str) -> _Node | None:
     if bad:
         line = text.count("\n", 0, bad.start()) + 1
         column = bad.start() - text.rfind("\n", 0, bad.start())
-        raise ScenarioError(file, line, "yaml", f"control character U+{ord(bad.group()):04X} "
-                            f"in column {column} (YAML allows it only escaped, in double "
-                            "quotes)")
+        code = ord(bad.group())
+        kind = "control character" if code < 0x20 or 0x7F <= code <= 0x9F else "character"
+        raise ScenarioError(file, line, "yaml", f"{kind} U+{code:04X} in column {column} "
+                            "(YAML allows it only escaped, in double quotes)")
     stack: list[_Open] = []
     root: _Node | None = None
     documents = values = 0
