@@ -3,13 +3,25 @@
 This is the only place that knows the scenario's shape. Every error names the
 file, the line and the field (``lab.yaml:14: engines[1].engine: ...``) so a
 student can fix it without reading code; `ScenarioError` carries that line and
-the CLI turns it into exit code 2 before anything starts.
+the CLI turns it into exit code 2 before anything starts. Each field is
+described once, as a spec (type, bounds or choices, default, doc) in "the
+field specs" below: the checker reads them, the model takes its defaults from
+them, and `kalab.scenario_schema` makes them ``schema/scenario.schema.json``
+(``python -m kalab.scenario_schema --write``), which every bundled scenario
+names on its first line for editors.
 
 A scenario is:
 
+- ``name``: the start of its results folder (default: the file's name, with
+  each character a name may not have made ``-``);
 - ``port``: the TCP port the server listens on (default 5000);
-- ``app``: the WSGI app as ``module:attribute`` (default the tutorial's app;
-  an engine may name its own);
+- ``app``: the WSGI app (default ``server.app:app``, the tutorial's; an
+  engine may name its own): one of the project's apps, ``server.app:app``,
+  ``server.plain_app:app`` or ``server.post_app:app`` (`kalab.apps`), or
+  your own file, ``app: {file: my_app.py, attribute: app}``, relative to
+  the scenario file's folder and inside it (symlinks resolved), a regular
+  ``.py`` file. The model keeps a project app as its ``module:attribute``
+  string and a file as an `AppFile` (absolute path, attribute);
 - ``engines``: the servers to run in turn, each with its own ``expect`` list;
 - ``sessions``: the clients, run concurrently, each a list of ``steps``.
 
@@ -41,47 +53,86 @@ connection without urllib3's check that the server closed it). ``link``
 sets impairments per direction (``server_to_client``, ``client_to_server``
 and, with nginx engines only, ``upstream_to_proxy``: ``delay_ms``,
 ``jitter_ms``, ``loss_percent``, ``rate``, ``only: fin``), applied with
-``tc`` or the user-space delay line (``kalab.impairment``). Engines:
-``werkzeug`` (``threaded``), ``gunicorn`` (``worker``, ``keep_alive``,
-``threads``, ``max_requests``), ``waitress`` (``channel_timeout``,
-``cleanup_interval``, ``threads``) and ``nginx`` in front of gunicorn
-(``keepalive_timeout``, ``keepalive_header``, ``upstream_keepalive``,
-``upstream_keepalive_timeout``, and gunicorn's).
+``tc`` or the user-space delay line (``kalab.impairment``). Engines and
+their settings (ENGINE_KIND_OPTIONS): ``werkzeug`` (``threaded``),
+``gunicorn`` (``worker``, ``keep_alive``, ``threads``, ``max_requests``),
+``waitress`` (``channel_timeout``, ``cleanup_interval``, ``threads``) and
+``nginx`` in front of gunicorn (``keepalive_timeout``, ``keepalive_header``,
+``upstream_keepalive``, ``upstream_keepalive_timeout``, and gunicorn's).
 
 Requests are numbered from 1 in each session's step order; with several
 sessions they are named ``SESSION.N``.
+
+Scenarios come from strangers and the lab runs as root, so the file and
+every value are bounded:
+
+- the file: a regular file (not a FIFO, device or folder) of UTF-8, at
+  most 1 MiB; one plain YAML document of mappings, lists, strings,
+  numbers (``1e9`` too), true/false and null: no tags (``!!binary``,
+  ``!!python/...``), no anchors or aliases, no timestamps, no duplicate
+  keys, no control characters, nested at most 32 deep, at most 100,000
+  values;
+- names (NAME_PATTERN): scenario and engine names are letters, digits,
+  ``.``, ``_`` and ``-``, not starting with ``.``, at most 64 characters,
+  since they become folders; engine names are unique, ignoring case;
+  session names (SESSION_NAME_PATTERN) have no ``.``. `check_name` checks
+  a name for code about to make it a folder;
+- numbers are finite; a ``sleep`` or an ``at``, ``idle`` and ``within``,
+  and an engine's timeouts are at most 3600 s, and so is a session's
+  planned time (its sleeps and ``at`` steps, requests taking none); at
+  most 16 engines, 100 sessions, 2000 steps a session, 100 expectations an
+  engine, 32 headers a request;
+- a path is ``/`` then visible ASCII (no spaces or controls), at most 2048
+  characters; a header's name is an RFC 9110 token, its value has no CR,
+  LF, NUL or other control but tab and only Latin-1 (what http.client
+  sends); a body is Latin-1, at most 64 KiB; a claim is one line and a
+  description has no controls but tabs and line breaks (both are printed).
 """
+
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-DEFAULT_APP = "server.app:app"
+from kalab.apps import ATTRIBUTE_PATTERN, PROJECT_APPS, AppFile
+
+DEFAULT_APP = PROJECT_APPS[0]  # the tutorial's app
 ENGINE_KINDS = ("werkzeug", "gunicorn", "waitress", "nginx")
 GUNICORN_WORKERS = ("sync", "gthread")
 HTTP_VERSIONS = ("1.1", "1.0")
 STORIES = ("new", "reused", "replaced dropped connection", "raced the FIN", "unanswered")
-# Which settings each engine takes (nginx's upstream is a gunicorn, so it takes
-# gunicorn's settings for it too).
-ENGINE_OPTIONS = {
-    "werkzeug": {"threaded"},
-    "gunicorn": {"worker", "keep_alive", "threads", "max_requests"},
-    "waitress": {"channel_timeout", "cleanup_interval", "threads"},
-    "nginx": {"keepalive_timeout", "keepalive_header", "upstream_keepalive",
-              "upstream_keepalive_timeout", "worker", "keep_alive", "threads", "max_requests"},
-}
 # upstream_to_proxy: nginx's upstream (gunicorn) to nginx, on the server's loopback.
 LINK_DIRECTIONS = ("server_to_client", "client_to_server", "upstream_to_proxy")
 LINK_ONLY = ("fin",)
 CLOSERS = ("server", "client", "either")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+# Names become folders (an engine's under the results folder, the scenario's
+# results folder itself) and parts of request refs: letters, digits, '.', '_'
+# and '-', never starting with '.' (no '.', '..' or hidden folders), at most 64.
+NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"
+NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '.', at most 64 characters"
+# A session's name is the SESSION of a request ref SESSION.N: no '.' in it.
+SESSION_NAME_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+
+# Bounds a lab needs and nothing near what would hang a run or a machine.
+MAX_SECONDS = 3600  # a sleep, an `at`, a session's planned time, an engine's timeout
+MAX_ENGINES = 16
+MAX_SESSIONS = 100
+MAX_STEPS = 2000  # per session
+MAX_EXPECTATIONS = 100  # per engine
+MAX_HEADERS = 32  # per request
+MAX_BODY = 65_536  # characters
+MAX_PATH = 2048  # characters
 
 
 class ScenarioError(Exception):
@@ -93,7 +144,320 @@ class ScenarioError(Exception):
         super().__init__(f"{place}: {where}: {message}" if where else f"{place}: {message}")
 
 
+def check_name(name: str) -> str:
+    """``name`` if it matches NAME_PATTERN (safe as one folder's name), else ValueError.
+
+    For code that takes a name from a scenario, a report or a command line and
+    is about to make it a folder: the scenario checker already refused others.
+    """
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"not a name ({NAME_RULE}): {name!r}")
+    return name
+
+
+def slug(text: str) -> str:
+    """``text`` made a name: each character NAME_PATTERN does not allow becomes '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", text)[:64]
+    return ("-" + name[1:] if name.startswith(".") else name) or "scenario"
+
+
+# ------------------------------------------------------------ the field specs
+#
+# Every field of the language is described once, here: its type, bounds or
+# choices, default and a one-line doc. The checker (`_Checker.check`) and the
+# JSON Schema (`kalab.scenario_schema`, schema/scenario.schema.json) both read
+# these; what only the checker can see (a request ref that names no request,
+# an `at` going back in time, a session's planned time) it checks after them.
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """One value: its type, bounds or choices, default and what it means."""
+
+    type: str  # "string" | "integer" | "number" | "boolean" | "text" (a string or a number,
+    #            taken as written: a header value)
+    doc: str
+    default: Any = None  # None: unset when absent (or required: its Record says)
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] = ()
+    pattern: str | None = None  # the whole string must match; re and JSON Schema read it alike
+    max_length: int | None = None
+    says: str = ""  # the pattern (or choices) in words, for the message when it fails
+
+
+@dataclass(frozen=True)
+class Record:
+    """A mapping of known fields; with ``switch``, the value of that field (an engine's
+    kind) adds its own fields from ``kinds``."""
+
+    doc: str
+    fields: dict[str, Spec]
+    required: tuple[str, ...] = ()
+    one_of: tuple[str, ...] = ()  # exactly one of these fields is present
+    switch: str = ""
+    kinds: dict[str, dict[str, Scalar]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A list of items of one spec."""
+
+    item: Spec
+    doc: str
+    max_items: int
+    min_items: int = 1
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """A mapping of free names (headers) to values."""
+
+    key: Scalar
+    value: Spec
+    doc: str
+    max_items: int
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of several shapes, told apart by the value's type (a string, a number, a
+    list, a mapping): the first that takes it checks it."""
+
+    options: tuple[Spec, ...]
+    doc: str
+    want: str  # the shapes in words, after "expected" in a message
+    default: Any = None
+
+
+Spec = Scalar | Record | ListOf | MapOf | OneOf
+
+
+def _seconds(doc: str, default: float | None = None, minimum: float = 0,
+             maximum: float = MAX_SECONDS) -> Scalar:
+    return Scalar("number", doc, default, minimum, maximum)
+
+
+# Each engine kind's own settings, with the engine's own defaults. nginx runs
+# gunicorn behind it, so it takes gunicorn's settings for that gunicorn too.
+GUNICORN_OPTIONS: dict[str, Scalar] = {
+    "worker": Scalar("string", "gunicorn's worker class: sync answers Connection: close, "
+                     "gthread keeps connections alive", "gthread", choices=GUNICORN_WORKERS),
+    "keep_alive": _seconds("gunicorn --keep-alive: seconds an idle connection is kept "
+                           "(gthread only)", 2.0),
+    "threads": Scalar("integer", "gunicorn --threads (gthread only)", 4, 1, 1024),
+    "max_requests": Scalar("integer", "gunicorn --max-requests: restart the worker after N "
+                           "requests (0: never)", 0, 0, 1024),
+}
+ENGINE_KIND_OPTIONS: dict[str, dict[str, Scalar]] = {
+    "werkzeug": {
+        "threaded": Scalar("boolean", "app.run(threaded=...): false serves one request at a "
+                           "time and speaks HTTP/1.0", True),
+    },
+    "gunicorn": GUNICORN_OPTIONS,
+    "waitress": {
+        # waitress takes whole seconds
+        "channel_timeout": Scalar("integer", "waitress --channel-timeout: seconds an idle "
+                                  "connection is kept", 120, 1, MAX_SECONDS),
+        "cleanup_interval": Scalar("integer", "waitress --cleanup-interval: how often, in "
+                                   "seconds, idle connections are looked for", 30, 1,
+                                   MAX_SECONDS),
+        "threads": Scalar("integer", "waitress --threads", 4, 1, 1024),
+    },
+    "nginx": {
+        "keepalive_timeout": _seconds("nginx keepalive_timeout: seconds an idle client "
+                                      "connection is kept", 75.0),
+        "keepalive_header": _seconds("nginx keepalive_timeout's second value: the "
+                                     "Keep-Alive: timeout=N it advertises (default none)"),
+        "upstream_keepalive": Scalar("integer", "nginx upstream keepalive: idle connections "
+                                     "to gunicorn kept in a pool (0: none, HTTP/1.0 "
+                                     "upstream)", 0, 0, 1024),
+        "upstream_keepalive_timeout": _seconds("nginx upstream keepalive_timeout: seconds "
+                                               "a pooled upstream connection is kept", 60.0),
+        **GUNICORN_OPTIONS,
+    },
+}
+# Which settings each kind takes, by name (for code that only needs the names).
+ENGINE_OPTIONS: dict[str, frozenset[str]] = {
+    kind: frozenset(options) for kind, options in ENGINE_KIND_OPTIONS.items()}
+
+
+def _default(kind: str, option: str) -> Any:
+    return ENGINE_KIND_OPTIONS[kind][option].default
+
+
+# ------------------------------------------------------- the document's specs
+
+_ONE_LINE = r"[^\x00-\x1f\x7f-\x9f]*"  # no control characters: it is printed on a terminal
+_LINES = r"[^\x00-\x08\x0b-\x1f\x7f-\x9f]*"  # the same, with tabs and line breaks
+NAME = Scalar("string", "a name: " + NAME_RULE, pattern=NAME_PATTERN, max_length=64,
+              says=f"a name is {NAME_RULE}")
+SESSION_NAME = Scalar("string", "the session's name (default s1, s2, ... by position): "
+                      "letters, digits, '_' and '-', at most 64 characters; requests are "
+                      "named SESSION.N after it", pattern=SESSION_NAME_PATTERN, max_length=64,
+                      says="a session's name is letters, digits, '_' and '-' (no '.'), at "
+                      "most 64 characters")
+PATH = Scalar("string", "the request's path and query, e.g. /keep-alive", pattern=r"/[!-~]*",
+              max_length=MAX_PATH, says="a path starts with '/' and has only visible ASCII "
+              "characters (no spaces or control characters)")
+# RFC 9110 token; a value is what http.client can send: no CR, LF, NUL or other
+# controls but tab, and Latin-1 at most.
+HEADER_NAME = Scalar("string", "a header's name (an RFC 9110 token)",
+                     pattern=r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", max_length=256,
+                     says="a header's name is a token: letters, digits and !#$%&'*+-.^_`|~")
+HEADER_VALUE = Scalar("text", "a header's value, as written (a number too)",
+                      pattern=r"[\t\x20-\x7e\xa0-\xff]*", max_length=8192,
+                      says="a header's value has no CR, LF, NUL or other control characters "
+                      "but tab, and only Latin-1 characters")
+BODY = Scalar("string", "the request's body; http.client sends it as Latin-1",
+              pattern=r"[\x00-\xff]*", max_length=MAX_BODY,
+              says="a body has only Latin-1 characters (http.client sends it so)")
+_REF = r"([A-Za-z0-9_-]{1,64}\.)?[1-9][0-9]{0,8}"
+REF_NUMBER = Scalar("integer", "a request's number, from 1 in step order", minimum=1,
+                    maximum=MAX_SESSIONS * MAX_STEPS)
+REF_NAME = Scalar("string", "a request as SESSION.N (with several sessions), or its number",
+                  pattern=_REF, max_length=80,
+                  says="a request is its number, or SESSION.N with several sessions")
+_REQUEST_WORDS = "(N, or SESSION.N with several sessions)"
+REF = OneOf((REF_NUMBER, REF_NAME), "the request", f"a request {_REQUEST_WORDS}")
+REFS = OneOf((REF_NUMBER, REF_NAME, ListOf(REF, "the requests", MAX_STEPS)), "the requests",
+             f"a request or a list of requests {_REQUEST_WORDS}")
+STATUS = Scalar("integer", "an HTTP status code", minimum=100, maximum=599)
+
+REQUEST = Record("a request", {
+    "method": Scalar("string", "the method, upper or lower case", "GET",
+                     choices=HTTP_METHODS + tuple(m.lower() for m in HTTP_METHODS)),
+    "path": dataclasses.replace(PATH, default="/keep-alive"),
+    "headers": MapOf(HEADER_NAME, HEADER_VALUE, "headers to send, name: value", MAX_HEADERS),
+    "body": BODY,
+})
+STEP_KINDS = ("get", "request", "sleep", "at", "close")
+STEP = OneOf((
+    Scalar("string", "close: session.close()", choices=("close",)),
+    Record("one step: exactly one of get, request, sleep, at, close", {
+        "get": dataclasses.replace(PATH, doc="GET this path"),
+        "request": REQUEST,
+        "sleep": _seconds("seconds to wait after the previous response"),
+        "at": _seconds("seconds from the session's start to wait until"),
+        "close": Scalar("boolean", "session.close()", choices=(True,),
+                        says="write `- close` or `close: true`"),
+    }, one_of=STEP_KINDS),
+), "one step of the session", "a step (get, request, sleep, at or close)")
+SESSION = Record("a client: one requests.Session running its steps", {
+    "name": SESSION_NAME,
+    "steps": ListOf(STEP, "what the client does, in order", MAX_STEPS),
+    "retries": Scalar("integer", "urllib3 retries (idempotent methods only)", 0, 0, 10),
+    "http_version": Scalar("string", "the HTTP version the client speaks (quote it: \"1.0\")",
+                           "1.1", choices=HTTP_VERSIONS),
+    "stale_check": Scalar("boolean", "false: reuse a pooled connection without urllib3's "
+                          "check that the server closed it", True),
+}, required=("steps",))
+
+EXPECTATION_KINDS = ("connections", "same_connection", "new_connection", "close", "status",
+                     "story")
+REQUEST_IS = ("request", "is")
+CLOSE = Record("how the connection of a request was first closed (its first FIN)", {
+    "request": OneOf((REF_NUMBER, dataclasses.replace(
+        REF_NAME, pattern="each|" + _REF, says="a request is its number, SESSION.N, or "
+        "each (every connection)")), "the request whose connection it is, or each for "
+        "every connection", f"a request {_REQUEST_WORDS} or each"),
+    "by": Scalar("string", "the side that sent the first FIN", "either", choices=CLOSERS),
+    "idle": _seconds("seconds after the connection's last response"),
+    "tolerance": _seconds("± seconds around idle", 0.5, maximum=60),
+    "within": _seconds("at most this many seconds after the last response"),
+}, required=("request",))
+EXPECTATION = Record("one checkable statement about the wire: exactly one of "
+                     + ", ".join(EXPECTATION_KINDS) + ", and an optional claim", {
+    "claim": Scalar("string", "the sentence reported if the wire refutes it",
+                    pattern=_ONE_LINE, max_length=1000,
+                    says="a claim is one line without control characters"),
+    "connections": Scalar("integer", "the scenario's requests travelled on N connections",
+                          minimum=0, maximum=MAX_SESSIONS * MAX_STEPS),
+    "same_connection": dataclasses.replace(REFS, doc="these requests shared one connection"),
+    "new_connection": dataclasses.replace(REFS, doc="each of these requests opened a "
+                                          "connection of its own"),
+    "close": CLOSE,
+    "status": OneOf((
+        dataclasses.replace(STATUS, doc="every request got this status"),
+        Record("request R got this status", {"request": REF, "is": STATUS},
+               required=REQUEST_IS),
+    ), "every request got this status, or request R did",
+        "a status code, or {request: R, is: CODE}"),
+    "story": Record("the request's fate, from the wire and the client together", {
+        "request": REF,
+        "is": Scalar("string", "the story", choices=STORIES),
+    }, required=REQUEST_IS),
+}, one_of=EXPECTATION_KINDS)
+
+APP_FILE = Record("your own WSGI app, in a Python file", {
+    "file": Scalar("string", "the .py file, relative to the scenario file's folder and inside "
+                   "it", pattern=r"[A-Za-z0-9_][A-Za-z0-9_./-]*\.py", max_length=255,
+                   says="an app file is a relative path to a .py file (letters, digits, '_', "
+                   "'-', '.' and '/')"),
+    "attribute": Scalar("string", "the WSGI callable's name in the file", "app",
+                        pattern=ATTRIBUTE_PATTERN, says="an attribute is a Python name"),
+}, required=("file",))
+APP = OneOf((
+    Scalar("string", "one of the project's apps, as module:attribute", choices=PROJECT_APPS,
+           says="an app is one of the project's (" + ", ".join(PROJECT_APPS) + ") or your "
+           "own file, as {file: my_app.py}"),
+    APP_FILE,
+), "the WSGI app to serve: one of the project's apps, or your own file",
+    "one of the project's apps (" + ", ".join(PROJECT_APPS) + ") or {file: my_app.py}",
+    DEFAULT_APP)
+ENGINE = Record("a server engine, run in turn with the same sessions", {
+    "engine": Scalar("string", "the kind of engine", choices=ENGINE_KINDS),
+    "name": dataclasses.replace(NAME, doc="the engine's name, its folder in the results "
+                                "(default: the kind; gunicorn-WORKER for gunicorn): "
+                                + NAME_RULE),
+    "app": dataclasses.replace(APP, default=None, doc="this engine's app, if not the "
+                               "scenario's"),
+    "expect": ListOf(EXPECTATION, "what the wire must show with this engine",
+                     MAX_EXPECTATIONS, min_items=0),
+}, required=("engine",), switch="engine", kinds=ENGINE_KIND_OPTIONS)
+
+_DELAY = Scalar("number", "", 0.0, 0, 60_000)
+LINK_IMPAIRMENT = Record("what one direction of the link suffers", {
+    "delay_ms": dataclasses.replace(_DELAY, doc="milliseconds each packet is held"),
+    "jitter_ms": dataclasses.replace(_DELAY, doc="± milliseconds around delay_ms"),
+    "loss_percent": Scalar("number", "percent of packets dropped", 0.0, 0, 100),
+    "rate": Scalar("string", "a tc rate such as 1mbit (not with only)",
+                   pattern=r"[0-9]+(\.[0-9]+)?([kmg]?bit|[kmg]?bps)", max_length=16,
+                   says="a rate is a tc rate such as 1mbit"),
+    "only": Scalar("string", "impair only packets carrying a FIN", choices=LINK_ONLY),
+})
+LINK = Record("impairments per direction", {
+    "server_to_client": dataclasses.replace(LINK_IMPAIRMENT, doc="the server's packets"),
+    "client_to_server": dataclasses.replace(LINK_IMPAIRMENT, doc="the client's packets"),
+    "upstream_to_proxy": dataclasses.replace(LINK_IMPAIRMENT, doc="gunicorn's packets to "
+                                             "nginx, on the server's loopback (nginx "
+                                             "engines only; no rate)"),
+})
+SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) to run "
+                  "against each, and what the wire must show", {
+    "name": dataclasses.replace(NAME, doc="the scenario's name, the start of its results "
+                                "folder (default: the file's name, made a name): " + NAME_RULE),
+    "description": Scalar("string", "what the scenario shows", "", pattern=_LINES,
+                          max_length=4096, says="a description has no control characters "
+                          "but tabs and line breaks"),
+    "app": APP,
+    "port": Scalar("integer", "the TCP port the server listens on", 5000, 1, 65535),
+    "engines": ListOf(ENGINE, "the servers to run in turn, each with its own expectations",
+                      MAX_ENGINES),
+    "sessions": ListOf(SESSION, "the clients, run concurrently", MAX_SESSIONS),
+    "link": LINK,
+}, required=("engines", "sessions"))
+
+
 # ---------------------------------------------------------------- the model
+
+
+def _field_default(record: Record, key: str) -> Any:
+    """A field's default, from its spec: the model's defaults are the language's."""
+    spec = record.fields[key]
+    if not isinstance(spec, (Scalar, OneOf)):
+        raise TypeError(f"{key} is a {type(spec).__name__}: it has no default")
+    return spec.default
 
 
 @dataclass(frozen=True)
@@ -103,8 +467,8 @@ class Request:
     ref: str  # "3", or "session.3" with several sessions
     session: str
     number: int
-    method: str = "GET"
-    path: str = "/keep-alive"
+    method: str = _field_default(REQUEST, "method")
+    path: str = _field_default(REQUEST, "path")
     headers: dict[str, str] = field(default_factory=dict)
     body: str | None = None
 
@@ -122,11 +486,11 @@ class Step:
 class Session:
     name: str
     steps: tuple[Step, ...]
-    retries: int = 0  # urllib3 Retry(total=N); requests' default is none
-    http_version: str = "1.1"  # "1.0" makes the client speak HTTP/1.0
+    retries: int = _field_default(SESSION, "retries")  # urllib3 Retry(total=N)
+    http_version: str = _field_default(SESSION, "http_version")  # "1.0": HTTP/1.0
     # False: reuse a pooled connection without urllib3's check that the server
     # closed it, as clients without such a check do (the request races the FIN).
-    stale_check: bool = True
+    stale_check: bool = _field_default(SESSION, "stale_check")
 
     @property
     def requests(self) -> list[Request]:
@@ -142,9 +506,9 @@ class Expectation:
     line: int
     count: int | None = None
     requests: tuple[str, ...] = ()  # request refs; ("each",) for close on every connection
-    by: str = "either"
+    by: str = _field_default(CLOSE, "by")
     idle: float | None = None
-    tolerance: float = 0.5
+    tolerance: float = _field_default(CLOSE, "tolerance")
     within: float | None = None
     status: int | None = None
     story: str | None = None
@@ -156,18 +520,19 @@ class Engine:
 
     name: str
     kind: str  # werkzeug | gunicorn | waitress | nginx (in front of gunicorn)
-    threaded: bool = True  # werkzeug: False speaks HTTP/1.0, as app.run(threaded=False)
-    worker: str = "gthread"  # gunicorn worker class
-    keep_alive: float = 2.0  # gunicorn --keep-alive (its default is 2)
-    threads: int = 4  # gunicorn gthread --threads, waitress threads
-    max_requests: int = 0  # gunicorn --max-requests: restart a worker after N requests
-    channel_timeout: float = 120.0  # waitress: idle connection timeout
-    cleanup_interval: float = 30.0  # waitress: how often idle connections are checked
-    keepalive_timeout: float = 75.0  # nginx keepalive_timeout (client side)
-    keepalive_header: float | None = None  # nginx: the Keep-Alive: timeout=H it advertises
-    upstream_keepalive: int = 0  # nginx upstream keepalive pool size (0: no pooling)
-    upstream_keepalive_timeout: float = 60.0  # nginx: idle upstream connections kept
-    app: str | None = None  # this engine's WSGI app, if not the scenario's
+    # The kinds' settings; each default is the one ENGINE_KIND_OPTIONS gives.
+    threaded: bool = _default("werkzeug", "threaded")
+    worker: str = _default("gunicorn", "worker")
+    keep_alive: float = _default("gunicorn", "keep_alive")
+    threads: int = _default("gunicorn", "threads")  # waitress's default is the same
+    max_requests: int = _default("gunicorn", "max_requests")
+    channel_timeout: float = _default("waitress", "channel_timeout")
+    cleanup_interval: float = _default("waitress", "cleanup_interval")
+    keepalive_timeout: float = _default("nginx", "keepalive_timeout")
+    keepalive_header: float | None = _default("nginx", "keepalive_header")
+    upstream_keepalive: int = _default("nginx", "upstream_keepalive")
+    upstream_keepalive_timeout: float = _default("nginx", "upstream_keepalive_timeout")
+    app: str | AppFile | None = None  # this engine's WSGI app, if not the scenario's
     expect: tuple[Expectation, ...] = ()
 
     def describe(self) -> str:
@@ -193,9 +558,9 @@ class Engine:
 class LinkImpairment:
     """What one direction of a link suffers (netem's words: `kalab.impairment` applies it)."""
 
-    delay_ms: float = 0.0
-    jitter_ms: float = 0.0
-    loss_percent: float = 0.0
+    delay_ms: float = _field_default(LINK_IMPAIRMENT, "delay_ms")
+    jitter_ms: float = _field_default(LINK_IMPAIRMENT, "jitter_ms")
+    loss_percent: float = _field_default(LINK_IMPAIRMENT, "loss_percent")
     rate: str | None = None  # e.g. "1mbit"
     # "fin": impair only packets carrying a FIN (a FIN slow to arrive widens
     # the race at the keep-alive edge without slowing anything else)
@@ -224,7 +589,7 @@ class Scenario:
     file: str
     name: str
     description: str
-    app: str
+    app: str | AppFile  # a project app's module:attribute, or a user's file
     port: int
     engines: tuple[Engine, ...]
     sessions: tuple[Session, ...]
@@ -246,356 +611,531 @@ class Scenario:
 
 # ---------------------------------------------- YAML with line numbers kept
 
+# Scenarios come from strangers and the lab runs as root: the loader bounds
+# what it reads before any YAML machinery sees it, and builds the tree from
+# the parser's events itself, in one loop with no recursion, so that depth,
+# size, tags, anchors and duplicate keys are refused before they cost anything.
+MAX_FILE_BYTES = 1 << 20  # 1 MiB; the bundled scenarios are under 4 KiB
+MAX_DEPTH = 32  # nested mappings and lists; a scenario needs 8
+MAX_VALUES = 100_000  # nodes of the tree: keys' values, list items, mappings and lists
+_YAML = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_YAML + name for name in ("str", "int", "float", "bool", "null")}
+# What YAML allows unescaped in a document (YAML 1.1's printable set, as
+# PyYAML's reader checks it); found first here, the error can name a line.
+_UNPRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# libyaml's parser is about twenty times faster than PyYAML's (a 1 MiB
+# document in 0.15 s); both yield the same events, and neither recurses.
+_Parser = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _PlainResolver(yaml.resolver.Resolver):
+    """YAML 1.1's implicit types without timestamps, merge keys (``<<``) or ``=``."""
+
+
+_PlainResolver.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag in _SCALAR_TAGS]
+    for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()}
+# YAML 1.2's floats without a dot (1e9), as editors and JSON read them.
+_PlainResolver.add_implicit_resolver(
+    _YAML + "float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789"))
+_RESOLVER = _PlainResolver()
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+_CONSTRUCT = {tag: yaml.constructor.SafeConstructor.yaml_constructors[tag]
+              for tag in _SCALAR_TAGS}
+
 
 class _Node:
-    """A loaded YAML value with the line it started on (1-based)."""
+    """A loaded YAML value, the line it started on (1-based) and, for a scalar, its text
+    as written (``.nan``, ``1e9``, ``0x1F``: what messages show)."""
 
-    __slots__ = ("value", "line")
+    __slots__ = ("value", "line", "text")
 
-    def __init__(self, value: Any, line: int) -> None:
-        self.value, self.line = value, line
+    def __init__(self, value: Any, line: int, text: str | None = None) -> None:
+        self.value, self.line, self.text = value, line, text
+
+    def shown(self) -> str:
+        """The value for a message, as the user wrote it, on one short line."""
+        if isinstance(self.value, dict):
+            return "a mapping"
+        if isinstance(self.value, list):
+            return "a list"
+        if isinstance(self.value, str):
+            return _clip(repr(self.value))
+        if self.value is None:
+            return "nothing" if not self.text else _clip(self.text)
+        return _clip(self.text if self.text is not None else repr(self.value))
+
+    def plain(self) -> Any:
+        """The value as plain data: dicts, lists and scalars (nesting is bounded)."""
+        if isinstance(self.value, dict):
+            return {key: node.plain() for key, node in self.value.items()}
+        if isinstance(self.value, list):
+            return [node.plain() for node in self.value]
+        return self.value
 
 
-class _LineLoader(yaml.SafeLoader):
-    pass
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _construct(loader: _LineLoader, node: yaml.Node) -> _Node:
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        mapping: dict[str, _Node] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            mapping[str(key.value if isinstance(key, _Node) else key)] = (
-                loader.construct_object(value_node, deep=True)
-            )
-        return _Node(mapping, line)
-    if isinstance(node, yaml.SequenceNode):
-        return _Node([loader.construct_object(n, deep=True) for n in node.value], line)
-    # SafeLoader's own constructors, since ours replace them on this class.
-    constructor = yaml.SafeLoader.yaml_constructors.get(node.tag)
-    return _Node(constructor(loader, node) if constructor else node.value, line)
+def _key_where(where: str, key: str) -> str:
+    """``where.key``, with a key that is not a plain word quoted (it may hold anything)."""
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", key):
+        return f"{where}.{key}" if where else key
+    return f"{where}[{_clip(repr(key))}]"
 
 
-for _tag in ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:str",
-             "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool",
-             "tag:yaml.org,2002:null", "tag:yaml.org,2002:timestamp"):
-    _LineLoader.add_constructor(_tag, _construct)
+class _Open:
+    """A mapping or list being built: its node and, for a mapping, its last key, whether
+    the next event is a key, and the line each key was on (for duplicates)."""
+
+    __slots__ = ("node", "key", "want_key", "key_lines")
+
+    def __init__(self, node: _Node) -> None:
+        self.node, self.key, self.want_key = node, "", isinstance(node.value, dict)
+        self.key_lines: dict[str, int] = {}
+
+
+def _where(stack: list[_Open]) -> str:
+    """The path of the value being read: the open mappings' keys and lists' indexes."""
+    where = ""
+    for depth, frame in enumerate(stack):
+        if isinstance(frame.node.value, dict):
+            if not (frame.want_key and depth == len(stack) - 1):
+                where = _key_where(where, frame.key)
+        else:
+            # the list's last item holds the deeper frames; the innermost's next is new
+            where += f"[{len(frame.node.value) - (depth < len(stack) - 1)}]"
+    return where
+
+
+def _tag(tag: str) -> str:
+    """A tag as it is written: ``!!binary`` for the standard ones."""
+    return _clip("!!" + tag[len(_YAML):] if tag.startswith(_YAML) else tag)
+
+
+def _scalar(event: yaml.ScalarEvent, line: int) -> Any:
+    tag = event.tag or _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
+    node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+    try:
+        return _CONSTRUCT[tag](_CONSTRUCTOR, node)
+    except (ValueError, KeyError):  # !!int abc, !!bool maybe, more digits than int() takes
+        raise ValueError(f"{_clip(repr(event.value))} is not a valid {_tag(tag)}") from None
+
+
+def _too_big(file: str, line: int) -> ScenarioError:
+    return ScenarioError(file, line, "", f"the file goes on past {MAX_FILE_BYTES} bytes "
+                         "(1 MiB) here; a scenario is far smaller")
+
+
+def _tree(text: str, file: str) -> _Node | None:
+    """The document as a tree of _Node, or None if it is empty; ScenarioError if it is
+    not the plain YAML a scenario is (one document of mappings, lists and scalars)."""
+    if len(text) > MAX_FILE_BYTES or (len(text) * 4 > MAX_FILE_BYTES and len(
+            text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES):
+        raise _too_big(file, text.count("\n", 0, MAX_FILE_BYTES) + 1)
+    bad = _UNPRINTABLE.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        column = bad.start() - text.rfind("\n", 0, bad.start())
+        code = ord(bad.group())
+        kind = "control character" if code < 0x20 or 0x7F <= code <= 0x9F else "character"
+        raise ScenarioError(file, line, "yaml", f"{kind} U+{code:04X} in column {column} "
+                            "(YAML allows it only escaped, in double quotes)")
+    stack: list[_Open] = []
+    root: _Node | None = None
+    documents = values = 0
+    line = 1
+
+    def refuse(message: str) -> ScenarioError:
+        return ScenarioError(file, line, _where(stack) or "yaml", message)
+
+    try:
+        for event in yaml.parse(text, Loader=_Parser):
+            line = event.start_mark.line + 1 if event.start_mark else line
+            if isinstance(event, yaml.DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    raise refuse("a second document ('---'): a scenario is one document")
+                continue
+            if isinstance(event, (yaml.StreamStartEvent, yaml.StreamEndEvent,
+                                  yaml.DocumentEndEvent)):
+                continue
+            if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                stack.pop()
+                continue
+            if isinstance(event, yaml.AliasEvent):
+                raise refuse(f"alias *{_clip(event.anchor)}: anchors and aliases are not "
+                             "supported; write the value out")
+            if event.anchor is not None:
+                raise refuse(f"anchor &{_clip(event.anchor)}: anchors and aliases are not "
+                             "supported; write the value out")
+            parent = stack[-1] if stack else None
+            if parent and parent.want_key:
+                # A key: kept as written (`200:` and `on:` are the words 200 and on).
+                if not isinstance(event, yaml.ScalarEvent) or \
+                        event.tag not in (None, _YAML + "str"):
+                    raise refuse("a key must be a plain word")
+                key = event.value
+                parent.key, parent.want_key = key, False
+                if key in parent.key_lines:
+                    raise refuse(f"duplicate key (also on line {parent.key_lines[key]})")
+                parent.key_lines[key] = line
+                continue
+            values += 1
+            if values > MAX_VALUES:
+                raise refuse(f"more than {MAX_VALUES} values: a scenario is far smaller")
+            if isinstance(event, yaml.ScalarEvent):
+                if event.tag is not None and event.tag not in _SCALAR_TAGS:
+                    raise refuse(f"tag {_tag(event.tag)} is not allowed (plain strings, "
+                                 "numbers, true/false and null only)")
+                try:
+                    node = _Node(_scalar(event, line), line, event.value)
+                except ValueError as exc:
+                    raise refuse(str(exc)) from None
+            else:
+                mapping = isinstance(event, yaml.MappingStartEvent)
+                if event.tag is not None and event.tag != _YAML + ("map" if mapping else "seq"):
+                    raise refuse(f"tag {_tag(event.tag)} is not allowed on a "
+                                 f"{'mapping' if mapping else 'list'}")
+                if len(stack) >= MAX_DEPTH:
+                    raise refuse(f"exceeded the maximum nesting depth ({MAX_DEPTH} levels)")
+                node = _Node({} if mapping else [], line)
+            if parent is None:
+                root = node
+            elif isinstance(parent.node.value, dict):
+                parent.node.value[parent.key] = node
+                parent.want_key = True
+            else:
+                parent.node.value.append(node)
+            if not isinstance(event, yaml.ScalarEvent):
+                stack.append(_Open(node))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        words = " ".join(str(exc.problem or exc.context).split())
+        raise ScenarioError(file, mark.line + 1 if mark else line, "yaml", words) from None
+    except yaml.YAMLError as exc:  # the reader's errors carry a position, not a line
+        position = getattr(exc, "position", None)
+        if isinstance(position, int):
+            line = text.count("\n", 0, position) + 1
+        words = " ".join(str(getattr(exc, "reason", None) or exc).split("\n")[0].split())
+        raise ScenarioError(file, line, "yaml", words) from None
+    return root
 
 
 # --------------------------------------------------------------- validation
 
 
+def _fits(spec: Spec, value: Any) -> bool:
+    """Whether ``value`` is of the spec's shape (its bounds aside)."""
+    if isinstance(spec, (Record, MapOf)):
+        return isinstance(value, dict)
+    if isinstance(spec, ListOf):
+        return isinstance(value, list)
+    if isinstance(spec, OneOf):
+        return any(_fits(option, value) for option in spec.options)
+    if isinstance(value, bool):
+        return spec.type == "boolean"
+    return {"string": isinstance(value, str), "integer": isinstance(value, int),
+            "number": isinstance(value, (int, float)),
+            "text": isinstance(value, (str, int, float))}.get(spec.type, False)
+
+
+def _want(spec: Spec) -> str:
+    if isinstance(spec, (Record, MapOf)):
+        return "a mapping"
+    if isinstance(spec, ListOf):
+        return "a list"
+    if isinstance(spec, OneOf):
+        return spec.want
+    if spec.type == "string" and len(spec.choices) == 1:
+        return repr(spec.choices[0])
+    return {"string": "a string", "integer": "a whole number", "number": "a number",
+            "boolean": "true or false", "text": "a string"}[spec.type]
+
+
+def _value(node: _Node, spec: Scalar) -> Any:
+    """A checked scalar's value; a "text" one as written (`1e3` stays "1e3")."""
+    if spec.type == "text" and not isinstance(node.value, str):
+        return node.text
+    return node.value
+
+
 class _Checker:
-    """Turns the line-annotated tree into the model, or raises ScenarioError."""
+    """Checks the line-annotated tree against the specs, then builds the model from it;
+    raises ScenarioError at the first problem."""
 
     def __init__(self, file: str) -> None:
         self.file = file
 
-    def fail(self, node: _Node | None, where: str, message: str) -> ScenarioError:
-        return ScenarioError(self.file, node.line if node else None, where, message)
+    def fail(self, node: _Node, where: str, message: str) -> ScenarioError:
+        return ScenarioError(self.file, node.line, where, message)
 
-    def mapping(self, node: _Node, where: str, allowed: set[str]) -> dict[str, _Node]:
-        if not isinstance(node.value, dict):
-            raise self.fail(node, where, f"expected a mapping, got {_kind(node.value)}")
-        for key, value in node.value.items():
+    # --- what the specs say, for any spec
+
+    def check(self, spec: Spec, node: _Node, where: str) -> None:
+        if not _fits(spec, node.value):
+            raise self.fail(node, where, f"expected {_want(spec)}, got {node.shown()}")
+        if isinstance(spec, Scalar):
+            self.scalar(spec, node, where)
+        elif isinstance(spec, Record):
+            self.record(spec, node, where)
+        elif isinstance(spec, ListOf):
+            items = node.value
+            if len(items) < spec.min_items:
+                raise self.fail(node, where, "must not be empty")
+            if len(items) > spec.max_items:
+                raise self.fail(node, where, f"has {len(items)} items, more than the "
+                                f"{spec.max_items} allowed")
+            for i, item in enumerate(items):
+                self.check(spec.item, item, f"{where}[{i}]")
+        elif isinstance(spec, MapOf):
+            if len(node.value) > spec.max_items:
+                raise self.fail(node, where, f"has {len(node.value)} entries, more than the "
+                                f"{spec.max_items} allowed")
+            for key, value in node.value.items():
+                here = _key_where(where, key)
+                self.scalar(spec.key, _Node(key, value.line), here)
+                self.check(spec.value, value, here)
+        else:
+            option = next(option for option in spec.options if _fits(option, node.value))
+            self.check(option, node, where)
+
+    def scalar(self, spec: Scalar, node: _Node, where: str) -> None:
+        value = _value(node, spec)
+        if spec.type in ("integer", "number"):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self.fail(node, where, f"must be a finite number from {spec.minimum:g} "
+                                f"to {spec.maximum:g}, got {node.shown()}")
+            if spec.minimum is not None and value < spec.minimum:
+                raise self.fail(node, where, f"must be >= {spec.minimum:g}, got {node.shown()}")
+            if spec.maximum is not None and value > spec.maximum:
+                raise self.fail(node, where, f"must be <= {spec.maximum:g}, got {node.shown()}")
+        if spec.choices and value not in spec.choices:
+            raise self.fail(node, where, f"{spec.says}, got {node.shown()}" if spec.says else
+                            f"unknown value {_clip(repr(value))} (choose from: "
+                            f"{', '.join(map(str, spec.choices))})")
+        if isinstance(value, str):
+            if spec.max_length is not None and len(value) > spec.max_length:
+                raise self.fail(node, where, f"has {len(value)} characters, more than the "
+                                f"{spec.max_length} allowed")
+            if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+                raise self.fail(node, where, f"{spec.says}, got {node.shown()}")
+
+    def record(self, spec: Record, node: _Node, where: str) -> None:
+        fields = node.value
+        allowed = dict(spec.fields)
+        kind = ""
+        if spec.switch:
+            here = _key_where(where, spec.switch)
+            if spec.switch not in fields:
+                raise self.fail(node, here, f"missing (one of: {', '.join(spec.kinds)})")
+            self.check(spec.fields[spec.switch], fields[spec.switch], here)
+            kind = fields[spec.switch].value
+            allowed.update(spec.kinds[kind])
+        for key, value in fields.items():
             if key not in allowed:
-                raise self.fail(value, f"{where}.{key}" if where else key,
+                if any(key in options for options in spec.kinds.values()):
+                    raise self.fail(value, _key_where(where, key), f"does not apply to {kind}")
+                raise self.fail(value, _key_where(where, key),
                                 f"unknown field (allowed: {', '.join(sorted(allowed))})")
-        return node.value
+        for key in spec.required:
+            if key not in fields:
+                raise self.fail(node, _key_where(where, key), f"missing: {allowed[key].doc}")
+        if spec.one_of:
+            present = [key for key in spec.one_of if key in fields]
+            if len(present) != 1:
+                raise self.fail(node, where, f"exactly one of {', '.join(spec.one_of)} "
+                                f"(got {', '.join(present) or 'none'})")
+        for key, value in fields.items():
+            self.check(allowed[key], value, _key_where(where, key))
 
-    def number(self, node: _Node, where: str, minimum: float = 0.0,
-               integer: bool = False, maximum: float | None = None) -> float:
-        value = node.value
-        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok:
-            want = "a whole number" if integer else "a number"
-            raise self.fail(node, where, f"expected {want}, got {_kind(value)} {value!r}")
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"from {minimum:g} to {maximum:g}" if maximum is not None else f">= {minimum:g}"
-            raise self.fail(node, where, f"must be {bound}, got {value!r}")
-        return value
-
-    def string(self, node: _Node, where: str, choices: tuple[str, ...] = ()) -> str:
-        if not isinstance(node.value, str):
-            raise self.fail(node, where, f"expected a string, got {_kind(node.value)}")
-        if choices and node.value not in choices:
-            raise self.fail(node, where,
-                            f"unknown value {node.value!r} (choose from: {', '.join(choices)})")
-        return node.value
-
-    def boolean(self, node: _Node, where: str) -> bool:
-        if not isinstance(node.value, bool):
-            raise self.fail(node, where, f"expected true or false, got {node.value!r}")
-        return node.value
-
-    def sequence(self, node: _Node, where: str, nonempty: bool = True) -> list[_Node]:
-        if not isinstance(node.value, list):
-            raise self.fail(node, where, f"expected a list, got {_kind(node.value)}")
-        if nonempty and not node.value:
-            raise self.fail(node, where, "must not be empty")
-        return node.value
-
-    # --- the document
+    # --- the model, from a checked tree, and what the specs cannot say
 
     def scenario(self, root: _Node) -> Scenario:
-        top = self.mapping(root, "", {"name", "description", "app", "port",
-                                      "engines", "sessions", "link"})
-        for required in ("engines", "sessions"):
-            if required not in top:
-                raise self.fail(root, required, "missing (a scenario needs engines and sessions)")
-        port = int(self.number(top["port"], "port", 1, True, 65535)) if "port" in top else 5000
-        app = self.string(top["app"], "app") if "app" in top else DEFAULT_APP
-        if ":" not in app:
-            raise self.fail(top["app"], "app", "expected module:attribute, e.g. server.app:app")
-        name = self.string(top["name"], "name") if "name" in top else Path(self.file).stem
-        description = self.string(top["description"], "description") \
-            if "description" in top else ""
-
+        self.check(SCENARIO, root, "")
+        top = root.value
+        port = _get(SCENARIO, top, "port")
+        app = self._app(top["app"], "app") if "app" in top else DEFAULT_APP
+        # A name from the file is made one; a name the scenario gives is checked.
+        name = top["name"].value if "name" in top else slug(Path(self.file).stem)
+        description = _get(SCENARIO, top, "description")
         sessions = self._sessions(top["sessions"])
         refs = {r.ref: r for s in sessions for r in s.requests}
-        engines = tuple(self._engine(n, f"engines[{i}]", refs)
-                        for i, n in enumerate(self.sequence(top["engines"], "engines")))
-        names = [e.name for e in engines]
-        for i, engine_name in enumerate(names):
-            if names.index(engine_name) != i:
-                node = top["engines"].value[i]
-                raise self.fail(node, f"engines[{i}].name",
-                                f"duplicate engine name {engine_name!r}: give each a name")
+        engines = tuple(self._engine(node, f"engines[{i}]", refs)
+                        for i, node in enumerate(top["engines"].value))
+        seen: dict[str, int] = {}
+        for i, engine in enumerate(engines):
+            # casefold: the names are folders, and some file systems ignore case
+            if seen.setdefault(engine.name.casefold(), i) != i:
+                raise self.fail(top["engines"].value[i], f"engines[{i}].name",
+                                f"duplicate engine name {engine.name!r}: give each a name")
         link = self._link(top["link"]) if "link" in top else {}
         if port == 65535 and any(e.kind == "nginx" for e in engines):
             raise self.fail(top["port"], "port", "nginx engines need port + 1 for gunicorn "
                             "behind them: choose a port below 65535")
-        if "upstream_to_proxy" in link and any(e.kind != "nginx" for e in engines):
-            raise self.fail(top["link"].value["upstream_to_proxy"], "link.upstream_to_proxy",
-                            "only nginx engines have an upstream: every engine must be nginx")
-        if "upstream_to_proxy" in link and link["upstream_to_proxy"].rate:
-            raise self.fail(top["link"].value["upstream_to_proxy"],
-                            "link.upstream_to_proxy.rate",
-                            "not on the upstream (a rate would slow all of the loopback)")
+        if "upstream_to_proxy" in link:
+            upstream = top["link"].value["upstream_to_proxy"]
+            if any(e.kind != "nginx" for e in engines):
+                raise self.fail(upstream, "link.upstream_to_proxy",
+                                "only nginx engines have an upstream: every engine must be "
+                                "nginx")
+            if link["upstream_to_proxy"].rate:
+                raise self.fail(upstream, "link.upstream_to_proxy.rate",
+                                "not on the upstream (a rate would slow all of the loopback)")
         return Scenario(self.file, name, description, app, port, engines, tuple(sessions), link)
 
+    def _app(self, node: _Node, where: str) -> str | AppFile:
+        if isinstance(node.value, str):
+            return node.value
+        fields = node.value
+        folder = Path(os.path.abspath(self.file)).parent.resolve()
+        path = (folder / fields["file"].value).resolve()
+        here = f"{where}.file"
+        if not path.is_relative_to(folder):
+            raise self.fail(fields["file"], here, f"must be inside the scenario's folder "
+                            f"({folder}), and is {path}")
+        if not path.is_file():
+            raise self.fail(fields["file"], here, f"no such file: {path}" if not path.exists()
+                            else f"not a regular file: {path}")
+        return AppFile(str(path), _get(APP_FILE, fields, "attribute"))
+
     def _link(self, node: _Node) -> dict[str, LinkImpairment]:
-        fields = self.mapping(node, "link", set(LINK_DIRECTIONS))
         link = {}
-        for direction, value in fields.items():
-            where = f"link.{direction}"
-            spec = self.mapping(value, where,
-                                {"delay_ms", "jitter_ms", "loss_percent", "rate", "only"})
-            numbers = {key: self.number(spec[key], f"{where}.{key}", 0, False,
-                                        100 if key == "loss_percent" else 60_000)
-                       for key in ("delay_ms", "jitter_ms", "loss_percent") if key in spec}
-            rate = None
-            if "rate" in spec:
-                rate = self.string(spec["rate"], f"{where}.rate")
-                if not re.fullmatch(r"[0-9]+(\.[0-9]+)?([kmg]?bit|[kmg]?bps)", rate):
-                    raise self.fail(spec["rate"], f"{where}.rate",
-                                    f"expected a tc rate such as 1mbit, got {rate!r}")
-            only = self.string(spec["only"], f"{where}.only", LINK_ONLY) \
-                if "only" in spec else None
-            if only and rate:
-                raise self.fail(spec["only"], f"{where}.only",
+        for direction, value in node.value.items():
+            spec = value.value
+            if "only" in spec and "rate" in spec:
+                raise self.fail(spec["only"], f"link.{direction}.only",
                                 "not with rate (a rate shapes every packet)")
-            link[direction] = LinkImpairment(rate=rate, only=only, **numbers)
+            link[direction] = LinkImpairment(**{key: v.value for key, v in spec.items()})
         return link
 
     def _sessions(self, node: _Node) -> list[Session]:
-        items = self.sequence(node, "sessions")
+        items = node.value
         several = len(items) > 1
         sessions: list[Session] = []
         seen: set[str] = set()
         for i, item in enumerate(items):
             where = f"sessions[{i}]"
-            fields = self.mapping(item, where, {"name", "steps", "retries", "http_version",
-                                                "stale_check"})
-            name = self.string(fields["name"], f"{where}.name") if "name" in fields else f"s{i + 1}"
-            if name in seen or "." in name:
-                raise self.fail(item, f"{where}.name",
-                                f"name {name!r} must be unique, without dots")
+            fields = item.value
+            name = fields["name"].value if "name" in fields else f"s{i + 1}"
+            if name in seen:
+                raise self.fail(item, f"{where}.name", f"name {name!r} must be unique")
             seen.add(name)
-            if "steps" not in fields:
-                raise self.fail(item, f"{where}.steps", "missing")
             steps = self._steps(fields["steps"], f"{where}.steps", name, several)
             if not any(s.kind == "request" for s in steps):
                 raise self.fail(fields["steps"], f"{where}.steps", "has no request")
-            retries = int(self.number(fields["retries"], f"{where}.retries", 0, True, 10)) \
-                if "retries" in fields else 0
-            version = "1.1"
-            if "http_version" in fields:
-                version = self.string(fields["http_version"], f"{where}.http_version",
-                                      HTTP_VERSIONS)
-            stale_check = self.boolean(fields["stale_check"], f"{where}.stale_check") \
-                if "stale_check" in fields else True
-            sessions.append(Session(name, tuple(steps), retries, version, stale_check))
+            sessions.append(Session(name, tuple(steps), _get(SESSION, fields, "retries"),
+                                    _get(SESSION, fields, "http_version"),
+                                    _get(SESSION, fields, "stale_check")))
         return sessions
 
     def _steps(self, node: _Node, where: str, session: str, several: bool) -> list[Step]:
         steps: list[Step] = []
         number = 0
         last_at = 0.0
-        for i, item in enumerate(self.sequence(node, where)):
+        planned = 0.0  # seconds from the session's start, if requests took no time
+        for i, item in enumerate(node.value):
             here = f"{where}[{i}]"
-            if item.value == "close":
+            if not isinstance(item.value, dict):  # `- close`
                 steps.append(Step("close"))
                 continue
-            fields = self.mapping(item, here, {"get", "request", "sleep", "at", "close"})
-            if len(fields) != 1:
-                raise self.fail(item, here, "a step is exactly one of get, request, sleep, "
-                                            f"at, close; got {', '.join(fields)}")
-            (kind, value), = fields.items()
+            ((kind, value),) = item.value.items()
             if kind in ("get", "request"):
                 number += 1
                 ref = f"{session}.{number}" if several else str(number)
-                steps.append(Step("request", self._request(kind, value, f"{here}.{kind}",
-                                                           ref, session, number)))
-            elif kind == "sleep":
-                steps.append(Step("sleep", seconds=self.number(value, f"{here}.sleep")))
-            elif kind == "at":
-                seconds = self.number(value, f"{here}.at")
-                if seconds < last_at:
-                    raise self.fail(value, f"{here}.at",
-                                    f"goes back in time ({seconds:g} < {last_at:g})")
-                last_at = seconds
-                steps.append(Step("at", seconds=seconds))
-            else:
-                if value.value is not True:
-                    raise self.fail(value, f"{here}.close", "write `- close` or `close: true`")
+                steps.append(Step("request", self._request(kind, value, ref, session, number)))
+            elif kind == "close":
                 steps.append(Step("close"))
+            else:
+                seconds = value.value
+                if kind == "at":
+                    if seconds < last_at:
+                        raise self.fail(value, f"{here}.at", f"goes back in time "
+                                        f"({value.text} < {last_at:g})")
+                    last_at = seconds
+                planned = planned + seconds if kind == "sleep" else max(planned, seconds)
+                if planned > MAX_SECONDS:
+                    raise self.fail(value, f"{here}.{kind}", f"the session's planned time "
+                                    f"reaches {planned:g} s here, more than {MAX_SECONDS} s")
+                steps.append(Step(kind, seconds=seconds))
         return steps
 
-    def _request(self, kind: str, node: _Node, where: str, ref: str, session: str,
+    def _request(self, kind: str, node: _Node, ref: str, session: str,
                  number: int) -> Request:
         if kind == "get":
-            path = self.string(node, where)
-            if not path.startswith("/"):
-                raise self.fail(node, where, f"a path starts with '/', got {path!r}")
-            return Request(ref, session, number, "GET", path)
-        fields = self.mapping(node, where, {"method", "path", "headers", "body"})
-        method = self.string(fields["method"], f"{where}.method").upper() \
-            if "method" in fields else "GET"
-        if method not in HTTP_METHODS:
-            raise self.fail(fields["method"], f"{where}.method",
-                            f"unknown method {method!r} (choose from: {', '.join(HTTP_METHODS)})")
-        path = self.string(fields["path"], f"{where}.path") if "path" in fields else "/keep-alive"
-        if not path.startswith("/"):
-            raise self.fail(fields["path"], f"{where}.path", f"a path starts with '/': {path!r}")
-        headers: dict[str, str] = {}
-        if "headers" in fields:
-            raw = fields["headers"]
-            if not isinstance(raw.value, dict):
-                raise self.fail(raw, f"{where}.headers", "expected a mapping of name: value")
-            for key, value in raw.value.items():
-                if not isinstance(value.value, (str, int, float)) or isinstance(value.value, bool):
-                    raise self.fail(value, f"{where}.headers.{key}", "expected a string value")
-                headers[key] = str(value.value)
-        body = self.string(fields["body"], f"{where}.body") if "body" in fields else None
+            return Request(ref, session, number, "GET", node.value)
+        fields = node.value
+        method = _get(REQUEST, fields, "method").upper()
+        path = _get(REQUEST, fields, "path")
+        headers = {key: _value(value, HEADER_VALUE)
+                   for key, value in fields["headers"].value.items()} \
+            if "headers" in fields else {}
+        body = _get(REQUEST, fields, "body")
         return Request(ref, session, number, method, path, headers, body)
 
     def _engine(self, node: _Node, where: str, refs: dict[str, Request]) -> Engine:
-        every_option = set().union(*ENGINE_OPTIONS.values())
-        fields = self.mapping(node, where, {"name", "engine", "expect", "app"} | every_option)
-        if "engine" not in fields:
-            raise self.fail(node, f"{where}.engine", f"missing (one of: {', '.join(ENGINE_KINDS)})")
-        kind = self.string(fields["engine"], f"{where}.engine", ENGINE_KINDS)
-        for key in sorted(every_option & fields.keys()):
-            if key not in ENGINE_OPTIONS[kind]:
-                raise self.fail(fields[key], f"{where}.{key}", f"does not apply to {kind}")
-        options: dict[str, Any] = {}
-        for key in ENGINE_OPTIONS[kind] & fields.keys():
-            value, here = fields[key], f"{where}.{key}"
-            if key == "threaded":
-                options[key] = self.boolean(value, here)
-            elif key == "worker":
-                options[key] = self.string(value, here, GUNICORN_WORKERS)
-            elif key in ("threads", "upstream_keepalive", "max_requests"):
-                low = 1 if key == "threads" else 0
-                options[key] = int(self.number(value, here, low, True, 1024))
-            elif key in ("channel_timeout", "cleanup_interval"):  # waitress takes whole seconds
-                options[key] = int(self.number(value, here, 1, True, 3600))
-            else:
-                options[key] = self.number(value, here, 0, False, 3600)
-        if options.get("worker") == "sync" and ("keep_alive" in options or "threads" in options):
-            key = "keep_alive" if "keep_alive" in options else "threads"
-            raise self.fail(fields[key], f"{where}.{key}",
-                            "gunicorn's sync worker has no keep-alive or threads; use gthread")
-        if "app" in fields:
-            options["app"] = self.string(fields["app"], f"{where}.app")
-            if ":" not in options["app"]:
-                raise self.fail(fields["app"], f"{where}.app",
-                                "expected module:attribute, e.g. server.plain_app:app")
-        worker = options.get("worker", "gthread")
-        default_name = f"gunicorn-{worker}" if kind == "gunicorn" else kind
-        name = self.string(fields["name"], f"{where}.name") if "name" in fields else default_name
-        expect = ()
-        if "expect" in fields:
-            expect = tuple(self._expectation(n, f"{where}.expect[{i}]", refs) for i, n in
-                           enumerate(self.sequence(fields["expect"], f"{where}.expect", False)))
-        return Engine(name=name, kind=kind, expect=expect, **options)
+        fields = node.value
+        kind = fields["engine"].value
+        options = {key: _value(fields[key], spec) if key in fields else spec.default
+                   for key, spec in ENGINE_KIND_OPTIONS[kind].items()}
+        if options.get("worker") == "sync":
+            for key in ("keep_alive", "threads"):
+                if key in fields:
+                    raise self.fail(fields[key], f"{where}.{key}", "gunicorn's sync worker "
+                                    "has no keep-alive or threads; use gthread")
+        app = self._app(fields["app"], f"{where}.app") if "app" in fields else None
+        default_name = f"gunicorn-{options['worker']}" if kind == "gunicorn" else kind
+        name = fields["name"].value if "name" in fields else default_name
+        expect = tuple(self._expectation(n, f"{where}.expect[{i}]", refs) for i, n in
+                       enumerate(fields["expect"].value)) if "expect" in fields else ()
+        return Engine(name=name, kind=kind, app=app, expect=expect, **options)
 
     def _refs(self, node: _Node, where: str, refs: dict[str, Request]) -> tuple[str, ...]:
-        values = [node] if not isinstance(node.value, list) else self.sequence(node, where)
         out = []
-        for item in values:
+        for item in node.value if isinstance(node.value, list) else [node]:
             ref = str(item.value)
-            if isinstance(item.value, bool) or ref not in refs:
-                known = ", ".join(refs)
-                raise self.fail(item, where, f"no request {ref!r} in the sessions (known: {known})")
+            if ref not in refs:
+                known = ", ".join(refs) if len(refs) <= 20 else \
+                    ", ".join(list(refs)[:20]) + ", ..."
+                raise self.fail(item, where, f"no request {_clip(repr(ref))} in the sessions "
+                                f"(known: {known})")
             out.append(ref)
         return tuple(out)
 
-    def _request_is(self, node: _Node, where: str,
-                    refs: dict[str, Request]) -> tuple[str, _Node]:
-        """``{request: R, is: X}``: the request R names, and X's node for the caller to check."""
-        spec = self.mapping(node, where, {"request", "is"})
-        for key in ("request", "is"):
-            if key not in spec:
-                raise self.fail(node, f"{where}.{key}", "missing")
-        return self._refs(spec["request"], f"{where}.request", refs)[0], spec["is"]
-
     def _expectation(self, node: _Node, where: str, refs: dict[str, Request]) -> Expectation:
-        kinds = ("connections", "same_connection", "new_connection", "close", "status", "story")
-        fields = self.mapping(node, where, set(kinds) | {"claim"})
-        present = [k for k in kinds if k in fields]
-        if len(present) != 1:
-            raise self.fail(node, where, f"an expectation has exactly one of {', '.join(kinds)}")
-        kind = present[0]
+        fields = node.value
+        (kind,) = [k for k in EXPECTATION_KINDS if k in fields]
         value = fields[kind]
         here = f"{where}.{kind}"
-        claim = self.string(fields["claim"], f"{where}.claim") if "claim" in fields else ""
+        claim = _get(EXPECTATION, fields, "claim") or ""
         if kind == "connections":
-            count = int(self.number(value, here, 0, True))
+            count = value.value
             return Expectation(kind, claim or f"the requests use {count} connection(s)",
                                node.line, count=count)
-        if kind == "status":
-            if not isinstance(value.value, dict):
-                status = int(self.number(value, here, 100, True, 599))
-                return Expectation(kind, claim or f"every request gets status {status}",
-                                   node.line, status=status)
-            request, is_node = self._request_is(value, here, refs)
-            status = int(self.number(is_node, f"{here}.is", 100, True, 599))
-            return Expectation(kind, claim or f"request {request} gets status {status}",
-                               node.line, requests=(request,), status=status)
-        if kind == "story":
-            request, is_node = self._request_is(value, here, refs)
-            story = self.string(is_node, f"{here}.is", STORIES)
-            return Expectation(kind, claim or f"request {request}: {story}", node.line,
-                               requests=(request,), story=story)
+        if kind == "status" and not isinstance(value.value, dict):
+            status = value.value
+            return Expectation(kind, claim or f"every request gets status {status}",
+                               node.line, status=status)
+        if kind in ("status", "story"):
+            (request,) = self._refs(value.value["request"], f"{here}.request", refs)
+            outcome = value.value["is"].value
+            if kind == "status":
+                return Expectation(kind, claim or f"request {request} gets status {outcome}",
+                                   node.line, requests=(request,), status=outcome)
+            return Expectation(kind, claim or f"request {request}: {outcome}", node.line,
+                               requests=(request,), story=outcome)
         if kind in ("same_connection", "new_connection"):
             requests = self._refs(value, here, refs)
             default = (f"requests {', '.join(requests)} share one connection"
                        if kind == "same_connection" else
                        f"requests {', '.join(requests)} each open a new connection")
             return Expectation(kind, claim or default, node.line, requests=requests)
-        close = self.mapping(value, here, {"request", "by", "idle", "tolerance", "within"})
-        if "request" not in close:
-            raise self.fail(value, f"{here}.request", "missing (a request number, or each)")
+        close = value.value
         requests = ("each",) if close["request"].value == "each" else \
             self._refs(close["request"], f"{here}.request", refs)
-        by = self.string(close["by"], f"{here}.by", CLOSERS) if "by" in close else "either"
-        idle = self.number(close["idle"], f"{here}.idle") if "idle" in close else None
-        within = self.number(close["within"], f"{here}.within") if "within" in close else None
-        tolerance = self.number(close["tolerance"], f"{here}.tolerance") \
-            if "tolerance" in close else 0.5
+        by, idle = _get(CLOSE, close, "by"), _get(CLOSE, close, "idle")
+        within, tolerance = _get(CLOSE, close, "within"), _get(CLOSE, close, "tolerance")
         if idle is not None and within is not None:
             raise self.fail(value, here, "give idle (with tolerance) or within, not both")
         target = "every connection" if requests == ("each",) else \
@@ -610,35 +1150,76 @@ class _Checker:
                            idle=idle, tolerance=tolerance, within=within)
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing"
-    return type(value).__name__
+def _get(record: Record, fields: dict[str, _Node], key: str) -> Any:
+    """A checked field's value, or its spec's default."""
+    return _value(fields[key], record.fields[key]) if key in fields else \
+        _field_default(record, key)
+
 
 
 def load(path: str | os.PathLike[str]) -> Scenario:
     """Read and validate a scenario file; raise ScenarioError on any problem."""
     file = str(path)
+    data = _read(file)
+    if len(data) > MAX_FILE_BYTES:
+        raise _too_big(file, data.count(b"\n", 0, MAX_FILE_BYTES) + 1)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise ScenarioError(file, line, "", f"not UTF-8: byte 0x{data[exc.start]:02X} in "
+                            f"column {column} (byte {exc.start} of the file)") from None
+    return parse(text.removeprefix("\ufeff"), file)
+
+
+def _read(file: str) -> bytes:
+    """The file's bytes, at most MAX_FILE_BYTES + 1 of them, from a regular file only:
+    a FIFO, a device (/dev/zero, /dev/urandom) or a folder is refused before a read."""
+    try:
+        # O_NONBLOCK: opening a FIFO no one writes to must not wait.
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise ScenarioError(file, None, "", f"cannot read: {exc.strerror or exc}") from None
-    return parse(text, file)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ScenarioError(file, None, "", f"cannot read: {_file_kind(mode)}, not a "
+                                "regular file")
+        chunks: list[bytes] = []
+        left = MAX_FILE_BYTES + 1  # one byte more tells a file that goes on past the limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise ScenarioError(file, None, "", f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def document(text: str, file: str = "<scenario>") -> Any:
+    """The document as plain data, as the loader reads it (what the JSON Schema is
+    checked against); ScenarioError if it is not a plain YAML document at all."""
+    root = _tree(text, file)
+    return root.plain() if root is not None else None
 
 
 def parse(text: str, file: str = "<scenario>") -> Scenario:
-    try:
-        root = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise ScenarioError(file, line, "yaml", f"{exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(file, None, "yaml", str(exc)) from None
+    """Validate a scenario's text; ``file`` names it in errors."""
+    root = _tree(text, file)
     if root is None:
         raise ScenarioError(file, 1, "", "the file is empty")
     return _Checker(file).scenario(root)

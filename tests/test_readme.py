@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import ROOT
+from conftest import ROOT, run_kalab
 from walkthrough import commands, docker_commands
 
 WALKTHROUGH = commands(ROOT / "README.md")
@@ -34,3 +34,13 @@ def test_the_readme_gives_the_docker_path_first():
     assert up_env == {"KALAB_SCENARIO": "./lab.yaml"}
     assert up[:3] == ["docker", "compose", "up"] and "--exit-code-from" in up
     assert down == ["docker", "compose", "down", "-v"]
+
+
+def test_the_walkthrough_s_checks_print_what_it_shows():
+    # `check` starts nothing: these run here, in a second, unlike the runs.
+    checks = [c for c in WALKTHROUGH if c.argv[0] == "check"]
+    assert len(checks) >= 2
+    for command in checks:
+        done = run_kalab(*command.argv, timeout=60)
+        assert done.returncode == command.exit_code, done.stderr
+        assert command.mismatch(done.stdout + done.stderr) is None, done.stdout + done.stderr

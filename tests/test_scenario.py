@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import re
+
+import jsonschema
 import pytest
 from conftest import ROOT, lab_namespaces, run_kalab
 
-from kalab.scenario import ScenarioError, load, parse
+from kalab import scenario_schema
+from kalab.apps import PROJECT_APPS, AppFile, load_app
+from kalab.scenario import (
+    DEFAULT_APP,
+    ENGINE_KIND_OPTIONS,
+    ENGINE_OPTIONS,
+    NAME_PATTERN,
+    Engine,
+    ScenarioError,
+    check_name,
+    document,
+    load,
+    parse,
+)
 
 GOOD = """\
 port: 5000
@@ -135,3 +152,129 @@ def test_a_missing_scenario_file_is_bad_input(tmp_path):
     done = run_kalab("run", str(tmp_path / "nope.yaml"))
     assert done.returncode == 2
     assert "nope.yaml" in done.stderr and "cannot read" in done.stderr
+
+
+@pytest.mark.parametrize(("file", "name"), [
+    ("my lab (copy).yaml", "my-lab--copy-"), (".hidden.yaml", "-hidden"),
+    ("naïve.yaml", "na-ve"), (f"{'x' * 80}.yaml", "x" * 64)])
+def test_a_name_taken_from_the_file_is_made_a_name_never_refused(tmp_path, file, name):
+    (tmp_path / file).write_text("sessions: [{steps: [get: /]}]\nengines: [{engine: werkzeug}]\n")
+    scenario = load(tmp_path / file)
+    assert scenario.name == name and check_name(scenario.name) == name
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "/etc", "a/b", ".git", "x" * 65, "a\n",
+                                  "tab\there", "é"])
+def test_check_name_refuses_what_is_not_one_folder_name(name):
+    with pytest.raises(ValueError, match="not a name"):
+        check_name(name)
+    assert not re.fullmatch(NAME_PATTERN, name)
+
+
+def test_names_may_be_slugs_with_dots_but_sessions_without():
+    scenario = parse("name: lab-1.2\nsessions: [{name: my_client-2, steps: [get: /]}]\n"
+                     "engines: [{engine: nginx, name: nginx-1.24_a}]\n", "x.yaml")
+    assert (scenario.name, scenario.sessions[0].name, scenario.engines[0].name) == \
+        ("lab-1.2", "my_client-2", "nginx-1.24_a")
+
+
+def test_each_engine_default_comes_from_its_kind_s_option_spec():
+    for kind, options in ENGINE_KIND_OPTIONS.items():
+        engine = parse("sessions: [{steps: [get: /]}]\n"
+                       f"engines: [{{engine: {kind}}}]\n").engines[0]
+        assert set(options) == ENGINE_OPTIONS[kind]
+        for key, spec in options.items():
+            assert getattr(engine, key) == spec.default, (kind, key)
+            assert getattr(Engine("e", kind), key) == spec.default, (kind, key)
+            assert spec.doc, (kind, key)
+
+
+def test_header_values_and_numbers_in_messages_are_kept_as_written():
+    scenario = parse("sessions: [{steps: [request: {headers: {X-A: 1e3, X-B: 0x10, "
+                     "X-C: '007'}}]}]\nengines: [{engine: werkzeug}]\n")
+    assert scenario.requests[0].headers == {"X-A": "1e3", "X-B": "0x10", "X-C": "007"}
+    with pytest.raises(ScenarioError, match=r"got 0x1000$"):
+        parse("sessions: [{steps: [get: /, sleep: 0x1000]}]\nengines: [{engine: werkzeug}]\n")
+
+
+APP_FILE = ("def app(environ, start_response):\n    start_response('200 OK', [])\n"
+            "    return [b'mine']\n")
+
+
+def test_an_app_is_a_project_app_or_a_user_file_kept_as_resolved_path(tmp_path):
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "mine.py").write_text(APP_FILE)
+    path = tmp_path / "lab.yaml"
+    path.write_text("app: {file: apps/../apps/mine.py}\nsessions: [{steps: [get: /]}]\n"
+                    "engines: [{engine: werkzeug},\n"
+                    "          {engine: waitress, app: server.plain_app:app}]\n")
+    scenario = load(path)
+    assert scenario.app == AppFile(str((tmp_path / "apps" / "mine.py").resolve()), "app")
+    assert scenario.engines[1].app == "server.plain_app:app"
+    assert parse("sessions: [{steps: [get: /]}]\nengines: [{engine: werkzeug}]\n").app == \
+        DEFAULT_APP == PROJECT_APPS[0]
+
+
+def test_load_app_loads_project_apps_and_files_and_refuses_anything_else(tmp_path):
+    assert callable(load_app("server.post_app:app"))
+    (tmp_path / "mine.py").write_text(APP_FILE)
+    app = load_app(AppFile(str(tmp_path / "mine.py")))
+    assert app({}, lambda status, headers: None) == [b"mine"]
+    assert load_app(f"{tmp_path / 'mine.py'}:app")({}, lambda *_: None) == [b"mine"]
+    for bad in ("os:system", "builtins:eval", "server.app:keep_alive",
+                AppFile("relative.py"), AppFile(str(tmp_path / "mine.py"), "os.system"),
+                AppFile(str(tmp_path)), AppFile(str(tmp_path / "absent.py"))):
+        with pytest.raises(SystemExit):
+            load_app(bad)
+
+
+def schema_validator() -> jsonschema.Draft202012Validator:
+    committed = json.loads(scenario_schema.SCHEMA_FILE.read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator.check_schema(committed)
+    return jsonschema.Draft202012Validator(committed)
+
+
+def test_the_committed_scenario_schema_is_what_the_specs_generate():
+    assert scenario_schema.SCHEMA_FILE.read_text(encoding="utf-8") == scenario_schema.as_text(), \
+        "schema/scenario.schema.json is stale: run python -m kalab.scenario_schema --write"
+
+
+def test_the_schema_describes_every_field_with_its_bounds_and_default():
+    schema = scenario_schema.json_schema()
+    engine = schema["$defs"]["Engine"]["properties"]
+    assert set(engine) == {"engine", "name", "app", "expect", *set().union(
+        *ENGINE_OPTIONS.values())}
+    assert engine["keep_alive"] == {"description": "gunicorn, nginx: " +
+                                    ENGINE_KIND_OPTIONS["gunicorn"]["keep_alive"].doc,
+                                    "type": "number", "minimum": 0, "maximum": 3600,
+                                    "default": 2.0}
+    step = schema["$defs"]["Step"]["anyOf"][1]["properties"]
+    assert step["sleep"]["maximum"] == 3600 and step["get"]["pattern"].startswith("^(?:/")
+    assert schema["properties"]["port"]["default"] == 5000
+
+    def undocumented(node, where):
+        if isinstance(node, dict):
+            for key, value in node.get("properties", {}).items():
+                if isinstance(value, dict) and not value.get("description"):
+                    yield f"{where}.{key}"
+            for key, value in node.items():
+                if key != "if":  # an engine kind's condition, not a field
+                    yield from undocumented(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from undocumented(value, f"{where}[{i}]")
+
+    assert list(undocumented(schema, "")) == []
+
+
+def test_editors_find_the_schema_from_every_bundled_scenario():
+    validator = schema_validator()
+    for path in [ROOT / "lab.yaml", *sorted((ROOT / "scenarios").glob("*.yaml"))]:
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        assert first.startswith("# yaml-language-server: $schema="), path
+        assert (path.parent / first.split("=", 1)[1]).resolve() == scenario_schema.SCHEMA_FILE
+        errors = [e.message for e in validator.iter_errors(document(path.read_text(), str(path)))]
+        if path.name.startswith("broken"):
+            assert errors, "the schema must refuse what kalab check refuses here"
+        else:
+            assert errors == [], path

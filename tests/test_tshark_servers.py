@@ -29,6 +29,7 @@ import requests
 import tshark_referee
 from conftest import ROOT, capturing, run_kalab
 
+from kalab.apps import AppFile
 from kalab.scenario import Engine
 from server.__main__ import stop_engine, wait_until_accepting
 from server.engines import plan
@@ -74,17 +75,19 @@ def free_port() -> int:
     return conftest.free_port(18400, 18999)
 
 
-def werkzeug(port: int) -> list[str]:
-    return _argv(Engine("werkzeug", "werkzeug"), port)
+def werkzeug(port: int, app_dir: Path) -> list[str]:
+    # kalab's own Werkzeug runner loads only the project's apps, or an app file.
+    app = str(AppFile(str(app_dir / "kalab_t5_app.py"), "app"))
+    return _argv(Engine("werkzeug", "werkzeug"), port, app)
 
 
 def gunicorn(port: int, worker: str, keep_alive: float = 2) -> list[str]:
     return _argv(Engine("gunicorn", "gunicorn", worker=worker, keep_alive=keep_alive), port)
 
 
-def _argv(engine: Engine, port: int) -> list[str]:
+def _argv(engine: Engine, port: int, app: str = "kalab_t5_app:app") -> list[str]:
     """The server role's own command line for this engine."""
-    (launch,) = plan(engine, "kalab_t5_app:app", "127.0.0.1", port, Path("."), Path("."))
+    (launch,) = plan(engine, app, "127.0.0.1", port, Path("."), Path("."))
     return launch.argv
 
 
@@ -131,7 +134,7 @@ def test_werkzeug_one_connection_per_request(tmp_path, app_dir):
                 assert session.get(f"http://127.0.0.1:{port}/keep-alive").status_code == 200
                 time.sleep(0.2)
 
-    _, _, run = record(tmp_path, app_dir, werkzeug, client)
+    _, _, run = record(tmp_path, app_dir, lambda port: werkzeug(port, app_dir), client)
     assert placement(run) == [("/keep-alive", 1, 1), ("/keep-alive", 2, 1),
                               ("/keep-alive", 3, 1)]
     assert [c["first_fin_by"] for c in run["connections"]] == ["server"] * 3
@@ -246,7 +249,7 @@ def test_http_1_0_100_continue_and_a_half_close_on_werkzeug(tmp_path, app_dir):
             while sock.recv(4096):
                 pass
 
-    _, _, run = record(tmp_path, app_dir, werkzeug, client)
+    _, _, run = record(tmp_path, app_dir, lambda port: werkzeug(port, app_dir), client)
     assert placement(run) == [("/keep-alive", 1, 1), ("/echo", 2, 1), ("/stream", 3, 1)]
     old, post, streamed = run["requests"]
     assert old["version"] == "HTTP/1.0" and old["status"] == 200

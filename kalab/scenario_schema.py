@@ -1,0 +1,166 @@
+"""The scenario's JSON Schema, generated from the language's own field specs.
+
+`kalab.scenario` describes every field of a scenario once, as a spec with its
+type, bounds, choices, default and doc; its checker reads those specs, and
+this module only translates them into JSON Schema (draft 2020-12). The result
+is committed as ``schema/scenario.schema.json``; each bundled scenario names
+it on its first line (``# yaml-language-server: $schema=...``) so editors
+complete and check scenarios as they are typed. A test checks that the
+committed file is still what this generates, and that the schema accepts
+whatever `kalab check` accepts. After changing a spec, regenerate it:
+
+    python -m kalab.scenario_schema --write
+
+What a schema cannot say (a request ref that names no request, an ``at``
+going back in time, a session's planned time, unique names, an app file that
+exists) only the checker checks: it may refuse what the schema allows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from kalab import scenario as spec_mod
+from kalab.scenario import ListOf, MapOf, OneOf, Record, Scalar, Spec
+
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schema" / "scenario.schema.json"
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_ID = "urn:kalab:scenario"
+_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean",
+          "text": ["string", "number"]}
+# Specs that get a name in $defs; a copy with only its doc changed refers to it too.
+DEFS: dict[str, Spec] = {
+    "Session": spec_mod.SESSION, "Step": spec_mod.STEP, "Request": spec_mod.REQUEST,
+    "Engine": spec_mod.ENGINE, "Expectation": spec_mod.EXPECTATION, "Close": spec_mod.CLOSE,
+    "App": spec_mod.APP, "LinkImpairment": spec_mod.LINK_IMPAIRMENT, "RequestRef": spec_mod.REF,
+    "RequestRefs": spec_mod.REFS,
+}
+
+
+def _def_name(spec: Spec) -> str | None:
+    for name, named in DEFS.items():
+        if spec is named or (type(spec) is type(named)
+                             and dataclasses.replace(spec, doc=named.doc) == named):
+            return name
+    return None
+
+
+def _schema(spec: Spec, top: bool = False) -> dict[str, Any]:
+    """``spec`` in JSON Schema; a named one as a $ref (with its own doc), unless ``top``."""
+    name = None if top else _def_name(spec)
+    if name is not None:
+        return {"$ref": f"#/$defs/{name}", "description": spec.doc}
+    if isinstance(spec, Scalar):
+        return _scalar(spec)
+    if isinstance(spec, Record):
+        return _record(spec)
+    if isinstance(spec, ListOf):
+        return {"description": spec.doc, "type": "array", "items": _schema(spec.item),
+                "minItems": spec.min_items, "maxItems": spec.max_items}
+    if isinstance(spec, MapOf):
+        key = {k: v for k, v in _scalar(spec.key).items() if k not in ("type", "description")}
+        return {"description": spec.doc, "type": "object", "propertyNames": key,
+                "additionalProperties": _schema(spec.value), "maxProperties": spec.max_items}
+    if not isinstance(spec, OneOf):
+        raise TypeError(f"no JSON Schema for {spec!r}")
+    schema = {"description": spec.doc, "anyOf": [_schema(option) for option in spec.options]}
+    if spec.default is not None:
+        schema["default"] = spec.default
+    return schema
+
+
+def _scalar(spec: Scalar) -> dict[str, Any]:
+    schema: dict[str, Any] = {"description": spec.doc, "type": _TYPES[spec.type]}
+    if spec.choices:
+        schema["enum"] = list(spec.choices)
+    for key, value in (("minimum", spec.minimum), ("maximum", spec.maximum),
+                       ("maxLength", spec.max_length)):
+        if value is not None:
+            schema[key] = value
+    if spec.pattern is not None:
+        schema["pattern"] = f"^(?:{spec.pattern})$"  # the checker matches the whole value
+    if spec.default is not None:
+        schema["default"] = spec.default
+    return schema
+
+
+def _record(spec: Record) -> dict[str, Any]:
+    properties = {key: _schema(field) for key, field in spec.fields.items()}
+    schema: dict[str, Any] = {"description": spec.doc, "type": "object"}
+    rules: list[dict[str, Any]] = []
+    if spec.switch:
+        # Each kind's own settings: listed once for editors, then checked per kind.
+        every = sorted({key for options in spec.kinds.values() for key in options})
+        for key in every:
+            specs = {kind: options[key] for kind, options in spec.kinds.items() if key in options}
+            kinds_by_doc: dict[str, list[str]] = {}
+            for kind, option in specs.items():
+                kinds_by_doc.setdefault(option.doc, []).append(kind)
+            docs = "; ".join(f"{', '.join(kinds)}: {doc}" for doc, kinds in kinds_by_doc.items())
+            first = next(iter(specs.values()))
+            same = all(dataclasses.replace(option, doc=first.doc) == first
+                       for option in specs.values())
+            properties[key] = {**(_scalar(first) if same else {}), "description": docs}
+        for kind, options in spec.kinds.items():
+            # Here the settings of other kinds are refused, and a setting described
+            # differently for this kind than for all is described again.
+            then = {key: False if key not in options else _scalar(options[key])
+                    for key in every
+                    if key not in options or "type" not in properties[key]}
+            rules.append({
+                "if": {"properties": {spec.switch: {"const": kind}}, "required": [spec.switch]},
+                "then": {"properties": then}})
+    schema["properties"] = properties
+    schema["additionalProperties"] = False
+    if spec.required:
+        schema["required"] = list(spec.required)
+    if spec.one_of:
+        rules.append({"oneOf": [{"required": [key]} for key in spec.one_of]})
+    if rules:
+        schema["allOf"] = rules
+    return schema
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a scenario file, from `kalab.scenario`'s specs."""
+    top = _record(spec_mod.SCENARIO)
+    return {
+        "$schema": DIALECT,
+        "$id": SCHEMA_ID,
+        "title": "kalab scenario",
+        **top,
+        "$defs": {name: _schema(spec, top=True) for name, spec in sorted(DEFS.items())},
+    }
+
+
+def as_text() -> str:
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print (or write) the scenario's JSON Schema.")
+    parser.add_argument("--write", action="store_true", help=f"write it to {SCHEMA_FILE}")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if the committed file differs from what is generated")
+    args = parser.parse_args(argv)
+    text = as_text()
+    if args.check:
+        same = SCHEMA_FILE.is_file() and SCHEMA_FILE.read_text(encoding="utf-8") == text
+        print(f"{SCHEMA_FILE}: {'up to date' if same else 'stale: run with --write'}")
+        return 0 if same else 1
+    if args.write:
+        SCHEMA_FILE.parent.mkdir(exist_ok=True)
+        SCHEMA_FILE.write_text(text, encoding="utf-8")
+        print(f"wrote {SCHEMA_FILE}")
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
