@@ -27,6 +27,10 @@ from typing import Any
 
 # The only modules a scenario may name; every other app is a file.
 PROJECT_APPS = ("server.app:app", "server.plain_app:app", "server.post_app:app")
+# How engines that import by module name (gunicorn, waitress) serve a file: this module
+# loads the file the variable names (`server.user_app`).
+FILE_SHIM = "server.user_app:app"
+APP_FILE_VARIABLE = "KALAB_APP_FILE"
 ATTRIBUTE_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
 
 

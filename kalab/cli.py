@@ -136,11 +136,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         scenario = load(args.scenario)
     except ScenarioError as exc:
         return _error(str(exc), EXIT_BAD_INPUT)
-    if any(not isinstance(engine.app or scenario.app, str) for engine in scenario.engines):
-        # The model keeps a user's app file (kalab.apps.AppFile); the engines take only
-        # module:attribute so far.
-        return _error(f"{args.scenario}: app: serving your own app file is not supported "
-                      "yet; use one of the project's apps", EXIT_BAD_INPUT)
+    if args.runtime == "compose" and any(not isinstance(engine.app or scenario.app, str)
+                                         for engine in scenario.engines):
+        # The containers see the scenario file alone, not the folder beside it.
+        return _error(f"{args.scenario}: app: your own app file needs --runtime netns or "
+                      "local (the containers have only the project's apps)", EXIT_BAD_INPUT)
     if scenario.link and args.runtime == "local":
         return _error(f"{args.scenario}: link: impairments need --runtime netns or compose "
                       "(impairing the host's loopback would slow everything on it)",

@@ -20,8 +20,10 @@ A scenario is:
   ``server.plain_app:app`` or ``server.post_app:app`` (`kalab.apps`), or
   your own file, ``app: {file: my_app.py, attribute: app}``, relative to
   the scenario file's folder and inside it (symlinks resolved), a regular
-  ``.py`` file. The model keeps a project app as its ``module:attribute``
-  string and a file as an `AppFile` (absolute path, attribute);
+  ``.py`` file holding any WSGI callable (served under the netns and local
+  runtimes: `server.user_app`). The model keeps a project app as its
+  ``module:attribute`` string and a file as an `AppFile` (absolute path,
+  attribute);
 - ``engines``: the servers to run in turn, each with its own ``expect`` list;
 - ``sessions``: the clients, run concurrently, each a list of ``steps``.
 

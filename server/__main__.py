@@ -9,6 +9,7 @@ and write ``server.stopped``. SIGTERM or SIGINT stops the engine and the role.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -59,6 +60,7 @@ def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
                 # The engine goes when this role goes, however it goes (SIGKILL included).
                 child = subprocess.Popen(launch.argv, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **launch.env},
                                          preexec_fn=lifeline.die_with_parent)
                 children.append(child)
                 wait_until_accepting(launch.host, launch.port, child,

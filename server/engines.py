@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
+from kalab.apps import APP_FILE_VARIABLE, FILE_SHIM, AppFile
 from kalab.scenario import Engine, upstream_port
 
 
@@ -18,15 +19,26 @@ class Launch:
     argv: list[str]
     host: str
     port: int
+    env: dict[str, str] = field(default_factory=dict)  # beside the role's own environment
 
 
-def plan(engine: Engine, app: str, host: str, port: int, folder: Path,
+def plan(engine: Engine, app: str | AppFile, host: str, port: int, folder: Path,
          scratch: Path) -> list[Launch]:
     """The processes that serve ``app`` on host:port with this engine, in start order.
 
     ``folder`` is the engine's shared folder (configuration, logs); ``scratch``
-    a private one that lives as long as the engine (nginx's 0700 buffers).
+    a private one that lives as long as the engine (nginx's 0700 buffers). A
+    user's app file reaches engines that import by module name through
+    `server.user_app`, named in their environment.
     """
+    if isinstance(app, AppFile) and engine.kind != "werkzeug":
+        return [replace(launch, env={APP_FILE_VARIABLE: str(app)})
+                for launch in _plan(engine, FILE_SHIM, host, port, folder, scratch)]
+    return _plan(engine, str(app), host, port, folder, scratch)
+
+
+def _plan(engine: Engine, app: str, host: str, port: int, folder: Path,
+          scratch: Path) -> list[Launch]:
     if engine.kind == "werkzeug":
         threading = "threaded" if engine.threaded else "unthreaded"
         return [Launch([sys.executable, "-m", "server.werkzeug_engine", app, host, str(port),

@@ -1,6 +1,8 @@
 """Werkzeug's development server, started exactly as `app.run()` starts it.
 
-Run as ``python -m server.werkzeug_engine APP HOST PORT threaded|unthreaded``.
+Run as ``python -m server.werkzeug_engine APP HOST PORT threaded|unthreaded``;
+a WSGI app that is not Flask's gets `werkzeug.serving.run_simple`, which is
+what Flask's `app.run()` calls.
 The debugger and the reloader are off whatever the environment says:
 the debugger would run arbitrary code for anyone who reaches the port.
 """
@@ -18,8 +20,14 @@ def main(argv: list[str]) -> None:
     for var in ("FLASK_DEBUG", "FLASK_RUN_FROM_CLI", "WERKZEUG_RUN_MAIN"):
         os.environ.pop(var, None)
     app = load_app(app_ref)
-    app.run(host=host, port=int(port), debug=False, use_reloader=False,
-            use_debugger=False, threaded=threading == "threaded")
+    if hasattr(app, "run"):  # a Flask app: as the tutorial starts it
+        app.run(host=host, port=int(port), debug=False, use_reloader=False,
+                use_debugger=False, threaded=threading == "threaded")
+    else:  # any other WSGI callable (a user's own): the server app.run() itself starts
+        from werkzeug.serving import run_simple
+
+        run_simple(host, int(port), app, use_reloader=False, use_debugger=False,
+                   threaded=threading == "threaded")
 
 
 if __name__ == "__main__":

@@ -148,3 +148,26 @@ def test_the_observer_keeps_its_pcap_and_report_on_sigterm(tmp_path):
     assert report["runs"][0]["expectations"] == []
     assert report["engines_not_run"] == ["gthread-5"]
     assert (tmp_path / "observer.done").exists()
+
+
+MY_APP = '''\
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+    return [b"mine"]
+'''
+
+
+def test_a_users_own_app_file_is_served_by_every_kind_of_engine(tmp_path):
+    (tmp_path / "my_app.py").write_text(MY_APP)
+    (tmp_path / "mine.yaml").write_text("""\
+app: {file: my_app.py}
+sessions: [{steps: [get: /, sleep: 0.2, get: /]}]
+engines:
+  - {engine: werkzeug, expect: [status: 200]}
+  - {engine: gunicorn, expect: [status: 200, same_connection: [1, 2]]}
+  - {engine: waitress, expect: [status: 200]}
+""")
+    done = run_kalab("run", str(tmp_path / "mine.yaml"), "--results", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [r["verdict"] for r in report["runs"]] == ["pass"] * 3

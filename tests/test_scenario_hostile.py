@@ -379,15 +379,15 @@ def test_an_app_is_a_project_app_or_a_file_inside_the_scenario_s_folder(tmp_path
                      for name, text, words in corpus])
 
 
-def test_kalab_run_refuses_an_app_file_it_cannot_serve_yet(tmp_path):
+def test_compose_refuses_an_app_file_the_containers_cannot_see(tmp_path):
     (tmp_path / "mine.py").write_text("app = None\n")
     path = tmp_path / "lab.yaml"
     path.write_bytes(scenario(more="app: {file: mine.py}\n"))
     assert kalab_check(str(path)).returncode == 0
-    done = subprocess.run([*KALAB, "run", str(path), "--results", str(tmp_path / "results")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 2 and "not supported yet" in done.stderr
+    done = subprocess.run([*KALAB, "run", str(path), "--runtime", "compose", "--results",
+                           str(tmp_path / "results")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and "needs --runtime netns" in done.stderr
     assert not (tmp_path / "results").exists()
 
 
