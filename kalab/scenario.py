@@ -76,7 +76,8 @@ every value are bounded:
   values;
 - names (NAME_PATTERN): scenario and engine names are letters, digits,
   ``.``, ``_`` and ``-``, not starting with ``.``, at most 64 characters,
-  since they become folders; engine names are unique, ignoring case;
+  since they become folders; engine names are unique, ignoring case, and
+  none is the name of a file every run writes (RUN_FILES: ``report.json``...);
   session names (SESSION_NAME_PATTERN) have no ``.``. `check_name` checks
   a name for code about to make it a folder;
 - numbers are finite; a ``sleep`` or an ``at``, ``idle`` and ``within``,
@@ -125,6 +126,10 @@ NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"
 NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '.', at most 64 characters"
 # A session's name is the SESSION of a request ref SESSION.N: no '.' in it.
 SESSION_NAME_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+# An engine's folder sits beside the files every run writes: no engine may take their names.
+RUN_FILES = frozenset(("report.json", "report.html", "report.md", "junit.xml", "summary.txt",
+                       "observer.log", "server.log", "client.log", "compose.log",
+                       "observer.done", "latest", "grading"))
 
 # Bounds a lab needs and nothing near what would hang a run or a machine.
 MAX_SECONDS = 3600  # a sleep, an `at`, a session's planned time, an engine's timeout
@@ -968,6 +973,10 @@ class _Checker:
                         for i, node in enumerate(top["engines"].value))
         seen: dict[str, int] = {}
         for i, engine in enumerate(engines):
+            if engine.name.casefold() in RUN_FILES:
+                raise self.fail(top["engines"].value[i], f"engines[{i}].name",
+                                f"{engine.name!r} is the name of a file every run writes: "
+                                "choose another")
             # casefold: the names are folders, and some file systems ignore case
             if seen.setdefault(engine.name.casefold(), i) != i:
                 raise self.fail(top["engines"].value[i], f"engines[{i}].name",

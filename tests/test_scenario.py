@@ -278,3 +278,9 @@ def test_editors_find_the_schema_from_every_bundled_scenario():
             assert errors, "the schema must refuse what kalab check refuses here"
         else:
             assert errors == [], path
+
+
+@pytest.mark.parametrize("name", ["report.json", "Summary.txt", "latest", "observer.log"])
+def test_an_engine_may_not_take_the_name_of_a_file_every_run_writes(name):
+    with pytest.raises(ScenarioError, match="a file every run writes"):
+        parse(f"sessions: [{{steps: [get: /]}}]\nengines: [{{name: {name}, engine: werkzeug}}]\n")
