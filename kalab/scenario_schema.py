@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kalab import scenario as spec_mod
-from kalab.scenario import ListOf, MapOf, OneOf, Record, Scalar, Spec
+from kalab.spec import ListOf, MapOf, OneOf, Record, Scalar, Spec
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schema" / "scenario.schema.json"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
