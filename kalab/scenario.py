@@ -26,7 +26,24 @@ A scenario is:
   ``module:attribute`` string and a file as an `AppFile` (absolute path,
   attribute);
 - ``engines``: the servers to run in turn, each with its own ``expect`` list;
-- ``sessions``: the clients, run concurrently, each a list of ``steps``.
+- ``sessions``: the clients, run concurrently, each a list of ``steps``;
+- ``course`` (a lab's, optional): ``title``, ``teaches``, ``look_for`` and
+  ``read_first`` (Markdown), ``params`` drawn per student (``{choose: [2,
+  3, 4]}``, ``{between: [1.0, 3.0], step: 0.5}``) and ``questions`` (``id``,
+  ``text``, ``answer: {query, type, tolerance, choices}``, ``points``,
+  ``look``) whose answers are queries over the student's own run. Its
+  specs, its model (`Course`, `Param`) and its rules are defined in
+  `kalab.course.lab`, whose docstring is this reference's part for it.
+
+Anywhere but in ``course.params``, a string may hold ``${EXPR}``: a
+param's name or ``+ - * /`` and parentheses on params and numbers, nothing
+else. It is replaced by the value before anything is checked, with the
+values `load` and `parse` draw for their ``student`` (without one, the
+params' defaults); a string that is exactly ``${EXPR}`` becomes the number
+(``keep_alive: ${keep_alive}``). Every bound below applies to the values
+substituted, and an error names the line of the ``${...}``. ``$${`` is a
+literal ``${``. The model keeps the ``course``, the ``student`` and the
+``params`` used.
 
 Steps: ``get: PATH`` (shorthand), ``request: {method, path, headers, body}``,
 ``sleep: SECONDS`` (after the previous response), ``at: SECONDS`` (from the
@@ -90,7 +107,12 @@ every value are bounded:
   characters; a header's name is an RFC 9110 token, its value has no CR,
   LF, NUL or other control but tab and only Latin-1 (what http.client
   sends); a body is Latin-1, at most 64 KiB; a claim is one line and a
-  description has no controls but tabs and line breaks (both are printed).
+  description has no controls but tabs and line breaks (both are printed);
+- a lab (`kalab.course.lab`): at most 20 params of 2 to 50 choices or 1000
+  steps, numbers within ±10^12; a ``${...}`` of at most 200 characters
+  and ``+ - * /`` only (parsed with `ast` and walked against a whitelist,
+  never ``eval``), every number on the way within ±10^12, at most 10,000
+  in a file; at most 100 questions; a student ID is a name.
 """
 
 
@@ -104,7 +126,13 @@ from pathlib import Path
 from typing import Any
 
 from kalab.apps import ATTRIBUTE_PATTERN, PROJECT_APPS, AppFile
+from kalab.course import lab
+from kalab.course.lab import COURSE, Course, Param, Value
 from kalab.spec import (
+    LINES,
+    NAME_PATTERN,
+    NAME_RULE,
+    ONE_LINE,
     Checker,
     ListOf,
     MapOf,
@@ -132,11 +160,6 @@ LINK_ONLY = ("fin",)
 CLOSERS = ("server", "client", "either")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
-# Names become folders (an engine's under the results folder, the scenario's
-# results folder itself) and parts of request refs: letters, digits, '.', '_'
-# and '-', never starting with '.' (no '.', '..' or hidden folders), at most 64.
-NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"
-NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '.', at most 64 characters"
 # A session's name is the SESSION of a request ref SESSION.N: no '.' in it.
 SESSION_NAME_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 # An engine's folder sits beside the files every run writes: no engine may take their names.
@@ -237,8 +260,6 @@ def _default(kind: str, option: str) -> Any:
 
 # ------------------------------------------------------- the document's specs
 
-_ONE_LINE = r"[^\x00-\x1f\x7f-\x9f]*"  # no control characters: it is printed on a terminal
-_LINES = r"[^\x00-\x08\x0b-\x1f\x7f-\x9f]*"  # the same, with tabs and line breaks
 NAME = Scalar("string", "a name: " + NAME_RULE, pattern=NAME_PATTERN, max_length=64,
               says=f"a name is {NAME_RULE}")
 SESSION_NAME = Scalar("string", "the session's name (default s1, s2, ... by position): "
@@ -318,7 +339,7 @@ CLOSE = Record("how the connection of a request was first closed (its first FIN)
 EXPECTATION = Record("one checkable statement about the wire: exactly one of "
                      + ", ".join(EXPECTATION_KINDS) + ", and an optional claim", {
     "claim": Scalar("string", "the sentence reported if the wire refutes it",
-                    pattern=_ONE_LINE, max_length=1000,
+                    pattern=ONE_LINE, max_length=1000,
                     says="a claim is one line without control characters"),
     "connections": Scalar("integer", "the scenario's requests travelled on N connections",
                           minimum=0, maximum=MAX_SESSIONS * MAX_STEPS),
@@ -386,7 +407,7 @@ SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) 
                   "against each, and what the wire must show", {
     "name": dataclasses.replace(NAME, doc="the scenario's name, the start of its results "
                                 "folder (default: the file's name, made a name): " + NAME_RULE),
-    "description": Scalar("string", "what the scenario shows", "", pattern=_LINES,
+    "description": Scalar("string", "what the scenario shows", "", pattern=LINES,
                           max_length=4096, says="a description has no control characters "
                           "but tabs and line breaks"),
     "app": APP,
@@ -395,6 +416,7 @@ SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) 
                       MAX_ENGINES),
     "sessions": ListOf(SESSION, "the clients, run concurrently", MAX_SESSIONS),
     "link": LINK,
+    "course": COURSE,
 }, required=("engines", "sessions"))
 
 
@@ -535,6 +557,9 @@ class Scenario:
     engines: tuple[Engine, ...]
     sessions: tuple[Session, ...]
     link: dict[str, LinkImpairment] = field(default_factory=dict)  # direction -> impairment
+    course: Course | None = None  # a lab's course: block (`kalab.course.lab`)
+    student: str | None = None  # whose params these are; None: the defaults
+    params: dict[str, Value] = field(default_factory=dict)  # each param's value, as used
 
     def engine(self, name: str) -> Engine:
         for engine in self.engines:
@@ -557,7 +582,14 @@ class _Checker(Checker):
     """Checks the tree against the scenario's specs (`Checker`), then builds the model
     from it and checks what the specs cannot say."""
 
-    def scenario(self, root: Node) -> Scenario:
+    def scenario(self, root: Node, student: str | None = None) -> Scenario:
+        if student is not None:
+            try:
+                lab.check_student(student)
+            except ValueError as exc:
+                raise ScenarioError(self.file, None, "student", str(exc)) from None
+        params, values = self._draw(root, student)
+        lab.substitute(self, root, values, lab.params_node(root))
         self.check(SCENARIO, root, "")
         top = root.value
         port = get(SCENARIO, top, "port")
@@ -592,7 +624,30 @@ class _Checker(Checker):
             if link["upstream_to_proxy"].rate:
                 raise self.fail(upstream, "link.upstream_to_proxy.rate",
                                 "not on the upstream (a rate would slow all of the loopback)")
-        return Scenario(self.file, name, description, app, port, engines, tuple(sessions), link)
+        course = None
+        if "course" in top:
+            # at most a connection per try: a request and each of its retries
+            most = sum(len(s.requests) * (1 + s.retries) for s in sessions)
+            course = lab.build_course(self, top["course"], params,
+                                      tuple(e.name for e in engines), tuple(refs), most)
+        return Scenario(self.file, name, description, app, port, engines, tuple(sessions), link,
+                        course, student, values)
+
+    def _draw(self, root: Node,
+              student: str | None) -> tuple[dict[str, Param], dict[str, Value]]:
+        """A lab's params and their values for ``student`` (their defaults for None), read
+        before the rest of the tree: ``${...}`` anywhere else is replaced by the values."""
+        node = lab.params_node(root)
+        params = lab.read_params(self, node) if node is not None else {}
+        if not params:
+            return {}, {}
+        top = root.value
+        if "name" not in top:
+            raise self.fail(root, "name", "missing: a lab with params needs a name, since "
+                            "each student's values are drawn from it (the file's name may "
+                            "change)")
+        self.check(SCENARIO.fields["name"], top["name"], "name")
+        return params, lab.draw(params, top["name"].value, student)
 
     def _app(self, node: Node, where: str) -> str | AppFile:
         if isinstance(node.value, str):
@@ -759,9 +814,10 @@ class _Checker(Checker):
                            idle=idle, tolerance=tolerance, within=within)
 
 
-def load(path: str | os.PathLike[str]) -> Scenario:
-    """Read and validate a scenario file; raise ScenarioError on any problem."""
-    return parse(read_text(path), str(path))
+def load(path: str | os.PathLike[str], student: str | None = None) -> Scenario:
+    """Read and validate a scenario file, a lab's with ``student``'s params (without one,
+    their defaults); raise ScenarioError on any problem."""
+    return parse(read_text(path), str(path), student)
 
 
 def document(text: str, file: str = "<scenario>") -> Any:
@@ -771,9 +827,10 @@ def document(text: str, file: str = "<scenario>") -> Any:
     return root.plain() if root is not None else None
 
 
-def parse(text: str, file: str = "<scenario>") -> Scenario:
-    """Validate a scenario's text; ``file`` names it in errors."""
+def parse(text: str, file: str = "<scenario>", student: str | None = None) -> Scenario:
+    """Validate a scenario's text, a lab's with ``student``'s params (without one, their
+    defaults); ``file`` names it in errors."""
     root = tree(text, file)
     if root is None:
         raise ScenarioError(file, 1, "", "the file is empty")
-    return _Checker(file).scenario(root)
+    return _Checker(file).scenario(root, student)

@@ -38,12 +38,23 @@ class ScenarioError(Exception):
         super().__init__(f"{place}: {where}: {message}" if where else f"{place}: {message}")
 
 
+# Names become folders (an engine's under the results folder, the scenario's
+# results folder itself, a student's) and parts of request refs: letters,
+# digits, '.', '_' and '-', never starting with '.' (no '.', '..' or hidden
+# folders), at most 64.
+NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"
+NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '.', at most 64 characters"
+ONE_LINE = r"[^\x00-\x1f\x7f-\x9f]*"  # no control characters: it is printed on a terminal
+LINES = r"[^\x00-\x08\x0b-\x1f\x7f-\x9f]*"  # the same, with tabs and line breaks
+
+
 # ------------------------------------------------------------ the field specs
 #
 # A document's fields are each described once, as one of these: the checker
 # (`Checker.check`) and the JSON Schema (`kalab.scenario_schema`) both read
 # them; what only a language's own checker can see (a reference to nothing, a
 # time going back) it checks after them.
+
 
 @dataclass(frozen=True)
 class Scalar:
@@ -59,6 +70,7 @@ class Scalar:
     pattern: str | None = None  # the whole string must match; re and JSON Schema read it alike
     max_length: int | None = None
     says: str = ""  # the pattern (or choices) in words, for the message when it fails
+    exclusive_minimum: float | None = None  # the value must be above it (a step, points)
 
 
 @dataclass(frozen=True)
@@ -159,12 +171,15 @@ _CONSTRUCT = {tag: yaml.constructor.SafeConstructor.yaml_constructors[tag]
 
 class Node:
     """A loaded YAML value, the line it started on (1-based) and, for a scalar, its text
-    as written (``.nan``, ``1e9``, ``0x1F``: what messages show)."""
+    as written (``.nan``, ``1e9``, ``0x1F``: what messages show). A scalar whose
+    ``${...}`` a lab's params replaced (`kalab.course.lab`) keeps what was written
+    as ``source``, and its text is then the new value's."""
 
-    __slots__ = ("value", "line", "text")
+    __slots__ = ("value", "line", "text", "source")
 
-    def __init__(self, value: Any, line: int, text: str | None = None) -> None:
-        self.value, self.line, self.text = value, line, text
+    def __init__(self, value: Any, line: int, text: str | None = None,
+                 source: str | None = None) -> None:
+        self.value, self.line, self.text, self.source = value, line, text, source
 
     def shown(self) -> str:
         """The value for a message, as the user wrote it, on one short line."""
@@ -172,6 +187,10 @@ class Node:
             return "a mapping"
         if isinstance(self.value, list):
             return "a list"
+        if self.source is not None:
+            value = clip(repr(self.value)) if isinstance(self.value, str) else \
+                clip(self.text or repr(self.value))
+            return f"{value} (from {clip(repr(self.source))})"
         if isinstance(self.value, str):
             return clip(repr(self.value))
         if self.value is None:
@@ -422,6 +441,16 @@ def want(spec: Spec) -> str:
             "boolean": "true or false", "text": "a string"}[spec.type]
 
 
+def _range(spec: Scalar) -> str:
+    """A number's bounds in words: ' from 0 to 3600', ' above 0, at most 100'."""
+    low = f" from {spec.minimum:g}" if spec.minimum is not None else \
+        f" above {spec.exclusive_minimum:g}" if spec.exclusive_minimum is not None else ""
+    if spec.maximum is None:
+        return low
+    return f"{low} to {spec.maximum:g}" if spec.minimum is not None else \
+        f"{low}, at most {spec.maximum:g}" if low else f" at most {spec.maximum:g}"
+
+
 def scalar_value(node: Node, spec: Scalar) -> Any:
     """A checked scalar's value; a "text" one as written (`1e3` stays "1e3")."""
     if spec.type == "text" and not isinstance(node.value, str):
@@ -451,7 +480,9 @@ class Checker:
         elif isinstance(spec, ListOf):
             items = node.value
             if len(items) < spec.min_items:
-                raise self.fail(node, where, "must not be empty")
+                raise self.fail(node, where, "must not be empty" if spec.min_items == 1 else
+                                f"has {len(items)} item(s), fewer than the {spec.min_items} "
+                                "needed")
             if len(items) > spec.max_items:
                 raise self.fail(node, where, f"has {len(items)} items, more than the "
                                 f"{spec.max_items} allowed")
@@ -473,10 +504,13 @@ class Checker:
         value = scalar_value(node, spec)
         if spec.type in ("integer", "number"):
             if isinstance(value, float) and not math.isfinite(value):
-                raise self.fail(node, where, f"must be a finite number from {spec.minimum:g} "
-                                f"to {spec.maximum:g}, got {node.shown()}")
+                raise self.fail(node, where, f"must be a finite number{_range(spec)}, got "
+                                f"{node.shown()}")
             if spec.minimum is not None and value < spec.minimum:
                 raise self.fail(node, where, f"must be >= {spec.minimum:g}, got {node.shown()}")
+            if spec.exclusive_minimum is not None and value <= spec.exclusive_minimum:
+                raise self.fail(node, where, f"must be > {spec.exclusive_minimum:g}, got "
+                                f"{node.shown()}")
             if spec.maximum is not None and value > spec.maximum:
                 raise self.fail(node, where, f"must be <= {spec.maximum:g}, got {node.shown()}")
         if spec.choices and value not in spec.choices:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import subprocess
@@ -421,13 +422,17 @@ def _valid_scalar(spec: Scalar) -> st.SearchStrategy:
     if spec.type == "boolean":
         return st.booleans()
     low = spec.minimum if spec.minimum is not None else 0
+    if spec.exclusive_minimum is not None:
+        low = math.floor(spec.exclusive_minimum) + 1
     high = min(spec.maximum if spec.maximum is not None else 1000, 10_000)
     # small numbers often, so that request refs name requests that exist
     integers = st.integers(int(low), int(min(high, low + 2))) | st.integers(int(low), int(high))
     if spec.type == "integer":
         return integers
     if spec.type == "number":
-        return integers | st.floats(low, high)
+        return integers | st.floats(spec.exclusive_minimum if spec.exclusive_minimum is not None
+                                    else low, high,
+                                    exclude_min=spec.exclusive_minimum is not None)
     if spec.pattern is None:
         return st.text(max_size=20)
     longest = min(40, spec.max_length or 40)
@@ -441,6 +446,8 @@ def edges(spec: Scalar) -> list:
         edges += [float("nan"), float("inf")]
     if spec.minimum is not None:
         edges += [spec.minimum - 1, spec.minimum - 0.5]
+    if spec.exclusive_minimum is not None:
+        edges += [spec.exclusive_minimum, spec.exclusive_minimum - 1]
     if spec.maximum is not None:
         edges += [spec.maximum + 1, spec.maximum + 0.5, spec.maximum * 1e6]
     if spec.max_length is not None:
