@@ -7,6 +7,7 @@ from collections import Counter
 
 import jsonschema
 import pytest
+from conftest import run_kalab
 
 from kalab import scenario_schema
 from kalab.course.lab import MAX_STEPS, Param, check_student, draw, evaluate
@@ -461,3 +462,25 @@ def test_load_reads_the_student_s_lab_from_a_file(tmp_path):
     path.write_text(LAB)
     assert load(path, "alice").params == parse(LAB, "x.yaml", "alice").params
     assert load(path).student is None
+
+
+def test_kalab_check_counts_a_lab_s_questions_and_params_and_shows_a_student_s(tmp_path):
+    path = tmp_path / "lab.yaml"
+    path.write_text(LAB)
+    done = run_kalab("check", str(path), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"{path}: ok: 2 engine(s) (werkzeug, gthread), 4 request(s) in 1 "
+                           "session(s), 1 expectation(s), 3 question(s), params keep_alive "
+                           "(4 choices), gap (5 steps), method (2 choices)\n")
+    done = run_kalab("check", str(path), "--student", "alice", timeout=60)
+    values = parse(LAB, "lab.yaml", "alice").params
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == (
+        f"student alice: keep_alive = {values['keep_alive']}, gap = {values['gap']:g}, "
+        f"method = {values['method']}")
+    done = run_kalab("check", str(path), "--student", "../etc", timeout=60)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"kalab: {path}: student: not a student ID (letters, digits, '.', " \
+        "'_' and '-', not starting with '.', at most 64 characters): '../etc'\n"
+    done = run_kalab("check", "lab.yaml", "--student", "bob", timeout=60)
+    assert done.returncode == 0 and done.stdout.splitlines()[1] == "student bob: no params to draw"

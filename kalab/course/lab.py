@@ -261,8 +261,8 @@ def _plain(number: float) -> int | float:
     return number
 
 
-def _written(value: Value) -> str:
-    """A value written plainly into a string: 5, 2.5, a word as it is."""
+def written(value: Value) -> str:
+    """A param's value written plainly, as ${} writes it into a string: 5, 2.5, a word."""
     return value if isinstance(value, str) else repr(value) if isinstance(value, float) \
         else str(value)
 
@@ -300,7 +300,7 @@ def _param(checker: Checker, name: str, node: Node, where: str) -> Param:
         seen: set[Value] = set()
         for item, value in zip(fields["choose"].value, values, strict=True):
             if value in seen:
-                raise checker.fail(item, f"{where}.choose", f"{_written(value)} is there "
+                raise checker.fail(item, f"{where}.choose", f"{written(value)} is there "
                                    "twice: each value once")
             seen.add(value)
         return _with_default(checker, Param(name, "choose", values, values[0], node.line),
@@ -312,11 +312,11 @@ def _param(checker: Checker, name: str, node: Node, where: str) -> Param:
     step = fields["step"].value
     if not low < high:
         raise checker.fail(fields["between"], here, f"low must be below high, got "
-                           f"[{_written(_plain(low))}, {_written(_plain(high))}]")
+                           f"[{written(_plain(low))}, {written(_plain(high))}]")
     steps = (high - low) / step
     if steps > MAX_STEPS + 1e-9:
         raise checker.fail(fields["step"], f"{where}.step", f"makes {steps:.0f} steps from "
-                           f"{_written(_plain(low))} to {_written(_plain(high))}, more than "
+                           f"{written(_plain(low))} to {written(_plain(high))}, more than "
                            f"the {MAX_STEPS} allowed")
     if steps < 1 - 1e-9:
         raise checker.fail(fields["step"], f"{where}.step", "is more than high - low: a "
@@ -334,9 +334,9 @@ def _with_default(checker: Checker, param: Param, fields: dict[str, Node],
     node = fields["default"]
     default = node.value if isinstance(node.value, str) else _plain(node.value)
     if default not in param.values:
-        shown = ", ".join(map(_written, param.values[:10])) + \
+        shown = ", ".join(map(written, param.values[:10])) + \
             (", ..." if len(param.values) > 10 else "")
-        raise checker.fail(node, f"{where}.default", f"{_written(default)} is not one of "
+        raise checker.fail(node, f"{where}.default", f"{written(default)} is not one of "
                            f"the values ({shown})")
     return dataclasses.replace(param, default=default)
 
@@ -386,7 +386,7 @@ def substitute(checker: Checker, root: Node, values: Mapping[str, Value],
 
 def _substitute_scalar(checker: Checker, node: Node, where: str,
                        values: Mapping[str, Value]) -> None:
-    written = node.value
+    source = node.value
 
     def value_of(expression: str) -> Value:
         try:
@@ -396,26 +396,26 @@ def _substitute_scalar(checker: Checker, node: Node, where: str,
             raise checker.fail(node, where, f"{clip(repr('${' + expression + '}'), 50)}: "
                                f"{exc}") from None
 
-    whole = _WHOLE.fullmatch(written)
+    whole = _WHOLE.fullmatch(source)
     if whole:
         value: Value = value_of(whole[1])
         node.value = value
     else:
         parts, at = [], 0
-        for match in _TOKEN.finditer(written):
-            parts.append(written[at:match.start()])
+        for match in _TOKEN.finditer(source):
+            parts.append(source[at:match.start()])
             if match[0] == "$${":
                 parts.append("${")
             elif match[1] is None:
                 raise checker.fail(node, where, f"a ${{ without its }} within "
                                    f"{MAX_EXPRESSION} characters (write $${{ for a literal "
-                                   f"${{): {clip(repr(written[match.start():]), 40)}")
+                                   f"${{): {clip(repr(source[match.start():]), 40)}")
             else:
-                parts.append(_written(value_of(match[1])))
+                parts.append(written(value_of(match[1])))
             at = match.end()
-        parts.append(written[at:])
+        parts.append(source[at:])
         node.value = "".join(parts)
-    node.text, node.source = _written(node.value), written
+    node.text, node.source = written(node.value), source
 
 
 def evaluate(expression: str, values: Mapping[str, Value]) -> Value:
