@@ -589,7 +589,7 @@ class _Checker(Checker):
             except ValueError as exc:
                 raise ScenarioError(self.file, None, "student", str(exc)) from None
         params, values = self._draw(root, student)
-        lab.substitute(self, root, values, lab.params_node(root))
+        lab.substitute(self, root, values)
         self.check(SCENARIO, root, "")
         top = root.value
         port = get(SCENARIO, top, "port")

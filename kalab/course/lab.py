@@ -358,16 +358,14 @@ _REFUSED = {ast.Call: "a call", ast.Attribute: "an attribute (.)", ast.Pow: "** 
 ONLY = "only params, numbers, + - * /, parentheses and unary minus"
 
 
-def substitute(checker: Checker, root: Node, values: Mapping[str, Value],
-               skip: Node | None) -> None:
-    """Replace every ``${EXPR}`` in the tree's strings (but under ``skip``, the params)
-    with its value, in place; ScenarioError at the first that is not an expression."""
+def substitute(checker: Checker, root: Node, values: Mapping[str, Value]) -> None:
+    """Replace every ``${EXPR}`` in the tree's strings with its value, in place;
+    ScenarioError at the first that is not an expression. The params themselves, read
+    first, can hold none: a word has no ``$`` (`read_params` refused it)."""
     count = 0
 
     def walk(node: Node, where: str) -> None:
         nonlocal count
-        if node is skip:
-            return
         if isinstance(node.value, dict):
             for key, value in node.value.items():
                 walk(value, key_where(where, key))
