@@ -126,7 +126,7 @@ from pathlib import Path
 from typing import Any
 
 from kalab.apps import ATTRIBUTE_PATTERN, PROJECT_APPS, AppFile
-from kalab.course import lab
+from kalab.course import lab as course_lab
 from kalab.course.lab import COURSE, Course, Param, Value
 from kalab.spec import (
     LINES,
@@ -585,11 +585,11 @@ class _Checker(Checker):
     def scenario(self, root: Node, student: str | None = None) -> Scenario:
         if student is not None:
             try:
-                lab.check_student(student)
+                course_lab.check_student(student)
             except ValueError as exc:
                 raise ScenarioError(self.file, None, "student", str(exc)) from None
         params, values = self._draw(root, student)
-        lab.substitute(self, root, values)
+        course_lab.substitute(self, root, values)
         self.check(SCENARIO, root, "")
         top = root.value
         port = get(SCENARIO, top, "port")
@@ -628,8 +628,8 @@ class _Checker(Checker):
         if "course" in top:
             # at most a connection per try: a request and each of its retries
             most = sum(len(s.requests) * (1 + s.retries) for s in sessions)
-            course = lab.build_course(self, top["course"], params,
-                                      tuple(e.name for e in engines), tuple(refs), most)
+            course = course_lab.build_course(self, top["course"], params,
+                                             tuple(e.name for e in engines), tuple(refs), most)
         return Scenario(self.file, name, description, app, port, engines, tuple(sessions), link,
                         course, student, values)
 
@@ -637,8 +637,8 @@ class _Checker(Checker):
               student: str | None) -> tuple[dict[str, Param], dict[str, Value]]:
         """A lab's params and their values for ``student`` (their defaults for None), read
         before the rest of the tree: ``${...}`` anywhere else is replaced by the values."""
-        node = lab.params_node(root)
-        params = lab.read_params(self, node) if node is not None else {}
+        node = course_lab.params_node(root)
+        params = course_lab.read_params(self, node) if node is not None else {}
         if not params:
             return {}, {}
         top = root.value
@@ -647,7 +647,7 @@ class _Checker(Checker):
                             "each student's values are drawn from it (the file's name may "
                             "change)")
         self.check(SCENARIO.fields["name"], top["name"], "name")
-        return params, lab.draw(params, top["name"].value, student)
+        return params, course_lab.draw(params, top["name"].value, student)
 
     def _app(self, node: Node, where: str) -> str | AppFile:
         if isinstance(node.value, str):

@@ -200,7 +200,7 @@ class Param:
     default: Value
     line: int = 0
     step: float | None = None  # between only; its low is values[0]
-    high: float | None = None  # between only: the range's upper bound, as written
+    high: float | None = None  # between only: the upper bound (a value if on a step)
 
     def describe(self) -> str:
         """``4 choices`` or ``5 steps``: how many values a student may get."""
