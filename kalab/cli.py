@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a scenario file and say what it will run")
     check.add_argument("scenario", type=Path)
+    check.add_argument("--student", metavar="ID", default=None,
+                       help="a lab's params as drawn for this student ID (default: the "
+                       "params' defaults), shown after the summary")
 
     report = sub.add_parser("report", help="write report.html, report.md and junit.xml "
                             "again from a run's report.json",
@@ -111,16 +114,28 @@ def _error(message: str, code: int) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from kalab.course.lab import written
     from kalab.scenario import ScenarioError, load
 
     try:
-        scenario = load(args.scenario)
+        scenario = load(args.scenario, args.student)
     except ScenarioError as exc:
         return _error(str(exc), EXIT_BAD_INPUT)
-    print(f"{args.scenario}: ok: {len(scenario.engines)} engine(s) "
-          f"({', '.join(e.name for e in scenario.engines)}), {len(scenario.requests)} "
-          f"request(s) in {len(scenario.sessions)} session(s), "
-          f"{sum(len(e.expect) for e in scenario.engines)} expectation(s)")
+    summary = (f"{args.scenario}: ok: {len(scenario.engines)} engine(s) "
+               f"({', '.join(e.name for e in scenario.engines)}), {len(scenario.requests)} "
+               f"request(s) in {len(scenario.sessions)} session(s), "
+               f"{sum(len(e.expect) for e in scenario.engines)} expectation(s)")
+    course = scenario.course
+    if course is not None:
+        summary += f", {len(course.questions)} question(s)"
+        if course.params:
+            summary += ", params " + ", ".join(f"{name} ({param.describe()})"
+                                               for name, param in course.params.items())
+    print(summary)
+    if args.student is not None:
+        print(f"student {args.student}: " + (", ".join(
+            f"{name} = {written(value)}" for name, value in scenario.params.items())
+            or "no params to draw"))
     return 0
 
 

@@ -8,7 +8,8 @@ described once, as a spec (type, bounds or choices, default, doc) in "the
 field specs" below: the checker reads them, the model takes its defaults from
 them, and `kalab.scenario_schema` makes them ``schema/scenario.schema.json``
 (``python -m kalab.scenario_schema --write``), which every bundled scenario
-names on its first line for editors.
+names on its first line for editors. The spec classes, the hardened YAML
+loader and the checker that walks the specs are `kalab.spec`'s.
 
 A scenario is:
 
@@ -25,7 +26,24 @@ A scenario is:
   ``module:attribute`` string and a file as an `AppFile` (absolute path,
   attribute);
 - ``engines``: the servers to run in turn, each with its own ``expect`` list;
-- ``sessions``: the clients, run concurrently, each a list of ``steps``.
+- ``sessions``: the clients, run concurrently, each a list of ``steps``;
+- ``course`` (a lab's, optional): ``title``, ``teaches``, ``look_for`` and
+  ``read_first`` (Markdown), ``params`` drawn per student (``{choose: [2,
+  3, 4]}``, ``{between: [1.0, 3.0], step: 0.5}``) and ``questions`` (``id``,
+  ``text``, ``answer: {query, type, tolerance, choices}``, ``points``,
+  ``look``) whose answers are queries over the student's own run. Its
+  specs, its model (`Course`, `Param`) and its rules are defined in
+  `kalab.course.lab`, whose docstring is this reference's part for it.
+
+Anywhere but in ``course.params``, a string may hold ``${EXPR}``: a
+param's name or ``+ - * /`` and parentheses on params and numbers, nothing
+else. It is replaced by the value before anything is checked, with the
+values `load` and `parse` draw for their ``student`` (without one, the
+params' defaults); a string that is exactly ``${EXPR}`` becomes the number
+(``keep_alive: ${keep_alive}``). Every bound below applies to the values
+substituted, and an error names the line of the ``${...}``. ``$${`` is a
+literal ``${``. The model keeps the ``course``, the ``student`` and the
+``params`` used.
 
 Steps: ``get: PATH`` (shorthand), ``request: {method, path, headers, body}``,
 ``sleep: SECONDS`` (after the previous response), ``at: SECONDS`` (from the
@@ -89,24 +107,47 @@ every value are bounded:
   characters; a header's name is an RFC 9110 token, its value has no CR,
   LF, NUL or other control but tab and only Latin-1 (what http.client
   sends); a body is Latin-1, at most 64 KiB; a claim is one line and a
-  description has no controls but tabs and line breaks (both are printed).
+  description has no controls but tabs and line breaks (both are printed);
+- a lab (`kalab.course.lab`): at most 20 params of 2 to 50 choices or 1000
+  steps, numbers within ±10^12; a ``${...}`` of at most 200 characters
+  and ``+ - * /`` only (parsed with `ast` and walked against a whitelist,
+  never ``eval``), every number on the way within ±10^12, at most 10,000
+  in a file; at most 100 questions; a student ID is a name.
 """
 
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kalab.apps import ATTRIBUTE_PATTERN, PROJECT_APPS, AppFile
+from kalab.course import lab as course_lab
+from kalab.course.lab import COURSE, Course, Param, Value
+from kalab.spec import (
+    LINES,
+    NAME_PATTERN,
+    NAME_RULE,
+    ONE_LINE,
+    Checker,
+    ListOf,
+    MapOf,
+    Node,
+    OneOf,
+    Record,
+    Scalar,
+    ScenarioError,
+    clip,
+    field_default,
+    get,
+    read_text,
+    scalar_value,
+    tree,
+)
 
 DEFAULT_APP = PROJECT_APPS[0]  # the tutorial's app
 ENGINE_KINDS = ("werkzeug", "gunicorn", "waitress", "nginx")
@@ -119,11 +160,6 @@ LINK_ONLY = ("fin",)
 CLOSERS = ("server", "client", "either")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
-# Names become folders (an engine's under the results folder, the scenario's
-# results folder itself) and parts of request refs: letters, digits, '.', '_'
-# and '-', never starting with '.' (no '.', '..' or hidden folders), at most 64.
-NAME_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"
-NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '.', at most 64 characters"
 # A session's name is the SESSION of a request ref SESSION.N: no '.' in it.
 SESSION_NAME_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 # An engine's folder sits beside the files every run writes: no engine may take their names.
@@ -141,14 +177,6 @@ MAX_HEADERS = 32  # per request
 MAX_BODY = 65_536  # characters
 MAX_PATH = 2048  # characters
 
-
-class ScenarioError(Exception):
-    """Bad scenario input; ``str()`` is the one-line message for the user."""
-
-    def __init__(self, file: str, line: int | None, where: str, message: str) -> None:
-        self.file, self.line, self.where, self.message = file, line, where, message
-        place = f"{file}:{line}" if line else file
-        super().__init__(f"{place}: {where}: {message}" if where else f"{place}: {message}")
 
 
 def check_name(name: str) -> str:
@@ -171,73 +199,10 @@ def slug(text: str) -> str:
 # ------------------------------------------------------------ the field specs
 #
 # Every field of the language is described once, here: its type, bounds or
-# choices, default and a one-line doc. The checker (`_Checker.check`) and the
+# choices, default and a one-line doc (`kalab.spec`). The checker (`Checker.check`) and the
 # JSON Schema (`kalab.scenario_schema`, schema/scenario.schema.json) both read
 # these; what only the checker can see (a request ref that names no request,
 # an `at` going back in time, a session's planned time) it checks after them.
-
-
-@dataclass(frozen=True)
-class Scalar:
-    """One value: its type, bounds or choices, default and what it means."""
-
-    type: str  # "string" | "integer" | "number" | "boolean" | "text" (a string or a number,
-    #            taken as written: a header value)
-    doc: str
-    default: Any = None  # None: unset when absent (or required: its Record says)
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[Any, ...] = ()
-    pattern: str | None = None  # the whole string must match; re and JSON Schema read it alike
-    max_length: int | None = None
-    says: str = ""  # the pattern (or choices) in words, for the message when it fails
-
-
-@dataclass(frozen=True)
-class Record:
-    """A mapping of known fields; with ``switch``, the value of that field (an engine's
-    kind) adds its own fields from ``kinds``."""
-
-    doc: str
-    fields: dict[str, Spec]
-    required: tuple[str, ...] = ()
-    one_of: tuple[str, ...] = ()  # exactly one of these fields is present
-    switch: str = ""
-    kinds: dict[str, dict[str, Scalar]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ListOf:
-    """A list of items of one spec."""
-
-    item: Spec
-    doc: str
-    max_items: int
-    min_items: int = 1
-
-
-@dataclass(frozen=True)
-class MapOf:
-    """A mapping of free names (headers) to values."""
-
-    key: Scalar
-    value: Spec
-    doc: str
-    max_items: int
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """One of several shapes, told apart by the value's type (a string, a number, a
-    list, a mapping): the first that takes it checks it."""
-
-    options: tuple[Spec, ...]
-    doc: str
-    want: str  # the shapes in words, after "expected" in a message
-    default: Any = None
-
-
-Spec = Scalar | Record | ListOf | MapOf | OneOf
 
 
 def _seconds(doc: str, default: float | None = None, minimum: float = 0,
@@ -295,8 +260,6 @@ def _default(kind: str, option: str) -> Any:
 
 # ------------------------------------------------------- the document's specs
 
-_ONE_LINE = r"[^\x00-\x1f\x7f-\x9f]*"  # no control characters: it is printed on a terminal
-_LINES = r"[^\x00-\x08\x0b-\x1f\x7f-\x9f]*"  # the same, with tabs and line breaks
 NAME = Scalar("string", "a name: " + NAME_RULE, pattern=NAME_PATTERN, max_length=64,
               says=f"a name is {NAME_RULE}")
 SESSION_NAME = Scalar("string", "the session's name (default s1, s2, ... by position): "
@@ -376,7 +339,7 @@ CLOSE = Record("how the connection of a request was first closed (its first FIN)
 EXPECTATION = Record("one checkable statement about the wire: exactly one of "
                      + ", ".join(EXPECTATION_KINDS) + ", and an optional claim", {
     "claim": Scalar("string", "the sentence reported if the wire refutes it",
-                    pattern=_ONE_LINE, max_length=1000,
+                    pattern=ONE_LINE, max_length=1000,
                     says="a claim is one line without control characters"),
     "connections": Scalar("integer", "the scenario's requests travelled on N connections",
                           minimum=0, maximum=MAX_SESSIONS * MAX_STEPS),
@@ -444,7 +407,7 @@ SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) 
                   "against each, and what the wire must show", {
     "name": dataclasses.replace(NAME, doc="the scenario's name, the start of its results "
                                 "folder (default: the file's name, made a name): " + NAME_RULE),
-    "description": Scalar("string", "what the scenario shows", "", pattern=_LINES,
+    "description": Scalar("string", "what the scenario shows", "", pattern=LINES,
                           max_length=4096, says="a description has no control characters "
                           "but tabs and line breaks"),
     "app": APP,
@@ -453,18 +416,11 @@ SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) 
                       MAX_ENGINES),
     "sessions": ListOf(SESSION, "the clients, run concurrently", MAX_SESSIONS),
     "link": LINK,
+    "course": COURSE,
 }, required=("engines", "sessions"))
 
 
 # ---------------------------------------------------------------- the model
-
-
-def _field_default(record: Record, key: str) -> Any:
-    """A field's default, from its spec: the model's defaults are the language's."""
-    spec = record.fields[key]
-    if not isinstance(spec, (Scalar, OneOf)):
-        raise TypeError(f"{key} is a {type(spec).__name__}: it has no default")
-    return spec.default
 
 
 @dataclass(frozen=True)
@@ -474,8 +430,8 @@ class Request:
     ref: str  # "3", or "session.3" with several sessions
     session: str
     number: int
-    method: str = _field_default(REQUEST, "method")
-    path: str = _field_default(REQUEST, "path")
+    method: str = field_default(REQUEST, "method")
+    path: str = field_default(REQUEST, "path")
     headers: dict[str, str] = field(default_factory=dict)
     body: str | None = None
 
@@ -493,11 +449,11 @@ class Step:
 class Session:
     name: str
     steps: tuple[Step, ...]
-    retries: int = _field_default(SESSION, "retries")  # urllib3 Retry(total=N)
-    http_version: str = _field_default(SESSION, "http_version")  # "1.0": HTTP/1.0
+    retries: int = field_default(SESSION, "retries")  # urllib3 Retry(total=N)
+    http_version: str = field_default(SESSION, "http_version")  # "1.0": HTTP/1.0
     # False: reuse a pooled connection without urllib3's check that the server
     # closed it, as clients without such a check do (the request races the FIN).
-    stale_check: bool = _field_default(SESSION, "stale_check")
+    stale_check: bool = field_default(SESSION, "stale_check")
 
     @property
     def requests(self) -> list[Request]:
@@ -513,9 +469,9 @@ class Expectation:
     line: int
     count: int | None = None
     requests: tuple[str, ...] = ()  # request refs; ("each",) for close on every connection
-    by: str = _field_default(CLOSE, "by")
+    by: str = field_default(CLOSE, "by")
     idle: float | None = None
-    tolerance: float = _field_default(CLOSE, "tolerance")
+    tolerance: float = field_default(CLOSE, "tolerance")
     within: float | None = None
     status: int | None = None
     story: str | None = None
@@ -565,9 +521,9 @@ class Engine:
 class LinkImpairment:
     """What one direction of a link suffers (netem's words: `kalab.impairment` applies it)."""
 
-    delay_ms: float = _field_default(LINK_IMPAIRMENT, "delay_ms")
-    jitter_ms: float = _field_default(LINK_IMPAIRMENT, "jitter_ms")
-    loss_percent: float = _field_default(LINK_IMPAIRMENT, "loss_percent")
+    delay_ms: float = field_default(LINK_IMPAIRMENT, "delay_ms")
+    jitter_ms: float = field_default(LINK_IMPAIRMENT, "jitter_ms")
+    loss_percent: float = field_default(LINK_IMPAIRMENT, "loss_percent")
     rate: str | None = None  # e.g. "1mbit"
     # "fin": impair only packets carrying a FIN (a FIN slow to arrive widens
     # the race at the keep-alive edge without slowing anything else)
@@ -601,6 +557,9 @@ class Scenario:
     engines: tuple[Engine, ...]
     sessions: tuple[Session, ...]
     link: dict[str, LinkImpairment] = field(default_factory=dict)  # direction -> impairment
+    course: Course | None = None  # a lab's course: block (`kalab.course.lab`)
+    student: str | None = None  # whose params these are; None: the defaults
+    params: dict[str, Value] = field(default_factory=dict)  # each param's value, as used
 
     def engine(self, name: str) -> Engine:
         for engine in self.engines:
@@ -616,357 +575,28 @@ class Scenario:
         return dataclasses.asdict(self)
 
 
-# ---------------------------------------------- YAML with line numbers kept
-
-# Scenarios come from strangers and the lab runs as root: the loader bounds
-# what it reads before any YAML machinery sees it, and builds the tree from
-# the parser's events itself, in one loop with no recursion, so that depth,
-# size, tags, anchors and duplicate keys are refused before they cost anything.
-MAX_FILE_BYTES = 1 << 20  # 1 MiB; the bundled scenarios are under 4 KiB
-MAX_DEPTH = 32  # nested mappings and lists; a scenario needs 8
-MAX_VALUES = 100_000  # nodes of the tree: keys' values, list items, mappings and lists
-_YAML = "tag:yaml.org,2002:"
-_SCALAR_TAGS = {_YAML + name for name in ("str", "int", "float", "bool", "null")}
-# What YAML allows unescaped in a document (YAML 1.1's printable set, as
-# PyYAML's reader checks it); found first here, the error can name a line.
-_UNPRINTABLE = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-# libyaml's parser is about twenty times faster than PyYAML's (a 1 MiB
-# document in 0.15 s); both yield the same events, and neither recurses.
-_Parser = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _PlainResolver(yaml.resolver.Resolver):
-    """YAML 1.1's implicit types without timestamps, merge keys (``<<``) or ``=``."""
-
-
-_PlainResolver.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag in _SCALAR_TAGS]
-    for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()}
-# YAML 1.2's floats without a dot (1e9), as editors and JSON read them.
-_PlainResolver.add_implicit_resolver(
-    _YAML + "float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789"))
-_RESOLVER = _PlainResolver()
-_CONSTRUCTOR = yaml.constructor.SafeConstructor()
-_CONSTRUCT = {tag: yaml.constructor.SafeConstructor.yaml_constructors[tag]
-              for tag in _SCALAR_TAGS}
-
-
-class _Node:
-    """A loaded YAML value, the line it started on (1-based) and, for a scalar, its text
-    as written (``.nan``, ``1e9``, ``0x1F``: what messages show)."""
-
-    __slots__ = ("value", "line", "text")
-
-    def __init__(self, value: Any, line: int, text: str | None = None) -> None:
-        self.value, self.line, self.text = value, line, text
-
-    def shown(self) -> str:
-        """The value for a message, as the user wrote it, on one short line."""
-        if isinstance(self.value, dict):
-            return "a mapping"
-        if isinstance(self.value, list):
-            return "a list"
-        if isinstance(self.value, str):
-            return _clip(repr(self.value))
-        if self.value is None:
-            return "nothing" if not self.text else _clip(self.text)
-        return _clip(self.text if self.text is not None else repr(self.value))
-
-    def plain(self) -> Any:
-        """The value as plain data: dicts, lists and scalars (nesting is bounded)."""
-        if isinstance(self.value, dict):
-            return {key: node.plain() for key, node in self.value.items()}
-        if isinstance(self.value, list):
-            return [node.plain() for node in self.value]
-        return self.value
-
-
-def _clip(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _key_where(where: str, key: str) -> str:
-    """``where.key``, with a key that is not a plain word quoted (it may hold anything)."""
-    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", key):
-        return f"{where}.{key}" if where else key
-    return f"{where}[{_clip(repr(key))}]"
-
-
-class _Open:
-    """A mapping or list being built: its node and, for a mapping, its last key, whether
-    the next event is a key, and the line each key was on (for duplicates)."""
-
-    __slots__ = ("node", "key", "want_key", "key_lines")
-
-    def __init__(self, node: _Node) -> None:
-        self.node, self.key, self.want_key = node, "", isinstance(node.value, dict)
-        self.key_lines: dict[str, int] = {}
-
-
-def _where(stack: list[_Open]) -> str:
-    """The path of the value being read: the open mappings' keys and lists' indexes."""
-    where = ""
-    for depth, frame in enumerate(stack):
-        if isinstance(frame.node.value, dict):
-            if not (frame.want_key and depth == len(stack) - 1):
-                where = _key_where(where, frame.key)
-        else:
-            # the list's last item holds the deeper frames; the innermost's next is new
-            where += f"[{len(frame.node.value) - (depth < len(stack) - 1)}]"
-    return where
-
-
-def _tag(tag: str) -> str:
-    """A tag as it is written: ``!!binary`` for the standard ones."""
-    return _clip("!!" + tag[len(_YAML):] if tag.startswith(_YAML) else tag)
-
-
-def _scalar(event: yaml.ScalarEvent, line: int) -> Any:
-    tag = event.tag or _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
-    node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
-    try:
-        return _CONSTRUCT[tag](_CONSTRUCTOR, node)
-    except (ValueError, KeyError):  # !!int abc, !!bool maybe, more digits than int() takes
-        raise ValueError(f"{_clip(repr(event.value))} is not a valid {_tag(tag)}") from None
-
-
-def _too_big(file: str, line: int) -> ScenarioError:
-    return ScenarioError(file, line, "", f"the file goes on past {MAX_FILE_BYTES} bytes "
-                         "(1 MiB) here; a scenario is far smaller")
-
-
-def _tree(text: str, file: str) -> _Node | None:
-    """The document as a tree of _Node, or None if it is empty; ScenarioError if it is
-    not the plain YAML a scenario is (one document of mappings, lists and scalars)."""
-    if len(text) > MAX_FILE_BYTES or (len(text) * 4 > MAX_FILE_BYTES and len(
-            text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES):
-        raise _too_big(file, text.count("\n", 0, MAX_FILE_BYTES) + 1)
-    bad = _UNPRINTABLE.search(text)
-    if bad:
-        line = text.count("\n", 0, bad.start()) + 1
-        column = bad.start() - text.rfind("\n", 0, bad.start())
-        code = ord(bad.group())
-        kind = "control character" if code < 0x20 or 0x7F <= code <= 0x9F else "character"
-        raise ScenarioError(file, line, "yaml", f"{kind} U+{code:04X} in column {column} "
-                            "(YAML allows it only escaped, in double quotes)")
-    stack: list[_Open] = []
-    root: _Node | None = None
-    documents = values = 0
-    line = 1
-
-    def refuse(message: str) -> ScenarioError:
-        return ScenarioError(file, line, _where(stack) or "yaml", message)
-
-    try:
-        for event in yaml.parse(text, Loader=_Parser):
-            line = event.start_mark.line + 1 if event.start_mark else line
-            if isinstance(event, yaml.DocumentStartEvent):
-                documents += 1
-                if documents > 1:
-                    raise refuse("a second document ('---'): a scenario is one document")
-                continue
-            if isinstance(event, (yaml.StreamStartEvent, yaml.StreamEndEvent,
-                                  yaml.DocumentEndEvent)):
-                continue
-            if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                stack.pop()
-                continue
-            if isinstance(event, yaml.AliasEvent):
-                raise refuse(f"alias *{_clip(event.anchor)}: anchors and aliases are not "
-                             "supported; write the value out")
-            if event.anchor is not None:
-                raise refuse(f"anchor &{_clip(event.anchor)}: anchors and aliases are not "
-                             "supported; write the value out")
-            parent = stack[-1] if stack else None
-            if parent and parent.want_key:
-                # A key: kept as written (`200:` and `on:` are the words 200 and on).
-                if not isinstance(event, yaml.ScalarEvent) or \
-                        event.tag not in (None, _YAML + "str"):
-                    raise refuse("a key must be a plain word")
-                key = event.value
-                parent.key, parent.want_key = key, False
-                if key in parent.key_lines:
-                    raise refuse(f"duplicate key (also on line {parent.key_lines[key]})")
-                parent.key_lines[key] = line
-                continue
-            values += 1
-            if values > MAX_VALUES:
-                raise refuse(f"more than {MAX_VALUES} values: a scenario is far smaller")
-            if isinstance(event, yaml.ScalarEvent):
-                if event.tag is not None and event.tag not in _SCALAR_TAGS:
-                    raise refuse(f"tag {_tag(event.tag)} is not allowed (plain strings, "
-                                 "numbers, true/false and null only)")
-                try:
-                    node = _Node(_scalar(event, line), line, event.value)
-                except ValueError as exc:
-                    raise refuse(str(exc)) from None
-            else:
-                mapping = isinstance(event, yaml.MappingStartEvent)
-                if event.tag is not None and event.tag != _YAML + ("map" if mapping else "seq"):
-                    raise refuse(f"tag {_tag(event.tag)} is not allowed on a "
-                                 f"{'mapping' if mapping else 'list'}")
-                if len(stack) >= MAX_DEPTH:
-                    raise refuse(f"exceeded the maximum nesting depth ({MAX_DEPTH} levels)")
-                node = _Node({} if mapping else [], line)
-            if parent is None:
-                root = node
-            elif isinstance(parent.node.value, dict):
-                parent.node.value[parent.key] = node
-                parent.want_key = True
-            else:
-                parent.node.value.append(node)
-            if not isinstance(event, yaml.ScalarEvent):
-                stack.append(_Open(node))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        words = " ".join(str(exc.problem or exc.context).split())
-        raise ScenarioError(file, mark.line + 1 if mark else line, "yaml", words) from None
-    except yaml.YAMLError as exc:  # the reader's errors carry a position, not a line
-        position = getattr(exc, "position", None)
-        if isinstance(position, int):
-            line = text.count("\n", 0, position) + 1
-        words = " ".join(str(getattr(exc, "reason", None) or exc).split("\n")[0].split())
-        raise ScenarioError(file, line, "yaml", words) from None
-    return root
-
-
 # --------------------------------------------------------------- validation
 
 
-def _fits(spec: Spec, value: Any) -> bool:
-    """Whether ``value`` is of the spec's shape (its bounds aside)."""
-    if isinstance(spec, (Record, MapOf)):
-        return isinstance(value, dict)
-    if isinstance(spec, ListOf):
-        return isinstance(value, list)
-    if isinstance(spec, OneOf):
-        return any(_fits(option, value) for option in spec.options)
-    if isinstance(value, bool):
-        return spec.type == "boolean"
-    return {"string": isinstance(value, str), "integer": isinstance(value, int),
-            "number": isinstance(value, (int, float)),
-            "text": isinstance(value, (str, int, float))}.get(spec.type, False)
+class _Checker(Checker):
+    """Checks the tree against the scenario's specs (`Checker`), then builds the model
+    from it and checks what the specs cannot say."""
 
-
-def _want(spec: Spec) -> str:
-    if isinstance(spec, (Record, MapOf)):
-        return "a mapping"
-    if isinstance(spec, ListOf):
-        return "a list"
-    if isinstance(spec, OneOf):
-        return spec.want
-    if spec.type == "string" and len(spec.choices) == 1:
-        return repr(spec.choices[0])
-    return {"string": "a string", "integer": "a whole number", "number": "a number",
-            "boolean": "true or false", "text": "a string"}[spec.type]
-
-
-def _value(node: _Node, spec: Scalar) -> Any:
-    """A checked scalar's value; a "text" one as written (`1e3` stays "1e3")."""
-    if spec.type == "text" and not isinstance(node.value, str):
-        return node.text
-    return node.value
-
-
-class _Checker:
-    """Checks the line-annotated tree against the specs, then builds the model from it;
-    raises ScenarioError at the first problem."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-
-    def fail(self, node: _Node, where: str, message: str) -> ScenarioError:
-        return ScenarioError(self.file, node.line, where, message)
-
-    # --- what the specs say, for any spec
-
-    def check(self, spec: Spec, node: _Node, where: str) -> None:
-        if not _fits(spec, node.value):
-            raise self.fail(node, where, f"expected {_want(spec)}, got {node.shown()}")
-        if isinstance(spec, Scalar):
-            self.scalar(spec, node, where)
-        elif isinstance(spec, Record):
-            self.record(spec, node, where)
-        elif isinstance(spec, ListOf):
-            items = node.value
-            if len(items) < spec.min_items:
-                raise self.fail(node, where, "must not be empty")
-            if len(items) > spec.max_items:
-                raise self.fail(node, where, f"has {len(items)} items, more than the "
-                                f"{spec.max_items} allowed")
-            for i, item in enumerate(items):
-                self.check(spec.item, item, f"{where}[{i}]")
-        elif isinstance(spec, MapOf):
-            if len(node.value) > spec.max_items:
-                raise self.fail(node, where, f"has {len(node.value)} entries, more than the "
-                                f"{spec.max_items} allowed")
-            for key, value in node.value.items():
-                here = _key_where(where, key)
-                self.scalar(spec.key, _Node(key, value.line), here)
-                self.check(spec.value, value, here)
-        else:
-            option = next(option for option in spec.options if _fits(option, node.value))
-            self.check(option, node, where)
-
-    def scalar(self, spec: Scalar, node: _Node, where: str) -> None:
-        value = _value(node, spec)
-        if spec.type in ("integer", "number"):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise self.fail(node, where, f"must be a finite number from {spec.minimum:g} "
-                                f"to {spec.maximum:g}, got {node.shown()}")
-            if spec.minimum is not None and value < spec.minimum:
-                raise self.fail(node, where, f"must be >= {spec.minimum:g}, got {node.shown()}")
-            if spec.maximum is not None and value > spec.maximum:
-                raise self.fail(node, where, f"must be <= {spec.maximum:g}, got {node.shown()}")
-        if spec.choices and value not in spec.choices:
-            raise self.fail(node, where, f"{spec.says}, got {node.shown()}" if spec.says else
-                            f"unknown value {_clip(repr(value))} (choose from: "
-                            f"{', '.join(map(str, spec.choices))})")
-        if isinstance(value, str):
-            if spec.max_length is not None and len(value) > spec.max_length:
-                raise self.fail(node, where, f"has {len(value)} characters, more than the "
-                                f"{spec.max_length} allowed")
-            if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
-                raise self.fail(node, where, f"{spec.says}, got {node.shown()}")
-
-    def record(self, spec: Record, node: _Node, where: str) -> None:
-        fields = node.value
-        allowed = dict(spec.fields)
-        kind = ""
-        if spec.switch:
-            here = _key_where(where, spec.switch)
-            if spec.switch not in fields:
-                raise self.fail(node, here, f"missing (one of: {', '.join(spec.kinds)})")
-            self.check(spec.fields[spec.switch], fields[spec.switch], here)
-            kind = fields[spec.switch].value
-            allowed.update(spec.kinds[kind])
-        for key, value in fields.items():
-            if key not in allowed:
-                if any(key in options for options in spec.kinds.values()):
-                    raise self.fail(value, _key_where(where, key), f"does not apply to {kind}")
-                raise self.fail(value, _key_where(where, key),
-                                f"unknown field (allowed: {', '.join(sorted(allowed))})")
-        for key in spec.required:
-            if key not in fields:
-                raise self.fail(node, _key_where(where, key), f"missing: {allowed[key].doc}")
-        if spec.one_of:
-            present = [key for key in spec.one_of if key in fields]
-            if len(present) != 1:
-                raise self.fail(node, where, f"exactly one of {', '.join(spec.one_of)} "
-                                f"(got {', '.join(present) or 'none'})")
-        for key, value in fields.items():
-            self.check(allowed[key], value, _key_where(where, key))
-
-    # --- the model, from a checked tree, and what the specs cannot say
-
-    def scenario(self, root: _Node) -> Scenario:
+    def scenario(self, root: Node, student: str | None = None) -> Scenario:
+        if student is not None:
+            try:
+                course_lab.check_student(student)
+            except ValueError as exc:
+                raise ScenarioError(self.file, None, "student", str(exc)) from None
+        params, values = self._draw(root, student)
+        course_lab.substitute(self, root, values)
         self.check(SCENARIO, root, "")
         top = root.value
-        port = _get(SCENARIO, top, "port")
+        port = get(SCENARIO, top, "port")
         app = self._app(top["app"], "app") if "app" in top else DEFAULT_APP
         # A name from the file is made one; a name the scenario gives is checked.
         name = top["name"].value if "name" in top else slug(Path(self.file).stem)
-        description = _get(SCENARIO, top, "description")
+        description = get(SCENARIO, top, "description")
         sessions = self._sessions(top["sessions"])
         refs = {r.ref: r for s in sessions for r in s.requests}
         engines = tuple(self._engine(node, f"engines[{i}]", refs)
@@ -994,9 +624,32 @@ class _Checker:
             if link["upstream_to_proxy"].rate:
                 raise self.fail(upstream, "link.upstream_to_proxy.rate",
                                 "not on the upstream (a rate would slow all of the loopback)")
-        return Scenario(self.file, name, description, app, port, engines, tuple(sessions), link)
+        course = None
+        if "course" in top:
+            # at most a connection per try: a request and each of its retries
+            most = sum(len(s.requests) * (1 + s.retries) for s in sessions)
+            course = course_lab.build_course(self, top["course"], params,
+                                             tuple(e.name for e in engines), tuple(refs), most)
+        return Scenario(self.file, name, description, app, port, engines, tuple(sessions), link,
+                        course, student, values)
 
-    def _app(self, node: _Node, where: str) -> str | AppFile:
+    def _draw(self, root: Node,
+              student: str | None) -> tuple[dict[str, Param], dict[str, Value]]:
+        """A lab's params and their values for ``student`` (their defaults for None), read
+        before the rest of the tree: ``${...}`` anywhere else is replaced by the values."""
+        node = course_lab.params_node(root)
+        params = course_lab.read_params(self, node) if node is not None else {}
+        if not params:
+            return {}, {}
+        top = root.value
+        if "name" not in top:
+            raise self.fail(root, "name", "missing: a lab with params needs a name, since "
+                            "each student's values are drawn from it (the file's name may "
+                            "change)")
+        self.check(SCENARIO.fields["name"], top["name"], "name")
+        return params, course_lab.draw(params, top["name"].value, student)
+
+    def _app(self, node: Node, where: str) -> str | AppFile:
         if isinstance(node.value, str):
             return node.value
         fields = node.value
@@ -1009,9 +662,9 @@ class _Checker:
         if not path.is_file():
             raise self.fail(fields["file"], here, f"no such file: {path}" if not path.exists()
                             else f"not a regular file: {path}")
-        return AppFile(str(path), _get(APP_FILE, fields, "attribute"))
+        return AppFile(str(path), get(APP_FILE, fields, "attribute"))
 
-    def _link(self, node: _Node) -> dict[str, LinkImpairment]:
+    def _link(self, node: Node) -> dict[str, LinkImpairment]:
         link = {}
         for direction, value in node.value.items():
             spec = value.value
@@ -1021,7 +674,7 @@ class _Checker:
             link[direction] = LinkImpairment(**{key: v.value for key, v in spec.items()})
         return link
 
-    def _sessions(self, node: _Node) -> list[Session]:
+    def _sessions(self, node: Node) -> list[Session]:
         items = node.value
         several = len(items) > 1
         sessions: list[Session] = []
@@ -1036,12 +689,12 @@ class _Checker:
             steps = self._steps(fields["steps"], f"{where}.steps", name, several)
             if not any(s.kind == "request" for s in steps):
                 raise self.fail(fields["steps"], f"{where}.steps", "has no request")
-            sessions.append(Session(name, tuple(steps), _get(SESSION, fields, "retries"),
-                                    _get(SESSION, fields, "http_version"),
-                                    _get(SESSION, fields, "stale_check")))
+            sessions.append(Session(name, tuple(steps), get(SESSION, fields, "retries"),
+                                    get(SESSION, fields, "http_version"),
+                                    get(SESSION, fields, "stale_check")))
         return sessions
 
-    def _steps(self, node: _Node, where: str, session: str, several: bool) -> list[Step]:
+    def _steps(self, node: Node, where: str, session: str, several: bool) -> list[Step]:
         steps: list[Step] = []
         number = 0
         last_at = 0.0
@@ -1072,23 +725,23 @@ class _Checker:
                 steps.append(Step(kind, seconds=seconds))
         return steps
 
-    def _request(self, kind: str, node: _Node, ref: str, session: str,
+    def _request(self, kind: str, node: Node, ref: str, session: str,
                  number: int) -> Request:
         if kind == "get":
             return Request(ref, session, number, "GET", node.value)
         fields = node.value
-        method = _get(REQUEST, fields, "method").upper()
-        path = _get(REQUEST, fields, "path")
-        headers = {key: _value(value, HEADER_VALUE)
+        method = get(REQUEST, fields, "method").upper()
+        path = get(REQUEST, fields, "path")
+        headers = {key: scalar_value(value, HEADER_VALUE)
                    for key, value in fields["headers"].value.items()} \
             if "headers" in fields else {}
-        body = _get(REQUEST, fields, "body")
+        body = get(REQUEST, fields, "body")
         return Request(ref, session, number, method, path, headers, body)
 
-    def _engine(self, node: _Node, where: str, refs: dict[str, Request]) -> Engine:
+    def _engine(self, node: Node, where: str, refs: dict[str, Request]) -> Engine:
         fields = node.value
         kind = fields["engine"].value
-        options = {key: _value(fields[key], spec) if key in fields else spec.default
+        options = {key: scalar_value(fields[key], spec) if key in fields else spec.default
                    for key, spec in ENGINE_KIND_OPTIONS[kind].items()}
         if options.get("worker") == "sync":
             for key in ("keep_alive", "threads"):
@@ -1102,24 +755,24 @@ class _Checker:
                        enumerate(fields["expect"].value)) if "expect" in fields else ()
         return Engine(name=name, kind=kind, app=app, expect=expect, **options)
 
-    def _refs(self, node: _Node, where: str, refs: dict[str, Request]) -> tuple[str, ...]:
+    def _refs(self, node: Node, where: str, refs: dict[str, Request]) -> tuple[str, ...]:
         out = []
         for item in node.value if isinstance(node.value, list) else [node]:
             ref = str(item.value)
             if ref not in refs:
                 known = ", ".join(refs) if len(refs) <= 20 else \
                     ", ".join(list(refs)[:20]) + ", ..."
-                raise self.fail(item, where, f"no request {_clip(repr(ref))} in the sessions "
+                raise self.fail(item, where, f"no request {clip(repr(ref))} in the sessions "
                                 f"(known: {known})")
             out.append(ref)
         return tuple(out)
 
-    def _expectation(self, node: _Node, where: str, refs: dict[str, Request]) -> Expectation:
+    def _expectation(self, node: Node, where: str, refs: dict[str, Request]) -> Expectation:
         fields = node.value
         (kind,) = [k for k in EXPECTATION_KINDS if k in fields]
         value = fields[kind]
         here = f"{where}.{kind}"
-        claim = _get(EXPECTATION, fields, "claim") or ""
+        claim = get(EXPECTATION, fields, "claim") or ""
         if kind == "connections":
             count = value.value
             return Expectation(kind, claim or f"the requests use {count} connection(s)",
@@ -1145,8 +798,8 @@ class _Checker:
         close = value.value
         requests = ("each",) if close["request"].value == "each" else \
             self._refs(close["request"], f"{here}.request", refs)
-        by, idle = _get(CLOSE, close, "by"), _get(CLOSE, close, "idle")
-        within, tolerance = _get(CLOSE, close, "within"), _get(CLOSE, close, "tolerance")
+        by, idle = get(CLOSE, close, "by"), get(CLOSE, close, "idle")
+        within, tolerance = get(CLOSE, close, "within"), get(CLOSE, close, "tolerance")
         if idle is not None and within is not None:
             raise self.fail(value, here, "give idle (with tolerance) or within, not both")
         target = "every connection" if requests == ("each",) else \
@@ -1161,76 +814,23 @@ class _Checker:
                            idle=idle, tolerance=tolerance, within=within)
 
 
-def _get(record: Record, fields: dict[str, _Node], key: str) -> Any:
-    """A checked field's value, or its spec's default."""
-    return _value(fields[key], record.fields[key]) if key in fields else \
-        _field_default(record, key)
-
-
-
-def load(path: str | os.PathLike[str]) -> Scenario:
-    """Read and validate a scenario file; raise ScenarioError on any problem."""
-    file = str(path)
-    data = _read(file)
-    if len(data) > MAX_FILE_BYTES:
-        raise _too_big(file, data.count(b"\n", 0, MAX_FILE_BYTES) + 1)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - data.rfind(b"\n", 0, exc.start)
-        raise ScenarioError(file, line, "", f"not UTF-8: byte 0x{data[exc.start]:02X} in "
-                            f"column {column} (byte {exc.start} of the file)") from None
-    return parse(text.removeprefix("\ufeff"), file)
-
-
-def _read(file: str) -> bytes:
-    """The file's bytes, at most MAX_FILE_BYTES + 1 of them, from a regular file only:
-    a FIFO, a device (/dev/zero, /dev/urandom) or a folder is refused before a read."""
-    try:
-        # O_NONBLOCK: opening a FIFO no one writes to must not wait.
-        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ScenarioError(file, None, "", f"cannot read: {exc.strerror or exc}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ScenarioError(file, None, "", f"cannot read: {_file_kind(mode)}, not a "
-                                "regular file")
-        chunks: list[bytes] = []
-        left = MAX_FILE_BYTES + 1  # one byte more tells a file that goes on past the limit
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-    except OSError as exc:
-        raise ScenarioError(file, None, "", f"cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
-
-
-def _file_kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return "a special file"
+def load(path: str | os.PathLike[str], student: str | None = None) -> Scenario:
+    """Read and validate a scenario file, a lab's with ``student``'s params (without one,
+    their defaults); raise ScenarioError on any problem."""
+    return parse(read_text(path), str(path), student)
 
 
 def document(text: str, file: str = "<scenario>") -> Any:
     """The document as plain data, as the loader reads it (what the JSON Schema is
     checked against); ScenarioError if it is not a plain YAML document at all."""
-    root = _tree(text, file)
+    root = tree(text, file)
     return root.plain() if root is not None else None
 
 
-def parse(text: str, file: str = "<scenario>") -> Scenario:
-    """Validate a scenario's text; ``file`` names it in errors."""
-    root = _tree(text, file)
+def parse(text: str, file: str = "<scenario>", student: str | None = None) -> Scenario:
+    """Validate a scenario's text, a lab's with ``student``'s params (without one, their
+    defaults); ``file`` names it in errors."""
+    root = tree(text, file)
     if root is None:
         raise ScenarioError(file, 1, "", "the file is empty")
-    return _Checker(file).scenario(root)
+    return _Checker(file).scenario(root, student)

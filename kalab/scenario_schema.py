@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from kalab import scenario as spec_mod
-from kalab.scenario import ListOf, MapOf, OneOf, Record, Scalar, Spec
+from kalab.course import lab
+from kalab.spec import ListOf, MapOf, OneOf, Record, Scalar, Spec
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schema" / "scenario.schema.json"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -38,8 +39,13 @@ DEFS: dict[str, Spec] = {
     "Session": spec_mod.SESSION, "Step": spec_mod.STEP, "Request": spec_mod.REQUEST,
     "Engine": spec_mod.ENGINE, "Expectation": spec_mod.EXPECTATION, "Close": spec_mod.CLOSE,
     "App": spec_mod.APP, "LinkImpairment": spec_mod.LINK_IMPAIRMENT, "RequestRef": spec_mod.REF,
-    "RequestRefs": spec_mod.REFS,
+    "RequestRefs": spec_mod.REFS, "Course": lab.COURSE, "Question": lab.QUESTION,
 }
+# A lab's ${EXPR} (`kalab.course.lab`) may stand for any scalar but the params' own:
+# it is replaced before the value is checked, so the schema takes it as it is.
+SUBSTITUTED = {"description": "${EXPR}: a lab's params, or arithmetic on them, replaced "
+               "before the value is checked (kalab.course.lab)",
+               "type": "string", "pattern": r"\$\{"}
 
 
 def _def_name(spec: Spec) -> str | None:
@@ -50,36 +56,58 @@ def _def_name(spec: Spec) -> str | None:
     return None
 
 
-def _schema(spec: Spec, top: bool = False) -> dict[str, Any]:
-    """``spec`` in JSON Schema; a named one as a $ref (with its own doc), unless ``top``."""
+def _schema(spec: Spec, top: bool = False, substituted: bool = True) -> dict[str, Any]:
+    """``spec`` in JSON Schema; a named one as a $ref (with its own doc), unless ``top``;
+    its scalars may be a ${EXPR} unless ``substituted`` is False (a lab's params)."""
+    if spec is lab.PARAMS:
+        substituted = False
     name = None if top else _def_name(spec)
     if name is not None:
         return {"$ref": f"#/$defs/{name}", "description": spec.doc}
     if isinstance(spec, Scalar):
-        return _scalar(spec)
+        return _scalar(spec, substituted)
     if isinstance(spec, Record):
-        return _record(spec)
+        return _record(spec, substituted)
     if isinstance(spec, ListOf):
-        return {"description": spec.doc, "type": "array", "items": _schema(spec.item),
+        return {"description": spec.doc, "type": "array",
+                "items": _schema(spec.item, substituted=substituted),
                 "minItems": spec.min_items, "maxItems": spec.max_items}
     if isinstance(spec, MapOf):
-        key = {k: v for k, v in _scalar(spec.key).items() if k not in ("type", "description")}
+        # keys are never substituted
+        key = {k: v for k, v in _scalar(spec.key, False).items()
+               if k not in ("type", "description")}
         return {"description": spec.doc, "type": "object", "propertyNames": key,
-                "additionalProperties": _schema(spec.value), "maxProperties": spec.max_items}
+                "additionalProperties": _schema(spec.value, substituted=substituted),
+                "maxProperties": spec.max_items}
     if not isinstance(spec, OneOf):
         raise TypeError(f"no JSON Schema for {spec!r}")
-    schema = {"description": spec.doc, "anyOf": [_schema(option) for option in spec.options]}
+    schema = {"description": spec.doc,
+              "anyOf": [_schema(option, substituted=substituted) for option in spec.options]}
     if spec.default is not None:
         schema["default"] = spec.default
     return schema
 
 
-def _scalar(spec: Scalar) -> dict[str, Any]:
-    schema: dict[str, Any] = {"description": spec.doc, "type": _TYPES[spec.type]}
+def _scalar(spec: Scalar, substituted: bool = True) -> dict[str, Any]:
+    """A scalar's schema: its type and bounds, or, when ``substituted``, those or a
+    ${EXPR} (its doc and default stay outside, where editors show them)."""
+    schema = _bare_scalar(spec)
+    if not substituted:
+        return {"description": spec.doc, **schema}
+    default = schema.pop("default", None)
+    out: dict[str, Any] = {"description": spec.doc,
+                           "anyOf": [schema, {"$ref": "#/$defs/Substituted"}]}
+    if default is not None:
+        out["default"] = default
+    return out
+
+
+def _bare_scalar(spec: Scalar) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": _TYPES[spec.type]}
     if spec.choices:
         schema["enum"] = list(spec.choices)
-    for key, value in (("minimum", spec.minimum), ("maximum", spec.maximum),
-                       ("maxLength", spec.max_length)):
+    for key, value in (("minimum", spec.minimum), ("exclusiveMinimum", spec.exclusive_minimum),
+                       ("maximum", spec.maximum), ("maxLength", spec.max_length)):
         if value is not None:
             schema[key] = value
     if spec.pattern is not None:
@@ -89,13 +117,15 @@ def _scalar(spec: Scalar) -> dict[str, Any]:
     return schema
 
 
-def _record(spec: Record) -> dict[str, Any]:
-    properties = {key: _schema(field) for key, field in spec.fields.items()}
+def _record(spec: Record, substituted: bool = True) -> dict[str, Any]:
+    properties = {key: _schema(field, substituted=substituted)
+                  for key, field in spec.fields.items()}
     schema: dict[str, Any] = {"description": spec.doc, "type": "object"}
     rules: list[dict[str, Any]] = []
     if spec.switch:
         # Each kind's own settings: listed once for editors, then checked per kind.
         every = sorted({key for options in spec.kinds.values() for key in options})
+        differ = set()  # settings that are not the same for every kind that has them
         for key in every:
             specs = {kind: options[key] for kind, options in spec.kinds.items() if key in options}
             kinds_by_doc: dict[str, list[str]] = {}
@@ -105,13 +135,15 @@ def _record(spec: Record) -> dict[str, Any]:
             first = next(iter(specs.values()))
             same = all(dataclasses.replace(option, doc=first.doc) == first
                        for option in specs.values())
-            properties[key] = {**(_scalar(first) if same else {}), "description": docs}
+            properties[key] = {**(_scalar(first, substituted) if same else {}),
+                               "description": docs}
+            if not same:
+                differ.add(key)
         for kind, options in spec.kinds.items():
             # Here the settings of other kinds are refused, and a setting described
             # differently for this kind than for all is described again.
-            then = {key: False if key not in options else _scalar(options[key])
-                    for key in every
-                    if key not in options or "type" not in properties[key]}
+            then = {key: False if key not in options else _scalar(options[key], substituted)
+                    for key in every if key not in options or key in differ}
             rules.append({
                 "if": {"properties": {spec.switch: {"const": kind}}, "required": [spec.switch]},
                 "then": {"properties": then}})
@@ -134,7 +166,8 @@ def json_schema() -> dict[str, Any]:
         "$id": SCHEMA_ID,
         "title": "kalab scenario",
         **top,
-        "$defs": {name: _schema(spec, top=True) for name, spec in sorted(DEFS.items())},
+        "$defs": {**{name: _schema(spec, top=True) for name, spec in sorted(DEFS.items())},
+                  "Substituted": SUBSTITUTED},
     }
 
 

@@ -244,13 +244,18 @@ def test_the_schema_describes_every_field_with_its_bounds_and_default():
     engine = schema["$defs"]["Engine"]["properties"]
     assert set(engine) == {"engine", "name", "app", "expect", *set().union(
         *ENGINE_OPTIONS.values())}
+    # a number, or a lab's ${EXPR} (replaced before the number is checked)
     assert engine["keep_alive"] == {"description": "gunicorn, nginx: " +
                                     ENGINE_KIND_OPTIONS["gunicorn"]["keep_alive"].doc,
-                                    "type": "number", "minimum": 0, "maximum": 3600,
+                                    "anyOf": [{"type": "number", "minimum": 0, "maximum": 3600},
+                                              {"$ref": "#/$defs/Substituted"}],
                                     "default": 2.0}
     step = schema["$defs"]["Step"]["anyOf"][1]["properties"]
-    assert step["sleep"]["maximum"] == 3600 and step["get"]["pattern"].startswith("^(?:/")
+    assert step["sleep"]["anyOf"][0]["maximum"] == 3600
+    assert step["get"]["anyOf"][0]["pattern"].startswith("^(?:/")
     assert schema["properties"]["port"]["default"] == 5000
+    # a lab's params are what ${} is made of: never a ${} themselves
+    assert "Substituted" not in json.dumps(schema["$defs"]["Course"]["properties"]["params"])
 
     def undocumented(node, where):
         if isinstance(node, dict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import subprocess
@@ -25,7 +26,10 @@ from hypothesis import strategies as st
 from reliability import tally
 
 from kalab import scenario_schema
+from kalab.course import lab as lab_mod
+from kalab.course.questions import ANSWER_TYPES
 from kalab.scenario import (
+    NAME_PATTERN,
     SCENARIO,
     ListOf,
     MapOf,
@@ -391,6 +395,71 @@ def test_compose_refuses_an_app_file_the_containers_cannot_see(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def lab(sleep: str = "${n}", text: str = "How many connections?",
+        query: str = "connections.count", choose: str = "[1, 2, 3]", more: str = "",
+        name: str = "fuzz-lab") -> bytes:
+    """A lab that loads, with the hostile part put in a sleep, a question, a param or at
+    the top."""
+    return (f"name: {name}\ncourse:\n  title: a lab\n  params:\n    n: {{choose: {choose}}}\n"
+            f"    w: {{choose: [get, head]}}\n  questions:\n    - id: q1\n      text: {text}\n"
+            f"      answer: {{query: {json.dumps(query)}, type: count}}\nsessions:\n"
+            f"  - steps:\n      - get: /\n      - sleep: {sleep}\n"
+            f"engines:\n  - engine: werkzeug\n{more}").encode()
+
+
+ONLY = "(only params, numbers, + - * /, parentheses and unary minus)"
+EXPRESSIONS = [
+    case("call", lab("${exec(n)}"), "exec", f"a call is not allowed {ONLY}"),
+    case("import", lab("${__import__}"), "import", "unknown name '__import__' (params: n, w)"),
+    case("import-call", lab("\"${__import__('os').system('id')}\""), "import", "\"'\" is not "
+         "allowed"),
+    case("builtins", lab("${__builtins__}"), "builtins", "unknown name '__builtins__'"),
+    case("dunder-attribute", lab("${n.__class__}"), "class", "an attribute (.) is not allowed"),
+    case("power-bomb", lab("${9**9**9**9}"), "9**", "** (a power) is not allowed"),
+    case("product-bomb", lab("${" + " * ".join(["999999"] * 20) + "}"), "999999",
+         "a number beyond ±1e+12"),
+    case("long-integer", lab("${" + "9" * 190 + "}"), "999", "a number beyond ±1e+12"),
+    case("infinity", lab("${1e999}"), "1e999", "a number beyond ±1e+12"),
+    case("nan-by-arithmetic", lab("${1e308 * 10 - 1e308 * 10}"), "1e308",
+         "a number beyond ±1e+12"),
+    case("division-by-zero", lab("${n / (n - n)}"), "n / (", "division by zero"),
+    case("unknown-name", lab("${os}"), "${os}", "unknown name 'os'"),
+    case("escaped-nul", lab('"${\\0}"'), "sleep: \"", "'\\x00' is not allowed"),
+    case("escaped-terminal-escape", lab('"${\\e]0;pwned\\a}"'), "sleep: \"",
+         "'\\x1b' is not allowed"),
+    case("nested", lab("${${n}}"), "${${", "a ${ without its } within 200 characters"),
+    case("unclosed", lab("${n"), "sleep: ${n", "a ${ without its }"),
+    case("too-long", lab("${" + "n + " * 60 + "n}"), "n + n", "a ${ without its }"),
+    case("ten-thousand", lab(text="'" + "${n}" * 10_001 + "'"), "${n}${n}",
+         "more than 10000 ${...} in the document"),
+    case("a-word-for-a-number", lab("${w}"), "${w}", "expected a number, got 'get' "
+         "(from '${w}')"),
+    case("substituted-out-of-bounds", lab("${n * 4000}"), "4000", "must be <= 3600, got 4000 "
+         "(from '${n * 4000}')"),
+    case("in-the-lab-s-name", lab(name="lab-${n}"), "name", "a name is letters"),
+    case("in-a-param", lab(choose="['${w}', b]"), "{choose", "a param's word is letters"),
+    case("in-a-key", lab(more="'${n}': 1\n"), "'${n}'", "unknown field"),
+    case("query-injection", lab(query="request[${n}].status; import os"), "query",
+         "not a query"),
+    case("query-engine-from-a-param", lab(query="${w}: connections.count"), "query",
+         "no engine 'get' in the scenario"),
+    case("question-text-with-an-escape", lab(text='"\\e]0;pwned\\a ${n}"'), "text:",
+         "a question's text has no control characters"),
+    case("param-a-keyword", lab(choose="[1, 2]}\n    None: {choose: [1, 2]"), "None",
+         "'None' is a Python keyword"),
+    case("choices-past-fifty", lab(choose=str(list(range(51)))), "{choose",
+         "has 51 items, more than the 50 allowed"),
+    case("steps-past-a-thousand", lab(choose="[1, 2]}\n    g: {between: [0, 1e6], step: 1"),
+         "between", "makes 1000000 steps from 0 to 1000000, more than the 1000 allowed"),
+]
+
+
+def test_dollar_braces_that_are_not_arithmetic_on_params_are_refused(tmp_path):
+    check_corpus(tmp_path, "${} expressions beyond arithmetic on params (calls, attributes, "
+                 "__import__, powers, huge numbers, division by zero, escapes) and course "
+                 "blocks out of bounds", EXPRESSIONS)
+
+
 # ------------------------------------------------------------------ fuzzing
 #
 # Two kinds of generated input, each bounded to run in seconds: scenarios
@@ -421,13 +490,17 @@ def _valid_scalar(spec: Scalar) -> st.SearchStrategy:
     if spec.type == "boolean":
         return st.booleans()
     low = spec.minimum if spec.minimum is not None else 0
+    if spec.exclusive_minimum is not None:
+        low = math.floor(spec.exclusive_minimum) + 1
     high = min(spec.maximum if spec.maximum is not None else 1000, 10_000)
     # small numbers often, so that request refs name requests that exist
     integers = st.integers(int(low), int(min(high, low + 2))) | st.integers(int(low), int(high))
     if spec.type == "integer":
         return integers
     if spec.type == "number":
-        return integers | st.floats(low, high)
+        return integers | st.floats(spec.exclusive_minimum if spec.exclusive_minimum is not None
+                                    else low, high,
+                                    exclude_min=spec.exclusive_minimum is not None)
     if spec.pattern is None:
         return st.text(max_size=20)
     longest = min(40, spec.max_length or 40)
@@ -441,6 +514,8 @@ def edges(spec: Scalar) -> list:
         edges += [float("nan"), float("inf")]
     if spec.minimum is not None:
         edges += [spec.minimum - 1, spec.minimum - 0.5]
+    if spec.exclusive_minimum is not None:
+        edges += [spec.exclusive_minimum, spec.exclusive_minimum - 1]
     if spec.maximum is not None:
         edges += [spec.maximum + 1, spec.maximum + 0.5, spec.maximum * 1e6]
     if spec.max_length is not None:
@@ -551,7 +626,7 @@ class Outcomes:
     """What a fuzz test tried and how much of it held, for the tally."""
 
     def __init__(self) -> None:
-        self.tried = self.held = self.loaded = 0
+        self.tried = self.held = self.loaded = self.substituted = 0
         self.validator = schema_validator()
 
     def check(self, path: Path) -> None:
@@ -563,6 +638,7 @@ class Outcomes:
             data = document(path.read_text(encoding="utf-8"), str(path))
             errors = [e.message for e in self.validator.iter_errors(data)]
             assert errors == [], f"kalab check accepts what the schema refuses: {errors}"
+            self.substituted += "${" in path.read_text(encoding="utf-8")
         else:
             assert isinstance(error, ScenarioError), error
         self.held += 1
@@ -655,10 +731,217 @@ def test_mutated_bundled_scenarios_load_or_are_refused_cleanly(tmp_path):
          mutated(), 400, lambda data: data)
 
 
+# Labs: a course: block with params and questions, and ${} put anywhere but in the
+# params: arithmetic on params, or anything at all between the braces.
+QUERIES = ["connections.count", "requests.count", "request[1].status", "request[1].reused",
+           "request[1].connection.closed_by", "request[1].story", "connection[1].closed_by",
+           "connection[1].idle_before_close", "connection[2].request_count",
+           "werkzeug: connections.count", "request[s1.1].status", "request[9].status",
+           "connection[0].closed_by", "connection[1].requests", "request[1]", "pcap.count",
+           "request[1].status; import os", "${n}: connections.count", "request[${n}].status"]
+HOSTILE_ATOMS = ["__import__", "__import__('os')", "open", "f(1)", "x.y", "9**9**9", "1e999",
+                 "True", "None", "'a'", "\x00", "\x1b[2J", "lambda: 1", "[0]", "{}", "$", "${",
+                 "}", "1/0", "n//2", "-" * 50 + "1", "(" * 30, "x if y else z", "9" * 40,
+                 "1j", "0x1F", "1_000", ".5", "n.real", "__class__", "\u0661", "ｎ"]
+
+
+def expressions(names: list[str], hostile: bool) -> st.SearchStrategy:
+    """Arithmetic on params and numbers; or, ``hostile``, with anything among them."""
+    atoms = st.one_of(st.sampled_from(names), st.integers(0, 100).map(str),
+                      st.sampled_from(["0.5", "2.5", "1e3"]))
+    operators = ["+", "-", "*", "/"]
+    if hostile:
+        atoms = atoms | st.integers(-10**13, 10**13).map(str) | st.floats().map(repr) | \
+            st.sampled_from(HOSTILE_ATOMS)
+        operators += ["**", "//", "%", ",", "and", "<"]
+    return st.recursive(atoms, lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from(operators), inner).map(" ".join),
+        inner.map(lambda e: f"({e})"), inner.map(lambda e: f"-{e}")), max_leaves=6)
+
+
+def dollar_text(spec: Scalar, names: list[str]) -> st.SearchStrategy:
+    """A ${} for a value of ``spec``: one that may fit it (a number from the param n
+    where a number goes, or inside a string), or anything written between ${ and }."""
+    if spec.type in ("integer", "number"):
+        fitting = st.sampled_from(["${n}", "${n + 1}", "${(n + 1) * 2}", "${n * 1}",
+                                   "${n / 2}", "${-n}"])
+    else:
+        fitting = st.tuples(st.sampled_from(["a ", "/x/", "/", ""]), expressions(names, False),
+                            st.sampled_from(["", " b", "/y"])).map(
+            lambda t: f"{t[0]}${{{t[1]}}}{t[2]}")
+    hostile = st.tuples(st.sampled_from(["", "a ", "/x/"]), st.sampled_from(["${", "$${"]),
+                        expressions(names, True), st.sampled_from(["}", "", "}}", "} b"])).map(
+        "".join)
+    return st.one_of(fitting, fitting, hostile)
+
+
+PARAM_VALUES = st.one_of(
+    st.lists(st.integers(0, 50), min_size=2, max_size=5, unique=True).map(
+        lambda values: {"choose": values}),
+    st.lists(st.sampled_from(["get", "head", "post", "a.b", "x_1"]), min_size=2, max_size=4,
+             unique=True).map(lambda values: {"choose": values}),
+    st.tuples(st.integers(0, 20), st.integers(1, 20), st.sampled_from([0.5, 1, 2, 0.25])).map(
+        lambda t: {"between": [t[0], t[0] + t[1]], "step": t[2]}),
+    tree(lab_mod.PARAM))  # from the spec: often out of the checker's bounds
+
+
+@st.composite
+def question(draw) -> dict:
+    """A question that fits its answer type, or, one time in four, one that may not."""
+    kind = draw(st.sampled_from(ANSWER_TYPES))
+    answer = {"query": draw(st.sampled_from(QUERIES)), "type": kind}
+    loose = draw(st.integers(0, 3)) == 0
+    if kind == "choice" or loose and draw(st.booleans()):
+        # a copy each: a list dumped twice would be an anchor and its alias
+        answer["choices"] = list(draw(st.sampled_from([("a", "b"), ("new", "reused"),
+                                                       ("new", "New"), ("x",)] if loose else
+                                                      [("a", "b"), ("new", "reused")])))
+    if kind == "number" or loose and draw(st.booleans()):
+        answer["tolerance"] = draw(st.sampled_from([0.2, 0, -1] if loose else [0.2, 1]))
+    return {"id": draw(st.from_regex(lab_mod.QUESTION_ID_PATTERN, fullmatch=True)),
+            "text": draw(st.sampled_from(["How many?", "Who closed it after ${n} s?"])),
+            "answer": answer,
+            "points": draw(st.sampled_from([1, 0.5, 0, 100, 101] if loose else [1, 2, 0.5]))}
+
+
+@st.composite
+def hostile_lab(draw) -> object:
+    data = draw(tree(SCENARIO))
+    for session in data["sessions"]:
+        session["steps"].insert(0, {"get": "/"})
+    data["name"] = "fuzz-lab"
+    params = {"n": {"choose": [1, 2, 3]}, **draw(st.dictionaries(
+        st.from_regex(lab_mod.PARAM_NAME_PATTERN, fullmatch=True), PARAM_VALUES, max_size=2))}
+    data["course"] = {"title": "a lab", "params": params,
+                      "questions": draw(st.lists(question(), max_size=3))}
+    # a ${} where it fits, in each lab; then anywhere, fitting or not
+    data["sessions"][0]["steps"] += [{"sleep": draw(st.sampled_from(["${n}", "${n / 2}",
+                                                                     "${(n + 1) * 2}"]))},
+                                     {"get": "/p/${n}?q=${n * 10}"}]
+    # not the name: it draws the values, so it may not hold a ${} (the corpus tries it)
+    places = [(place, spec) for place, spec in _leaves(SCENARIO, data)
+              if place[:2] != ("course", "params") and place != ("name",)]
+    for _ in range(draw(st.integers(0, 3))):
+        place, spec = draw(st.sampled_from(places))
+        _put(data, place, draw(dollar_text(spec, list(params))))
+    return data
+
+
+def test_generated_labs_with_dollar_braces_anywhere_load_or_are_refused_cleanly(tmp_path):
+    def write(data) -> bytes:
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode()
+
+    outcomes = fuzz(tmp_path, "labs from the specs (params, questions) with ${} of arithmetic "
+                    "or of anything (calls, __import__, powers, escapes) in any value",
+                    hostile_lab(), 400, write)
+    assert outcomes.loaded > 10, "the generator should make some labs that load"
+    assert outcomes.substituted > 10, "and some of them with ${} in them"
+
+
+VALUES_OF = {"n": 3, "gap": 1.5, "big": 10**6}
+
+
+def _combine(left: tuple, operator: str, right: tuple) -> tuple:
+    # an operand that is an operation is parenthesized: its value is computed as one
+    text = " ".join([f"({left[0]})" if " " in left[0] else left[0], operator,
+                     f"({right[0]})" if " " in right[0] else right[0]])
+    a, b = left[1], right[1]
+    if a is None or b is None or (operator == "/" and b == 0):
+        return text, None
+    value = {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else 0}[operator]
+    return text, value if abs(value) <= 10**12 else None
+
+
+ARITHMETIC = st.recursive(
+    st.one_of(st.integers(0, 1000).map(lambda i: (str(i), i)),
+              st.sampled_from([0.5, 1.25, 0.1, 1e3, 2e-3]).map(lambda f: (repr(f), f)),
+              st.sampled_from(sorted(VALUES_OF)).map(lambda n: (n, VALUES_OF[n]))),
+    lambda inner: st.one_of(
+        st.builds(_combine, inner, st.sampled_from("+-*/"), inner),
+        inner.map(lambda p: (f"({p[0]})", p[1])),
+        inner.map(lambda p: (f"-({p[0]})", None if p[1] is None else -p[1]))),
+    max_leaves=8).filter(lambda p: len(p[0]) <= 200)
+
+
+def test_dollar_brace_arithmetic_is_python_s_and_its_value_is_bound_checked(tmp_path):
+    # The value of each ${} against Python's arithmetic on the same tree, bounded the
+    # same way (±10^12 at every step, no division by zero); then as a sleep, which
+    # must be refused where the value is not one (below 0, above 3600 s).
+    tried = held = 0
+    path = tmp_path / "lab.yaml"
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(ARITHMETIC)
+    def run(pair) -> None:
+        nonlocal tried, held
+        tried += 1
+        text, expected = pair
+        path.write_text("name: arithmetic\ncourse:\n  title: t\n  params:\n"
+                        "    n: {choose: [3, 4]}\n    gap: {between: [1.5, 2], step: 0.5}\n"
+                        "    big: {choose: [1000000, 2]}\n"
+                        "sessions:\n  - steps:\n      - get: /\n"
+                        f"      - sleep: ${{{text}}}\n"
+                        "engines:\n  - engine: werkzeug\n    expect:\n"
+                        f"      - {{connections: 1, claim: 'v=${{{text}}}'}}\n")
+        error = refusal(path)
+        if expected is None:
+            assert isinstance(error, ScenarioError), error
+            assert error.line == 11, error
+            assert "division by zero" in error.message or "beyond ±1e+12" in error.message
+        elif 0 <= expected <= 3600:
+            scenario = load(path)
+            assert math.isclose(scenario.sessions[0].steps[1].seconds, expected,
+                                rel_tol=1e-9, abs_tol=1e-9)
+            claim = scenario.engines[0].expect[0].claim
+            assert math.isclose(float(claim.removeprefix("v=")), expected, rel_tol=1e-9,
+                                abs_tol=1e-9)
+        else:
+            assert isinstance(error, ScenarioError), error
+            assert error.line == 11 and error.where == "sessions[0].steps[1].sleep", error
+            assert "must be >= 0" in error.message or "must be <= 3600" in error.message or \
+                "the session's planned time" in error.message, error
+            assert f"(from '${{{text}}}')" in error.message or len(text) > 40
+        held += 1
+
+    try:
+        run()
+    finally:
+        tally(AREA, "${} arithmetic on params against Python's own, bound-checked as a sleep",
+              tried, held)
+
+
+def test_any_student_id_loads_the_lab_or_is_refused_in_one_line(tmp_path):
+    text = lab().decode()
+    tried = held = 0
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(st.text(max_size=80) | st.from_regex(NAME_PATTERN, fullmatch=True)
+           | st.sampled_from(["..", ".", "../../etc/passwd", "a/b", "-rf", "${n}", "A" * 65]))
+    def run(student) -> None:
+        nonlocal tried, held
+        tried += 1
+        try:
+            scenario = parse(text, "lab.yaml", student)
+        except ScenarioError as error:
+            assert not re.fullmatch(NAME_PATTERN, student)
+            assert (error.line, error.where) == (None, "student")
+            assert str(error).isprintable(), str(error)
+        else:
+            assert re.fullmatch(NAME_PATTERN, student) and scenario.student == student
+            assert scenario.params["n"] in (1, 2, 3)
+        held += 1
+
+    try:
+        run()
+    finally:
+        tally(AREA, "student IDs: any text, names, paths", tried, held)
+
+
 def test_kalab_check_refuses_hostile_files_with_exit_2_and_one_line(tmp_path):
     # One of each kind above, through the real command line.
     sample = [YAML_SHAPES[0], YAML_SHAPES[2], YAML_SHAPES[12], YAML_SHAPES[15], VALUES[0],
-              VALUES[2], VALUES[3], TEXT[0], TEXT[5], NAMES[0], NAMES[8], COUNTS[0]]
+              VALUES[2], VALUES[3], TEXT[0], TEXT[5], NAMES[0], NAMES[8], COUNTS[0],
+              EXPRESSIONS[0], EXPRESSIONS[10]]
     big = tmp_path / "big.yaml"
     with open(big, "wb") as out:
         out.write(VALID.encode())
