@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="folder for the report and pcaps: new, or empty (default: a new "
                      "results/NAME-TIME-ID, with results/latest pointing at it)")
     run.add_argument("--json", action="store_true", help="print the JSON report, not the summary")
+    run.add_argument("--student", metavar="ID", default=None,
+                     help="run a lab for this student ID: its params are drawn from the ID "
+                     "and the lab, the same ID always getting the same lab; the report "
+                     "records both")
 
     analyze = sub.add_parser("analyze", help="report on any pcap: connections, requests, closes",
                              description="Analyse a capture file as the lab does its own: "
@@ -148,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kalab.scenario import ScenarioError, load
 
     try:
-        scenario = load(args.scenario)
+        scenario = load(args.scenario, args.student)
     except ScenarioError as exc:
         return _error(str(exc), EXIT_BAD_INPUT)
     if args.runtime == "compose" and any(not isinstance(engine.app or scenario.app, str)

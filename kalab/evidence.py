@@ -370,7 +370,8 @@ def build_report(results: Path, scenario: Scenario, engines: list[Engine], runti
     report = Report(schema=SCHEMA, scenario=label or scenario.file, name=scenario.name,
                     runtime=runtime, started_at=started_at, finished_at=time.time(), runs=runs,
                     verdict=verdict, exit_code=EXIT_CODES[verdict],
-                    engines_not_run=[e.name for e in engines if e.name not in ran])
+                    engines_not_run=[e.name for e in engines if e.name not in ran],
+                    student=scenario.student, params=dict(scenario.params))
     if interrupted is not None:
         mark_interrupted(report, interrupted)
     return report

@@ -233,7 +233,7 @@ def parse_role(parser: argparse.ArgumentParser, argv: list[str] | None,
 
     args = parser.parse_args(argv)
     try:
-        scenario = load(args.scenario)
+        scenario = load(args.scenario, args.student or None)
     except ScenarioError as exc:
         print(f"kalab {role}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -250,6 +250,9 @@ def role_arguments(description: str) -> argparse.ArgumentParser:
                         "(default: every engine, in turn)")
     parser.add_argument("--run-dir", type=Path, default=Path("results/run"),
                         help="folder shared by the roles; one subfolder per engine")
+    parser.add_argument("--student", default="", metavar="ID",
+                        help="a lab's student: its params are drawn for this ID, as "
+                        "`kalab run --student` drew them (empty: the defaults)")
     parser.add_argument("--shared-volume", action="store_true",
                         help="--run-dir is a volume every run of a compose project shares: "
                         "the observer makes this run's folder in it, the server takes the "

@@ -157,7 +157,8 @@ def _run_compose(scenario: Scenario, results: Path, state: RunState,
     try:
         say(f"docker compose project {lab.project}: building and starting the containers")
         try:
-            code = lab.run(Path(scenario.file), results, time_limit(scenario))
+            code = lab.run(Path(scenario.file), results, time_limit(scenario),
+                           scenario.student)
         except (ComposeError, subprocess.TimeoutExpired) as exc:
             raise LabError(str(exc)) from None
         if code not in report_mod.EXIT_CODES.values() or not (results / handoff.REPORT).exists():
@@ -174,7 +175,8 @@ def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunSt
     processes: list[Process] = []
     try:
         lab.start()
-        common = [str(Path(scenario.file).resolve()), "--run-dir", str(results.resolve())]
+        common = [str(Path(scenario.file).resolve()), "--run-dir", str(results.resolve()),
+                  "--student", scenario.student or ""]
         signals.roles_started = True  # from here on the run folder tells the phase
         observer = lab.observer.start_role(
             "observer", [*common, "--interface", lab.capture_interface, "--report",

@@ -223,6 +223,11 @@ class Report:
     engines_not_run: list[str] = doc("The scenario's engines whose turn never came (an "
                                      "incomplete run); empty when every engine ran.",
                                      factory=list)
+    student: str | None = doc("The student ID a lab was run for (`kalab run LAB --student "
+                              "ID`); null otherwise.", None)
+    params: dict[str, Any] = doc("The lab's parameters as drawn for the student (or their "
+                                 "defaults), by name; empty for a scenario without any.",
+                                 factory=dict)
 
 
 EXIT_CODES = {"pass": 0, "observed": 0, "fail": 1, "inconclusive": 3, "interrupted": 5}

@@ -55,13 +55,15 @@ class ComposeLab:
             return subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=environment,
                                   stdin=subprocess.DEVNULL, timeout=timeout).returncode
 
-    def run(self, scenario_file: Path, results: Path, timeout: float) -> int:
+    def run(self, scenario_file: Path, results: Path, timeout: float,
+            student: str | None = None) -> int:
         """`docker compose up` until the observer's verdict; its exit code."""
         # The observer writes into results/ as under plain `docker compose up`, in the
         # folder named here (the run's own, made by `kalab run`).
         env = {"KALAB_SCENARIO": str(scenario_file.resolve()),
                "KALAB_RESULTS": str(results.resolve().parent),
                "KALAB_RUN_NAME": results.name,
+               "KALAB_STUDENT": student or "",
                "KALAB_PROJECT": self.project}
         self.state.add_compose_project(self.project)
         log = results / "compose.log"
