@@ -73,6 +73,57 @@ def _parser() -> argparse.ArgumentParser:
                             "exits with the run's verdict code.")
     report.add_argument("results", type=Path, help="a results folder (or its report.json)")
 
+    worksheet = sub.add_parser(
+        "worksheet", help="a lab's worksheet for students, or its key from a run",
+        description="Write a lab's worksheet (what it teaches, how to run it, its questions "
+        "and where to look, the answers file to fill in) as Markdown or self-contained "
+        "HTML; with --answers RUN_DIR, the key instead: every question answered from that "
+        "run's report, in the format of a student's answers file, the wire's evidence "
+        "beside each answer. A key is never typed by hand.")
+    worksheet.add_argument("lab", help="a lab: its file, its folder, or its name in course/ "
+                           "(e.g. 05-idle-gap)")
+    worksheet.add_argument("--student", metavar="ID", default=None,
+                           help="the worksheet (or key) for this student's params")
+    worksheet.add_argument("--answers", metavar="RUN_DIR", type=Path, default=None,
+                           help="write the key from this run folder (the lab's reference run "
+                           "with `reference`)")
+    worksheet.add_argument("-o", "--output", type=Path, default=None,
+                           help="write to this file (a new one) instead of standard output; "
+                           "its suffix picks the format: .md, .html, .yaml, .json")
+    worksheet.add_argument("--format", choices=("md", "html", "yaml", "json"), default=None,
+                           help="the format (default: from -o's suffix, else md, or yaml "
+                           "for a key)")
+
+    grade = sub.add_parser(
+        "grade", help="grade a student's answers against their run, or a whole class",
+        description="Grade an answers file against the wire of the run it is about, "
+        "re-analysed from the run's pcaps (a report.json that does not match its pcaps is "
+        "flagged), and write junit.xml and Gradescope's results.json. With --class, grade "
+        "every student folder in SUBMISSIONS (answers plus a run folder) and write a class "
+        "summary (class.csv, class.html). Exit 0: all right; 1: some wrong; 2: bad input.")
+    grade.add_argument("answers", type=Path, nargs="?",
+                       help="the answers file (YAML or JSON); its `lab:` names the lab")
+    grade.add_argument("run", type=Path, nargs="?",
+                       help="the run folder (default: the lab's reference run, when the "
+                       "answers say `run: reference`)")
+    grade.add_argument("--class", dest="submissions", metavar="SUBMISSIONS", type=Path,
+                       default=None, help="grade every student folder in this folder")
+    grade.add_argument("--lab", default=None,
+                       help="the lab file (default: the lab the answers name, in course/)")
+    grade.add_argument("--out", type=Path, default=None,
+                       help="where to write the grade (default: grading/ in the run folder; "
+                       "for --class, SUBMISSIONS-grading beside it; ./grading for the "
+                       "reference run)")
+
+    autograder = sub.add_parser(
+        "autograder", help="a Gradescope autograder folder for a lab",
+        description="Write a Gradescope autograder folder (setup.sh, run_autograder, the "
+        "lab and a copy of this project) into OUT, a new or empty folder: it grades the "
+        "answers and run folder a student uploads (Gradescope's containers cannot run "
+        "the lab itself). Zip OUT's contents, not the folder, for Gradescope.")
+    autograder.add_argument("lab", help="a lab: its file, its folder, or its name in course/")
+    autograder.add_argument("out", type=Path, help="the folder to write (new or empty)")
+
     clean = sub.add_parser("clean", help="remove namespaces and processes crashed runs left")
     clean.add_argument("--all", action="store_true",
                        help="also those of runs still going (stops them)")
@@ -108,7 +159,8 @@ def console() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "analyze": cmd_analyze, "check": cmd_check,
-               "clean": cmd_clean, "report": cmd_report}[args.command]
+               "clean": cmd_clean, "report": cmd_report, "worksheet": cmd_worksheet,
+               "grade": cmd_grade, "autograder": cmd_autograder}[args.command]
     return handler(args)
 
 
@@ -318,6 +370,150 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"wrote {item}")
     print(f"verdict: {record.verdict} (exit {record.exit_code})")
     return record.exit_code
+
+
+def _lab(name: str | Path, student: str | None = None):  # noqa: ANN202 - a Scenario
+    """A lab loaded for ``student``; FileNotFoundError or ScenarioError for the caller."""
+    from kalab.course.lab import locate
+    from kalab.scenario import ScenarioError, load
+
+    scenario = load(locate(name), student)
+    if scenario.course is None:
+        raise ScenarioError(scenario.file, None, "course", "not a lab: it has no course: block")
+    return scenario
+
+
+def _write_out(text: str, output: Path | None) -> None:
+    """To standard output, or to a new file (never over one that exists)."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    with open(output, "x", encoding="utf-8") as out:
+        out.write(text)
+    print(f"wrote {output}", file=sys.stderr)
+
+
+def cmd_worksheet(args: argparse.Namespace) -> int:
+    from kalab.course import worksheet
+    from kalab.course.lab import reference_run
+    from kalab.course.query import QueryError
+    from kalab.scenario import ScenarioError
+
+    form = args.format or (args.output.suffix.lstrip(".") if args.output else None)
+    try:
+        scenario = _lab(args.lab, args.student)
+        if args.answers is None:
+            form = form or "md"
+            if form not in ("md", "html"):
+                return _error(f"a worksheet is md or html, not {form}", EXIT_BAD_INPUT)
+            text = worksheet.worksheet_html(scenario, args.student) if form == "html" else \
+                worksheet.worksheet_markdown(scenario, args.student)
+        else:
+            form = form or "yaml"
+            if form not in ("yaml", "yml", "json"):
+                return _error(f"a key is yaml or json, not {form}", EXIT_BAD_INPUT)
+            run = reference_run(Path(scenario.file)) if str(args.answers) == "reference" \
+                else args.answers
+            from kalab.course.grade import rebuild
+
+            _, report = rebuild(run, scenario)
+            text = worksheet.key_text(worksheet.make_key(scenario, report, str(run)),
+                                      "json" if form == "json" else "yaml")
+        _write_out(text, args.output)
+    except (ScenarioError, QueryError) as exc:
+        return _error(str(exc), EXIT_BAD_INPUT)
+    except (OSError, ValueError) as exc:
+        return _error(str(exc), EXIT_BAD_INPUT)
+    return 0
+
+
+def _grade_one(answers_file: Path, run: Path | None, lab: str | None):  # noqa: ANN202
+    """Grade one answers file; (grade, the run folder graded)."""
+    from kalab.course import answers as answers_mod
+    from kalab.course.grade import grade_run
+    from kalab.course.lab import reference_run
+
+    name = lab or answers_mod.lab_name(answers_file)
+    student = None
+    probe = _lab(name)  # the answers are checked against the lab's questions first
+    answers = answers_mod.load(answers_file, probe)
+    if run is None and not answers.on_reference:
+        raise ValueError(f"{answers_file}: give the run folder (or `run: reference` in "
+                         "the answers to grade against the lab's reference run)")
+    if run is None:
+        run = reference_run(Path(probe.file))
+    else:
+        student = answers.student
+    scenario = _lab(name, student)
+    return grade_run(scenario, answers, run), run
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    import json
+
+    from kalab.course import classroom, gradescope
+    from kalab.course.grade import junit
+    from kalab.scenario import ScenarioError
+
+    if args.submissions is not None:
+        if args.answers is not None:
+            return _error("--class grades a folder of submissions: give no answers file",
+                          EXIT_BAD_INPUT)
+        if not args.submissions.is_dir():
+            return _error(f"{args.submissions}: not a folder", EXIT_BAD_INPUT)
+        out = args.out or args.submissions.parent / f"{args.submissions.name}-grading"
+
+        def grade_one(answers_file: Path, run: Path | None):  # noqa: ANN202
+            try:
+                return _grade_one(answers_file, run, args.lab)[0]
+            except ScenarioError as exc:
+                raise ValueError(str(exc)) from None
+
+        submissions = classroom.grade_class(args.submissions, grade_one, out)
+        for s in submissions:
+            print(f"{s.label}: " + (f"{s.score:g} / {s.grade.max_score:g}"
+                                    + "".join(f"; FLAGGED: {f}" for f in s.grade.flags)
+                                    if s.grade else f"not graded: {s.error}"))
+        print(f"wrote {out / 'class.csv'} and {out / 'class.html'}")
+        return 0 if all(s.grade and s.grade.all_right for s in submissions) else 1
+    if args.answers is None:
+        return _error("give an answers file (and its run folder), or --class SUBMISSIONS",
+                      EXIT_BAD_INPUT)
+    started = time.monotonic()
+    try:
+        grade, run = _grade_one(args.answers, args.run, args.lab)
+    except (ScenarioError, OSError, ValueError) as exc:
+        return _error(str(exc), EXIT_BAD_INPUT)
+    out = args.out or (Path("grading") if args.run is None else run / "grading")
+    out.mkdir(parents=True, exist_ok=True)
+    for item in grade.items:
+        mark = "RIGHT" if item.passed else "WRONG"
+        print(f"{mark}  {item.name} ({item.score:g}/{item.max_score:g})")
+        print(f"       {item.output}")
+    for flag in grade.flags:
+        print(f"FLAGGED: {flag}")
+    (out / "junit.xml").write_text(junit(grade), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(
+        gradescope.results(grade, time.monotonic() - started), indent=2, allow_nan=False)
+        + "\n", encoding="utf-8")
+    print(f"score: {grade.score:g} of {grade.max_score:g}; wrote {out / 'junit.xml'} and "
+          f"{out / 'results.json'}")
+    return 0 if grade.all_right else 1
+
+
+def cmd_autograder(args: argparse.Namespace) -> int:
+    from kalab.course import gradescope
+    from kalab.course.lab import locate
+    from kalab.lab import PROJECT_ROOT
+
+    try:
+        lab_file = locate(args.lab)
+        _lab(lab_file)
+        written = gradescope.write_autograder(lab_file, PROJECT_ROOT, args.out)
+    except (OSError, ValueError) as exc:
+        return _error(str(exc), EXIT_BAD_INPUT)
+    print("\n".join(f"wrote {path}" for path in written))
+    return 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:

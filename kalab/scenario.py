@@ -834,3 +834,14 @@ def parse(text: str, file: str = "<scenario>", student: str | None = None) -> Sc
     if root is None:
         raise ScenarioError(file, 1, "", "the file is empty")
     return _Checker(file).scenario(root, student)
+
+
+def expectations(node: Node, where: str, scenario: Scenario, file: str) -> list[Expectation]:
+    """Expectations written elsewhere about ``scenario`` (a student's predictions), checked
+    against the language and the scenario's requests; ScenarioError names ``file``."""
+    checker = _Checker(file)
+    checker.check(ListOf(EXPECTATION, "predictions", MAX_EXPECTATIONS, min_items=0), node,
+                  where)
+    refs = {request.ref: request for request in scenario.requests}
+    return [checker._expectation(item, f"{where}[{i}]", refs)
+            for i, item in enumerate(node.value)]

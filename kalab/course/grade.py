@@ -17,12 +17,22 @@ is right, 1 when something is wrong, 2 for bad input.
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+from kalab import evidence
+from kalab import report as report_mod
+from kalab.course.answers import Answers
+from kalab.course.query import QueryError
+from kalab.course.questions import mark
 from kalab.render.text import visible
 from kalab.report import Report
+from kalab.scenario import Scenario
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,8 @@ def _diff(where: str, claimed: Any, actual: Any) -> list[str]:
         return out
     if isinstance(claimed, dict) and isinstance(actual, dict):
         label = claimed.get("id", "")
-        label = f"{where} {label}".strip() if label != "" else where
+        one = where.removesuffix("s")  # "connections" -> "connection 1"
+        label = f"{one} {label}" if label != "" else where
         return [f"report.json says {label} {key} = {claimed.get(key)!r}; its pcaps say "
                 f"{actual.get(key)!r}"
                 for key in sorted(set(claimed) | set(actual))
@@ -132,3 +143,102 @@ def junit(grade: Grade) -> str:
             visible(f"FLAGGED: {flag}") for flag in grade.flags)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, "unicode") + "\n"
+
+
+# What a run folder may hold for grading, and how big: it comes from a student.
+MAX_PCAP_BYTES = 256 << 20
+MAX_RECORD_BYTES = 16 << 20
+_ENGINE_FILES = ("capture.json", "capture.pcap", "server.json", "client.json",
+                 "server.log", "nginx-error.log")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be graded (missing, linked out, a device, too big)."""
+
+
+def check_run_folder(run_dir: Path, scenario: Scenario) -> None:
+    """Refuse a run folder whose files are not plain files inside it, or too big: the
+    grader runs as whoever grades, on what a student handed in."""
+    if not run_dir.is_dir():  # the folder named may be a link (results/latest); not within
+        raise RunFolderError(f"{run_dir}: not a run folder")
+    root = run_dir.resolve()
+    paths = [run_dir / "report.json"]
+    for engine in scenario.engines:
+        folder = run_dir / engine.name
+        if folder.is_symlink():
+            raise RunFolderError(f"{folder}: a link; a run folder holds its own files")
+        paths += [folder / name for name in _ENGINE_FILES]
+    for path in paths:
+        if not os.path.lexists(path):
+            continue
+        info = path.lstat()
+        if path.is_symlink() or not stat.S_ISREG(info.st_mode) or \
+                not path.resolve().is_relative_to(root):
+            raise RunFolderError(f"{path}: not a plain file inside the run folder")
+        limit = MAX_PCAP_BYTES if path.suffix == ".pcap" else MAX_RECORD_BYTES
+        if info.st_size > limit:
+            raise RunFolderError(f"{path}: {info.st_size} bytes, more than the {limit} a "
+                                 "run of a lab makes")
+    if not (run_dir / "report.json").is_file():
+        raise RunFolderError(f"{run_dir}: no report.json: not a run folder")
+
+
+def rebuild(run_dir: Path, scenario: Scenario) -> tuple[Report, Report]:
+    """The submitted report, and the report made again from the run folder's pcaps and
+    records with the lab's own file: the one to grade against."""
+    check_run_folder(run_dir, scenario)
+    try:
+        submitted = report_mod.from_dict(json.loads(
+            (run_dir / "report.json").read_text(encoding="utf-8")))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise RunFolderError(f"{run_dir / 'report.json'}: not a kalab report: {exc}") from None
+    try:
+        rebuilt = evidence.build_report(
+            run_dir, scenario, list(scenario.engines), submitted.runtime,
+            submitted.started_at, label=submitted.scenario,
+            interrupted=None if submitted.complete else (submitted.phase or "scenario"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunFolderError(f"{run_dir}: its records cannot be read: {exc}") from None
+    return submitted, rebuilt
+
+
+def grade_run(scenario: Scenario, answers: Answers, run_dir: Path) -> Grade:
+    """Grade ``answers`` against the wire of the run in ``run_dir``."""
+    submitted, report = rebuild(run_dir, scenario)
+    grade = Grade(scenario.name, answers.student, str(run_dir))
+    grade.flags += differences(submitted, report)
+    if report.verdict in ("inconclusive", "interrupted"):
+        grade.flags.append(f"the run is {report.verdict}: "
+                           + "; ".join(p for r in report.runs for p in r.capture.problems
+                                       or [f"{r.engine}: {r.verdict}"]))
+    assert scenario.course is not None
+    for question in scenario.course.questions:
+        given = answers.answers.get(question.id)
+        name = f"{question.id}: {question.text}"
+        try:
+            marked = mark(question, given, report)
+        except QueryError as exc:
+            grade.items.append(Item(name, 0.0, question.points, False,
+                                    f"not graded: the run does not answer it ({exc})", given))
+            grade.flags.append(f"{question.id}: the run does not answer it")
+            continue
+        grade.items.append(Item(name, marked.score, question.points, marked.right,
+                                marked.evidence, given))
+    runs = {run.engine: run for run in report.runs}
+    for engine, predicted in answers.predictions.items():
+        run = runs.get(engine)
+        for expectation in predicted:
+            name = f"prediction, {engine}: {expectation.claim}"
+            if run is None or run.verdict == "interrupted":
+                grade.items.append(Item(name, 0.0, PREDICTION_POINTS, False,
+                                        f"{engine} did not run to the end: not checked"))
+                continue
+            result = evidence.check(expectation, run.requests, run.connections)
+            grade.items.append(Item(
+                name, PREDICTION_POINTS if result.passed else 0.0, PREDICTION_POINTS,
+                result.passed, f"{'held' if result.passed else 'refuted'}: "
+                f"wire: {result.observed}"))
+    return grade
+
+
+PREDICTION_POINTS = 1.0

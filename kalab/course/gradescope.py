@@ -65,34 +65,36 @@ python3 -m venv /autograder/venv
 RUN = """\
 #!/usr/bin/env bash
 # Gradescope runs this for every submission: grade the uploaded answers against the
-# uploaded run folder (made by `kalab run {lab} --student ID`, or the lab's reference run).
+# uploaded run folder (made by `kalab run LAB --student ID`), or against the lab's
+# reference run when the answers say `run: reference`.
 set -uo pipefail
 cd /autograder/submission
 answers=$(ls answers.yaml answers.yml answers.json 2>/dev/null | head -1)
-run=$(find . -name report.json -printf '%h\\n' | head -1)
-/autograder/venv/bin/kalab grade "/autograder/source/{lab_file}" "${{answers:-answers.yaml}}" \\
-    "${{run:-run}}" --out /autograder/results
-# The grade is in results.json whatever the exit code (1 means some answers were wrong).
+run=$(find . -name report.json -not -path '*/grading/*' -printf '%h\\n' | sort | head -1)
+/autograder/venv/bin/kalab grade "${{answers:-answers.yaml}}" ${{run:+"$run"}} \\
+    --lab "/autograder/source/lab/{lab_file}" --out /autograder/results
+# The grade is in results.json whatever the exit code (1: some answers were wrong).
 exit 0
 """
 
 
 def write_autograder(lab_file: Path, project: Path, out: Path) -> list[Path]:
-    """An autograder folder for ``lab_file`` in ``out`` (new or empty); what it wrote."""
+    """An autograder folder for ``lab_file`` in ``out`` (new or empty); what it wrote:
+    the lab's folder (its file and reference run), a copy of the project, the scripts."""
     out.mkdir(parents=True, exist_ok=True)
     if any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty")
-    written = []
-    shutil.copy2(lab_file, out / lab_file.name)
-    written.append(out / lab_file.name)
+    ignore = shutil.ignore_patterns(".git", ".venv", "results", "__pycache__", "*.egg-info",
+                                    ".pytest_cache", ".ruff_cache", ".hypothesis", "grading")
+    lab = out / "lab"
+    shutil.copytree(lab_file.parent, lab, ignore=ignore, symlinks=False)
     source = out / "keepalive-lab"
     shutil.copytree(project, source, ignore=shutil.ignore_patterns(
         ".git", ".venv", "results", "__pycache__", "*.egg-info", ".pytest_cache",
-        ".ruff_cache", ".hypothesis", "course"))
-    written.append(source)
-    for name, text in (("setup.sh", SETUP),
-                       ("run_autograder", RUN.format(lab=lab_file.stem,
-                                                     lab_file=lab_file.name))):
+        ".ruff_cache", ".hypothesis", "course", "tests", "bench", "docs"))
+    written = [lab, source]
+    for name, text in (("setup.sh", SETUP), ("run_autograder",
+                                             RUN.format(lab_file=lab_file.name))):
         path = out / name
         path.write_text(text, encoding="utf-8")
         path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)

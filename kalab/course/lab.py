@@ -72,6 +72,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kalab.course.query import CONNECTION_EXTRA, Query, QueryError
 from kalab.course.query import parse as parse_query
@@ -581,3 +582,26 @@ def _kind(query: Query) -> str:
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     return {bool: "yes-no", int: "whole", float: "number", str: "text"}.get(hint, "list")
+
+
+COURSE_DIR = Path(__file__).resolve().parents[2] / "course"  # the project's own course
+LAB_FILE = "lab.yaml"
+
+
+def locate(lab: str | Path) -> Path:
+    """A lab file from what a user typed: its path, its folder, or a lab's name in the
+    project's course (``05-idle-gap``); FileNotFoundError says where it looked."""
+    path = Path(lab)
+    if path.is_dir():
+        path = path / LAB_FILE
+    if path.is_file():
+        return path
+    named = COURSE_DIR / str(lab) / LAB_FILE
+    if re.fullmatch(NAME_PATTERN, str(lab)) and named.is_file():
+        return named
+    raise FileNotFoundError(f"{lab}: no such lab file, lab folder or lab in {COURSE_DIR}")
+
+
+def reference_run(lab_file: Path) -> Path:
+    """Where a lab's reference run lives: ``reference/`` beside its file."""
+    return lab_file.parent / "reference"
