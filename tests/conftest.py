@@ -137,7 +137,7 @@ def nothing_left_behind(tmp_path_factory):
 def lab_workdir(tmp_path_factory) -> Path:
     """A folder that looks like the checkout (scenarios linked) for runs to write into."""
     work = tmp_path_factory.mktemp("lab")
-    for name in ("lab.yaml", "scenarios"):
+    for name in ("lab.yaml", "scenarios", "course"):
         (work / name).symlink_to(ROOT / name)
     return work
 

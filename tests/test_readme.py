@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import ROOT, run_kalab
+import pytest
+from conftest import ROOT, requires_lab, run_kalab
 from walkthrough import commands, docker_commands
 
 WALKTHROUGH = commands(ROOT / "README.md")
@@ -57,3 +58,17 @@ def test_the_reliability_page_is_generated_and_covers_every_area():
             not line.startswith(("| what", "| ---"))]
     assert rows and all(line.split("|")[2].strip() == line.split("|")[3].strip()
                         for line in rows), "the page shows inputs that did not survive"
+
+
+@requires_lab
+@pytest.mark.slow
+def test_walkthrough_commands_exit_and_print_as_the_readme_says(walkthrough_results):
+    """Every `$ ./lab ...` of the README, run in order as written: its exit code and the
+    lines the README shows. (This test was lost once, in 9d8be7b, while the README kept
+    saying it ran: it is back.)"""
+    for command, done in walkthrough_results:
+        output = done.stdout + done.stderr
+        where = f"./lab {' '.join(command.argv)}"
+        assert done.returncode == command.exit_code, f"{where}: exit {done.returncode}\n{output}"
+        missing = command.mismatch(output)
+        assert missing is None, f"{where}: the README shows {missing!r}, output was:\n{output}"

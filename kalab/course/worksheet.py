@@ -25,6 +25,7 @@ import jinja2
 import markupsafe
 from markdown_it import MarkdownIt
 
+from kalab.course.lab import COURSE_DIR, reference_run
 from kalab.course.questions import Question, right_answer
 from kalab.render.text import visible
 from kalab.report import Report
@@ -56,9 +57,16 @@ def how_to_answer(question: Question) -> str:
     return words
 
 
+def _shown_path(path: Path) -> str:
+    """A lab's path as a student types it: from the project's top when it is inside it."""
+    top = COURSE_DIR.parent
+    resolved = path.resolve()
+    return str(resolved.relative_to(top)) if resolved.is_relative_to(top) else str(path)
+
+
 def _reference(scenario: Scenario) -> str | None:
-    folder = Path(scenario.file).parent / "reference"
-    return str(folder) if folder.is_dir() else None
+    folder = reference_run(Path(scenario.file))
+    return _shown_path(folder) if folder.is_dir() else None
 
 
 def worksheet_markdown(scenario: Scenario, student: str | None = None) -> str:
@@ -85,7 +93,7 @@ def worksheet_markdown(scenario: Scenario, student: str | None = None) -> str:
 def _run_lines(scenario: Scenario, student: str | None) -> list[str]:
     who = f" --student {student}" if student else ""
     lines = ["With root on Linux (the lab makes network namespaces):", "", "```sh",
-             f"./lab run {scenario.file}{who}", "```", "",
+             f"./lab run {_shown_path(Path(scenario.file))}{who}", "```", "",
              "The run folder (`results/...`) holds `report.html` (open it in a browser), "
              "`report.json` and one `capture.pcap` per engine (open it in Wireshark)."]
     reference = _reference(scenario)
