@@ -137,3 +137,9 @@ def count_colour(rows: list[bytes], rgb: tuple[int, int, int], tolerance: int = 
             if all(abs(row[i + c] - rgb[c]) <= tolerance for c in range(3)):
                 count += 1
     return count
+
+
+def marker_set(dom: str, marker: str) -> bool:
+    """Whether a script ran: the attacks set ``marker`` on <html> if they ever run."""
+    (root,) = [attrs for tag, attrs, _ in Elements(dom).found if tag == "html"]
+    return marker in root

@@ -13,7 +13,15 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
-from browser import Elements, count_colour, dump_dom, png_pixels, require_chromium, screenshot
+from browser import (
+    Elements,
+    count_colour,
+    dump_dom,
+    marker_set,
+    png_pixels,
+    require_chromium,
+    screenshot,
+)
 from conftest import requires_lab, run_kalab
 from markdown_it import MarkdownIt
 from report_samples import ATTACKS, MARKER, hostile, sample_report
@@ -130,11 +138,6 @@ def test_the_bundled_lab_report_matches_the_schema_and_has_its_views(lab_yaml_ru
         assert (lab_yaml_run / name).stat().st_size > 0
 
 
-def marker_set(dom: str) -> bool:
-    (root,) = [attrs for tag, attrs, _ in Elements(dom).found if tag == "html"]
-    return MARKER in root
-
-
 def test_chromium_runs_no_script_from_the_wire_even_without_the_csp(tmp_path):
     require_chromium()
     page = render_html(hostile(sample_report()))
@@ -142,7 +145,7 @@ def test_chromium_runs_no_script_from_the_wire_even_without_the_csp(tmp_path):
     open_page = tmp_path / "open.html"
     open_page.write_text(page.replace(CSP, "<meta name=\"csp-removed\""))
     dom = dump_dom(open_page)
-    assert not marker_set(dom)
+    assert not marker_set(dom, MARKER)
     elements = Elements(dom)
     assert [e for e in elements.found if e[0] == "script"] == []
     assert all(attack in "".join(elements.text) for attack in ATTACKS[:2])
@@ -151,7 +154,7 @@ def test_chromium_runs_no_script_from_the_wire_even_without_the_csp(tmp_path):
     control.write_text(open_page.read_text().replace(
         "</body>", f"<script>document.documentElement.setAttribute('{MARKER}','1')</script>"
         "</body>"))
-    assert marker_set(dump_dom(control))
+    assert marker_set(dump_dom(control), MARKER)
 
 
 def test_chromium_runs_no_script_from_the_markdown_report(tmp_path):
@@ -162,7 +165,7 @@ def test_chromium_runs_no_script_from_the_markdown_report(tmp_path):
     page.write_text(f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"></head><body>{html}"
                     "</body></html>")
     dom = dump_dom(page)
-    assert not marker_set(dom)
+    assert not marker_set(dom, MARKER)
     assert [e for e in Elements(dom).found if e[0] in ("script", "img", "svg")] == []
     assert ATTACKS[0] in "".join(Elements(dom).text)
 
