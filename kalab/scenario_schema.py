@@ -18,15 +18,14 @@ exists) only the checker checks: it may refuse what the schema allows.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from kalab import scenario as spec_mod
 from kalab.course import lab
+from kalab.render.schema import command, dump
 from kalab.spec import ListOf, MapOf, OneOf, Record, Scalar, Spec
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schema" / "scenario.schema.json"
@@ -172,27 +171,11 @@ def json_schema() -> dict[str, Any]:
 
 
 def as_text() -> str:
-    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+    return dump(json_schema())
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print (or write) the scenario's JSON Schema.")
-    parser.add_argument("--write", action="store_true", help=f"write it to {SCHEMA_FILE}")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 if the committed file differs from what is generated")
-    args = parser.parse_args(argv)
-    text = as_text()
-    if args.check:
-        same = SCHEMA_FILE.is_file() and SCHEMA_FILE.read_text(encoding="utf-8") == text
-        print(f"{SCHEMA_FILE}: {'up to date' if same else 'stale: run with --write'}")
-        return 0 if same else 1
-    if args.write:
-        SCHEMA_FILE.parent.mkdir(exist_ok=True)
-        SCHEMA_FILE.write_text(text, encoding="utf-8")
-        print(f"wrote {SCHEMA_FILE}")
-        return 0
-    sys.stdout.write(text)
-    return 0
+    return command("the scenario", SCHEMA_FILE, as_text, argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,28 +96,40 @@ def json_schema() -> dict[str, Any]:
 
 
 def as_text() -> str:
-    # Strict: a NaN here could only be a default in the code, a bug to fix, not to hide.
-    return json.dumps(json_schema(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return dump(json_schema())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print (or write) report.json's JSON Schema.")
-    parser.add_argument("--write", action="store_true", help=f"write it to {SCHEMA_FILE}")
+def dump(schema: dict[str, Any]) -> str:
+    """A generated schema as committed. Strict: a NaN here could only be a default in the
+    code, a bug to fix, not to hide."""
+    return json.dumps(schema, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def command(what: str, path: Path, text: Callable[[], str],
+            argv: list[str] | None = None) -> int:
+    """Print a generated schema, or ``--write`` it to ``path``, or ``--check`` that the
+    committed file is current (exit 1 if not): the same command for every schema."""
+    parser = argparse.ArgumentParser(description=f"Print (or write) {what}'s JSON Schema.")
+    parser.add_argument("--write", action="store_true", help=f"write it to {path}")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 if the committed file differs from what is generated")
     args = parser.parse_args(argv)
-    text = as_text()
+    generated = text()
     if args.check:
-        same = SCHEMA_FILE.is_file() and SCHEMA_FILE.read_text(encoding="utf-8") == text
-        print(f"{SCHEMA_FILE}: {'up to date' if same else 'stale: run with --write'}")
+        same = path.is_file() and path.read_text(encoding="utf-8") == generated
+        print(f"{path}: {'up to date' if same else 'stale: run with --write'}")
         return 0 if same else 1
     if args.write:
-        SCHEMA_FILE.parent.mkdir(exist_ok=True)
-        SCHEMA_FILE.write_text(text, encoding="utf-8")
-        print(f"wrote {SCHEMA_FILE}")
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(generated, encoding="utf-8")
+        print(f"wrote {path}")
         return 0
-    sys.stdout.write(text)
+    sys.stdout.write(generated)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command("report.json", SCHEMA_FILE, as_text, argv)
 
 
 if __name__ == "__main__":
