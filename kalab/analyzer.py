@@ -678,8 +678,9 @@ class Analyzer:
 
     A pure ACK (no payload, no SYN, FIN or RST) on a four-tuple already fed
     changes no record when its sequence number is the furthest its direction
-    has reached (the end of its furthest segment, SYN and FIN counting one),
-    or when that direction has sent nothing else: a reader may leave such
+    has reached since its SYN (the end of its furthest segment, SYN and FIN
+    counting one), or when that direction has sent nothing but pure ACKs
+    (its sequence numbers are then unknown): a reader may leave such
     segments out, and this class must never come to depend on them. Any
     other pure ACK may be a keep-alive probe, one behind, and must be fed.
     """
