@@ -1,5 +1,8 @@
 """Drive `requests.Session`s through a scenario's steps, recording beliefs.
 
+A session with ``session: false`` has no Session of its own: each request
+gets a fresh one, closed right after it, as ``requests.get()`` does.
+
 The client's view is recorded, not trusted: the report sets it beside the
 wire. For each request: when it was planned and sent (both epoch seconds,
 steps timed from one monotonic clock), the local port of the socket urllib3
@@ -11,6 +14,7 @@ connection``, ``Resetting dropped connection``): its reuse decisions.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +27,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from client.progress import ProgressFile, describe
-from kalab.scenario import Scenario, Session, Step
+from kalab.scenario import Scenario, Session, Step, TcpKeepalive
 
 REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read
 
@@ -112,8 +116,8 @@ class SessionRunner:
         return self.epoch0 + (mono - self.t0)
 
     def run(self) -> None:
-        http = make_session(self.session)
-        ports: dict[int, int] = {}
+        # Without a Session (``session: false``) each request makes its own: see `_send_alone`.
+        http = make_session(self.session) if self.session.use_session else None
         last_done = self.t0
         try:
             for number, step in enumerate(self.session.steps, 1):
@@ -126,16 +130,19 @@ class SessionRunner:
                     target = self.t0 + step.seconds
                     _sleep_until(target)
                     last_done = max(last_done, target)
-                elif step.kind == "close":
+                elif step.kind == "close":  # the checker refuses it without a Session
                     http.close()
                     self.closes.append(CloseRecord(self.session.name, time.time(), True))
+                elif http is None:
+                    self.records.append(self._send_alone(step.request, last_done))
+                    last_done = time.monotonic()
                 else:
-                    planned = last_done
-                    self.records.append(self._send(http, step.request, planned, ports))
+                    self.records.append(self._send(http, step.request, last_done))
                     last_done = time.monotonic()
         finally:
-            http.close()
-            self.closes.append(CloseRecord(self.session.name, time.time(), False))
+            if http is not None:
+                http.close()
+                self.closes.append(CloseRecord(self.session.name, time.time(), False))
 
     def _show(self, number: int, step: Step, last_done: float) -> None:
         until = None
@@ -146,8 +153,15 @@ class SessionRunner:
         self.progress.step(self.session.name, number, len(self.session.steps), describe(step),
                            until)
 
-    def _send(self, http: requests.Session, request: Any, planned: float,
-              ports: dict[int, int]) -> RequestRecord:
+    def _send_alone(self, request: Any, planned: float) -> RequestRecord:
+        """``request`` as requests.get() sends it: on a Session of its own, closed once the
+        response is read, so its connection is new and the client closes it at once."""
+        with make_session(self.session) as http:
+            record = self._send(http, request, planned)
+        self.closes.append(CloseRecord(self.session.name, time.time(), False))
+        return record
+
+    def _send(self, http: requests.Session, request: Any, planned: float) -> RequestRecord:
         seen_port: list[int | None] = [None]
 
         def remember_port(response: requests.Response, *args: Any, **kwargs: Any) -> None:
@@ -175,22 +189,42 @@ class SessionRunner:
 
 
 def make_session(session: Session) -> requests.Session:
-    """A requests.Session as the scenario's session asks: its retries, its HTTP version."""
+    """A requests.Session as the scenario's session asks: its retries, its HTTP version,
+    its stale check, its TCP keep-alive."""
     http = requests.Session()
-    if session.retries or session.http_version != "1.1" or not session.stale_check:
+    if session.retries or session.http_version != "1.1" or not session.stale_check \
+            or session.tcp_keepalive is not None:
         http.mount("http://", _ScenarioAdapter(session))
     return http
 
 
+def keepalive_socket_options(keepalive: TcpKeepalive) -> list[tuple[int, int, int]]:
+    """urllib3's own socket options (TCP_NODELAY) and SO_KEEPALIVE with the timers the
+    scenario sets; a timer it leaves out stays the system's (Linux names)."""
+    options = [*urllib3.connection.HTTPConnection.default_socket_options,
+               (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for option, value in ((socket.TCP_KEEPIDLE, keepalive.idle),
+                          (socket.TCP_KEEPINTVL, keepalive.interval),
+                          (socket.TCP_KEEPCNT, keepalive.count)):
+        if value is not None:
+            options.append((socket.IPPROTO_TCP, option, value))
+    return options
+
+
 class _ScenarioAdapter(HTTPAdapter):
     def __init__(self, session: Session) -> None:
+        # Set before HTTPAdapter.__init__, which calls init_poolmanager.
         self._http10 = session.http_version == "1.0"
         self._no_stale_check = not session.stale_check
+        self._socket_options = None if session.tcp_keepalive is None else \
+            keepalive_socket_options(session.tcp_keepalive)
         # Retry(total=N) retries only idempotent methods, as RFC 9110 section 9.2.2 asks.
         super().__init__(max_retries=Retry(total=session.retries, backoff_factor=0)
                          if session.retries else 0)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        if self._socket_options is not None:
+            kwargs["socket_options"] = self._socket_options  # urllib3 sets them on each socket
         super().init_poolmanager(*args, **kwargs)
         pool = {(False, False): None, (True, False): _Http10Pool,
                 (False, True): _UncheckedPool, (True, True): _UncheckedHttp10Pool}[

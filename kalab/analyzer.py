@@ -17,6 +17,14 @@ the port was closed (refused). A SYN on a four-tuple whose connection has
 ended, or with another initial sequence number, starts a new connection;
 the same SYN again is a retransmission.
 
+TCP keep-alive probes (SO_KEEPALIVE) are counted and set aside before any
+byte is delivered: a segment with no SYN, FIN or RST, no data or one byte,
+whose sequence number is one behind what its sender sends next (the next
+byte in order, or after the sender's FIN the FIN's own number), as tshark's
+``tcp.analysis.keep_alive`` has it. A probe is not data: it moves no
+``last_data_at`` and no idle time. Where the sender's sequence numbers are
+not known yet (no SYN or data seen from it), nothing is a probe.
+
 Each direction's bytes are put back in sequence order (retransmissions and
 overlaps trimmed, out-of-order segments held until the hole fills) and
 handed to a small HTTP/1.x message parser. Requests go client to server,
@@ -108,7 +116,7 @@ _CONNECTION_FIELDS = ("id", "client", "server", "syn_at", "syn_retransmits", "es
                       "refused", "requests", "last_response_at", "last_data_at", "first_fin_by",
                       "first_fin_at", "second_fin_at", "rst_by", "rst_at", "closed_by",
                       "idle_before_close", "advertised_timeout", "probe", "complete", "gaps",
-                      "enforced_minus_advertised")
+                      "enforced_minus_advertised", "keepalive_probes")
 
 
 def _check_positions() -> None:
@@ -361,6 +369,14 @@ class _Half:
         self.fin_at: float | None = None
         self.fin_seq: int | None = None  # sequence number of the FIN: every byte before it is data
 
+    def probe_seq(self) -> int | None:
+        """The sequence number a keep-alive probe from this side carries: one behind the next
+        it sends (after its FIN, which takes a number of its own, the FIN's); None while
+        this side's numbers are not known."""
+        if self.fin_seq is not None:
+            return self.fin_seq
+        return None if self.next_seq is None else (self.next_seq - 1) % SEQ_MOD
+
     def short_of_fin(self) -> bool:
         """True while bytes before the FIN have not been seen (a hole before it)."""
         fin_seq, next_seq = self.fin_seq, self.next_seq
@@ -372,7 +388,7 @@ class _Conn:
     __slots__ = ("number", "client", "server", "syn_at", "syn_isn", "syn_retransmits", "state",
                  "established_at", "up", "down", "first_fin", "second_fin_at", "rst",
                  "last_data_at", "last_data_before_end", "end_at", "requests", "unanswered",
-                 "request_stream", "response_stream", "advertised")
+                 "request_stream", "response_stream", "advertised", "keepalive_probes")
 
     def __init__(self, number: int, client: tuple[str, int], server: tuple[str, int],
                  ts: float, syn_seq: int | None) -> None:
@@ -397,6 +413,7 @@ class _Conn:
         self.request_stream = _MessageStream(self._on_request_head, self._on_request_end)
         self.response_stream = _MessageStream(self._on_response_head, self._on_response_end)
         self.advertised: float | None = None
+        self.keepalive_probes = 0
 
     # --- HTTP callbacks
 
@@ -475,8 +492,14 @@ class _Conn:
                 half.next_seq = seq  # joined mid-stream
             if seq == half.next_seq and not half.pending:
                 self._accept(half, stream, payload, ts)  # in order: the usual case
+            elif len(payload) == 1 and not flags & FIN and seq == half.probe_seq():
+                self.keepalive_probes += 1  # a probe with a byte of garbage: not data
             else:
                 self._deliver(half, stream, seq, payload, ts)
+        elif not flags & FIN:
+            if seq == half.probe_seq():
+                self.keepalive_probes += 1
+            return
         if flags & FIN and half.fin_at is None:
             half.fin_at = ts
             half.fin_seq = (seq + len(payload)) % SEQ_MOD
@@ -583,7 +606,7 @@ class _Conn:
             first_fin_at, self.second_fin_at, rst_by, rst_at, closed_by, idle, advertised,
             not requests, self.syn_at is not None and gaps == 0, gaps,
             round(idle - advertised, 6) if closed_by == "server" and idle is not None
-            and advertised is not None else None)
+            and advertised is not None else None, self.keepalive_probes)
 
 
 def _fmt(endpoint: tuple[str, int]) -> str:
@@ -654,8 +677,12 @@ class Analyzer:
     RST), and those whose SYN was not seen (which make a run inconclusive).
 
     A pure ACK (no payload, no SYN, FIN or RST) on a four-tuple already fed
-    changes no record: a reader may leave such segments out, and this class
-    must never come to depend on them.
+    changes no record when its sequence number is the furthest its direction
+    has reached since its SYN (the end of its furthest segment, SYN and FIN
+    counting one), or when that direction has sent nothing but pure ACKs
+    (its sequence numbers are then unknown): a reader may leave such
+    segments out, and this class must never come to depend on them. Any
+    other pure ACK may be a keep-alive probe, one behind, and must be fed.
     """
 
     def __init__(self, ports: set[int] | frozenset[int] | None = None) -> None:

@@ -8,10 +8,17 @@ place with ``struct.unpack_from``: no per-packet copy but the payload.
 
 `SegmentReader` can leave out the segments that cannot change any record
 (``skip_acks``): a pure ACK (no payload, no SYN, FIN or RST) on a four-tuple
-it has already handed on. The first segment of a four-tuple is always handed
-on, even a pure ACK: for a capture that started late it may be the only sign
-that the connection existed. Memory is the block buffer plus one entry per
-four-tuple; it does not grow with the packet count.
+it has already handed on, whose sequence number is where its direction has
+reached (the end of the furthest segment handed on since the direction's
+last SYN, a SYN or FIN counting one), or whose direction has handed on
+nothing yet. Any other pure ACK is handed on: a TCP keep-alive probe is a
+pure ACK one behind that point, and the analyzer counts it. The point only
+moves forward (sequence numbers compared as TCP does, modulo 2^32), so a
+retransmission never brings it back to where a probe would sit. The first
+segment of a four-tuple is always handed on, even a pure ACK: for a capture
+that started late it may be the only sign that the connection existed.
+Memory is the block buffer plus one entry per direction of a four-tuple; it
+does not grow with the packet count.
 
 `SegmentReader.background_batches` does the reading in a forked child
 process, which sends the decoded batches down a pipe: on two cores, the
@@ -67,6 +74,7 @@ _BACKGROUND_MIN_SIZE = 4 << 20  # bytes of file below which a reading process co
 _FRAME = struct.Struct("<?I")  # a background reader's message: last?, length
 _AF_INET6 = (10, 24, 28, 30)  # Linux, OpenBSD, FreeBSD, macOS
 _NO_FRAME = (None, 0, 0)
+_SEQ_MASK, _SEQ_HALF = 0xFFFFFFFF, 0x80000000
 
 # (header length, offset of the big-endian ethertype) for the cooked link types.
 _COOKED = {LINKTYPE_LINUX_SLL: (16, 14), LINKTYPE_LINUX_SLL2: (20, 0)}
@@ -379,12 +387,14 @@ class SegmentReader:
     """The TCP segments of a capture file, in file order.
 
     ``ports``: leave out segments on no such port (the analyzer would ignore
-    them). ``skip_acks``: leave out pure ACKs on a four-tuple already handed
-    on (see the module's docstring). A `PcapError` ends the iteration at the
-    first unreadable byte; everything before it has been handed on, and
-    ``offset`` says where the good part of the file ends. ``fast``: read a
-    classic pcap with `_classic`; False reads every file with `_any`, which
-    must give the same segments (the tests compare the two).
+    them). ``skip_acks``: leave out the pure ACKs that change no record: on
+    a four-tuple already handed on, where their direction has reached (see
+    the module's docstring); a keep-alive probe is handed on. A `PcapError`
+    ends the iteration at the first unreadable byte; everything before it
+    has been handed on, and ``offset`` says where the good part of the file
+    ends. ``fast``: read a classic pcap with `_classic`; False reads every
+    file with `_any`, which must give the same segments (the tests compare
+    the two).
     """
 
     def __init__(self, path: str | Path, ports: Iterable[int] | None = None,
@@ -498,7 +508,10 @@ class SegmentReader:
     def _any(self) -> Iterator[list[Segment]]:
         """Any format, a frame at a time."""
         ports, skip_acks = self.ports, self.skip_acks
-        known: set[tuple] = set()  # four-tuples already handed on, both directions
+        # Per direction of each four-tuple handed on: [where its sequence numbers have
+        # reached], [None] before it has sent anything but pure ACKs.
+        known: dict[tuple, list[int | None]] = {}
+        reached_at = known.get
         names = _Names()
         batch: list[Segment] = []
         records = _records(self.path)
@@ -520,13 +533,34 @@ class SegmentReader:
             src, dst, sport, dport, flags, seq, ack, data, data_end = fields
             if ports and sport not in ports and dport not in ports:
                 continue
-            key = (src, sport, dst, dport)
-            if key not in known:
-                known.add(key)
-                known.add((dst, dport, src, sport))
-            elif skip_acks and data >= data_end and not flags & 0x07:
-                self.skipped += 1  # a pure ACK: changes no record
-                continue
+            # Where this direction has reached (see the module's docstring): a one-item
+            # list per direction, so that moving it costs no second dict lookup.
+            cell = reached_at((src, sport, dst, dport))
+            if cell is None:  # a four-tuple not handed on before: handed on, whatever it is
+                reach = seq + data_end - data if data < data_end else seq
+                if flags & 0x03:
+                    reach += 1  # a SYN or FIN takes a sequence number
+                known[(src, sport, dst, dport)] = [reach]
+                known[(dst, dport, src, sport)] = [None]
+            elif data < data_end or flags & 0x07:  # data, SYN, FIN or RST: it reaches its end
+                reach = seq + data_end - data if data < data_end else seq
+                if flags & 0x03:
+                    reach += 1
+                # Left unreduced modulo 2^32 (a sum past it costs an ACK handed on, once in
+                # 4 GiB); moved only forward, or anywhere by a SYN: a new sequence space.
+                reached = cell[0]
+                if reached == seq or reached is None or flags & 0x02 or \
+                        (reach - reached) & _SEQ_MASK < _SEQ_HALF:
+                    cell[0] = reach
+            else:  # a pure ACK
+                reached = cell[0]
+                if reached == seq or reached is None:
+                    if skip_acks:
+                        self.skipped += 1  # it changes no record
+                        continue
+                elif (seq - reached) & _SEQ_MASK < _SEQ_HALF:
+                    cell[0] = seq  # past the furthest seen: the capture missed segments
+                # else behind it: a keep-alive probe (one behind), or an old duplicate
             self.segments += 1
             batch.append(_new_segment(self._row, (ts, names[src], sport, names[dst], dport,
                                                   flags, seq, ack, buf[data:data_end])))
@@ -554,7 +588,8 @@ class SegmentReader:
         new, row = _new_segment, self._row
         ethernet = linktype == LINKTYPE_ETHERNET
         ports, skip_acks = self.ports, self.skip_acks
-        known: set[tuple] = set()  # four-tuples already handed on, both directions
+        known: dict[tuple, list[int | None]] = {}  # as in `_any`
+        reached_at = known.get
         names = _Names()
         records = segments = skipped = 0
         batch: list[Segment] = []
@@ -612,13 +647,29 @@ class SegmentReader:
                     src, dst, sport, dport, flags, seq, ack, data, data_end = fields
                 if ports and sport not in ports and dport not in ports:
                     continue
-                key = (src, sport, dst, dport)
-                if key not in known:
-                    known.add(key)
-                    known.add((dst, dport, src, sport))
-                elif skip_acks and data >= data_end and not flags & 0x07:
-                    skipped += 1  # a pure ACK: changes no record
-                    continue
+                cell = reached_at((src, sport, dst, dport))  # as in `_any`
+                if cell is None:
+                    reach = seq + data_end - data if data < data_end else seq
+                    if flags & 0x03:
+                        reach += 1
+                    known[(src, sport, dst, dport)] = [reach]
+                    known[(dst, dport, src, sport)] = [None]
+                elif data < data_end or flags & 0x07:
+                    reach = seq + data_end - data if data < data_end else seq
+                    if flags & 0x03:
+                        reach += 1
+                    reached = cell[0]
+                    if reached == seq or reached is None or flags & 0x02 or \
+                            (reach - reached) & 0xFFFFFFFF < 0x80000000:
+                        cell[0] = reach
+                else:
+                    reached = cell[0]
+                    if reached == seq or reached is None:
+                        if skip_acks:
+                            skipped += 1
+                            continue
+                    elif (seq - reached) & 0xFFFFFFFF < 0x80000000:
+                        cell[0] = seq
                 segments += 1
                 append(new(row, (sec + frac * unit, names[src], sport, names[dst], dport,
                                      flags, seq, ack, buf[data:data_end])))

@@ -124,6 +124,15 @@ class Connection:
         "When the server closed an idle connection and had advertised a timeout: "
         "`idle_before_close - advertised_timeout` (negative: it closed sooner than it "
         "said); null otherwise.", None)
+    keepalive_probes: int = doc(
+        "TCP keep-alive probes seen on it, from either side (SO_KEEPALIVE; tshark's "
+        "`tcp.analysis.keep_alive`): segments one sequence number behind what their sender "
+        "sends next (after its FIN, the FIN's own number), with no data or one byte of "
+        "garbage, and no SYN, FIN or RST; the other side answers each with an ACK. They are "
+        "not data: they move no `last_data_at` and no `idle_before_close`, and a server's "
+        "HTTP idle timeout runs on through them. Counted only where the sender's sequence "
+        "numbers are known (its SYN or data seen); a lone retransmission of a sender's last "
+        "byte looks the same and is counted, as tshark counts it.", 0)
 
 
 @dataclass

@@ -68,8 +68,15 @@ Expectations (per engine), each one mapping with one kind and an optional
   ``raced the FIN`` or ``unanswered``.
 
 Sessions may set ``retries: N`` (urllib3 retries, idempotent methods only),
-``http_version: "1.0"`` and ``stale_check: false`` (reuse a pooled
-connection without urllib3's check that the server closed it). ``link``
+``http_version: "1.0"``, ``stale_check: false`` (reuse a pooled
+connection without urllib3's check that the server closed it),
+``session: false`` (no Session: each request goes as ``requests.get()``
+sends it, on a Session of its own closed right after, so on a new
+connection that the client closes; a ``close`` step or ``stale_check``
+then means nothing and is refused) and ``tcp_keepalive: {idle: S,
+interval: S, count: N}`` (SO_KEEPALIVE on the client's sockets with
+TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT; one left out is the
+system's; ``{}`` turns the probes on with the system's timers). ``link``
 sets impairments per direction (``server_to_client``, ``client_to_server``
 and, with nginx engines only, ``upstream_to_proxy``: ``delay_ms``,
 ``jitter_ms``, ``loss_percent``, ``rate``, ``only: fin``), applied with
@@ -100,7 +107,9 @@ every value are bounded:
   a name for code about to make it a folder;
 - numbers are finite; a ``sleep`` or an ``at``, ``idle`` and ``within``,
   and an engine's timeouts are at most 3600 s, and so is a session's
-  planned time (its sleeps and ``at`` steps, requests taking none); at
+  planned time (its sleeps and ``at`` steps, requests taking none);
+  ``tcp_keepalive``'s ``idle`` and ``interval`` are whole seconds from 1
+  to 3600 (Linux takes whole seconds) and its ``count`` 1 to 20; at
   most 16 engines, 100 sessions, 2000 steps a session, 100 expectations an
   engine, 32 headers a request;
 - a path is ``/`` then visible ASCII (no spaces or controls), at most 2048
@@ -313,14 +322,35 @@ STEP = OneOf((
                         says="write `- close` or `close: true`"),
     }, one_of=STEP_KINDS),
 ), "one step of the session", "a step (get, request, sleep, at or close)")
+# Linux takes TCP_KEEPIDLE and TCP_KEEPINTVL in whole seconds (1 to 32767) and
+# TCP_KEEPCNT up to 127; a lab needs far less. Absent: the system's own value
+# (net.ipv4.tcp_keepalive_time 7200, _intvl 75, _probes 9 by default).
+MAX_KEEPALIVE_PROBES = 20
+TCP_KEEPALIVE = Record("TCP keep-alive on the client's sockets (SO_KEEPALIVE): when the "
+                       "connection has been silent for idle seconds, the kernel sends a probe "
+                       "every interval seconds, and gives up after count unanswered ones. Not "
+                       "HTTP keep-alive: probes carry no data and do not reset a server's idle "
+                       "timeout", {
+    "idle": Scalar("integer", "TCP_KEEPIDLE: seconds of silence before the first probe "
+                   "(absent: the system's, net.ipv4.tcp_keepalive_time)", None, 1, MAX_SECONDS),
+    "interval": Scalar("integer", "TCP_KEEPINTVL: seconds between probes (absent: the "
+                       "system's, net.ipv4.tcp_keepalive_intvl)", None, 1, MAX_SECONDS),
+    "count": Scalar("integer", "TCP_KEEPCNT: unanswered probes before the kernel drops the "
+                    "connection (absent: the system's, net.ipv4.tcp_keepalive_probes)", None, 1,
+                    MAX_KEEPALIVE_PROBES),
+})
 SESSION = Record("a client: one requests.Session running its steps", {
     "name": SESSION_NAME,
     "steps": ListOf(STEP, "what the client does, in order", MAX_STEPS),
+    "session": Scalar("boolean", "false: no Session; each request is sent as requests.get() "
+                      "sends it, on a Session of its own closed right after it: a new "
+                      "connection per request, closed by the client", True),
     "retries": Scalar("integer", "urllib3 retries (idempotent methods only)", 0, 0, 10),
     "http_version": Scalar("string", "the HTTP version the client speaks (quote it: \"1.0\")",
                            "1.1", choices=HTTP_VERSIONS),
     "stale_check": Scalar("boolean", "false: reuse a pooled connection without urllib3's "
                           "check that the server closed it", True),
+    "tcp_keepalive": TCP_KEEPALIVE,
 }, required=("steps",))
 
 EXPECTATION_KINDS = ("connections", "same_connection", "new_connection", "close", "status",
@@ -446,6 +476,15 @@ class Step:
 
 
 @dataclass(frozen=True)
+class TcpKeepalive:
+    """SO_KEEPALIVE and its timers for a session's sockets; None: the system's value."""
+
+    idle: int | None = None  # TCP_KEEPIDLE, seconds
+    interval: int | None = None  # TCP_KEEPINTVL, seconds
+    count: int | None = None  # TCP_KEEPCNT
+
+
+@dataclass(frozen=True)
 class Session:
     name: str
     steps: tuple[Step, ...]
@@ -454,6 +493,10 @@ class Session:
     # False: reuse a pooled connection without urllib3's check that the server
     # closed it, as clients without such a check do (the request races the FIN).
     stale_check: bool = field_default(SESSION, "stale_check")
+    # The scenario's `session`. False: a Session per request, closed after it, as
+    # requests.get() does: every request on a new connection, which the client closes.
+    use_session: bool = field_default(SESSION, "session")
+    tcp_keepalive: TcpKeepalive | None = None  # None: no SO_KEEPALIVE
 
     @property
     def requests(self) -> list[Request]:
@@ -689,10 +732,27 @@ class _Checker(Checker):
             steps = self._steps(fields["steps"], f"{where}.steps", name, several)
             if not any(s.kind == "request" for s in steps):
                 raise self.fail(fields["steps"], f"{where}.steps", "has no request")
-            sessions.append(Session(name, tuple(steps), get(SESSION, fields, "retries"),
-                                    get(SESSION, fields, "http_version"),
-                                    get(SESSION, fields, "stale_check")))
+            use_session = get(SESSION, fields, "session")
+            if not use_session:
+                self._without_session(fields, where)
+            keepalive = fields.get("tcp_keepalive")
+            sessions.append(Session(
+                name, tuple(steps), get(SESSION, fields, "retries"),
+                get(SESSION, fields, "http_version"), get(SESSION, fields, "stale_check"),
+                use_session, None if keepalive is None else TcpKeepalive(
+                    **{key: v.value for key, v in keepalive.value.items()})))
         return sessions
+
+    def _without_session(self, fields: dict[str, Node], where: str) -> None:
+        """What means nothing with ``session: false`` is refused, not silently ignored:
+        there is no pool to close, and no connection is ever reused."""
+        for i, step in enumerate(fields["steps"].value):
+            if step.value == "close" or (isinstance(step.value, dict) and "close" in step.value):
+                raise self.fail(step, f"{where}.steps[{i}]", "nothing to close with session: "
+                                "false (each request's Session is closed right after it)")
+        if "stale_check" in fields:
+            raise self.fail(fields["stale_check"], f"{where}.stale_check", "means nothing with "
+                            "session: false (no connection is ever reused)")
 
     def _steps(self, node: Node, where: str, session: str, several: bool) -> list[Step]:
         steps: list[Step] = []

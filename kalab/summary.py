@@ -35,7 +35,8 @@ def time_zero(run: EngineRun) -> float:
 
 
 def connection_story(conn: Connection) -> str:
-    """One line: who closed it, after how long idle, against what was advertised."""
+    """One line: who closed it, after how long idle (and through how many TCP keep-alive
+    probes), against what was advertised."""
     what = f"#{conn.id} ({conn.client})"
     if conn.closed_by == "refused":
         return f"{what}: refused (RST to the SYN: nothing listened yet)"
@@ -48,6 +49,11 @@ def connection_story(conn: Connection) -> str:
         closed = f"{how} by the {who}"
         if conn.idle_before_close is not None:
             closed += f" {conn.idle_before_close:.3f} s after the last data"
+    if conn.keepalive_probes:
+        # Said beside the idle time: the probes are not data and did not reset it.
+        probes = conn.keepalive_probes
+        closed += (f" ({probes} TCP keep-alive probe{'s' if probes != 1 else ''} on it, "
+                   "not data)")
     if conn.advertised_timeout is None:
         return f"{what}: {closed}; no Keep-Alive timeout was advertised"
     said = f"it advertised Keep-Alive: timeout={conn.advertised_timeout:g}"

@@ -8,10 +8,12 @@ into bytes, decodes it with `kalab.pcap.decode_ip` and feeds the segments to
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from contextlib import contextmanager
 
 import pytest
+import tshark_referee
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
@@ -20,7 +22,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from kalab.analyzer import Analyzer, Segment, analyze
-from kalab.pcap import PcapWriter, decode_ip, read_segments
+from kalab.evidence import analyze_capture
+from kalab.pcap import PcapWriter, SegmentReader, decode_ip, read_segments
 
 T0 = 1_700_000_000.0  # a realistic epoch, so float precision is what a real capture has
 PORT = 5000
@@ -88,6 +91,11 @@ class Endpoint:
 
     def rst(self, ts: float) -> None:
         self._emit(ts, "R", self.seq)
+
+    def probe(self, ts: float, garbage: bytes = b"") -> None:
+        """A TCP keep-alive probe: one behind the next sequence number (after this side's
+        FIN, the FIN's own), with no data (Linux) or one byte of garbage (Windows)."""
+        self._emit(ts, "A", self.seq - 1, garbage)
 
     def rstack(self, ts: float) -> None:
         self._emit(ts, "RA", 0)
@@ -1047,6 +1055,116 @@ def test_a_keep_alive_timeout_of_ten_digits_is_taken():
     assert req.advertised_timeout == conn.advertised_timeout == 9999999999.25
 
 
+# --- 18. TCP keep-alive probes (SO_KEEPALIVE): counted, never data
+
+
+def keepalive_wire() -> tuple[Wire, Endpoint, Endpoint]:
+    """A request answered at 1.2 s; the client then probes every second while idle (each
+    probe answered by an ACK), and the server closes at its HTTP idle timeout, 6 s after
+    the response."""
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/"))
+    s.send(at(1.2), response(200, b"hello", "Connection: keep-alive"))
+    c.ack(at(1.201))
+    for second in (2.2, 3.2, 4.2):
+        c.probe(at(second))
+        s.ack(at(second + 0.0001))
+    return wire, c, s
+
+
+def test_keepalive_probes_are_counted_and_do_not_reset_the_idle_time():
+    wire, c, s = keepalive_wire()
+    s.fin(at(7.2))
+    c.fin(at(7.202))
+    s.ack(at(7.203))
+    (conn,), (req,) = wire.analyze()
+
+    assert conn.keepalive_probes == 3
+    assert conn.last_data_at == near(1.2)  # the probes moved nothing
+    assert conn.idle_before_close == secs(6.0)
+    assert conn.closed_by == "server" and conn.first_fin_at == near(7.2)
+    assert (req.status, req.response_end_at) == (200, near(1.2))
+    assert conn.complete is True and conn.gaps == 0
+
+
+def test_one_byte_probes_from_the_server_are_counted_and_are_not_data():
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/"))
+    s.send(at(1.2), response(200, b"hello", "Connection: keep-alive"))
+    c.ack(at(1.201))
+    for second in (3.2, 4.2):
+        s.probe(at(second), garbage=b"\x00")  # a byte of garbage, as Windows sends
+        c.ack(at(second + 0.0001))
+    c.send(at(5), get("/again"))
+    s.send(at(5.1), response(200, b"again", "Connection: keep-alive"))
+    c.fin(at(6.1))
+    s.fin(at(6.101))
+    c.ack(at(6.102))
+    (conn,), reqs = wire.analyze()
+
+    assert conn.keepalive_probes == 2
+    assert [(r.target, r.status, r.response_end_at) for r in reqs] == [
+        ("/", 200, near(1.2)), ("/again", 200, near(5.1))]
+    assert conn.last_data_at == near(5.1)
+    assert conn.idle_before_close == secs(1.0)
+
+
+def test_probes_on_both_sides_of_a_fin_are_counted_from_either_side():
+    wire, c, s = keepalive_wire()  # 3 from the client before the server's FIN
+    s.fin(at(7.2))
+    c.ack(at(7.201))
+    c.probe(at(8.2))  # the client's half-closed socket (CLOSE_WAIT) still probes
+    s.ack(at(8.2001))
+    s.probe(at(8.5))  # and the server after its own FIN: the FIN's number
+    c.ack(at(8.5001))
+    c.fin(at(9))
+    s.ack(at(9.001))
+    (conn,), _ = wire.analyze()
+
+    assert conn.keepalive_probes == 5
+    assert conn.first_fin_by == "server" and conn.idle_before_close == secs(6.0)
+    assert conn.second_fin_at == near(9)
+
+
+def test_retransmissions_and_duplicate_acks_are_not_probes():
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/"))
+    body = response(200, b"hello", "Connection: keep-alive")
+    first = s.send(at(1.2), body)
+    c.ack(at(1.201))
+    s.send(at(1.5), body, seq=first)  # the whole response again
+    s.send(at(1.6), body[-2:], seq=first + len(body) - 2)  # its last two bytes again
+    c.ack(at(1.501))  # a duplicate ACK: the client's next number, not one behind
+    c.ack(at(1.601))
+    s.fin(at(7.6))
+    c.fin(at(7.601))
+    s.ack(at(7.602))
+    (conn,), (req,) = wire.analyze()
+
+    assert conn.keepalive_probes == 0
+    assert req.response_end_at == near(1.2)
+    assert conn.last_data_at == near(1.2)  # retransmitted bytes are no new data either
+
+
+def test_a_segment_one_behind_from_a_side_never_seen_sending_is_not_a_probe():
+    # Joined mid-stream: the server has sent nothing the capture saw, so one behind what
+    # is unknown; its ACKs are just ACKs.
+    wire = Wire()
+    c, s = wire.conversation()
+    c.send(at(1), get("/"))
+    s.probe(at(2))
+    s.probe(at(3))
+    (conn,), _ = wire.analyze()
+
+    assert conn.keepalive_probes == 0 and conn.complete is False
+
+
 # --- more: addressing and filtering
 
 
@@ -1155,6 +1273,66 @@ def test_pcap_round_trip_gives_the_same_records(tmp_path):
     assert refused.refused is True and refused.closed_by == "refused"
     assert refused.probe is True and refused.rst_by == "server"
     assert refused.rst_at == at(8 + tick)
+
+
+def probing_wire() -> Wire:
+    """Keep-alive probes of every shape on two connections: zero-length and one-byte, from
+    either side, one after the other, after a retransmission that ends one byte short of
+    the sender's furthest point, and after the prober's own FIN (6 on the first, 2 on the
+    second)."""
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/a"))
+    answer = response(200, b"hello", "Connection: keep-alive")
+    start = s.send(at(1.2), answer[:-1])
+    s.send(at(1.2001), answer[-1:])
+    c.ack(at(1.201))
+    s.send(at(1.5), answer[:-1], seq=start)  # ends where the next probe sits
+    c.ack(at(1.501))
+    for when, side, garbage in ((2.5, s, b""), (2.6, c, b""), (3.6, c, b""), (4, s, b"\x00")):
+        side.probe(at(when), garbage)
+        side.peer.ack(at(when + 0.0001))
+    s.fin(at(7.2))
+    c.ack(at(7.201))
+    c.probe(at(8.2))
+    s.ack(at(8.2001))
+    s.probe(at(8.5))
+    c.ack(at(8.5001))
+    c.fin(at(9))
+    s.ack(at(9.001))
+    c2, s2 = wire.conversation(cport=40001, client_isn=(1 << 32) - 3)  # probes across the wrap
+    handshake(c2, s2, at(10))
+    c2.send(at(10.1), get("/b"))
+    s2.send(at(10.2), response(200, b"b", "Connection: keep-alive"))
+    c2.ack(at(10.201))
+    for when in (11.2, 12.2):
+        c2.probe(at(when))
+        s2.ack(at(when + 0.0001))
+    c2.fin(at(12.5))
+    s2.fin(at(12.501))
+    c2.ack(at(12.502))
+    return wire
+
+
+def test_keepalive_probes_pass_the_reader_that_skips_acks_and_tshark_counts_them_alike(
+        tmp_path):
+    path = tmp_path / "probes.pcap"
+    wire = probing_wire()
+    write_pcap(wire, path)
+    # A zero-length probe is a pure ACK: the reader that leaves pure ACKs out keeps it.
+    fast = list(SegmentReader(path, skip_acks=True))
+    assert fast == list(SegmentReader(path, skip_acks=True, fast=False))
+    assert len(fast) < len(wire.packets)  # the other pure ACKs were left out
+    analysis = analyze_capture(path)
+    assert (analysis.connections, analysis.requests) == wire.analyze()
+    assert [c.keepalive_probes for c in analysis.connections] == [6, 2]
+    first = analysis.connections[0]
+    assert first.last_data_at == near(1.2001) and first.idle_before_close == secs(5.9999)
+    if tshark_referee.available():  # the referee: tcp.analysis.keep_alive, per connection
+        run = {"connections": [dataclasses.asdict(c) for c in analysis.connections],
+               "requests": [dataclasses.asdict(r) for r in analysis.requests]}
+        assert tshark_referee.compare(run, path, PORT) == []
 
 
 def test_pcap_keeps_times_to_the_nearest_microsecond(tmp_path):

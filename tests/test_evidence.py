@@ -33,6 +33,7 @@ def frame(sport, dport, flags, seq, ack=0, data=b""):
 
 REQUEST = b"GET /keep-alive HTTP/1.1\r\nHost: x\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+KEPT = RESPONSE.replace(b"Connection: close", b"Connection: keep-alive")
 
 
 def exchange(with_syn: bool) -> list[tuple[float, bytes]]:
@@ -54,8 +55,23 @@ def write_pcap(path, frames):
             writer.write(ts, data)
 
 
-def run_folder(tmp_path, with_syn=True, kernel_drops=0, impairments=()):
-    write_pcap(tmp_path / handoff.CAPTURE_PCAP, exchange(with_syn))
+def probed_exchange() -> list[tuple[float, bytes]]:
+    """The exchange, but kept alive: the client's socket sends a TCP keep-alive probe (one
+    behind, no data) each second while idle, and the server closes 5 s after its response."""
+    sent, answered = 101 + len(REQUEST), 901 + len(KEPT)
+    frames = exchange(True)[:3] + [
+        (T0 + 0.010, frame(40000, 5000, "PA", 101, 901, REQUEST)),
+        (T0 + 0.020, frame(5000, 40000, "PA", 901, sent, KEPT)),
+        (T0 + 0.021, frame(40000, 5000, "A", sent, answered))]
+    for second in (1, 2, 3):
+        frames += [(T0 + 0.020 + second, frame(40000, 5000, "A", sent - 1, answered)),
+                   (T0 + 0.0201 + second, frame(5000, 40000, "A", answered, sent))]
+    return frames + [(T0 + 5.020, frame(5000, 40000, "FA", answered, sent)),
+                     (T0 + 5.021, frame(40000, 5000, "FA", sent, answered + 1))]
+
+
+def run_folder(tmp_path, with_syn=True, kernel_drops=0, impairments=(), frames=None):
+    write_pcap(tmp_path / handoff.CAPTURE_PCAP, frames or exchange(with_syn))
     handoff.write_json(tmp_path / handoff.CAPTURE_STATS, {
         "interface": "test0", "filter": "tcp port 5000", "started_at": T0 - 1,
         "stopped_at": T0 + 1, "packets": 7, "duplicates_dropped": 0,
@@ -184,3 +200,16 @@ def test_the_summary_prints_wire_text_as_text(tmp_path):
                                   verdict="pass", exit_code=0))
     assert "belief vs wire: request [bold]1[/] said [red" in text
     assert "capture problem: a problem with [/] in it" in text
+
+
+def test_keepalive_probes_are_counted_and_said_beside_the_idle_time(tmp_path):
+    from kalab import summary
+
+    run = run_folder(tmp_path, frames=probed_exchange())
+    (conn,) = run.connections
+    assert conn.keepalive_probes == 3
+    assert conn.idle_before_close == pytest.approx(5.0, abs=1e-6)  # probes are not data
+    assert conn.closed_by == "server" and run.verdict == "pass"
+    assert summary.connection_story(conn) == (
+        "#1 (10.213.0.2:40000) carried 1: closed by the server 5.000 s after the last data "
+        "(3 TCP keep-alive probes on it, not data); no Keep-Alive timeout was advertised")

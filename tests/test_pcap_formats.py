@@ -55,7 +55,9 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
 
 def conversation(client: str, server: str, cport: int, sport: int, start: float,
                  paths: list[str]) -> list[tuple[float, object]]:
-    """One keep-alive connection carrying ``paths``, closed by the server, as IP packets."""
+    """One keep-alive connection carrying ``paths``, then idle with three TCP keep-alive
+    probes (two zero-length from the client, one of a byte from the server), each answered
+    by an ACK, closed by the server, as IP packets."""
     ip = IPv6 if ":" in client else IP
 
     def up(flags: str, seq: int, ack: int, data: bytes = b""):
@@ -76,6 +78,9 @@ def conversation(client: str, server: str, cport: int, sport: int, start: float,
                     (t + 0.001, down("PA", sseq, cseq + len(request), OK)),
                     (t + 0.002, up("A", cseq + len(request), sseq + len(OK)))]
         cseq, sseq, t = cseq + len(request), sseq + len(OK), t + 0.1
+    for when in (0.3, 0.5):
+        packets += [(t + when, up("A", cseq - 1, sseq)), (t + when + 0.001, down("A", sseq, cseq))]
+    packets += [(t + 0.7, down("A", sseq - 1, cseq, b"\x00")), (t + 0.701, up("A", cseq, sseq))]
     packets += [(t + 1, down("FA", sseq, cseq)), (t + 1.001, up("FA", cseq, sseq + 1)),
                 (t + 1.002, down("A", sseq + 1, cseq + 1))]
     return packets
@@ -127,14 +132,15 @@ def records(path: Path, ports: set[int] | None = None) -> tuple[list, list]:
 
 def summary(path: Path, ports: set[int] | None = None):
     connections, requests = records(path, ports)
-    return ([(c.client, c.server, c.first_fin_by, c.requests, c.complete) for c in connections],
+    return ([(c.client, c.server, c.first_fin_by, c.requests, c.complete, c.keepalive_probes)
+             for c in connections],
             [(r.id, r.connection, r.depth, r.target, r.status) for r in requests])
 
 
 EXPECTED = (
-    [("10.0.0.1:40000", "10.0.0.2:8080", "server", ["w1", "w4"], True),
-     ("10.0.0.1:40001", "10.0.0.3:9090", "server", ["w2"], True),
-     ("[fd00::1]:40002", "[fd00::2]:8080", "server", ["w3", "w5", "w6"], True)],
+    [("10.0.0.1:40000", "10.0.0.2:8080", "server", ["w1", "w4"], True, 3),
+     ("10.0.0.1:40001", "10.0.0.3:9090", "server", ["w2"], True, 3),
+     ("[fd00::1]:40002", "[fd00::2]:8080", "server", ["w3", "w5", "w6"], True, 3)],
     [("w1", 1, 1, "/a1", 200), ("w2", 2, 1, "/b1", 200), ("w3", 3, 1, "/c1", 200),
      ("w4", 1, 2, "/a2", 200), ("w5", 3, 2, "/c2", 200), ("w6", 3, 3, "/c3", 200)])
 
@@ -192,7 +198,7 @@ def test_ports_choose_the_servers(tmp_path):
     both = summary(path, {8080, 9090})
     assert both == EXPECTED
     conns, reqs = summary(path, {9090})
-    assert conns == [("10.0.0.1:40001", "10.0.0.3:9090", "server", ["w1"], True)]
+    assert conns == [("10.0.0.1:40001", "10.0.0.3:9090", "server", ["w1"], True, 3)]
     assert [r[3] for r in reqs] == ["/b1"]
     done = run_kalab("analyze", str(path), "--port", "8080", "--port", "9090", "--json")
     assert done.returncode == 0, done.stderr
@@ -300,6 +306,9 @@ def test_skipping_pure_acks_changes_no_record(tmp_path):
     everything = list(SegmentReader(path))
     assert reader.skipped == len(everything) - len(kept) > 0
     assert all(not s.payload and not s.flags & 0x07 for s in everything if s not in kept)
+    # the zero-length keep-alive probes are pure ACKs too, and are kept
+    assert sum(1 for s in kept if not s.payload and s.flags == 0x10 and s.seq == 1000
+               + len(GET % b"a1") + len(GET % b"a2")) == 2
     slow, fast = Analyzer(), Analyzer()
     for seg in everything:
         slow.feed(seg)

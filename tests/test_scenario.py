@@ -18,6 +18,7 @@ from kalab.scenario import (
     NAME_PATTERN,
     Engine,
     ScenarioError,
+    TcpKeepalive,
     check_name,
     document,
     load,
@@ -92,6 +93,26 @@ engines:
     assert [r.ref for r in scenario.requests] == ["a.1", "b.1", "b.2"]
 
 
+def test_a_session_without_a_session_and_tcp_keepalive_load_into_the_model():
+    scenario = parse("""\
+sessions:
+  - name: plain
+    session: false
+    tcp_keepalive: {idle: 1, interval: 2, count: 3}
+    steps: [get: /, sleep: 1, get: /]
+  - name: pooled
+    tcp_keepalive: {}
+    steps: [get: /]
+engines: [{engine: werkzeug}]
+""")
+    plain, pooled = scenario.sessions
+    assert plain.use_session is False and pooled.use_session is True
+    assert plain.tcp_keepalive == TcpKeepalive(idle=1, interval=2, count=3)
+    # {} turns the probes on with the system's timers; absent, there are none
+    assert pooled.tcp_keepalive == TcpKeepalive(None, None, None)
+    assert parse(GOOD).sessions[0].tcp_keepalive is None
+
+
 BAD = [
     ("wrong type", "port: abc\nengines: [{engine: werkzeug}]\nsessions: [{steps: [get: /]}]\n",
      1, "port", "expected a whole number"),
@@ -114,6 +135,24 @@ BAD = [
     ("only with rate", "sessions: [{steps: [get: /]}]\nengines: [{engine: gunicorn}]\n"
      "link:\n  server_to_client:\n    rate: 1mbit\n    only: fin\n", 6,
      "link.server_to_client.only", "not with rate"),
+    ("close without a session", "engines: [{engine: werkzeug}]\nsessions:\n"
+     "  - session: false\n    steps:\n      - get: /\n      - close\n", 6,
+     "sessions[0].steps[1]", "nothing to close with session: false"),
+    ("stale check without a session", "engines: [{engine: werkzeug}]\nsessions:\n"
+     "  - session: false\n    stale_check: false\n    steps: [get: /]\n", 4,
+     "sessions[0].stale_check", "no connection is ever reused"),
+    ("keep-alive idle of 0", "engines: [{engine: werkzeug}]\nsessions:\n"
+     "  - tcp_keepalive: {idle: 0}\n    steps: [get: /]\n", 3,
+     "sessions[0].tcp_keepalive.idle", "must be >= 1, got 0"),
+    ("keep-alive interval in fractions", "engines: [{engine: werkzeug}]\nsessions:\n"
+     "  - tcp_keepalive: {interval: 0.5}\n    steps: [get: /]\n", 3,
+     "sessions[0].tcp_keepalive.interval", "expected a whole number, got 0.5"),
+    ("keep-alive count past 20", "engines: [{engine: werkzeug}]\nsessions:\n"
+     "  - tcp_keepalive: {count: 21}\n    steps: [get: /]\n", 3,
+     "sessions[0].tcp_keepalive.count", "must be <= 20, got 21"),
+    ("keep-alive idle past an hour", "engines: [{engine: werkzeug}]\nsessions:\n"
+     "  - tcp_keepalive: {idle: 7200}\n    steps: [get: /]\n", 3,
+     "sessions[0].tcp_keepalive.idle", "must be <= 3600, got 7200"),
     ("status of no request", "sessions: [{steps: [get: /]}]\nengines:\n  - engine: werkzeug\n"
      "    expect:\n      - status: {request: 3, is: 502}\n", 5,
      "engines[0].expect[0].status.request", "no request '3'"),

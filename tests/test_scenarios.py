@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import tshark_referee
 from conftest import ROOT, requires_lab, run_kalab
 from tshark_referee import compare
 
@@ -23,7 +24,7 @@ pytestmark = [requires_lab, pytest.mark.slow]
 # test_runtimes; broken-example.yaml is broken on purpose; those below with a
 # test of their own run there.
 ELSEWHERE = {"engines.yaml", "seed-claims.yaml", "broken-example.yaml", "race.yaml",
-             "delay-100ms.yaml", "nginx-502.yaml"}
+             "delay-100ms.yaml", "nginx-502.yaml", "tcp-keepalive.yaml", "no-session.yaml"}
 BUNDLED = sorted(p.name for p in (ROOT / "scenarios").glob("*.yaml") if p.name not in ELSEWHERE)
 
 
@@ -109,3 +110,58 @@ def test_link_impairments_are_refused_on_loopback(tmp_path):
     assert done.returncode == 2
     assert "link" in done.stderr and "netns or compose" in done.stderr
     assert not (tmp_path / "report.json").exists()
+
+
+needs_tshark = pytest.mark.skipif(not tshark_referee.available(), reason="tshark is not installed")
+
+
+@needs_tshark
+def test_tcp_keepalive_probes_are_counted_and_do_not_hold_the_connection_open(tmp_path):
+    (run,) = run_bundled("tcp-keepalive.yaml", tmp_path)["runs"]
+    pcap = tmp_path / run["capture"]["pcap"]
+    # tshark agrees on every connection, and on its keep-alive probes
+    assert compare(run, pcap, 5000) == []
+    first, second = run["connections"]
+    # tshark's own list of probes: (stream, time, sender's port)
+    flagged = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", "tcp.analysis.keep_alive", "-T", "fields",
+         "-e", "tcp.stream", "-e", "frame.time_epoch", "-e", "tcp.srcport"],
+        capture_output=True, text=True, check=True).stdout.split()
+    probes = [(int(stream), float(at), int(port)) for stream, at, port in
+              zip(flagged[::3], flagged[1::3], flagged[2::3], strict=True)]
+    client_port = int(first["client"].rsplit(":", 1)[1])
+    assert {stream for stream, _, _ in probes} == {0}  # all on the first connection
+    assert {port for _, _, port in probes} == {client_port}  # all from the client
+    assert first["keepalive_probes"] == len(probes) and second["keepalive_probes"] == 0
+    # idle 1 s, interval 1 s: a probe about each second until gunicorn's FIN at 6 s
+    before_fin = [at for _, at, _ in probes if at < first["first_fin_at"]]
+    assert len(before_fin) >= 4
+    assert first["first_fin_at"] - before_fin[-1] < 1.5
+    # the probes are no data: the server's idle time runs from its response, through them
+    assert first["last_data_at"] == first["last_response_at"] < before_fin[0]
+    assert first["first_fin_by"] == "server"
+    assert 5.5 <= first["idle_before_close"] <= 6.5
+    summary = (tmp_path / "summary.txt").read_text()
+    assert f"({len(probes)} TCP keep-alive probes on it, not data)" in summary
+
+
+@needs_tshark
+def test_without_a_session_each_request_has_a_connection_the_client_closes(tmp_path):
+    (run,) = run_bundled("no-session.yaml", tmp_path)["runs"]
+    assert compare(run, tmp_path / run["capture"]["pcap"], 5000) == []
+    requests = {r["id"]: r for r in run["requests"]}
+    connections = {c["id"]: c for c in run["connections"]}
+    plain = [requests[f"plain.{n}"] for n in (1, 2, 3)]
+    assert len({r["connection"] for r in plain}) == 3
+    for request, after in zip(plain, [*plain[1:], None], strict=True):
+        conn = connections[request["connection"]]
+        assert (request["depth"], request["story"]) == (1, "new")
+        assert request["client"]["local_port"] == int(conn["client"].rsplit(":", 1)[1])
+        # the client's FIN, right after the response, before the next request left
+        assert conn["first_fin_by"] == "client" and conn["requests"] == [request["id"]]
+        assert conn["first_fin_at"] - request["response_end_at"] < 0.1
+        if after is not None:
+            assert conn["first_fin_at"] < after["sent_at"]
+    pooled = {requests[f"pooled.{n}"]["connection"] for n in (1, 2, 3)}
+    assert len(pooled) == 1 and connections[pooled.pop()]["first_fin_by"] == "server"
+    assert run["disagreements"] == []  # urllib3 believed each request opened a connection

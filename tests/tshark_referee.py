@@ -3,8 +3,9 @@
 `compare` checks a report's engine run against tshark's own reading of the
 pcap: the connections (`tcp.stream`), each request's connection and depth
 (`http.request`, in order on its stream), who sent the first FIN
-(`tcp.flags.fin`), and the close times, first FIN and first RST, to the
-millisecond (`frame.time_epoch`).
+(`tcp.flags.fin`), the close times, first FIN and first RST, to the
+millisecond (`frame.time_epoch`), and the TCP keep-alive probes on each
+connection (`tcp.analysis.keep_alive`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 FIELDS = ["frame.number", "tcp.segment", "tcp.stream", "ip.src", "ipv6.src", "tcp.srcport",
           "ip.dst", "ipv6.dst", "tcp.dstport", "tcp.flags.syn", "tcp.flags.ack",
-          "tcp.flags.fin", "tcp.flags.reset",
+          "tcp.flags.fin", "tcp.flags.reset", "tcp.analysis.keep_alive",
           "frame.time_epoch", "http.request.method", "http.request.uri", "http.response.code"]
 _AGGREGATOR = "\x1f"  # between the values of one field in one frame (pipelined requests)
 TOLERANCE = 0.001  # seconds: times must agree to the millisecond
@@ -39,6 +40,7 @@ class Stream:
     first_rst_port: int | None = None
     first_rst_at: float | None = None
     requests: list[tuple[float, str, str]] = field(default_factory=list)  # (time, method, uri)
+    keepalive_probes: int = 0  # frames tshark flags tcp.analysis.keep_alive
 
 
 def _endpoint(address: str, port: int) -> str:
@@ -82,6 +84,8 @@ def streams(pcap: Path, port: int | Iterable[int]) -> dict[int, Stream]:
             stream.first_fin_port, stream.first_fin_at = sport, at
         if is_set["tcp.flags.reset"] and stream.first_rst_port is None:
             stream.first_rst_port, stream.first_rst_at = sport, at
+        if row["tcp.analysis.keep_alive"]:
+            stream.keepalive_probes += 1
         if row["http.request.method"]:
             # tshark shows a message in the frame that completes it; kalab dates it by its
             # first byte: the first segment tshark reassembled it from.
@@ -131,6 +135,9 @@ def compare(report_run: dict, pcap: Path, port: int | Iterable[int]) -> list[str
             elif at is not None and abs(at - conn[at_key]) > TOLERANCE:
                 problems.append(f"#{conn['id']}: first {flag} at {conn[at_key]}, "
                                 f"tshark says {at}")
+        if conn["keepalive_probes"] != stream.keepalive_probes:
+            problems.append(f"#{conn['id']}: {conn['keepalive_probes']} keep-alive probe(s), "
+                            f"tshark says {stream.keepalive_probes}")
     # Requests: each on the connection tshark has it on, at the depth of its order there.
     total = sum(len(s.requests) for s in seen.values())
     if total != len(report_run["requests"]):
