@@ -1,13 +1,6 @@
 """The `kalab` command: run a scenario, analyse a pcap, redo a run's reports, clean up.
 
-Exit codes (the same for every command):
-  0  every expectation held (or there were none)
-  1  an expectation failed: the wire refuted a claim
-  2  bad input (scenario, pcap or arguments); nothing was started
-  3  inconclusive: the capture lost packets or started late
-  4  the lab itself could not run (missing tool, no root, a role crashed)
-  5  interrupted (Ctrl-C, SIGTERM): the report covers what was captured,
-     marked incomplete with the phase reached; nothing is concluded from it
+Every command exits with a code of `kalab.exitcodes` (the same for every command).
 """
 
 from __future__ import annotations
@@ -21,14 +14,14 @@ import time
 from pathlib import Path
 
 from kalab import report as report_mod
-
-EXIT_BAD_INPUT, EXIT_LAB_ERROR = 2, 4
+from kalab.exitcodes import BY_VERDICT, Exit, described
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kalab", description="See how HTTP keep-alive really behaves, from the wire.",
-        epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="Exit codes (the same for every command):\n" + described(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a scenario: server, client and observer",
@@ -145,7 +138,7 @@ def console() -> None:
         sys.exit(1)
     except KeyboardInterrupt:  # outside a run (which says more itself): nothing was left
         print("kalab: interrupted", file=sys.stderr)
-        sys.exit(report_mod.EXIT_CODES["interrupted"])
+        sys.exit(Exit.INTERRUPTED)
     if _LEFT_TO_THE_OS:
         try:
             sys.stdout.flush()
@@ -176,7 +169,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         scenario = load(args.scenario, args.student)
     except ScenarioError as exc:
-        return _error(str(exc), EXIT_BAD_INPUT)
+        return _error(str(exc), Exit.BAD_INPUT)
     summary = (f"{args.scenario}: ok: {len(scenario.engines)} engine(s) "
                f"({', '.join(e.name for e in scenario.engines)}), {len(scenario.requests)} "
                f"request(s) in {len(scenario.sessions)} session(s), "
@@ -206,23 +199,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         scenario = load(args.scenario, args.student)
     except ScenarioError as exc:
-        return _error(str(exc), EXIT_BAD_INPUT)
+        return _error(str(exc), Exit.BAD_INPUT)
     if args.runtime == "compose" and any(not isinstance(engine.app or scenario.app, str)
                                          for engine in scenario.engines):
         # The containers see the scenario file alone, not the folder beside it.
         return _error(f"{args.scenario}: app: your own app file needs --runtime netns or "
-                      "local (the containers have only the project's apps)", EXIT_BAD_INPUT)
+                      "local (the containers have only the project's apps)", Exit.BAD_INPUT)
     if scenario.link and args.runtime == "local":
         return _error(f"{args.scenario}: link: impairments need --runtime netns or compose "
                       "(impairing the host's loopback would slow everything on it)",
-                      EXIT_BAD_INPUT)
+                      Exit.BAD_INPUT)
     if os.geteuid() != 0 and args.runtime != "compose":
         return _error("the lab needs root: namespaces and packet capture (try sudo)",
-                      EXIT_LAB_ERROR)
+                      Exit.LAB_ERROR)
     missing = _missing_tools(args.runtime)
     if missing:
         return _error(f"missing tools: {', '.join(missing)} (apt-get install iproute2)",
-                      EXIT_LAB_ERROR)
+                      Exit.LAB_ERROR)
     from kalab import handoff, lab, progress, summary
     from kalab.runtime.clean import clean_dead_runs
     from kalab.runtime.state import RunState
@@ -240,14 +233,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             results = args.results
             handoff.claim_results_folder(results)
     except OSError as exc:
-        return _error(f"--results: {exc}", EXIT_BAD_INPUT)
+        return _error(f"--results: {exc}", Exit.BAD_INPUT)
     console = summary.make_console(stderr=args.json)
     try:  # the live line (a terminal only) reads the roles' files: none under compose
         with progress.shown(console, scenario,
                             None if args.runtime == "compose" else results) as say:
             report = lab.run(scenario, args.runtime, results, state, say)
     except lab.LabError as exc:
-        return _error(str(exc), EXIT_LAB_ERROR)
+        return _error(str(exc), Exit.LAB_ERROR)
     except lab.Interrupted as stopped:
         report = stopped.report
         handoff.link_latest(results)
@@ -270,7 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     if not args.pcap.is_file():
-        return _error(f"{args.pcap}: no such file", EXIT_BAD_INPUT)
+        return _error(f"{args.pcap}: no such file", Exit.BAD_INPUT)
     # Records built once and written out: the collector would only walk them again and
     # again and free nothing (a tenth of the time on a big capture).
     collecting = gc.isenabled()
@@ -291,7 +284,7 @@ def _analyze(args: argparse.Namespace) -> int:
     analysis = evidence.analyze_capture(args.pcap, set(args.port) if args.port else None,
                                         background=True)
     if analysis.error is not None and not analysis.records:
-        return _error(str(analysis.error), EXIT_BAD_INPUT)  # not a capture at all
+        return _error(str(analysis.error), Exit.BAD_INPUT)  # not a capture at all
     ports = analysis.ports
     capture = _capture_beside(args.pcap)
     capture.problems += evidence.wire_problems(analysis.connections)
@@ -305,7 +298,7 @@ def _analyze(args: argparse.Namespace) -> int:
         requests=analysis.requests, verdict=verdict)
     # A file cut short is bad input (exit 2), but what was read before the bad byte is
     # still reported, marked as such among the capture's problems.
-    exit_code = EXIT_BAD_INPUT if analysis.error else report_mod.EXIT_CODES[verdict]
+    exit_code = int(Exit.BAD_INPUT) if analysis.error else BY_VERDICT[verdict]
     report = report_mod.Report(
         schema=report_mod.SCHEMA, scenario=None, name=args.pcap.stem, runtime="analyze",
         started_at=started, finished_at=time.time(), runs=[run], verdict=verdict,
@@ -320,7 +313,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
         summary.render(report)
     if analysis.error:
-        return _error(str(analysis.error), EXIT_BAD_INPUT)
+        return _error(str(analysis.error), Exit.BAD_INPUT)
     return report.exit_code
 
 
@@ -357,12 +350,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("schema") != report_mod.SCHEMA:
-            return _error(f"{path}: not a {report_mod.SCHEMA} report", EXIT_BAD_INPUT)
+            return _error(f"{path}: not a {report_mod.SCHEMA} report", Exit.BAD_INPUT)
         record = report_mod.from_dict(data)
     except OSError as exc:
-        return _error(f"{path}: {exc.strerror or exc}", EXIT_BAD_INPUT)
+        return _error(f"{path}: {exc.strerror or exc}", Exit.BAD_INPUT)
     except (ValueError, TypeError, KeyError) as exc:
-        return _error(f"{path}: not a valid report: {exc}", EXIT_BAD_INPUT)
+        return _error(f"{path}: not a valid report: {exc}", Exit.BAD_INPUT)
     written = render.write_all(record, path.parent)
     summary_txt = path.parent / "summary.txt"
     summary_txt.write_text(summary.as_text(record), encoding="utf-8")
@@ -405,13 +398,13 @@ def cmd_worksheet(args: argparse.Namespace) -> int:
         if args.answers is None:
             form = form or "md"
             if form not in ("md", "html"):
-                return _error(f"a worksheet is md or html, not {form}", EXIT_BAD_INPUT)
+                return _error(f"a worksheet is md or html, not {form}", Exit.BAD_INPUT)
             text = worksheet.worksheet_html(scenario, args.student) if form == "html" else \
                 worksheet.worksheet_markdown(scenario, args.student)
         else:
             form = form or "yaml"
             if form not in ("yaml", "yml", "json"):
-                return _error(f"a key is yaml or json, not {form}", EXIT_BAD_INPUT)
+                return _error(f"a key is yaml or json, not {form}", Exit.BAD_INPUT)
             run = reference_run(Path(scenario.file)) if str(args.answers) == "reference" \
                 else args.answers
             from kalab.course.grade import rebuild
@@ -421,9 +414,9 @@ def cmd_worksheet(args: argparse.Namespace) -> int:
                                       "json" if form == "json" else "yaml")
         _write_out(text, args.output)
     except (ScenarioError, QueryError) as exc:
-        return _error(str(exc), EXIT_BAD_INPUT)
+        return _error(str(exc), Exit.BAD_INPUT)
     except (OSError, ValueError) as exc:
-        return _error(str(exc), EXIT_BAD_INPUT)
+        return _error(str(exc), Exit.BAD_INPUT)
     return 0
 
 
@@ -458,9 +451,9 @@ def cmd_grade(args: argparse.Namespace) -> int:
     if args.submissions is not None:
         if args.answers is not None:
             return _error("--class grades a folder of submissions: give no answers file",
-                          EXIT_BAD_INPUT)
+                          Exit.BAD_INPUT)
         if not args.submissions.is_dir():
-            return _error(f"{args.submissions}: not a folder", EXIT_BAD_INPUT)
+            return _error(f"{args.submissions}: not a folder", Exit.BAD_INPUT)
         out = args.out or args.submissions.parent / f"{args.submissions.name}-grading"
 
         def grade_one(answers_file: Path, run: Path | None):  # noqa: ANN202
@@ -478,12 +471,12 @@ def cmd_grade(args: argparse.Namespace) -> int:
         return 0 if all(s.grade and s.grade.all_right for s in submissions) else 1
     if args.answers is None:
         return _error("give an answers file (and its run folder), or --class SUBMISSIONS",
-                      EXIT_BAD_INPUT)
+                      Exit.BAD_INPUT)
     started = time.monotonic()
     try:
         grade, run = _grade_one(args.answers, args.run, args.lab)
     except (ScenarioError, OSError, ValueError) as exc:
-        return _error(str(exc), EXIT_BAD_INPUT)
+        return _error(str(exc), Exit.BAD_INPUT)
     out = args.out or (Path("grading") if args.run is None else run / "grading")
     out.mkdir(parents=True, exist_ok=True)
     for item in grade.items:
@@ -511,7 +504,7 @@ def cmd_autograder(args: argparse.Namespace) -> int:
         _lab(lab_file)
         written = gradescope.write_autograder(lab_file, PROJECT_ROOT, args.out)
     except (OSError, ValueError) as exc:
-        return _error(str(exc), EXIT_BAD_INPUT)
+        return _error(str(exc), Exit.BAD_INPUT)
     print("\n".join(f"wrote {path}" for path in written))
     return 0
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kalab.analyzer import Analyzer
+from kalab.exitcodes import BY_VERDICT
 from kalab.pcap import PcapError, SegmentReader
 from kalab.report import (
-    EXIT_CODES,
     SCHEMA,
     Capture,
     Connection,
@@ -84,15 +84,6 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
             gc.enable()
     return WireAnalysis(connections, requests, set(ports or analyzer.server_ports()), error,
                         reader.records, reader.skipped)
-
-
-def analyze_pcap(path: Path, ports: set[int] | None = None
-                 ) -> tuple[list[Connection], list[HttpRequest], set[int]]:
-    """The records of a capture file that must be whole: a `PcapError` if it is not."""
-    analysis = analyze_capture(path, ports)
-    if analysis.error is not None:
-        raise analysis.error
-    return analysis.connections, analysis.requests, analysis.ports
 
 
 def wire_problems(connections: list[Connection]) -> list[str]:
@@ -369,7 +360,7 @@ def build_report(results: Path, scenario: Scenario, engines: list[Engine], runti
     ran = {r.engine for r in runs}
     report = Report(schema=SCHEMA, scenario=label or scenario.file, name=scenario.name,
                     runtime=runtime, started_at=started_at, finished_at=time.time(), runs=runs,
-                    verdict=verdict, exit_code=EXIT_CODES[verdict],
+                    verdict=verdict, exit_code=BY_VERDICT[verdict],
                     engines_not_run=[e.name for e in engines if e.name not in ran],
                     student=scenario.student, params=dict(scenario.params))
     if interrupted is not None:
@@ -383,7 +374,7 @@ def mark_interrupted(report: Report, phase: str) -> None:
     report.complete = False
     report.phase = phase
     report.verdict = "interrupted"
-    report.exit_code = EXIT_CODES["interrupted"]
+    report.exit_code = BY_VERDICT["interrupted"]
 
 
 def _options(engine: Engine) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from kalab import evidence, handoff, lifeline, render
 from kalab import report as report_mod
+from kalab.exitcodes import BY_VERDICT
 from kalab.report import Report
 from kalab.runtime.clean import remove_recorded, still_there
 from kalab.runtime.compose import ComposeError, ComposeLab, docker_problem
@@ -36,7 +37,6 @@ from kalab.scenario import Scenario
 
 RUNTIMES = {"netns": NetnsLab, "local": LocalLab}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-EXIT_ROLE_FAILED = 4
 
 
 class LabError(Exception):
@@ -161,7 +161,7 @@ def _run_compose(scenario: Scenario, results: Path, state: RunState,
                            scenario.student)
         except (ComposeError, subprocess.TimeoutExpired) as exc:
             raise LabError(str(exc)) from None
-        if code not in report_mod.EXIT_CODES.values() or not (results / handoff.REPORT).exists():
+        if code not in BY_VERDICT.values() or not (results / handoff.REPORT).exists():
             raise LabError(_explain_failure(scenario, results, []) +
                            f" (docker compose exited {code}; see {results / 'compose.log'})")
     finally:
@@ -187,7 +187,7 @@ def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunSt
             processes.append(node.start_role(role, [*common, "--host", lab.server_host],
                                              results / f"{role}.log", PROJECT_ROOT))
         code = _wait_for_observer(observer, scenario, results, say)
-        if code not in report_mod.EXIT_CODES.values() or not (results / handoff.REPORT).exists():
+        if code not in BY_VERDICT.values() or not (results / handoff.REPORT).exists():
             raise LabError(_explain_failure(scenario, results, processes))
     finally:
         with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):

@@ -203,12 +203,6 @@ def decode_ip(ts: float, packet: bytes, offset: int = 0) -> Segment | None:
                    bytes(packet[start:end]))
 
 
-def decode_frame(linktype: int, ts: float, frame: bytes) -> Segment | None:
-    """Decode one link-layer frame; None when it is not TCP over IP."""
-    ip = _ip_offset(linktype, frame, 0, len(frame))
-    return None if ip is None else decode_ip(ts, frame, ip)
-
-
 # --- reading files
 
 Record = tuple[int, float, bytes, int, int]  # linktype, time, buffer, frame start, frame end

@@ -239,9 +239,6 @@ class Report:
                                  factory=dict)
 
 
-EXIT_CODES = {"pass": 0, "observed": 0, "fail": 1, "inconclusive": 3, "interrupted": 5}
-
-
 def overall_verdict(verdicts: list[str]) -> str:
     if "interrupted" in verdicts:
         return "interrupted"

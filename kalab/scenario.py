@@ -614,9 +614,6 @@ class Scenario:
     def requests(self) -> list[Request]:
         return [r for s in self.sessions for r in s.requests]
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 # --------------------------------------------------------------- validation
 

@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 from kalab import evidence, handoff, impairment, render
+from kalab.exitcodes import Exit
 from kalab.scenario import Engine, Scenario, upstream_port
 from observer.capture import Capture
 
 LINGER = 0.5  # seconds to keep listening after the client ends: its FINs, the last ACKs
-EXIT_ROLE_FAILED = 4
 
 
 def capture_engine(scenario: Scenario, engine: Engine, run_dir: Path, interface: str,
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 scenario.link, args.interface, upstream_port(scenario.port))
         except impairment.ImpairmentError as exc:
             print(f"kalab observer: {exc}", file=sys.stderr)
-            return EXIT_ROLE_FAILED
+            return Exit.LAB_ERROR
         return observe(scenario, args, stop)
     finally:
         for applied in args.applied:
@@ -139,7 +139,7 @@ def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSign
     if interrupted is None and stop():
         interrupted = "report writing"
     if not args.report:
-        return EXIT_ROLE_FAILED if failed else 0
+        return Exit.LAB_ERROR if failed else 0
     results = args.run_dir
     if args.results is not None:
         results = _results_folder(args.results, args.run_name, scenario)
@@ -155,7 +155,7 @@ def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSign
     render.publish(record, results)
     if args.results is not None:
         handoff.link_latest(results)
-    return EXIT_ROLE_FAILED if failed and not interrupted else record.exit_code
+    return Exit.LAB_ERROR if failed and not interrupted else record.exit_code
 
 
 def _results_folder(parent: Path, name: str, scenario: Scenario) -> Path:

@@ -70,10 +70,6 @@ class Node:
     def prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns] if self.netns else []
 
-    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.prefix(), *argv], check=check, capture_output=True,
-                              text=True)
-
     def start_role(self, role: str, args: list[str], log: Path, cwd: Path) -> Process:
         """Start ``python -m ROLE ARGS`` here, its output to ``log``."""
         argv = [*self.prefix(), sys.executable, "-m", role, *args]
