@@ -9,13 +9,16 @@ batch at a time through `Analyzer.feed_all`, and answers with `Connection` and
 It knows nothing of sockets, capture, pcap files, namespaces or Docker; the
 pcap reader and the observer decode frames into segments and feed them here.
 
-A connection is keyed by its four-tuple. Its life is a small state machine,
-written as data in `TRANSITIONS`: a SYN opens it, the SYN-ACK establishes
-it, the first FIN half-closes it (and says who closed first), the second FIN
-closes it, a RST ends it from any state; a RST answering a bare SYN means
-the port was closed (refused). A SYN on a four-tuple whose connection has
-ended, or with another initial sequence number, starts a new connection;
-the same SYN again is a retransmission.
+A connection is keyed by its four-tuple. Each of its two sides has a TCP
+state (`Tcp`, in the words of Zeek's analyzer: inactive, SYN sent,
+partial, established, closed by a FIN, reset), and every segment moves
+them through one table, `TRANSITIONS` ((sender, sender's state, peer's
+state, what it sent) -> both new states). The move that first takes a side
+to CLOSED or RESET ends the connection: that side closed it, with a FIN or
+a RST (`closed_by`, `closed_with`); a server's RST that ends it while the
+client's SYN is unanswered refused it. A SYN on a four-tuple whose
+connection has ended, or with another initial sequence number, starts a new
+connection; the same SYN again is a retransmission.
 
 TCP keep-alive probes (SO_KEEPALIVE) are counted and set aside before any
 byte is delivered: a segment with no SYN, FIN or RST, no data or one byte,
@@ -57,10 +60,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import fields
+from enum import StrEnum
 from operator import attrgetter
 from typing import NamedTuple
 
-from kalab.report import Connection, HttpRequest
+from kalab.report import Closing, Connection, HttpRequest, Side
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 SEQ_MOD = 1 << 32
@@ -84,29 +88,85 @@ class Segment(NamedTuple):
     payload: bytes = b""
 
 
-# Connection states and the events that move them: (state, event) -> state.
-# Events name the sender: "syn", "synack", "fin_client", "fin_server",
-# "rst_client", "rst_server". A pair not listed leaves the state unchanged.
-TRANSITIONS: dict[tuple[str, str], str] = {
-    ("syn_sent", "synack"): "established",
-    ("syn_sent", "rst_server"): "refused",
-    ("syn_sent", "rst_client"): "reset",
-    ("established", "fin_client"): "closing_client_first",
-    ("established", "fin_server"): "closing_server_first",
-    ("closing_client_first", "fin_server"): "closed",
-    ("closing_server_first", "fin_client"): "closed",
-    ("established", "rst_client"): "reset",
-    ("established", "rst_server"): "reset",
-    ("closing_client_first", "rst_client"): "reset",
-    ("closing_client_first", "rst_server"): "reset",
-    ("closing_server_first", "rst_client"): "reset",
-    ("closing_server_first", "rst_server"): "reset",
-    # A connection seen mid-stream (no SYN) behaves as established.
-    ("midstream", "fin_client"): "closing_client_first",
-    ("midstream", "fin_server"): "closing_server_first",
-    ("midstream", "rst_client"): "reset",
-    ("midstream", "rst_server"): "reset",
-}
+class Tcp(StrEnum):
+    """One side's TCP state as the capture shows it, in the words of Zeek's TCP analyzer
+    (its ``TCP_ENDPOINT_*`` states), from which Zeek's ``conn_state`` is read."""
+
+    INACTIVE = "inactive"  # nothing seen from it yet
+    SYN_SENT = "syn_sent"  # it sent a SYN
+    SYN_ACK_SENT = "syn_ack_sent"  # the client sent a SYN-ACK (a SYN seen the wrong way)
+    PARTIAL = "partial"  # seen mid-stream: its SYN was not seen
+    ESTABLISHED = "established"  # its SYN was answered, or it answered one
+    CLOSED = "closed"  # it sent a FIN
+    RESET = "reset"  # it sent a RST
+
+
+class Sent(StrEnum):
+    """What a segment did, as the state machine sees it."""
+
+    SYN = "syn"  # SYN without ACK
+    SYN_ACK = "syn_ack"
+    ACK = "ack"  # nothing but an ACK: no payload, no SYN, FIN or RST
+    DATA = "data"  # payload, no SYN, FIN or RST (taken as ACKed, as it always is)
+    FIN = "fin"
+    RST = "rst"
+
+
+_ANY = None  # in a rule: any state; as a new state: unchanged
+_OPEN = (Tcp.INACTIVE, Tcp.SYN_SENT, Tcp.SYN_ACK_SENT, Tcp.PARTIAL, Tcp.ESTABLISHED)
+
+# How one segment moves the two sides' states: (its sender, the sender's state, the peer's
+# state, what it did) -> (the sender's new state, the peer's new state), first match, None
+# as a state matching any and, as a new state, leaving it as it was. Zeek's analyzer,
+# src/packet_analysis/protocol/tcp/TCPSessionAdapter.cc, as far as a capture shows it
+# (but a peer's FIN-then-RST stays RESET where Zeek, on this side's FIN, calls it CLOSED).
+# A segment with several of SYN, FIN and RST is each of them in that order, as in Zeek.
+_RULES: tuple[tuple[Side | None, Tcp | tuple[Tcp, ...] | None, Tcp | None, Sent,
+                    Tcp | None, Tcp | None], ...] = (
+    (Side.CLIENT, Tcp.INACTIVE, _ANY, Sent.SYN, Tcp.SYN_SENT, _ANY),
+    (Side.CLIENT, Tcp.INACTIVE, _ANY, Sent.SYN_ACK, Tcp.SYN_ACK_SENT, _ANY),
+    (Side.SERVER, Tcp.INACTIVE, Tcp.SYN_SENT, Sent.SYN_ACK, Tcp.ESTABLISHED, Tcp.ESTABLISHED),
+    (Side.SERVER, Tcp.INACTIVE, Tcp.SYN_SENT, Sent.SYN, Tcp.ESTABLISHED, Tcp.ESTABLISHED),
+    (Side.SERVER, Tcp.INACTIVE, _ANY, Sent.SYN_ACK, Tcp.ESTABLISHED, _ANY),
+    (Side.SERVER, Tcp.INACTIVE, _ANY, Sent.SYN, Tcp.ESTABLISHED, _ANY),
+    # Some stacks ACK a SYN before they answer it: not yet a mid-stream side.
+    (Side.SERVER, Tcp.INACTIVE, Tcp.SYN_SENT, Sent.ACK, _ANY, _ANY),
+    # The peer's handshake was seen, this side's SYN was missed.
+    (_ANY, Tcp.INACTIVE, Tcp.ESTABLISHED, Sent.ACK, Tcp.ESTABLISHED, _ANY),
+    (_ANY, Tcp.INACTIVE, Tcp.ESTABLISHED, Sent.DATA, Tcp.ESTABLISHED, _ANY),
+    (_ANY, Tcp.INACTIVE, _ANY, Sent.ACK, Tcp.PARTIAL, _ANY),
+    (_ANY, Tcp.INACTIVE, _ANY, Sent.DATA, Tcp.PARTIAL, _ANY),
+    (_ANY, Tcp.PARTIAL, Tcp.INACTIVE, Sent.SYN, Tcp.SYN_SENT, _ANY),
+    (_ANY, _OPEN, _ANY, Sent.FIN, Tcp.CLOSED, _ANY),
+    (_ANY, _OPEN, _ANY, Sent.RST, Tcp.RESET, _ANY),
+    # A RST after both FINs ends nothing: the connection had already ended well.
+    (_ANY, Tcp.CLOSED, Tcp.CLOSED, Sent.RST, _ANY, _ANY),
+    (_ANY, Tcp.CLOSED, _ANY, Sent.RST, Tcp.RESET, _ANY),
+)
+
+
+def _transitions() -> dict[tuple[Side, Tcp, Tcp, Sent], tuple[Tcp, Tcp]]:
+    """`_RULES` as a table with a row for every case that changes a state."""
+    table = {}
+    for side in Side:
+        for mine in Tcp:
+            for peer in Tcp:
+                for sent in Sent:
+                    for who, their, other, what, new_mine, new_peer in _RULES:
+                        if who not in (_ANY, side) or what != sent or other not in (_ANY, peer) \
+                                or not (their is _ANY or mine == their
+                                        or (isinstance(their, tuple) and mine in their)):
+                            continue
+                        moved = (new_mine or mine, new_peer or peer)
+                        if moved != (mine, peer):
+                            table[(side, mine, peer, sent)] = moved
+                        break
+    return table
+
+
+# (sender, sender's state, peer's state, what it sent) -> (sender's, peer's new states);
+# a case not in it changes nothing. `_Conn.move` is the one place states change.
+TRANSITIONS = _transitions()
 
 # Records are built by position: three times as fast as by keyword, for tens of thousands
 # of them. The order that relies on is checked here, at import, not found wrong in a report.
@@ -115,8 +175,8 @@ _REQUEST_FIELDS = ("id", "connection", "depth", "reused", "method", "target", "v
 _CONNECTION_FIELDS = ("id", "client", "server", "syn_at", "syn_retransmits", "established_at",
                       "refused", "requests", "last_response_at", "last_data_at", "first_fin_by",
                       "first_fin_at", "second_fin_at", "rst_by", "rst_at", "closed_by",
-                      "idle_before_close", "advertised_timeout", "probe", "complete", "gaps",
-                      "enforced_minus_advertised", "keepalive_probes")
+                      "closed_with", "idle_before_close", "advertised_timeout", "probe",
+                      "complete", "gaps", "enforced_minus_advertised", "keepalive_probes")
 
 
 def _check_positions() -> None:
@@ -385,7 +445,8 @@ class _Half:
 
 
 class _Conn:
-    __slots__ = ("number", "client", "server", "syn_at", "syn_isn", "syn_retransmits", "state",
+    __slots__ = ("number", "client", "server", "syn_at", "syn_isn", "syn_retransmits",
+                 "client_state", "server_state", "closed",
                  "established_at", "up", "down", "first_fin", "second_fin_at", "rst",
                  "last_data_at", "last_data_before_end", "end_at", "requests", "unanswered",
                  "request_stream", "response_stream", "advertised", "keepalive_probes")
@@ -397,14 +458,18 @@ class _Conn:
         self.syn_at = ts if syn_seq is not None else None
         self.syn_isn = syn_seq
         self.syn_retransmits = 0
-        self.state = "syn_sent" if syn_seq is not None else "midstream"
+        # Each side's TCP state: only `move` changes them, through `TRANSITIONS`.
+        self.client_state = Tcp.SYN_SENT if syn_seq is not None else Tcp.INACTIVE
+        self.server_state = Tcp.INACTIVE
+        # The move that ended it: its sender, FIN or RST, when, and the peer's state then.
+        self.closed: tuple[Side, Closing, float, Tcp] | None = None
         self.established_at: float | None = None
         # client->server, server->client
         self.up = _Half(None if syn_seq is None else (syn_seq + 1) % SEQ_MOD)
         self.down = _Half()
-        self.first_fin: tuple[str, float] | None = None
+        self.first_fin: tuple[Side, float] | None = None
         self.second_fin_at: float | None = None
-        self.rst: tuple[str, float] | None = None
+        self.rst: tuple[Side, float] | None = None
         self.last_data_at: float | None = None
         self.last_data_before_end: float | None = None  # last payload before the first FIN/RST
         self.end_at: float | None = None  # the first FIN or RST, whichever came first
@@ -463,25 +528,48 @@ class _Conn:
 
     # --- TCP
 
-    def event(self, name: str) -> None:
-        self.state = TRANSITIONS.get((self.state, name), self.state)
+    def move(self, side: Side, sent: Sent, ts: float) -> None:
+        """What ``side`` sent, through `TRANSITIONS`. The first move that takes a side to
+        CLOSED or RESET ends the connection: its sender closed it, with a FIN or a RST."""
+        client = side is Side.CLIENT
+        mine, peer = (self.client_state, self.server_state) if client else \
+            (self.server_state, self.client_state)
+        moved = TRANSITIONS.get((side, mine, peer, sent))
+        if moved is None:
+            return
+        if client:
+            self.client_state, self.server_state = moved
+        else:
+            self.server_state, self.client_state = moved
+        if self.closed is None and moved[0] in (Tcp.CLOSED, Tcp.RESET):
+            self.closed = (side, Closing.FIN if moved[0] is Tcp.CLOSED else Closing.RST, ts, peer)
+            if self.end_at is None or ts < self.end_at:
+                self.end_at = ts
 
-    def take(self, ts: float, flags: int, seq: int, payload: bytes, side: str) -> None:
+    @property
+    def refused(self) -> bool:
+        """The server's RST ended it while the client's SYN was unanswered."""
+        closed = self.closed
+        return closed is not None and closed[0] is Side.SERVER and closed[1] is Closing.RST \
+            and closed[3] is Tcp.SYN_SENT
+
+    def take(self, ts: float, flags: int, seq: int, payload: bytes, side: Side) -> None:
         """One segment of this connection, from ``side``."""
-        client = side == "client"
+        client = side is Side.CLIENT
         if flags & SYN:
-            if not client and flags & ACK:
-                if self.established_at is None:
-                    self.established_at = ts
-                self.down.next_seq = (seq + 1) % SEQ_MOD
-                self.event("synack")
+            if flags & ACK:
+                if not client:
+                    if self.established_at is None:
+                        self.established_at = ts
+                    self.down.next_seq = (seq + 1) % SEQ_MOD
+                self.move(side, Sent.SYN_ACK, ts)
+            else:
+                self.move(side, Sent.SYN, ts)
             return
         if flags & RST:
             if self.rst is None:
                 self.rst = (side, ts)
-                if self.end_at is None or ts < self.end_at:
-                    self.end_at = ts
-            self.event("rst_client" if client else "rst_server")
+            self.move(side, Sent.RST, ts)
             return
         if client:
             half, stream = self.up, self.request_stream
@@ -505,11 +593,9 @@ class _Conn:
             half.fin_seq = (seq + len(payload)) % SEQ_MOD
             if self.first_fin is None:
                 self.first_fin = (side, ts)
-                if self.end_at is None or ts < self.end_at:
-                    self.end_at = ts
             elif self.second_fin_at is None:
                 self.second_fin_at = ts
-            self.event("fin_client" if client else "fin_server")
+            self.move(side, Sent.FIN, ts)
             if not half.short_of_fin():
                 stream.close()  # else when the hole before the FIN fills (_accept)
             self._release()
@@ -572,19 +658,10 @@ class _Conn:
         up, down = self.up, self.down
         gaps = ((1 if up.pending or up.lost or up.short_of_fin() else 0)
                 + (1 if down.pending or down.lost or down.short_of_fin() else 0))
-        ended_at = None
-        first_fin_by = first_fin_at = None
-        if self.first_fin:
-            first_fin_by, first_fin_at = self.first_fin
-        rst_by, rst_at = self.rst if self.rst else (None, None)
-        if self.state == "refused":
-            closed_by = "refused"
-        elif self.first_fin and (not self.rst or self.first_fin[1] <= self.rst[1]):
-            closed_by, ended_at = first_fin_by, first_fin_at
-        elif self.rst:
-            closed_by, ended_at = f"{rst_by}-reset", rst_at
-        else:
-            closed_by = "open"
+        first_fin_by, first_fin_at = self.first_fin or (None, None)
+        rst_by, rst_at = self.rst or (None, None)
+        closed_by, closed_with, ended_at, _ = self.closed or (None, None, None, None)
+        refused = self.refused
         requests = self.requests
         ids = []
         last_response_at = None
@@ -596,17 +673,25 @@ class _Conn:
                     last_response_at = end
         quiet_since = self.last_data_before_end or self.established_at
         idle = None
-        if ended_at is not None and quiet_since is not None and closed_by != "refused":
+        if ended_at is not None and quiet_since is not None and not refused:
             idle = round(ended_at - quiet_since, 6)
         advertised = self.advertised
         return Connection(
             self.number, _fmt(self.client), _fmt(self.server), self.syn_at,
-            self.syn_retransmits, self.established_at, self.state == "refused",
-            ids, last_response_at, self.last_data_at, first_fin_by,
-            first_fin_at, self.second_fin_at, rst_by, rst_at, closed_by, idle, advertised,
-            not requests, self.syn_at is not None and gaps == 0, gaps,
-            round(idle - advertised, 6) if closed_by == "server" and idle is not None
-            and advertised is not None else None, self.keepalive_probes)
+            self.syn_retransmits, self.established_at, refused,
+            ids, last_response_at, self.last_data_at, _plain(first_fin_by),
+            first_fin_at, self.second_fin_at, _plain(rst_by), rst_at, _plain(closed_by),
+            _plain(closed_with), idle,
+            advertised, not requests, self.syn_at is not None and gaps == 0, gaps,
+            round(idle - advertised, 6) if closed_by is Side.SERVER
+            and closed_with is Closing.FIN and idle is not None and advertised is not None
+            else None, self.keepalive_probes)
+
+
+def _plain(value: StrEnum | None) -> str | None:
+    """A named value as the record holds it: its plain string, which JSON, equality and
+    repr treat as the string it is."""
+    return None if value is None else value.value
 
 
 def _fmt(endpoint: tuple[str, int]) -> str:
@@ -688,7 +773,7 @@ class Analyzer:
     def __init__(self, ports: set[int] | frozenset[int] | None = None) -> None:
         self.ports = frozenset(ports or ())
         # Both directions of each four-tuple: (connection, the sender's side).
-        self._live: dict[tuple[str, int, str, int], tuple[_Conn, str]] = {}
+        self._live: dict[tuple[str, int, str, int], tuple[_Conn, Side]] = {}
         self._all: list[_Conn] = []
         self._servers: set[int] = set()  # ports that have answered a SYN so far
 
@@ -705,7 +790,7 @@ class Analyzer:
                 continue
             entry = live.get((src, sport, dst, dport))
             if flags & SYN and not flags & ACK:
-                if entry is not None and entry[1] == "client" and entry[0].syn_isn == seq:
+                if entry is not None and entry[1] is Side.CLIENT and entry[0].syn_isn == seq:
                     entry[0].syn_retransmits += 1
                 else:
                     self._open((src, sport), (dst, dport), ts, seq)  # new, or its port reused
@@ -714,12 +799,12 @@ class Analyzer:
                 client, server = ((dst, dport), (src, sport)) if self._is_server(sport, dport) \
                     else ((src, sport), (dst, dport))
                 conn = self._open(client, server, ts, None)
-                side = "client" if client == (src, sport) else "server"
+                side = Side.CLIENT if client == (src, sport) else Side.SERVER
             else:
                 conn, side = entry
             conn.take(ts, flags, seq, payload, side)
-            if flags & (SYN | RST) and side == "server" and (
-                    conn.established_at is not None or conn.state == "refused"):
+            if flags & (SYN | RST) and side is Side.SERVER and (
+                    conn.established_at is not None or conn.refused):
                 self._servers.add(sport)
 
     def _is_server(self, port: int, other: int) -> bool:
@@ -733,8 +818,8 @@ class Analyzer:
     def _open(self, client: tuple[str, int], server: tuple[str, int], ts: float,
               syn_seq: int | None) -> _Conn:
         conn = _Conn(len(self._all) + 1, client, server, ts, syn_seq)
-        self._live[(*client, *server)] = (conn, "client")
-        self._live[(*server, *client)] = (conn, "server")
+        self._live[(*client, *server)] = (conn, Side.CLIENT)
+        self._live[(*server, *client)] = (conn, Side.SERVER)
         self._all.append(conn)
         return conn
 
@@ -760,7 +845,7 @@ class Analyzer:
 
     def server_ports(self) -> set[int]:
         """Ports that answered a SYN (with SYN-ACK or RST): the servers seen."""
-        return {c.server[1] for c in self._all if c.established_at or c.state == "refused"}
+        return {c.server[1] for c in self._all if c.established_at or c.refused}
 
 
 def analyze(segments, ports: set[int] | None = None) -> tuple[list[Connection], list[HttpRequest]]:

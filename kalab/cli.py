@@ -349,8 +349,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = args.results / "report.json" if args.results.is_dir() else args.results
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or data.get("schema") != report_mod.SCHEMA:
-            return _error(f"{path}: not a {report_mod.SCHEMA} report", Exit.BAD_INPUT)
+        if not isinstance(data, dict) or data.get("schema") not in report_mod.SCHEMAS_READ:
+            return _error(f"{path}: not a kalab report (one of "
+                          f"{', '.join(report_mod.SCHEMAS_READ)})", Exit.BAD_INPUT)
         record = report_mod.from_dict(data)
     except OSError as exc:
         return _error(f"{path}: {exc.strerror or exc}", Exit.BAD_INPUT)

@@ -250,10 +250,10 @@ def check(expectation: Expectation, requests: list[HttpRequest],
 
 
 def _close_matches(conn: Connection, exp: Expectation) -> tuple[bool, str]:
-    if conn.closed_by in ("open", "refused"):
-        return False, f"#{conn.id} was {'never closed' if conn.closed_by == 'open' else 'refused'}"
-    closer = conn.closed_by.removesuffix("-reset")
-    how = "RST" if conn.closed_by.endswith("-reset") else "FIN"
+    if conn.closed_by is None or conn.refused:
+        return False, f"#{conn.id} was {'refused' if conn.refused else 'never closed'}"
+    closer = conn.closed_by
+    how = conn.closed_with.upper()
     idle = conn.idle_before_close
     text = f"#{conn.id}: first {how} from the {closer}"
     if idle is not None:

@@ -20,10 +20,34 @@ import math
 import os
 import struct
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
-SCHEMA = "kalab.report/1"
+SCHEMA = "kalab.report/2"
+# What changed from /1: `Connection.closed_by` is a side (or null) and how it was closed
+# is `closed_with`, no longer `server-reset`, `refused` or `open`; see `from_dict`.
+SCHEMA_1 = "kalab.report/1"
+SCHEMAS_READ = (SCHEMA_1, SCHEMA)
+
+
+class Side(StrEnum):
+    """A side of a TCP connection: the client sent its SYN (or, seen mid-stream, is the
+    side away from the server's port), the server answered it."""
+
+    CLIENT = "client"
+    SERVER = "server"
+
+    @property
+    def other(self) -> Side:
+        return Side.SERVER if self is Side.CLIENT else Side.CLIENT
+
+
+class Closing(StrEnum):
+    """How a side ended a connection."""
+
+    FIN = "fin"
+    RST = "rst"
 
 
 def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
@@ -96,19 +120,23 @@ class Connection:
     syn_retransmits: int = doc("Extra SYNs seen for this connection (SYN retransmissions).")
     established_at: float | None = doc("When the SYN-ACK was seen; null if the server "
                                        "never accepted.")
-    refused: bool = doc("True when the server answered the SYN with RST (nothing listened).")
+    refused: bool = doc("True when the server's RST ended it before any SYN-ACK: it "
+                        "refused the SYN (nothing listened).")
     requests: list[str] = doc("`HttpRequest.id` of every request it carried, in order.")
     last_response_at: float | None = doc("End of the last response on it; null if none.")
     last_data_at: float | None = doc("Last segment with payload, either direction.")
-    first_fin_by: str | None = doc("`server` or `client`: who sent the first FIN; null if "
+    first_fin_by: Side | None = doc("`server` or `client`: who sent the first FIN; null if "
                                    "no FIN was seen.")
     first_fin_at: float | None = doc("When the first FIN was seen.")
     second_fin_at: float | None = doc("When the other side's FIN was seen.")
-    rst_by: str | None = doc("`server` or `client`: who sent the first RST, if any.")
+    rst_by: Side | None = doc("`server` or `client`: who sent the first RST, if any.")
     rst_at: float | None = doc("When the first RST was seen.")
-    closed_by: str = doc("Who ended it: `server`, `client` (first FIN), `server-reset`, "
-                         "`client-reset` (a RST before any FIN), `refused`, or `open` "
-                         "(still open when the capture ended).")
+    closed_by: Side | None = doc("Who ended it: `server` or `client`, the sender of its first "
+                                 "FIN or RST, whichever came first (`closed_with` says which); "
+                                 "null while it was open when the capture ended. A refused "
+                                 "connection was ended by the server's RST.")
+    closed_with: Closing | None = doc("How `closed_by` ended it: `fin` or `rst`; null while "
+                                      "it was open when the capture ended.")
     idle_before_close: float | None = doc("Seconds from the last payload (normally the last "
                                           "response's end) to the first FIN or RST: the idle "
                                           "time after which it was closed.")
@@ -541,13 +569,38 @@ def write(report: Report, folder: Path) -> Path:
 
 
 def from_dict(data: dict[str, Any]) -> Report:
-    """Rebuild a Report from its JSON form (for `kalab report` and tests)."""
+    """Rebuild a Report from its JSON form (for `kalab report`, grading and tests).
+
+    Reads `kalab.report/2` and `kalab.report/1`. A /1 report keeps its ``schema``;
+    its connections' ``closed_by`` is split as /2 has it (`server-reset` is
+    closed by the server with `rst`, `refused` by the server with `rst`, `open` by
+    nobody), and the fields /2 added take their defaults. ValueError for another.
+    """
+    schema = data.get("schema")
+    if schema not in SCHEMAS_READ:
+        raise ValueError(f"schema {schema!r} is not one of {', '.join(SCHEMAS_READ)}")
+    connection = _connection_from_1 if schema == SCHEMA_1 else dict
     runs = []
     for run in data["runs"]:
         run = dict(run)
         run["capture"] = Capture(**run["capture"])
-        run["connections"] = [Connection(**c) for c in run["connections"]]
+        run["connections"] = [Connection(**connection(c)) for c in run["connections"]]
         run["requests"] = [HttpRequest(**r) for r in run["requests"]]
         run["expectations"] = [ExpectationResult(**e) for e in run["expectations"]]
         runs.append(EngineRun(**run))
     return Report(**{**data, "runs": runs})
+
+
+def _connection_from_1(record: dict[str, Any]) -> dict[str, Any]:
+    """A `kalab.report/1` connection's fields as /2 names them."""
+    record = dict(record)
+    closed = record.get("closed_by")
+    if closed == "open":
+        record["closed_by"], record["closed_with"] = None, None
+    elif closed == "refused":
+        record["closed_by"], record["closed_with"] = Side.SERVER, Closing.RST
+    elif isinstance(closed, str) and closed.endswith("-reset"):
+        record["closed_by"], record["closed_with"] = closed.removesuffix("-reset"), Closing.RST
+    else:
+        record["closed_with"] = Closing.FIN
+    return record

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kalab.render.text import visible
-from kalab.report import Connection, EngineRun, Report
+from kalab.report import Closing, Connection, EngineRun, Report
 
 
 def esc(text: object) -> str:
@@ -38,15 +38,14 @@ def connection_story(conn: Connection) -> str:
     """One line: who closed it, after how long idle (and through how many TCP keep-alive
     probes), against what was advertised."""
     what = f"#{conn.id} ({conn.client})"
-    if conn.closed_by == "refused":
+    if conn.refused:
         return f"{what}: refused (RST to the SYN: nothing listened yet)"
     what += f" carried {', '.join(conn.requests)}" if conn.requests else " carried no request"
-    if conn.closed_by == "open":
+    if conn.closed_by is None:
         closed = "still open when the capture ended"
     else:
-        who = conn.closed_by.removesuffix("-reset")
-        how = "reset" if conn.closed_by.endswith("-reset") else "closed"
-        closed = f"{how} by the {who}"
+        how = "reset" if conn.closed_with == Closing.RST else "closed"
+        closed = f"{how} by the {conn.closed_by}"
         if conn.idle_before_close is not None:
             closed += f" {conn.idle_before_close:.3f} s after the last data"
     if conn.keepalive_probes:
@@ -107,12 +106,14 @@ def requests_table(run: EngineRun, zero: float) -> Table:
 def connections_table(run: EngineRun, zero: float) -> Table:
     """The connections table: also the one report.html and report.md show."""
     conns = Table(title="Connections -> who closed", title_justify="left")
-    for col in ("conn", "client", "SYN", "requests", "first FIN by", "at",
+    for col in ("conn", "client", "SYN", "requests", "closed by", "at",
                 "idle before close", "advertised timeout"):
         conns.add_column(col)
     for c in run.connections:
         label = "probe" if c.probe and not c.refused else ", ".join(c.requests) or "-"
-        closer = c.closed_by
+        closer = c.closed_by or "open"
+        if c.closed_with == Closing.RST:
+            closer += " (RST)"
         conns.add_row(*(Text(visible(cell)) for cell in (
             f"#{c.id}", c.client, _t(c.syn_at, zero), label, closer,
             _t(c.first_fin_at or c.rst_at, zero), _secs(c.idle_before_close),

@@ -46,9 +46,10 @@ def connection(cid: int, refs: list[str], syn: float, last: float, fin_by: str |
                fin: float | None, second_fin: float | None, *, rst_by: str | None = None,
                rst: float | None = None, timeout: float | None = None,
                refused: bool = False) -> Connection:
-    closed_by = "refused" if refused else fin_by if fin_by else \
-        f"{rst_by}-reset" if rst_by else "open"
-    ended = fin if fin is not None else rst
+    # Closed by whichever of the first FIN and the first RST came first (refused: the RST).
+    ended = fin if fin is not None and (rst is None or fin <= rst) else rst
+    closed_by = fin_by if ended is not None and ended == fin else rst_by
+    closed_with = None if closed_by is None else "fin" if ended == fin else "rst"
     return Connection(
         id=cid, client=f"10.213.0.2:{40000 + cid}", server=SERVER, syn_at=T0 + syn,
         syn_retransmits=0, established_at=None if refused else T0 + syn + 0.0001,
@@ -56,7 +57,7 @@ def connection(cid: int, refs: list[str], syn: float, last: float, fin_by: str |
         last_response_at=None if not refs else T0 + last, last_data_at=None if not refs
         else T0 + last, first_fin_by=fin_by, first_fin_at=None if fin is None else T0 + fin,
         second_fin_at=None if second_fin is None else T0 + second_fin, rst_by=rst_by,
-        rst_at=None if rst is None else T0 + rst, closed_by=closed_by,
+        rst_at=None if rst is None else T0 + rst, closed_by=closed_by, closed_with=closed_with,
         idle_before_close=None if ended is None or not refs else round(ended - last, 6),
         advertised_timeout=timeout, probe=not refs, complete=True, gaps=0)
 

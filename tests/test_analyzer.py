@@ -176,7 +176,7 @@ def test_three_requests_reuse_one_connection():
     assert conn.syn_at == near(0)
     assert conn.established_at == near(0.0001)
     assert conn.last_response_at == near(3.01)
-    assert conn.closed_by == "open" and conn.first_fin_by is None
+    assert conn.closed_by is None and conn.first_fin_by is None
     assert conn.idle_before_close is None
     assert conn.probe is False and conn.complete is True and conn.gaps == 0
 
@@ -242,7 +242,7 @@ def test_client_reset_ends_connection():
 
     assert conn.rst_by == "client"
     assert conn.rst_at == near(1.6)
-    assert conn.closed_by == "client-reset"
+    assert conn.closed_by == "client" and conn.closed_with == "rst"
     assert conn.first_fin_by is None and conn.first_fin_at is None
     assert conn.idle_before_close == secs(0.5)
     assert conn.refused is False and conn.probe is False
@@ -262,7 +262,7 @@ def test_server_reset_ends_connection():
 
     assert conn.rst_by == "server"
     assert conn.rst_at == near(4.1)
-    assert conn.closed_by == "server-reset"
+    assert conn.closed_by == "server" and conn.closed_with == "rst"
     assert conn.idle_before_close == secs(3.0)
     assert conn.refused is False
 
@@ -361,7 +361,7 @@ def test_syn_with_another_isn_starts_another_connection():
 
     assert len(conns) == 2
     assert [x.syn_retransmits for x in conns] == [0, 0]
-    assert conns[0].established_at is None and conns[0].closed_by == "open"
+    assert conns[0].established_at is None and conns[0].closed_by is None
     assert conns[1].established_at == near(0.5001)
 
 
@@ -377,7 +377,7 @@ def test_syn_refused_with_rst_ack():
 
     assert reqs == []
     assert conn.refused is True
-    assert conn.closed_by == "refused"
+    assert conn.closed_by == "server" and conn.closed_with == "rst"
     assert conn.probe is True
     assert conn.rst_by == "server"
     assert conn.rst_at == near(0.0001)
@@ -870,7 +870,7 @@ def test_port_reuse_after_close_is_a_second_connection():
     assert conns[0].client == conns[1].client
     assert [(r.target, r.connection, r.depth, r.reused, r.status) for r in reqs] == [
         ("/one", 1, 1, False, 200), ("/two", 2, 1, False, 404)]
-    assert conns[0].closed_by == "client" and conns[1].closed_by == "open"
+    assert conns[0].closed_by == "client" and conns[1].closed_by is None
     assert conns[1].syn_at == near(3)
     assert conns[0].requests == ["w1"] and conns[1].requests == ["w2"]
     assert all(x.complete for x in conns)
@@ -923,7 +923,7 @@ def test_response_framed_by_close_cut_by_reset_has_no_end():
 
     assert req.status == 200
     assert req.response_end_at is None
-    assert conn.closed_by == "server-reset"
+    assert conn.closed_by == "server" and conn.closed_with == "rst"
 
 
 # --- 17. numbers from the wire, taken within bounds
@@ -1270,7 +1270,7 @@ def test_pcap_round_trip_gives_the_same_records(tmp_path):
     assert conn.idle_before_close == secs(5.0)
     assert conn.advertised_timeout == 5.0
     assert conn.complete is True
-    assert refused.refused is True and refused.closed_by == "refused"
+    assert refused.refused is True and refused.closed_by == "server"
     assert refused.probe is True and refused.rst_by == "server"
     assert refused.rst_at == at(8 + tick)
 

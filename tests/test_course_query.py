@@ -26,7 +26,8 @@ def report():
     ("connection[2].first_fin_by", "server"),
     ("connection[1].request_count", 1),
     ("keeps: request[3].status", 500),
-    ("keeps: request[3].connection.closed_by", "client-reset"),
+    ("keeps: request[3].connection.closed_by", "client"),
+    ("keeps: request[3].connection.closed_with", "rst"),
     ("keeps:connections.count", 1),
     ("keeps: request[2].reused", True),
     ("keeps: connection[1].requests", ["1", "2", "3"]),
@@ -41,7 +42,7 @@ def test_the_evidence_quotes_the_wire(report):
                                       "the first FIN came from the server 0.010 s after")
     answer = evaluate("keeps: request[3].connection.closed_by", report)
     assert "a RST came from the client" in answer.evidence
-    assert answer.evidence.endswith("closed_by = client-reset")
+    assert answer.evidence.endswith("closed_by = client")
 
 
 @pytest.mark.parametrize("text,why", [

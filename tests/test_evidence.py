@@ -171,8 +171,8 @@ def test_requests_close_together_join_one_to_one():
                       syn_retransmits=0, established_at=T0, refused=False, requests=[],
                       last_response_at=None, last_data_at=None, first_fin_by=None,
                       first_fin_at=None, second_fin_at=None, rst_by=None, rst_at=None,
-                      closed_by="open", idle_before_close=None, advertised_timeout=None,
-                      probe=False, complete=True, gaps=0)
+                      closed_by=None, closed_with=None, idle_before_close=None,
+                      advertised_timeout=None, probe=False, complete=True, gaps=0)
     # Ten requests 10 ms apart on one connection: each client call brackets its own.
     wire = [_wire_request(n, 1, T0 + 0.01 * n + 0.0005, n + 1) for n in range(10)]
     records = [_client_record(str(n + 1), T0 + 0.01 * n, 40000) for n in range(10)]

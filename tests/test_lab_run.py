@@ -30,7 +30,7 @@ def by_id(items):
 
 
 def test_report_is_versioned_and_passes(report):
-    assert report["schema"] == "kalab.report/1"
+    assert report["schema"] == "kalab.report/2"
     assert report["runtime"] == "netns"
     assert report["verdict"] == "pass" and report["exit_code"] == 0
 

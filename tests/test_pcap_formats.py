@@ -522,7 +522,7 @@ def test_report_json_is_asdict_with_one_record_a_line(tmp_path):
     assert json.loads(text) == json.loads(json.dumps(dataclasses.asdict(document)))
     lines = text.splitlines()
     assert sum(line.lstrip().startswith('{"id":') for line in lines) == 3 + 6
-    assert lines[0] == "{" and lines[1] == '  "schema": "kalab.report/1",'
+    assert lines[0] == "{" and lines[1] == '  "schema": "kalab.report/2",'
 
 
 # --- two ways to read a classic pcap, two ways to write a report: the same result

@@ -267,7 +267,8 @@ def test_kalab_report_regenerates_every_view_from_the_json(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ("{not json", "not a valid report"),
-    (json.dumps({"schema": "other/1"}), "not a kalab.report/1 report"),
+    (json.dumps({"schema": "other/1"}), "not a kalab report (one of kalab.report/1, "
+                                        "kalab.report/2)"),
     (json.dumps({"schema": report_mod.SCHEMA, "runs": [{"engine": "x"}]}), "not a valid report"),
 ])
 def test_kalab_report_refuses_what_is_not_a_report(tmp_path, content, message):
@@ -276,6 +277,33 @@ def test_kalab_report_refuses_what_is_not_a_report(tmp_path, content, message):
     done = run_kalab("report", str(broken))
     assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "report.html").exists()
+
+
+def as_schema_1(report: report_mod.Report) -> dict:
+    """``report`` as kalab.report/1 wrote it: ``closed_by`` held how too, no ``closed_with``."""
+    data = json.loads(report_mod.to_json(report))
+    data["schema"] = report_mod.SCHEMA_1
+    for run in data["runs"]:
+        for conn in run["connections"]:
+            closed_by, closed_with = conn["closed_by"], conn.pop("closed_with")
+            conn["closed_by"] = "refused" if conn["refused"] else "open" if closed_by is None \
+                else f"{closed_by}-reset" if closed_with == "rst" else closed_by
+    return data
+
+
+def test_kalab_report_reads_a_report_of_schema_1(tmp_path):
+    report = sample_report()
+    old_json = tmp_path / "report-1.json"  # not report.json: the schema sweep wants /2
+    old_json.write_text(json.dumps(as_schema_1(report)))
+    done = run_kalab("report", str(old_json))
+    assert done.returncode == 1, done.stderr
+    # The same views as from the /2 report: /1's closed_by says what /2's two fields say.
+    assert (tmp_path / "report.md").read_text() == markdown.render_markdown(report)
+    old = report_mod.from_dict(as_schema_1(report))
+    assert [(c.closed_by, c.closed_with) for run in old.runs for c in run.connections] == \
+        [(c.closed_by, c.closed_with) for run in report.runs for c in run.connections]
+    assert {(c.closed_by, c.closed_with) for run in old.runs for c in run.connections} >= \
+        {("server", "fin"), ("client", "rst"), ("server", "rst")}
 
 
 def test_kalab_report_on_a_missing_folder_is_bad_input(tmp_path):

@@ -221,7 +221,8 @@ def test_a_reset_and_pipelined_requests(tmp_path, app_dir):
 
     _, _, run = record(tmp_path, app_dir, lambda port: gunicorn(port, "gthread", 5), client)
     reset, pipelined = run["connections"]
-    assert reset["rst_by"] == "client" and reset["closed_by"] == "client-reset"
+    assert reset["rst_by"] == "client" and reset["closed_by"] == "client" \
+        and reset["closed_with"] == "rst"
     assert placement(run) == [("/keep-alive", 1, 1), ("/keep-alive", 2, 1), ("/empty", 2, 2)]
     # Pipelined responses pair with their requests in order (tshark 4.0 gets this wrong).
     assert [r["status"] for r in run["requests"]] == [200, 200, 204]

@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kalab.report import Connection, EngineRun, HttpRequest, Report
+from kalab.report import Closing, Connection, EngineRun, HttpRequest, Report
 
 SUBJECTS = ("connections", "requests", "request", "connection")
 CONNECTION_EXTRA = ("client_port", "server_port", "request_count")
@@ -130,10 +130,10 @@ def port(endpoint: str) -> int:
 def describe(conn: Connection) -> str:
     """A connection in a grader's words: its port, its requests, who closed it and when."""
     words = f"#{conn.id} from port {port(conn.client)} carried {', '.join(conn.requests)}"
-    if conn.closed_by in ("open", "refused"):
-        return f"{words}; {'never closed' if conn.closed_by == 'open' else 'refused'}"
-    how = "a RST" if conn.closed_by.endswith("-reset") else "the first FIN"
-    words += f"; {how} came from the {conn.closed_by.removesuffix('-reset')}"
+    if conn.closed_by is None or conn.refused:
+        return f"{words}; {'refused' if conn.refused else 'never closed'}"
+    how = "a RST" if conn.closed_with == Closing.RST else "the first FIN"
+    words += f"; {how} came from the {conn.closed_by}"
     if conn.idle_before_close is not None:
         words += f" {conn.idle_before_close:.3f} s after the last data"
     return words

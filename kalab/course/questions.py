@@ -7,8 +7,8 @@ takes in the student's own run, read through the question's answer type:
 - ``number``: a number, right within ``tolerance`` (seconds idle before a
   close; the tolerance is the question's, default 0.1);
 - ``port``: a TCP port, exactly (the client port that carried request 3);
-- ``side``: ``server`` or ``client`` (who sent the first FIN; a RST counts
-  for its sender);
+- ``side``: ``server`` or ``client`` (who closed a connection, with a FIN or
+  a RST: the report's ``closed_by``);
 - ``yes-no``: ``yes`` or ``no`` (was request 2 sent on a reused connection?);
 - ``choice``: one of the question's ``choices``, compared without regard
   to case or surrounding spaces (the story of a request).
@@ -104,7 +104,7 @@ def key_value(question: Question, answer: Answer) -> Any:
             raise QueryError(f"{question.id}: {value!r} is not a number")
         return round(number, 3)
     if kind == "side":
-        side = str(value).removesuffix("-reset")
+        side = str(value)
         if side not in SIDES:
             raise QueryError(f"{question.id}: no side in this run ({answer.evidence})")
         return side

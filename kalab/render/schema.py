@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import inspect
 import json
 import sys
@@ -43,6 +44,8 @@ def _type(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
         inner = _type(options[0], defs)
         if set(inner) == {"type"}:
             return {"type": [inner["type"], "null"]}
+        if set(inner) == {"type", "enum"}:
+            return {"type": [inner["type"], "null"], "enum": [*inner["enum"], None]}
         return {"anyOf": [inner, {"type": "null"}]}
     if origin is list:
         return {"type": "array", "items": _type(args[0], defs)}
@@ -51,6 +54,8 @@ def _type(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
             raise TypeError(f"JSON object keys are strings: {hint!r}")
         values = _type(args[1], defs) if args else {}
         return {"type": "object", **({"additionalProperties": values} if values else {})}
+    if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
+        return {"type": "string", "enum": [member.value for member in hint]}
     if dataclasses.is_dataclass(hint):
         name = hint.__name__
         if name not in defs:

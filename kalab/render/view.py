@@ -17,7 +17,7 @@ from rich.table import Table
 
 from kalab import summary
 from kalab.render.text import visible
-from kalab.report import Connection, EngineRun, HttpRequest, Report
+from kalab.report import Closing, Connection, EngineRun, HttpRequest, Report
 
 # The time axis of a ladder: seconds run down the page at one scale for the
 # whole report, so that engines side by side compare at a glance.
@@ -210,10 +210,9 @@ def _events(conn: Connection, requests: dict[str, HttpRequest]) -> list[Event]:
 def _marks(conn: Connection) -> list[tuple[str, str, float, float]]:
     """(kind, label, from, to) in epoch seconds, before layout."""
     marks = []
-    closed_at = conn.first_fin_at if conn.closed_by in ("server", "client") else conn.rst_at
+    closed_at = conn.first_fin_at if conn.closed_with == Closing.FIN else conn.rst_at
     if conn.idle_before_close is not None and closed_at is not None:
-        how = "RST" if conn.closed_by.endswith("-reset") else "FIN"
-        who = conn.closed_by.removesuffix("-reset")
+        how, who = conn.closed_with.upper(), conn.closed_by
         marks.append(("idle", f"idle {conn.idle_before_close:.3f} s, then {how} ({who})",
                       closed_at - conn.idle_before_close, closed_at))
     base = conn.last_response_at or conn.last_data_at
@@ -268,7 +267,7 @@ def _layout(ladder: Ladder, raw_marks: list[tuple[str, str, float, float]], zero
         if kind == "idle":
             ladder.marks.append(Mark(kind, label, _drawn(ladder, axis, start),
                                      _drawn(ladder, axis, end), end - zero))
-    if ladder.conn.closed_by == "open":
+    if ladder.conn.closed_by is None:
         drawn += MIN_SEP
         ladder.marks.append(Mark("open", "still open when the capture ended", drawn, drawn))
     ladder.height = drawn + BOTTOM
