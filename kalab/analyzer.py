@@ -64,10 +64,15 @@ from enum import StrEnum
 from operator import attrgetter
 from typing import NamedTuple
 
-from kalab.report import Closing, Connection, HttpRequest, Side
+from kalab.report import Closing, Connection, ConnState, HttpRequest, Side
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 SEQ_MOD = 1 << 32
+# Wireshark's tcp.completeness bits (epan/dissectors/packet-tcp.c): a conversation's SYN (its
+# first segment a SYN without ACK), a SYN-ACK, an ACK without data or SYN, data with an ACK
+# and no SYN, a FIN with an ACK, a RST.
+COMPLETENESS_SYN, COMPLETENESS_SYN_ACK, COMPLETENESS_ACK = 0x01, 0x02, 0x04
+COMPLETENESS_DATA, COMPLETENESS_FIN, COMPLETENESS_RST = 0x08, 0x10, 0x20
 
 
 class Segment(NamedTuple):
@@ -176,7 +181,8 @@ _CONNECTION_FIELDS = ("id", "client", "server", "syn_at", "syn_retransmits", "es
                       "refused", "requests", "last_response_at", "last_data_at", "first_fin_by",
                       "first_fin_at", "second_fin_at", "rst_by", "rst_at", "closed_by",
                       "closed_with", "idle_before_close", "advertised_timeout", "probe",
-                      "complete", "gaps", "enforced_minus_advertised", "keepalive_probes")
+                      "complete", "gaps", "enforced_minus_advertised", "keepalive_probes",
+                      "history", "conn_state", "completeness", "client_bytes", "server_bytes")
 
 
 def _check_positions() -> None:
@@ -196,6 +202,7 @@ _MAX_LENGTH_DIGITS = 18  # a Content-Length below 10^18 bytes: int() is cheap, n
 _MAX_CHUNK_DIGITS = 16  # a chunk-size of 64 bits
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,%d}" % _MAX_CHUNK_DIGITS)
 _MAX_HEAD = 64 * 1024
+_MAX_HISTORY = 100  # letters of Zeek's history kept: RSTs at ever new numbers must not grow it
 _MAX_PENDING = 16 * 1024 * 1024  # bytes held behind a hole, per direction
 
 
@@ -419,15 +426,34 @@ def _parse_headers(block: bytes) -> dict[str, str]:
 class _Half:
     """One direction of a connection: sequence tracking for reassembly."""
 
-    __slots__ = ("next_seq", "pending", "pending_bytes", "lost", "fin_at", "fin_seq")
+    __slots__ = ("next_seq", "start", "far", "pending", "pending_bytes", "lost", "fin_at",
+                 "fin_seq", "data_said", "said", "last_syn", "last_fin", "last_rst",
+                 "retransmits", "next_t")
 
     def __init__(self, next_seq: int | None = None) -> None:
         self.next_seq = next_seq  # the sequence number of the next byte in order
-        self.pending: dict[int, tuple[bytes, float]] = {}  # by seq: bytes after a hole
+        self.start = next_seq  # the sequence number of its first byte of data
+        # One past the furthest sequence number seen from it out of order (a segment held,
+        # its FIN, a pure ACK ahead): with next_seq, Zeek's "last_seq".
+        self.far: int | None = None
+        # By seq: bytes after a hole; a FIN that came before its data holds an empty entry
+        # at its own place, so that the data, when it comes, takes the slow way in.
+        self.pending: dict[int, tuple[bytes, float]] = {}
         self.pending_bytes = 0
         self.lost = False  # more bytes waited behind a hole than _MAX_PENDING: some were let go
         self.fin_at: float | None = None
         self.fin_seq: int | None = None  # sequence number of the FIN: every byte before it is data
+        # Zeek's history, this side's share: its data seen (with the ACK flag, as
+        # Wireshark's completeness wants it), the once-only letters said, the sequence
+        # numbers of its last SYN, FIN and RST, and its retransmissions (a "T" at the
+        # 1st, 10th, 100th...).
+        self.data_said = False
+        self.said = ""
+        self.last_syn: int | None = None
+        self.last_fin: int | None = None
+        self.last_rst: int | None = None
+        self.retransmits = 0
+        self.next_t = 1
 
     def probe_seq(self) -> int | None:
         """The sequence number a keep-alive probe from this side carries: one behind the next
@@ -436,6 +462,29 @@ class _Half:
         if self.fin_seq is not None:
             return self.fin_seq
         return None if self.next_seq is None else (self.next_seq - 1) % SEQ_MOD
+
+    def furthest(self) -> int | None:
+        """One past the furthest sequence number this side has sent (its SYN and FIN taking
+        one each): where Zeek counts a segment that ends no further a retransmission."""
+        near, far = self.next_seq, self.far
+        if near is None or (far is not None and _seq_diff(far, near) > 0):
+            return far
+        return near
+
+    def reach(self, end: int) -> None:
+        """This side's sequence numbers reached ``end`` (out of order, or without data)."""
+        far = self.furthest()
+        if far is None or _seq_diff(end, far) > 0:
+            self.far = end % SEQ_MOD
+
+    def sent_bytes(self) -> int:
+        """Bytes of data this side sent, from its sequence numbers (Zeek's endpoint size):
+        from its first byte to the furthest it reached, less its FIN."""
+        start, far = self.start, self.furthest()
+        if start is None or far is None:
+            return 0
+        sent = _seq_diff(far, start) - (1 if self.fin_seq is not None else 0)
+        return sent if sent > 0 else 0
 
     def short_of_fin(self) -> bool:
         """True while bytes before the FIN have not been seen (a hole before it)."""
@@ -449,7 +498,8 @@ class _Conn:
                  "client_state", "server_state", "closed",
                  "established_at", "up", "down", "first_fin", "second_fin_at", "rst",
                  "last_data_at", "last_data_before_end", "end_at", "requests", "unanswered",
-                 "request_stream", "response_stream", "advertised", "keepalive_probes")
+                 "request_stream", "response_stream", "advertised", "keepalive_probes",
+                 "history", "completeness")
 
     def __init__(self, number: int, client: tuple[str, int], server: tuple[str, int],
                  ts: float, syn_seq: int | None) -> None:
@@ -479,6 +529,11 @@ class _Conn:
         self.response_stream = _MessageStream(self._on_response_head, self._on_response_end)
         self.advertised: float | None = None
         self.keepalive_probes = 0
+        # Zeek's history letters in the order they came; Wireshark's completeness bits.
+        self.history = "S" if syn_seq is not None else ""
+        self.completeness = COMPLETENESS_SYN if syn_seq is not None else 0
+        if syn_seq is not None:
+            self.up.last_syn = syn_seq
 
     # --- HTTP callbacks
 
@@ -554,14 +609,105 @@ class _Conn:
             and closed[3] is Tcp.SYN_SENT
 
     def take(self, ts: float, flags: int, seq: int, payload: bytes, side: Side) -> None:
-        """One segment of this connection, from ``side``."""
+        """One segment of this connection, from ``side``. The usual one, data in order
+        from a side that has sent data before, does no more than it must."""
+        if flags & 0x07:
+            self._flagged(ts, flags, seq, payload, side)  # a SYN, FIN or RST
+            return
+        if side is Side.CLIENT:
+            half, stream = self.up, self.request_stream
+        else:
+            half, stream = self.down, self.response_stream
+        if not payload:
+            self._bare(ts, flags, seq, half, side)
+            return
+        if not half.data_said:
+            self._first_data(ts, flags, seq, half, side)
+        if seq == half.next_seq and not half.pending:
+            self._accept(half, stream, payload, ts)  # in order: the usual case
+        elif len(payload) == 1 and seq == half.probe_seq():
+            self.keepalive_probes += 1  # a probe with a byte of garbage: not data
+            self._retransmitted(half, side)
+        else:
+            self._deliver(half, stream, seq, payload, ts, side)
+
+    def _say(self, side: Side, letter: str) -> None:
+        """One letter of Zeek's history: upper case for the client (Zeek's originator)."""
+        if len(self.history) < _MAX_HISTORY:
+            self.history += letter if side is Side.CLIENT else letter.lower()
+
+    def _first_data(self, ts: float, flags: int, seq: int, half: _Half, side: Side) -> None:
+        """A side's first data (no SYN, FIN or RST): it may move its state, and it is
+        Zeek's "d" and Wireshark's DATA."""
+        if half.next_seq is None:
+            half.next_seq = half.start = seq  # joined mid-stream
+        if "D" not in half.said:
+            half.said += "D"
+            self._say(side, "D")
+        if flags & ACK:
+            half.data_said = True
+            self.completeness |= COMPLETENESS_DATA
+        self.move(side, Sent.DATA, ts)
+
+    def _bare(self, ts: float, flags: int, seq: int, half: _Half, side: Side) -> None:
+        """A segment with no payload, SYN, FIN or RST: a pure ACK, or a keep-alive probe
+        (a reader may leave most pure ACKs out: see `Analyzer`)."""
+        if flags & ACK and "A" not in half.said:
+            half.said += "A"
+            self._say(side, "A")
+            self.completeness |= COMPLETENESS_ACK
+        self.move(side, Sent.ACK, ts)
+        if seq == half.probe_seq():
+            self.keepalive_probes += 1
+        elif half.next_seq is not None:
+            half.reach(seq)  # ahead of what was seen: the capture missed segments
+
+    def _retransmitted(self, half: _Half, side: Side) -> None:
+        """A segment whose data ends no further than this side had reached: Zeek's "t",
+        written at the 1st, 10th, 100th... of a side."""
+        half.retransmits += 1
+        if half.retransmits == half.next_t:
+            half.next_t *= 10
+            self._say(side, "T")
+
+    def _letters(self, flags: int, seq: int, length: int, half: _Half, side: Side) -> None:
+        """Zeek's history letters for a segment with a SYN, FIN or RST (its
+        ``update_history``): several of them make one "i" (FIN and RST) or "q", once a
+        side; a SYN, FIN or RST is said again only at another sequence number."""
+        if flags & (SYN | FIN | RST) not in (SYN, FIN, RST):
+            letter = "I" if flags & FIN and flags & RST else "Q"
+            if letter not in half.said:
+                half.said += letter
+                self._say(side, letter)
+        elif flags & SYN:
+            if half.last_syn != seq:
+                self._say(side, "H" if flags & ACK else "S")
+            half.last_syn = seq
+        elif flags & FIN:
+            end = (seq + length) % SEQ_MOD
+            if half.last_fin != end:
+                self._say(side, "F")
+            half.last_fin = end
+        else:
+            if half.last_rst != seq:
+                self._say(side, "R")
+            half.last_rst = seq
+
+    def _flagged(self, ts: float, flags: int, seq: int, payload: bytes, side: Side) -> None:
+        """A segment with a SYN, a FIN or a RST (and perhaps data)."""
         client = side is Side.CLIENT
+        if client:
+            half, stream = self.up, self.request_stream
+        else:
+            half, stream = self.down, self.response_stream
+        self._letters(flags, seq, len(payload), half, side)
+        self.completeness |= _completeness(flags, payload)
         if flags & SYN:
             if flags & ACK:
                 if not client:
                     if self.established_at is None:
                         self.established_at = ts
-                    self.down.next_seq = (seq + 1) % SEQ_MOD
+                    half.next_seq = half.start = (seq + 1) % SEQ_MOD
                 self.move(side, Sent.SYN_ACK, ts)
             else:
                 self.move(side, Sent.SYN, ts)
@@ -571,37 +717,34 @@ class _Conn:
                 self.rst = (side, ts)
             self.move(side, Sent.RST, ts)
             return
-        if client:
-            half, stream = self.up, self.request_stream
-        else:
-            half, stream = self.down, self.response_stream
         if payload:
             if half.next_seq is None:
-                half.next_seq = seq  # joined mid-stream
+                half.next_seq = half.start = seq  # joined mid-stream
             if seq == half.next_seq and not half.pending:
-                self._accept(half, stream, payload, ts)  # in order: the usual case
-            elif len(payload) == 1 and not flags & FIN and seq == half.probe_seq():
-                self.keepalive_probes += 1  # a probe with a byte of garbage: not data
+                self._accept(half, stream, payload, ts)
             else:
-                self._deliver(half, stream, seq, payload, ts)
-        elif not flags & FIN:
-            if seq == half.probe_seq():
-                self.keepalive_probes += 1
-            return
-        if flags & FIN and half.fin_at is None:
+                self._deliver(half, stream, seq, payload, ts, side)
+        if half.fin_at is None:
             half.fin_at = ts
             half.fin_seq = (seq + len(payload)) % SEQ_MOD
+            if half.next_seq is not None:
+                half.reach(half.fin_seq + 1)
             if self.first_fin is None:
                 self.first_fin = (side, ts)
             elif self.second_fin_at is None:
                 self.second_fin_at = ts
             self.move(side, Sent.FIN, ts)
-            if not half.short_of_fin():
+            if half.short_of_fin():
+                half.pending.setdefault(half.fin_seq, (b"", ts))  # see `_Half.pending`
+            else:
                 stream.close()  # else when the hole before the FIN fills (_accept)
             self._release()
 
     def _deliver(self, half: _Half, stream: _MessageStream, seq: int, data: bytes,
-                 ts: float) -> None:
+                 ts: float, side: Side) -> None:
+        far = half.furthest()
+        if far is not None and _seq_diff((seq + len(data)) % SEQ_MOD, far) <= 0:
+            self._retransmitted(half, side)
         offset = _seq_diff(seq, half.next_seq)
         if offset > 0:  # a hole before it: hold until filled
             if seq not in half.pending:
@@ -610,6 +753,7 @@ class _Conn:
                     return
                 half.pending[seq] = (data, ts)
                 half.pending_bytes += len(data)
+                half.reach(seq + len(data))
             return
         if offset < 0:
             if len(data) <= -offset:
@@ -676,6 +820,7 @@ class _Conn:
         if ended_at is not None and quiet_since is not None and not refused:
             idle = round(ended_at - quiet_since, 6)
         advertised = self.advertised
+        client_bytes, server_bytes = up.sent_bytes(), down.sent_bytes()
         return Connection(
             self.number, _fmt(self.client), _fmt(self.server), self.syn_at,
             self.syn_retransmits, self.established_at, refused,
@@ -685,7 +830,55 @@ class _Conn:
             advertised, not requests, self.syn_at is not None and gaps == 0, gaps,
             round(idle - advertised, 6) if closed_by is Side.SERVER
             and closed_with is Closing.FIN and idle is not None and advertised is not None
-            else None, self.keepalive_probes)
+            else None, self.keepalive_probes, self.history,
+            conn_state(self.client_state, self.server_state, client_bytes, server_bytes,
+                       self.history).value, self.completeness, client_bytes, server_bytes)
+
+
+_RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R")  # Zeek's: the client's SYN, then its RST, unanswered
+
+
+def conn_state(client: Tcp, server: Tcp, client_bytes: int, server_bytes: int,
+               history: str) -> ConnState:
+    """Zeek's conn_state from the two sides' final states (Zeek's ``conn_state`` function in
+    scripts/base/protocols/conn/main.zeek, the client as its originator)."""
+    client_quiet = client in (Tcp.INACTIVE, Tcp.PARTIAL)
+    server_quiet = server in (Tcp.INACTIVE, Tcp.PARTIAL)
+    if server is Tcp.RESET:
+        if client in (Tcp.SYN_SENT, Tcp.SYN_ACK_SENT) or (
+                client is Tcp.RESET and client_bytes == 0 and server_bytes == 0):
+            return ConnState.REJ
+        return ConnState.RSTRH if client_quiet else ConnState.RSTR
+    if client is Tcp.RESET:
+        if server_quiet:
+            return ConnState.RSTOS0 if _RSTOS0.match(history) else ConnState.OTH
+        return ConnState.RSTO
+    if client is Tcp.CLOSED and server is Tcp.CLOSED:
+        return ConnState.SF
+    if client is Tcp.CLOSED:
+        return ConnState.SH if server_quiet else ConnState.S2
+    if server is Tcp.CLOSED:
+        return ConnState.SHR if client_quiet else ConnState.S3
+    if client is Tcp.SYN_SENT and server is Tcp.INACTIVE:
+        return ConnState.S0
+    if client is Tcp.ESTABLISHED and server is Tcp.ESTABLISHED:
+        return ConnState.S1
+    return ConnState.OTH
+
+
+def _completeness(flags: int, payload: bytes) -> int:
+    """Wireshark's completeness bits for a segment with a SYN, FIN or RST (none of them a
+    connection's first SYN: that one is counted where the connection opens)."""
+    bits = 0
+    if flags & (SYN | ACK) == SYN | ACK:
+        bits |= COMPLETENESS_SYN_ACK
+    elif flags & (SYN | ACK) == ACK:
+        bits |= COMPLETENESS_DATA if payload else COMPLETENESS_ACK
+    if flags & (FIN | ACK) == FIN | ACK:
+        bits |= COMPLETENESS_FIN
+    if flags & RST:
+        bits |= COMPLETENESS_RST
+    return bits
 
 
 def _plain(value: StrEnum | None) -> str | None:
@@ -762,12 +955,15 @@ class Analyzer:
     RST), and those whose SYN was not seen (which make a run inconclusive).
 
     A pure ACK (no payload, no SYN, FIN or RST) on a four-tuple already fed
-    changes no record when its sequence number is the furthest its direction
-    has reached since its SYN (the end of its furthest segment, SYN and FIN
-    counting one), or when that direction has sent nothing but pure ACKs
-    (its sequence numbers are then unknown): a reader may leave such
-    segments out, and this class must never come to depend on them. Any
-    other pure ACK may be a keep-alive probe, one behind, and must be fed.
+    changes no record when its direction has already sent a pure ACK since
+    its SYN (or since the other direction's SYN without ACK), and its
+    sequence number is the furthest its direction has reached since its SYN
+    (the end of its furthest segment, SYN and FIN counting one), or that
+    direction has sent nothing but pure ACKs (its sequence numbers are then
+    unknown): a reader may leave such segments out, and this class must
+    never come to depend on them. A direction's first pure ACK is a letter
+    of Zeek's history and a bit of Wireshark's completeness; any other may be
+    a keep-alive probe, one behind: they must be fed.
     """
 
     def __init__(self, ports: set[int] | frozenset[int] | None = None) -> None:
@@ -800,6 +996,8 @@ class Analyzer:
                     else ((src, sport), (dst, dport))
                 conn = self._open(client, server, ts, None)
                 side = Side.CLIENT if client == (src, sport) else Side.SERVER
+                if side is Side.SERVER:
+                    conn.history = "^"  # Zeek's mark: the first packet's sender is not the client
             else:
                 conn, side = entry
             conn.take(ts, flags, seq, payload, side)

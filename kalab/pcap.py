@@ -8,11 +8,14 @@ place with ``struct.unpack_from``: no per-packet copy but the payload.
 
 `SegmentReader` can leave out the segments that cannot change any record
 (``skip_acks``): a pure ACK (no payload, no SYN, FIN or RST) on a four-tuple
-it has already handed on, whose sequence number is where its direction has
-reached (the end of the furthest segment handed on since the direction's
-last SYN, a SYN or FIN counting one), or whose direction has handed on
-nothing yet. Any other pure ACK is handed on: a TCP keep-alive probe is a
-pure ACK one behind that point, and the analyzer counts it. The point only
+it has already handed on, whose direction has already handed on a pure ACK
+since its last SYN (or since the other direction's SYN without ACK: a new
+connection), and whose sequence number is where its direction has reached
+(the end of the furthest segment handed on since the direction's last SYN,
+a SYN or FIN counting one), or whose direction has handed on nothing else
+yet. Any other pure ACK is handed on: a direction's first is a letter of
+Zeek's history and a bit of Wireshark's completeness, and a TCP keep-alive
+probe is a pure ACK one behind that point, which the analyzer counts. The point only
 moves forward (sequence numbers compared as TCP does, modulo 2^32), so a
 retransmission never brings it back to where a probe would sit. The first
 segment of a four-tuple is always handed on, even a pure ACK: for a capture
@@ -377,6 +380,17 @@ def read_frames(path: str | Path) -> Iterator[tuple[int, float, bytes]]:
         yield linktype, ts, buf[start:end]
 
 
+def _new_connection(known: dict[tuple, list], cell: list, flags: int, src: int | bytes,
+                    sport: int, dst: int | bytes, dport: int) -> None:
+    """A SYN: its direction's next pure ACK is the first of a connection again, and so,
+    for a SYN without ACK (a new connection), is the other direction's."""
+    cell[1] = False
+    if not flags & 0x10:
+        other = known.get((dst, dport, src, sport))
+        if other is not None:
+            other[1] = False
+
+
 class SegmentReader:
     """The TCP segments of a capture file, in file order.
 
@@ -503,8 +517,9 @@ class SegmentReader:
         """Any format, a frame at a time."""
         ports, skip_acks = self.ports, self.skip_acks
         # Per direction of each four-tuple handed on: [where its sequence numbers have
-        # reached], [None] before it has sent anything but pure ACKs.
-        known: dict[tuple, list[int | None]] = {}
+        # reached (None before it has sent anything but pure ACKs), whether it has handed
+        # on a pure ACK since its last SYN].
+        known: dict[tuple, list] = {}
         reached_at = known.get
         names = _Names()
         batch: list[Segment] = []
@@ -534,8 +549,8 @@ class SegmentReader:
                 reach = seq + data_end - data if data < data_end else seq
                 if flags & 0x03:
                     reach += 1  # a SYN or FIN takes a sequence number
-                known[(src, sport, dst, dport)] = [reach]
-                known[(dst, dport, src, sport)] = [None]
+                known[(src, sport, dst, dport)] = [reach, not (data < data_end or flags & 0x07)]
+                known[(dst, dport, src, sport)] = [None, False]
             elif data < data_end or flags & 0x07:  # data, SYN, FIN or RST: it reaches its end
                 reach = seq + data_end - data if data < data_end else seq
                 if flags & 0x03:
@@ -546,15 +561,18 @@ class SegmentReader:
                 if reached == seq or reached is None or flags & 0x02 or \
                         (reach - reached) & _SEQ_MASK < _SEQ_HALF:
                     cell[0] = reach
+                if flags & 0x02:  # a SYN: a new connection, whose first pure ACKs count
+                    _new_connection(known, cell, flags, src, sport, dst, dport)
             else:  # a pure ACK
                 reached = cell[0]
                 if reached == seq or reached is None:
-                    if skip_acks:
+                    if cell[1] and skip_acks:
                         self.skipped += 1  # it changes no record
                         continue
                 elif (seq - reached) & _SEQ_MASK < _SEQ_HALF:
                     cell[0] = seq  # past the furthest seen: the capture missed segments
                 # else behind it: a keep-alive probe (one behind), or an old duplicate
+                cell[1] = True  # its direction's first pure ACK is handed on
             self.segments += 1
             batch.append(_new_segment(self._row, (ts, names[src], sport, names[dst], dport,
                                                   flags, seq, ack, buf[data:data_end])))
@@ -582,7 +600,7 @@ class SegmentReader:
         new, row = _new_segment, self._row
         ethernet = linktype == LINKTYPE_ETHERNET
         ports, skip_acks = self.ports, self.skip_acks
-        known: dict[tuple, list[int | None]] = {}  # as in `_any`
+        known: dict[tuple, list] = {}  # as in `_any`
         reached_at = known.get
         names = _Names()
         records = segments = skipped = 0
@@ -646,8 +664,9 @@ class SegmentReader:
                     reach = seq + data_end - data if data < data_end else seq
                     if flags & 0x03:
                         reach += 1
-                    known[(src, sport, dst, dport)] = [reach]
-                    known[(dst, dport, src, sport)] = [None]
+                    known[(src, sport, dst, dport)] = [reach,
+                                                       not (data < data_end or flags & 0x07)]
+                    known[(dst, dport, src, sport)] = [None, False]
                 elif data < data_end or flags & 0x07:
                     reach = seq + data_end - data if data < data_end else seq
                     if flags & 0x03:
@@ -656,14 +675,17 @@ class SegmentReader:
                     if reached == seq or reached is None or flags & 0x02 or \
                             (reach - reached) & 0xFFFFFFFF < 0x80000000:
                         cell[0] = reach
+                    if flags & 0x02:
+                        _new_connection(known, cell, flags, src, sport, dst, dport)
                 else:
                     reached = cell[0]
                     if reached == seq or reached is None:
-                        if skip_acks:
+                        if cell[1] and skip_acks:
                             skipped += 1
                             continue
                     elif (seq - reached) & 0xFFFFFFFF < 0x80000000:
                         cell[0] = seq
+                    cell[1] = True
                 segments += 1
                 append(new(row, (sec + frac * unit, names[src], sport, names[dst], dport,
                                      flags, seq, ack, buf[data:data_end])))

@@ -59,6 +59,64 @@ def doc(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasse
     return field(metadata={"doc": text})
 
 
+class ConnState(StrEnum):
+    """Zeek's ``conn_state``: how a TCP connection went, the client as Zeek's originator."""
+
+    S0 = "S0"
+    S1 = "S1"
+    SF = "SF"
+    REJ = "REJ"
+    S2 = "S2"
+    S3 = "S3"
+    RSTO = "RSTO"
+    RSTR = "RSTR"
+    RSTOS0 = "RSTOS0"
+    RSTRH = "RSTRH"
+    SH = "SH"
+    SHR = "SHR"
+    OTH = "OTH"
+
+
+# Zeek's own definitions (scripts/base/protocols/conn/main.zeek), originator and responder
+# being the client and the server.
+CONN_STATES: dict[ConnState, str] = {
+    ConnState.S0: "connection attempt seen, no reply",
+    ConnState.S1: "connection established, not terminated",
+    ConnState.SF: "normal establishment and termination",
+    ConnState.REJ: "connection attempt rejected",
+    ConnState.S2: "connection established and close attempt by the client seen (but no "
+                  "reply from the server)",
+    ConnState.S3: "connection established and close attempt by the server seen (but no "
+                  "reply from the client)",
+    ConnState.RSTO: "connection established, the client aborted (sent a RST)",
+    ConnState.RSTR: "the server sent a RST",
+    ConnState.RSTOS0: "the client sent a SYN followed by a RST, no SYN-ACK from the server "
+                      "seen",
+    ConnState.RSTRH: "the server sent a SYN-ACK followed by a RST, no SYN from the client "
+                     "seen",
+    ConnState.SH: "the client sent a SYN followed by a FIN, no SYN-ACK from the server seen "
+                  "(half open)",
+    ConnState.SHR: "the server sent a SYN-ACK followed by a FIN, no SYN from the client seen",
+    ConnState.OTH: "no SYN seen, just midstream traffic",
+}
+
+# Zeek's history letters (the same file), upper case for the client, lower for the server.
+HISTORY_LETTERS = {
+    "s": "a SYN without the ACK bit set", "h": "a SYN-ACK (handshake)", "a": "a pure ACK",
+    "d": "a packet with payload (data)", "f": "a packet with the FIN bit set",
+    "r": "a packet with the RST bit set", "t": "a packet with retransmitted payload",
+    "i": "an inconsistent packet (FIN and RST bits set)",
+    "q": "a multi-flag packet (SYN and FIN, or SYN and RST bits set)",
+    "^": "the connection's direction was flipped: its first packet came from the server",
+}
+
+# Wireshark's tcp.completeness bits (epan/dissectors/packet-tcp.c).
+COMPLETENESS_BITS = {1: "SYN (the conversation's first segment, a SYN without ACK)",
+                     2: "SYN-ACK", 4: "ACK (a segment with the ACK bit, no SYN and no data)",
+                     8: "DATA (payload, with the ACK bit and no SYN)",
+                     16: "FIN (with the ACK bit)", 32: "RST"}
+
+
 @dataclass
 class HttpRequest:
     """One HTTP request seen on the wire, with the response that answered it."""
@@ -161,6 +219,34 @@ class Connection:
         "HTTP idle timeout runs on through them. Counted only where the sender's sequence "
         "numbers are known (its SYN or data seen); a lone retransmission of a sender's last "
         "byte looks the same and is counted, as tshark counts it.", 0)
+    history: str | None = doc(
+        "Zeek's conn.log `history`: a letter for each kind of event, in the order they "
+        "came, upper case for the client (Zeek's originator), lower case for the server: "
+        + "; ".join(f"`{letter}` {text}" for letter, text in HISTORY_LETTERS.items())
+        + ". `a`, `d`, `i` and `q` are written once a side; `s`, `h`, `f` and `r` again "
+        "only at another sequence number; `t` at a side's 1st, 10th, 100th... A "
+        "retransmission is a segment whose data ends no further than its side had "
+        "reached (a 1-byte keep-alive probe is one). Zeek's `c` (bad checksum), `g` "
+        "(content gap: see `gaps`), `w` (zero window) and `x` are never written: kalab "
+        "checks no checksum and reads no window. At most 100 letters. Null only in a "
+        "report read from kalab.report/1.", None)
+    conn_state: ConnState | None = doc(
+        "Zeek's conn.log `conn_state`, from the two sides' final TCP states as Zeek's "
+        "analyzer would leave them, with the client as Zeek's originator: "
+        + "; ".join(f"`{state}` {text}" for state, text in CONN_STATES.items())
+        + ". Null only in a report read from kalab.report/1.", None)
+    completeness: int | None = doc(
+        "Wireshark's `tcp.completeness` of its conversation: the sum of "
+        + ", ".join(f"{bit} {text}" for bit, text in COMPLETENESS_BITS.items())
+        + "; 31 is a whole conversation closed with FINs. It is what tshark shows on the "
+        "conversation's last frame when it reads the file twice (`tshark -2`): every "
+        "segment counted. Null only in a report read from kalab.report/1.", None)
+    client_bytes: int | None = doc(
+        "Bytes of data the client sent, from its sequence numbers (Zeek's `orig_bytes`): "
+        "from its first byte to the furthest it reached, holes included. Null only in a "
+        "report read from kalab.report/1.", None)
+    server_bytes: int | None = doc(
+        "Bytes of data the server sent, as `client_bytes` (Zeek's `resp_bytes`).", None)
 
 
 @dataclass

@@ -107,7 +107,7 @@ def connections_table(run: EngineRun, zero: float) -> Table:
     """The connections table: also the one report.html and report.md show."""
     conns = Table(title="Connections -> who closed", title_justify="left")
     for col in ("conn", "client", "SYN", "requests", "closed by", "at",
-                "idle before close", "advertised timeout"):
+                "idle before close", "advertised timeout", "Zeek"):
         conns.add_column(col)
     for c in run.connections:
         label = "probe" if c.probe and not c.refused else ", ".join(c.requests) or "-"
@@ -117,7 +117,8 @@ def connections_table(run: EngineRun, zero: float) -> Table:
         conns.add_row(*(Text(visible(cell)) for cell in (
             f"#{c.id}", c.client, _t(c.syn_at, zero), label, closer,
             _t(c.first_fin_at or c.rst_at, zero), _secs(c.idle_before_close),
-            "-" if c.advertised_timeout is None else f"{c.advertised_timeout:g} s")))
+            "-" if c.advertised_timeout is None else f"{c.advertised_timeout:g} s",
+            f"{c.conn_state} {c.history}" if c.conn_state else "-")))
     return conns
 
 

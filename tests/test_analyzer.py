@@ -1414,3 +1414,116 @@ def test_segmentation_does_not_change_the_records(up_cuts, down_cuts, duplicate,
     assert conn.advertised_timeout == 5.0
     assert conn.gaps == 0 and conn.complete is True
     assert conn.idle_before_close == secs(5.0)
+
+
+# --- Zeek's history and conn_state, Wireshark's completeness
+#
+# Each case plays one connection; the expected values are written from the definitions
+# (Zeek's scripts/base/protocols/conn/main.zeek, Wireshark's packet-tcp.c), not read off
+# the analyzer. Completeness bits: 1 SYN, 2 SYN-ACK, 4 ACK, 8 DATA, 16 FIN, 32 RST.
+
+
+def _normal(c: Endpoint, s: Endpoint) -> None:
+    handshake(c, s, at(0))
+    c.send(at(1), get())
+    s.send(at(1.01), response())
+    c.ack(at(1.02))  # a second pure ACK from the client: no second "A"
+    s.fin(at(6))
+    c.fin(at(6.01))
+    s.ack(at(6.02))
+
+
+def _exchange(c: Endpoint, s: Endpoint) -> None:
+    handshake(c, s, at(0))
+    c.send(at(1), get())
+    s.send(at(1.01), response())
+
+
+def _retransmitting(c: Endpoint, s: Endpoint) -> None:
+    handshake(c, s, at(0))
+    first = c.send(at(1), get())
+    for n in range(10):  # ten copies of the request: a "T" at the 1st and the 10th
+        c.send(at(1.1 + n / 100), get(), seq=first)
+    s.send(at(2), response())
+
+
+def _midstream(c: Endpoint, s: Endpoint) -> None:
+    c.send(at(1), get())
+    s.send(at(1.01), response())
+    s.fin(at(2))
+    c.fin(at(2.01))
+
+
+def _server_first(c: Endpoint, s: Endpoint) -> None:
+    s.send(at(1), response())
+    c.ack(at(1.01))
+
+
+def _probed(c: Endpoint, s: Endpoint) -> None:
+    _exchange(c, s)
+    c.ack(at(1.02))
+    c.probe(at(3), b"\x00")  # a byte one behind: Zeek takes it for a retransmission
+
+
+def _fin_and_rst(c: Endpoint, s: Endpoint) -> None:
+    _exchange(c, s)
+    c._emit(at(2), "FRA", c.seq)
+
+
+HISTORIES = [
+    # name, play, history, conn_state, completeness
+    ("keep-alive, closed by the server", _normal, "ShADdfFa", "SF", 1 | 2 | 4 | 8 | 16),
+    ("refused", lambda c, s: (c.syn(at(0)), s.rstack(at(0.001))), "Sr", "REJ", 1 | 4 | 32),
+    ("no answer", lambda c, s: c.syn(at(0)), "S", "S0", 1),
+    ("open when the capture ended", _exchange, "ShADd", "S1", 1 | 2 | 4 | 8),
+    ("the client resets", lambda c, s: (_exchange(c, s), c.rst(at(2))), "ShADdR", "RSTO",
+     1 | 2 | 4 | 8 | 32),
+    ("the server resets", lambda c, s: (_exchange(c, s), s.rst(at(2))), "ShADdr", "RSTR",
+     1 | 2 | 4 | 8 | 32),
+    ("the client's SYN, then its RST", lambda c, s: (c.syn(at(0)), c.rst(at(1))), "SR",
+     "RSTOS0", 1 | 32),
+    ("half closed by the server", lambda c, s: (_exchange(c, s), s.fin(at(2))), "ShADdf",
+     "S3", 1 | 2 | 4 | 8 | 16),
+    ("half closed by the client", lambda c, s: (_exchange(c, s), c.fin(at(2))), "ShADdF",
+     "S2", 1 | 2 | 4 | 8 | 16),
+    ("retransmitted, ten times", _retransmitting, "ShADTTd", "S1", 1 | 2 | 4 | 8),
+    ("seen mid-stream, closed", _midstream, "DdfF", "SF", 4 | 8 | 16),
+    ("seen mid-stream, the server first", _server_first, "^dA", "OTH", 4 | 8),
+    ("a probe with a byte", _probed, "ShADdT", "S1", 1 | 2 | 4 | 8),
+    ("a FIN and a RST at once", _fin_and_rst, "ShADdI", "RSTO", 1 | 2 | 4 | 8 | 16 | 32),
+    ("a SYN-ACK, then a RST, no SYN", lambda c, s: (s.synack(at(0)), s.rst(at(1))), "^hr",
+     "RSTRH", 2 | 32),
+    ("a SYN-ACK, then a FIN, no SYN", lambda c, s: (s.synack(at(0)), s.fin(at(1))), "^hf",
+     "SHR", 2 | 4 | 16),
+]
+
+
+@pytest.mark.parametrize("name, play, history, state, completeness", HISTORIES,
+                         ids=[case[0] for case in HISTORIES])
+def test_history_conn_state_and_completeness_are_zeeks_and_wiresharks(
+        name, play, history, state, completeness):
+    wire = Wire()
+    play(*wire.conversation())
+    (conn,), _ = wire.analyze()
+    assert (conn.history, conn.conn_state, conn.completeness) == (history, state, completeness)
+
+
+def test_completeness_is_tsharks_and_leaving_pure_acks_out_changes_no_history(tmp_path):
+    wire = Wire()
+    for number, (_, play, *_) in enumerate(HISTORIES):
+        play(*wire.conversation(cport=41000 + number))
+    wire.packets.sort(key=lambda packet: packet[0])  # as a capture has them
+    path = tmp_path / "histories.pcap"
+    write_pcap(wire, path)
+    analysis = analyze_capture(path, {PORT})  # the reader that leaves pure ACKs out
+    assert analysis.skipped > 0
+    assert (analysis.connections, analysis.requests) == wire.analyze()
+    by_port = {c.client: (c.history, c.conn_state, c.completeness)
+               for c in analysis.connections}
+    assert [by_port[f"10.0.0.1:{41000 + n}"] for n in range(len(HISTORIES))] == \
+        [tuple(case[2:]) for case in HISTORIES]
+    if tshark_referee.available():
+        tshark = tshark_referee.streams(path, PORT)
+        assert sorted(tshark[n].client for n in tshark) == sorted(by_port)
+        assert {s.client: s.completeness for s in tshark.values()} == \
+            {client: found[2] for client, found in by_port.items()}

@@ -4,8 +4,10 @@
 pcap: the connections (`tcp.stream`), each request's connection and depth
 (`http.request`, in order on its stream), who sent the first FIN
 (`tcp.flags.fin`), the close times, first FIN and first RST, to the
-millisecond (`frame.time_epoch`), and the TCP keep-alive probes on each
-connection (`tcp.analysis.keep_alive`).
+millisecond (`frame.time_epoch`), the TCP keep-alive probes on each
+connection (`tcp.analysis.keep_alive`), and each connection's completeness
+(`tcp.completeness`, read in two passes, as Wireshark shows it once it has
+read the whole file: the OR of what its frames show).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Stream:
     first_rst_at: float | None = None
     requests: list[tuple[float, str, str]] = field(default_factory=list)  # (time, method, uri)
     keepalive_probes: int = 0  # frames tshark flags tcp.analysis.keep_alive
+    completeness: int = 0  # tcp.completeness, ORed over the stream's frames (tshark -2)
 
 
 def _endpoint(address: str, port: int) -> str:
@@ -95,6 +98,23 @@ def streams(pcap: Path, port: int | Iterable[int]) -> dict[int, Stream]:
             methods = row["http.request.method"].split(_AGGREGATOR)
             uris = row["http.request.uri"].split(_AGGREGATOR)
             stream.requests += [(at, m, u) for m, u in zip(methods, uris, strict=False)]
+    for number, completeness in _completeness(pcap).items():
+        if number in found:
+            found[number].completeness = completeness
+    return found
+
+
+def _completeness(pcap: Path) -> dict[int, int]:
+    """tcp.stream -> its tcp.completeness. One pass shows each frame the value before it;
+    two passes count every frame, the first too (its bits come on the second pass)."""
+    out = subprocess.run(["tshark", "-2", "-r", str(pcap), "-T", "fields", "-e", "tcp.stream",
+                          "-e", "tcp.completeness"], capture_output=True, text=True,
+                         check=True).stdout
+    found: dict[int, int] = {}
+    for line in out.splitlines():
+        stream, _, value = line.partition("\t")
+        if stream and value:
+            found[int(stream)] = found.get(int(stream), 0) | int(value)
     return found
 
 
@@ -135,6 +155,9 @@ def compare(report_run: dict, pcap: Path, port: int | Iterable[int]) -> list[str
             elif at is not None and abs(at - conn[at_key]) > TOLERANCE:
                 problems.append(f"#{conn['id']}: first {flag} at {conn[at_key]}, "
                                 f"tshark says {at}")
+        if conn.get("completeness") != stream.completeness:
+            problems.append(f"#{conn['id']}: completeness {conn.get('completeness')}, tshark "
+                            f"says {stream.completeness}")
         if conn["keepalive_probes"] != stream.keepalive_probes:
             problems.append(f"#{conn['id']}: {conn['keepalive_probes']} keep-alive probe(s), "
                             f"tshark says {stream.keepalive_probes}")
