@@ -182,7 +182,8 @@ _CONNECTION_FIELDS = ("id", "client", "server", "syn_at", "syn_retransmits", "es
                       "first_fin_at", "second_fin_at", "rst_by", "rst_at", "closed_by",
                       "closed_with", "idle_before_close", "advertised_timeout", "probe",
                       "complete", "gaps", "enforced_minus_advertised", "keepalive_probes",
-                      "history", "conn_state", "completeness", "client_bytes", "server_bytes")
+                      "history", "conn_state", "completeness", "client_bytes", "server_bytes",
+                      "close_announced_by", "closed_as_announced", "keep_alive_max_kept")
 
 
 def _check_positions() -> None:
@@ -196,6 +197,7 @@ _check_positions()
 
 _TIMEOUT = re.compile(rb"timeout\s*=\s*([^\s,;]*)", re.I)  # the parameter's value, whatever it is
 _SECONDS = re.compile(rb"([0-9]+)(?:\.[0-9]+)?")
+_MAX = re.compile(rb"(?:^|[\s,;])max\s*=\s*([^\s,;]*)", re.I)
 # Numbers from the wire, leading zeros aside (see "Numbers from the wire" above).
 _MAX_TIMEOUT_DIGITS = 10  # before the point: up to 317 years; 400 digits would make inf
 _MAX_LENGTH_DIGITS = 18  # a Content-Length below 10^18 bytes: int() is cheap, no body is longer
@@ -217,7 +219,7 @@ class _Headers:
     a client or server repeats its block from message to message (only the request
     line, a Date or a length changes), so most messages find theirs already here."""
 
-    __slots__ = ("connection", "keep_alive", "said_timeout", "timeout", "framing")
+    __slots__ = ("connection", "keep_alive", "said_timeout", "timeout", "max", "framing")
 
     def __init__(self, block: bytes) -> None:
         parsed = _parse_headers(block)  # by lower-case name, repeated ones joined by ``, ``
@@ -227,6 +229,7 @@ class _Headers:
         # when they are not a number within bounds.
         self.said_timeout, self.timeout = _timeout(self.keep_alive) if self.keep_alive \
             else (False, None)
+        self.max = _keep_alive_max(self.keep_alive) if self.keep_alive else None
         self.framing = _header_framing(parsed)  # None: no usable length, the default applies
 
 
@@ -498,7 +501,7 @@ class _Conn:
                  "client_state", "server_state", "closed",
                  "established_at", "up", "down", "first_fin", "second_fin_at", "rst",
                  "last_data_at", "last_data_before_end", "end_at", "requests", "unanswered",
-                 "request_stream", "response_stream", "advertised", "keepalive_probes",
+                 "request_stream", "response_stream", "keepalive_probes",
                  "history", "completeness")
 
     def __init__(self, number: int, client: tuple[str, int], server: tuple[str, int],
@@ -527,7 +530,6 @@ class _Conn:
         self.unanswered: list[HttpRequest] = []
         self.request_stream = _MessageStream(self._on_request_head, self._on_request_end)
         self.response_stream = _MessageStream(self._on_response_head, self._on_response_end)
-        self.advertised: float | None = None
         self.keepalive_probes = 0
         # Zeek's history letters in the order they came; Wireshark's completeness bits.
         self.history = "S" if syn_seq is not None else ""
@@ -573,8 +575,8 @@ class _Conn:
         request.response_version = version
         request.response_connection = headers.connection
         request.response_keep_alive = headers.keep_alive
-        if headers.said_timeout:  # an unreadable one too: the older one no longer holds
-            request.advertised_timeout = self.advertised = headers.timeout
+        request.advertised_timeout = headers.timeout
+        request.keep_alive_max = headers.max
         return _response_framing(headers, request.method, status)
 
     def _on_response_end(self, ts: float) -> None:
@@ -819,7 +821,13 @@ class _Conn:
         idle = None
         if ended_at is not None and quiet_since is not None and not refused:
             idle = round(ended_at - quiet_since, 6)
-        advertised = self.advertised
+        # What its last exchange said: the last response's timeout, and whether the last
+        # response (else the last request) announced the close.
+        answered = [r for r in requests if r.status is not None]
+        last_response = answered[-1] if answered else None
+        advertised = last_response.advertised_timeout if last_response else None
+        announced = close_announced(requests[-1] if requests else None, last_response)
+        as_announced = announced is not None and closed_by is not None
         client_bytes, server_bytes = up.sent_bytes(), down.sent_bytes()
         return Connection(
             self.number, _fmt(self.client), _fmt(self.server), self.syn_at,
@@ -829,10 +837,11 @@ class _Conn:
             _plain(closed_with), idle,
             advertised, not requests, self.syn_at is not None and gaps == 0, gaps,
             round(idle - advertised, 6) if closed_by is Side.SERVER
-            and closed_with is Closing.FIN and idle is not None and advertised is not None
-            else None, self.keepalive_probes, self.history,
+            and closed_with is Closing.FIN and not as_announced and idle is not None
+            and advertised is not None else None, self.keepalive_probes, self.history,
             conn_state(self.client_state, self.server_state, client_bytes, server_bytes,
-                       self.history).value, self.completeness, client_bytes, server_bytes)
+                       self.history).value, self.completeness, client_bytes, server_bytes,
+            _plain(announced), as_announced, max_kept(answered))
 
 
 _RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R")  # Zeek's: the client's SYN, then its RST, unanswered
@@ -866,6 +875,38 @@ def conn_state(client: Tcp, server: Tcp, client_bytes: int, server_bytes: int,
     return ConnState.OTH
 
 
+def announces_close(connection: str | None, version: str | None) -> bool:
+    """Whether a message says its connection ends after it: its Connection header has the
+    ``close`` option (RFC 9112 section 9.6), or it is HTTP/1.0 without ``keep-alive``
+    (section 9.3: an HTTP/1.0 connection persists only with it)."""
+    options = {option.strip(" \t").lower() for option in connection.split(",")} \
+        if connection else set()
+    return "close" in options or (version == "HTTP/1.0" and "keep-alive" not in options)
+
+
+def close_announced(last_request: HttpRequest | None,
+                    last_response: HttpRequest | None) -> Side | None:
+    """Who said, in a connection's last exchange, that it would end: the server in its last
+    response, else the client in its last request; None when neither did."""
+    if last_response is not None and announces_close(last_response.response_connection,
+                                                     last_response.response_version):
+        return Side.SERVER
+    if last_request is not None and announces_close(last_request.request_connection,
+                                                    last_request.version):
+        return Side.CLIENT
+    return None
+
+
+def max_kept(answered: list[HttpRequest]) -> bool | None:
+    """Whether every ``Keep-Alive: max=N`` on a connection held: no more than N requests
+    were answered on it after that response. None when no response said max=."""
+    kept = None
+    for index, request in enumerate(answered):
+        if request.keep_alive_max is not None:
+            kept = (kept is not False) and len(answered) - index - 1 <= request.keep_alive_max
+    return kept
+
+
 def _completeness(flags: int, payload: bytes) -> int:
     """Wireshark's completeness bits for a segment with a SYN, FIN or RST (none of them a
     connection's first SYN: that one is counted where the connection opens)."""
@@ -890,6 +931,18 @@ def _plain(value: StrEnum | None) -> str | None:
 def _fmt(endpoint: tuple[str, int]) -> str:
     host, port = endpoint
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _keep_alive_max(keep_alive: str) -> int | None:
+    """A Keep-Alive header's ``max=``: None unless it is digits, at most
+    `_MAX_TIMEOUT_DIGITS` of them (leading zeros aside)."""
+    match = _MAX.search(keep_alive.encode("latin-1"))
+    if match is None:
+        return None
+    value = match.group(1)
+    if not value.isdigit() or len(value.lstrip(b"0")) > _MAX_TIMEOUT_DIGITS:
+        return None
+    return int(value)
 
 
 def _timeout(keep_alive: str) -> tuple[bool, float | None]:

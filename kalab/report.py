@@ -29,6 +29,21 @@ SCHEMA = "kalab.report/2"
 # is `closed_with`, no longer `server-reset`, `refused` or `open`; see `from_dict`.
 SCHEMA_1 = "kalab.report/1"
 SCHEMAS_READ = (SCHEMA_1, SCHEMA)
+# The fields a /1 record holds with the meaning /2 gives them (its closed_by as `from_dict`
+# splits it): what a /1 report can still be checked on against its pcaps. /2 changed
+# advertised_timeout (now the last response's) and so enforced_minus_advertised.
+KEPT_FROM_1 = {
+    "connections": frozenset((
+        "id", "client", "server", "syn_at", "syn_retransmits", "established_at", "refused",
+        "requests", "last_response_at", "last_data_at", "first_fin_by", "first_fin_at",
+        "second_fin_at", "rst_by", "rst_at", "closed_by", "closed_with", "idle_before_close",
+        "probe", "complete", "gaps", "keepalive_probes")),
+    "requests": frozenset((
+        "id", "connection", "depth", "reused", "method", "target", "version", "sent_at",
+        "request_connection", "response_at", "response_end_at", "status", "response_version",
+        "response_connection", "response_keep_alive", "advertised_timeout", "client",
+        "planned_at", "send_lag", "attempt", "story")),
+}
 
 
 class Side(StrEnum):
@@ -150,6 +165,11 @@ class HttpRequest:
                                            "plain decimal number of at most 10 digits before "
                                            "the point (`1e400`, `inf`, 400 nines): the raw "
                                            "header is in `response_keep_alive`.", None)
+    keep_alive_max: int | None = doc("`max=` from the response's `Keep-Alive`: how many more "
+                                     "requests the server said it would take on the "
+                                     "connection (Apache counts it down, `max=3`, `max=2`, "
+                                     "`max=1`, then `Connection: close`); null without one, "
+                                     "or when it is not plain digits, at most 10.", None)
     client: dict[str, Any] | None = doc("What the client role believed about this request "
                                         "(see `client.sessions.RequestRecord`); null for "
                                         "`kalab analyze`.", None)
@@ -198,16 +218,18 @@ class Connection:
     idle_before_close: float | None = doc("Seconds from the last payload (normally the last "
                                           "response's end) to the first FIN or RST: the idle "
                                           "time after which it was closed.")
-    advertised_timeout: float | None = doc("The last `Keep-Alive: timeout=` the server "
-                                           "advertised on it; null if none, or if the last "
-                                           "one was unreadable (see "
-                                           "`HttpRequest.advertised_timeout`).")
+    advertised_timeout: float | None = doc("The `Keep-Alive: timeout=` of its last response: "
+                                           "what the server last said of its idle timeout; "
+                                           "null when that response said none, or an "
+                                           "unreadable one (see "
+                                           "`HttpRequest.advertised_timeout`), or none came.")
     probe: bool = doc("True when it carried no request (a readiness probe, a port scan).")
     complete: bool = doc("False when the capture has a hole in it: no SYN seen, or a "
                          "sequence gap never filled.")
     gaps: int = doc("Sequence gaps (bytes the capture never saw) in either direction.")
     enforced_minus_advertised: float | None = doc(
-        "When the server closed an idle connection and had advertised a timeout: "
+        "When the server closed an idle connection with a FIN, not as announced (see "
+        "`closed_as_announced`), and its last response advertised a timeout: "
         "`idle_before_close - advertised_timeout` (negative: it closed sooner than it "
         "said); null otherwise.", None)
     keepalive_probes: int = doc(
@@ -247,6 +269,20 @@ class Connection:
         "report read from kalab.report/1.", None)
     server_bytes: int | None = doc(
         "Bytes of data the server sent, as `client_bytes` (Zeek's `resp_bytes`).", None)
+    close_announced_by: Side | None = doc(
+        "Who said, in its last exchange, that the connection would end: `server` when its "
+        "last response had `Connection: close` (or was HTTP/1.0 without `keep-alive`), "
+        "else `client` when its last request did; null when neither did (or in a report "
+        "read from kalab.report/1).", None)
+    closed_as_announced: bool | None = doc(
+        "True when it ended (a FIN or a RST, from either side: who sends the first FIN "
+        "after `Connection: close` is a race) after `close_announced_by` said it would: "
+        "the server kept its word, and no idle timeout is measured against what it "
+        "advertised. Null only in a report read from kalab.report/1.", None)
+    keep_alive_max_kept: bool | None = doc(
+        "Whether every `Keep-Alive: max=N` on it held: no more than N requests were "
+        "answered on it after the response that said it (`HttpRequest.keep_alive_max` "
+        "shows the countdown); null when no response said `max=`.", None)
 
 
 @dataclass

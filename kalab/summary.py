@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 
 from rich.console import Console
 from rich.markup import escape
@@ -10,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kalab.render.text import visible
-from kalab.report import Closing, Connection, EngineRun, Report
+from kalab.report import Closing, Connection, EngineRun, HttpRequest, Report
 
 
 def esc(text: object) -> str:
@@ -34,9 +35,12 @@ def time_zero(run: EngineRun) -> float:
     return min(times) if times else (run.capture.started_at or 0.0)
 
 
-def connection_story(conn: Connection) -> str:
+def connection_story(conn: Connection, requests: Mapping[str, HttpRequest] | None = None
+                     ) -> str:
     """One line: who closed it, after how long idle (and through how many TCP keep-alive
-    probes), against what was advertised."""
+    probes), against what its last exchange said: a close announced, else the Keep-Alive
+    timeout of its last response; and the Keep-Alive max= countdown. ``requests`` (the
+    run's, by id) lets it quote the headers."""
     what = f"#{conn.id} ({conn.client})"
     if conn.refused:
         return f"{what}: refused (RST to the SYN: nothing listened yet)"
@@ -53,16 +57,54 @@ def connection_story(conn: Connection) -> str:
         probes = conn.keepalive_probes
         closed += (f" ({probes} TCP keep-alive probe{'s' if probes != 1 else ''} on it, "
                    "not data)")
-    if conn.advertised_timeout is None:
-        return f"{what}: {closed}; no Keep-Alive timeout was advertised"
-    said = f"it advertised Keep-Alive: timeout={conn.advertised_timeout:g}"
+    mine = [requests[ref] for ref in conn.requests if ref in requests] if requests else []
+    return f"{what}: {closed}{_what_it_said(conn, mine)}{_countdown(conn, mine)}"
+
+
+def _what_it_said(conn: Connection, requests: list[HttpRequest]) -> str:
+    """The end of a story: the close as announced, or the idle time against the timeout."""
+    timeout = conn.advertised_timeout
+    if conn.closed_as_announced:
+        by = conn.close_announced_by
+        answered = [r for r in requests if r.status is not None]
+        if by == "server" and answered:
+            last = answered[-1]
+            quoted = f"Connection: {last.response_connection}" if last.response_connection \
+                else f"{last.response_version} without keep-alive"
+        elif by == "client" and requests:
+            last = requests[-1]
+            quoted = f"Connection: {last.request_connection}" if last.request_connection \
+                else f"{last.version} without keep-alive"
+        else:
+            quoted = "Connection: close"
+        said = f", as its last {'response' if by == 'server' else 'request'} announced " \
+            f"({quoted})"
+        if timeout is not None:
+            said += f"; it also advertised Keep-Alive: timeout={timeout:g}"
+        return said
+    if timeout is None:
+        return "; no Keep-Alive timeout was advertised"
+    said = f"; it advertised Keep-Alive: timeout={timeout:g}"
     gap = conn.enforced_minus_advertised
     if gap is None:
-        return f"{what}: {closed}; {said}"
+        return said
     if abs(gap) < 0.05:
-        return f"{what}: {closed}; {said}, and kept to it"
-    return (f"{what}: {closed}; {said}, and closed {abs(gap):.3f} s "
-            f"{'sooner' if gap < 0 else 'later'} than it said")
+        return f"{said}, and kept to it"
+    return f"{said}, and closed {abs(gap):.3f} s {'sooner' if gap < 0 else 'later'} than it said"
+
+
+def _countdown(conn: Connection, requests: list[HttpRequest]) -> str:
+    """Keep-Alive max= as its responses counted it down, and whether it held."""
+    if conn.keep_alive_max_kept is None:
+        return ""
+    counted = ", ".join(str(r.keep_alive_max) for r in requests if r.keep_alive_max is not None)
+    held = "held" if conn.keep_alive_max_kept else "was not kept (more requests were answered)"
+    return f"; Keep-Alive max={counted or '...'} {held}"
+
+
+def requests_by_id(run: EngineRun) -> dict[str, HttpRequest]:
+    """The run's requests by id, for `connection_story`."""
+    return {r.id: r for r in run.requests}
 
 
 def interruption(report: Report) -> str | None:
@@ -151,9 +193,10 @@ def render(report: Report, console: Console | None = None) -> None:
                       soft_wrap=True)
         console.print(requests_table(run, zero))
         console.print(connections_table(run, zero))
+        by_id = requests_by_id(run)
         for c in run.connections:
             if not c.probe:
-                console.print(f"  {esc(connection_story(c))}", soft_wrap=True)
+                console.print(f"  {esc(connection_story(c, by_id))}", soft_wrap=True)
         for disagreement in run.disagreements:
             console.print(f"  [yellow]belief vs wire:[/] {esc(disagreement)}", soft_wrap=True)
         for impairment in cap.impairments:

@@ -830,7 +830,7 @@ def test_werkzeug_connection_keep_alive_and_close():
     assert conn.idle_before_close == secs(0.0002)
 
 
-def test_connection_advertised_timeout_is_the_last_one():
+def test_connection_advertised_timeout_is_its_last_responses():
     wire = Wire()
     c, s = wire.conversation()
     handshake(c, s, at(0))
@@ -840,10 +840,31 @@ def test_connection_advertised_timeout_is_the_last_one():
     s.send(at(2.1), response(200, b"x", "Keep-Alive: timeout = 2.5"))
     c.send(at(3), get("/"))
     s.send(at(3.1), response(200, b"x"))
+    s.fin(at(6))
     (conn,), reqs = wire.analyze()
 
     assert [r.advertised_timeout for r in reqs] == [5.0, 2.5, None]
-    assert conn.advertised_timeout == 2.5
+    assert [r.keep_alive_max for r in reqs] == [100, None, None]
+    # The last response said no timeout: nothing to hold the close against.
+    assert conn.advertised_timeout is None and conn.enforced_minus_advertised is None
+    assert conn.close_announced_by is None and conn.closed_as_announced is False
+    assert conn.keep_alive_max_kept is True
+
+
+def test_a_timeout_in_the_last_response_is_held_against_the_close():
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/"))
+    s.send(at(1.1), response(200, b"x", "Keep-Alive: timeout=9"))
+    c.send(at(2), get("/"))
+    s.send(at(2.1), response(200, b"x", "Keep-Alive: timeout=5"))
+    s.fin(at(5.1))
+    (conn,), _ = wire.analyze()
+
+    assert conn.advertised_timeout == 5.0 and conn.closed_as_announced is False
+    assert conn.enforced_minus_advertised == secs(-2.0)
+    assert conn.keep_alive_max_kept is None
 
 
 # --- 15. port reuse
@@ -1014,14 +1035,15 @@ def test_leading_zeros_do_not_count_against_the_bounds():
     handshake(c, s, at(0))
     c.send(at(1), get("/a"))
     s.send(at(1.1), f"HTTP/1.1 200 OK\r\nContent-Length: {zeros}5\r\n"
-                    f"Keep-Alive: timeout={zeros}7.5\r\n\r\nhello".encode())
+                    f"Keep-Alive: timeout={zeros}7.5, max={zeros}3\r\n\r\nhello".encode())
     c.send(at(2), get("/b"))
     s.send(at(2.1), f"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                     f"{zeros}5\r\nhello\r\n{zeros}\r\n\r\n".encode())
     (conn,), reqs = wire.analyze()
 
     assert [r.response_end_at for r in reqs] == [near(1.1), near(2.1)]
-    assert reqs[0].advertised_timeout == conn.advertised_timeout == 7.5
+    assert reqs[0].advertised_timeout == 7.5 and reqs[0].keep_alive_max == 3
+    assert conn.advertised_timeout is None  # the last response said none
 
 
 @pytest.mark.parametrize("timeout", ["9" * 400, "12345678901", "1e400", "5e3", "inf", "NaN",
@@ -1527,3 +1549,95 @@ def test_completeness_is_tsharks_and_leaving_pure_acks_out_changes_no_history(tm
         assert sorted(tshark[n].client for n in tshark) == sorted(by_port)
         assert {s.client: s.completeness for s in tshark.values()} == \
             {client: found[2] for client, found in by_port.items()}
+
+
+# --- what the last response said
+
+
+def apache_wire() -> Wire:
+    """Apache httpd 2.4 as the facts file measured it (KeepAliveTimeout 5,
+    MaxKeepAliveRequests 3): Keep-Alive counts the re-uses down, max=3, 2, 1, the 4th
+    response says Connection: close and the FIN follows; a 5th request, on a new
+    connection, is closed 5.001 s after its response."""
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    for n, said in enumerate(("Keep-Alive: timeout=5, max=3", "Keep-Alive: timeout=5, max=2",
+                              "Keep-Alive: timeout=5, max=1", "Connection: close")):
+        c.send(at(1 + n), get(f"/{n + 1}"))
+        s.send(at(1.001 + n), response(200, b"ok", said))
+        c.ack(at(1.002 + n))
+    s.fin(at(4.0011))
+    c.fin(at(4.0012))
+    s.ack(at(4.0013))
+    c2, s2 = wire.conversation(cport=40001, client_isn=7000)
+    handshake(c2, s2, at(5))
+    c2.send(at(5.1), get("/5"))
+    s2.send(at(5.101), response(200, b"ok", "Keep-Alive: timeout=5, max=3"))
+    c2.ack(at(5.102))
+    s2.fin(at(10.102))
+    c2.fin(at(10.103))
+    s2.ack(at(10.104))
+    return wire
+
+
+def test_a_connection_ended_after_connection_close_was_closed_as_announced(tmp_path):
+    from kalab import summary
+
+    wire = apache_wire()
+    (counted, idle), reqs = wire.analyze()
+    assert [r.keep_alive_max for r in reqs] == [3, 2, 1, None, 3]
+    assert counted.close_announced_by == "server" and counted.closed_as_announced is True
+    assert counted.keep_alive_max_kept is True
+    # Its last response said close and no timeout: nothing to hold the close against.
+    assert counted.advertised_timeout is None and counted.enforced_minus_advertised is None
+    assert idle.closed_as_announced is False and idle.advertised_timeout == 5.0
+    assert idle.enforced_minus_advertised == secs(0.001)
+    by_id = {r.id: r for r in reqs}
+    assert summary.connection_story(counted, by_id) == (
+        "#1 (10.0.0.1:40000) carried w1, w2, w3, w4: closed by the server 0.000 s after the "
+        "last data, as its last response announced (Connection: close); Keep-Alive max=3, "
+        "2, 1 held")
+    assert summary.connection_story(idle, by_id) == (
+        "#2 (10.0.0.1:40001) carried w5: closed by the server 5.001 s after the last data; "
+        "it advertised Keep-Alive: timeout=5, and kept to it; Keep-Alive max=3 held")
+    if tshark_referee.available():  # the referee: each response's Connection and max=
+        path = tmp_path / "apache.pcap"
+        write_pcap(wire, path)
+        run = {"connections": [dataclasses.asdict(c) for c in (counted, idle)],
+               "requests": [dataclasses.asdict(r) for r in reqs]}
+        assert tshark_referee.compare(run, path, PORT) == []
+        run["requests"][1]["keep_alive_max"] = 9  # and it would see a wrong one
+        assert any("Keep-Alive max" in p for p in tshark_referee.compare(run, path, PORT))
+
+
+def test_a_keep_alive_max_exceeded_was_not_kept():
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    for n in range(3):
+        c.send(at(1 + n), get())
+        s.send(at(1.001 + n), response(200, b"ok", "Keep-Alive: timeout=5, max=1"
+                                       if n == 0 else "Connection: keep-alive"))
+    (conn,), _ = wire.analyze()
+    assert conn.keep_alive_max_kept is False  # max=1, then two more answered
+
+
+@pytest.mark.parametrize("request_headers, response_headers, version, announced", [
+    ((), ("Connection: keep-alive, close", "Keep-Alive: timeout=5"), "HTTP/1.1", "server"),
+    (("Connection: close",), ("Connection: keep-alive",), "HTTP/1.1", "client"),
+    ((), (), "HTTP/1.0", "server"),  # HTTP/1.0 persists only with keep-alive
+    ((), ("Connection: Keep-Alive",), "HTTP/1.0", None),
+    ((), ("Connection: close-ish",), "HTTP/1.1", None),  # an option, not the close option
+])
+def test_who_announced_the_close(request_headers, response_headers, version, announced):
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/", *request_headers))
+    s.send(at(1.001), response(200, b"ok", *response_headers).replace(
+        b"HTTP/1.1", version.encode(), 1))
+    s.fin(at(1.01))
+    (conn,), _ = wire.analyze()
+    assert conn.close_announced_by == announced
+    assert conn.closed_as_announced is (announced is not None)

@@ -306,6 +306,22 @@ def test_kalab_report_reads_a_report_of_schema_1(tmp_path):
         {("server", "fin"), ("client", "rst"), ("server", "rst")}
 
 
+def test_a_report_of_schema_1_is_graded_on_what_it_says_as_2_does():
+    from kalab.course.grade import differences
+
+    report = sample_report()
+    old = report_mod.from_dict(as_schema_1(report))
+    # The fields /2 added or changed are not held against a /1 report...
+    for run in old.runs:
+        for conn in run.connections:
+            conn.history = conn.advertised_timeout = None
+    assert differences(old, report) == []
+    # ...what it did say is.
+    old.runs[0].connections[0].closed_by = "client"
+    assert differences(old, report) == [
+        "closes: report.json says connection 1 closed_by = 'client'; its pcaps say 'server'"]
+
+
 def test_kalab_report_on_a_missing_folder_is_bad_input(tmp_path):
     done = run_kalab("report", str(tmp_path / "nowhere"))
     assert done.returncode == 2 and "nowhere" in done.stderr

@@ -259,3 +259,23 @@ def test_http_1_0_100_continue_and_a_half_close_on_werkzeug(tmp_path, app_dir):
     half_closed = run["connections"][2]
     assert half_closed["first_fin_by"] == "client"
     assert streamed["status"] == 200 and streamed["response_end_at"] is not None
+
+
+def test_gunicorn_max_requests_closes_as_announced(tmp_path, app_dir):
+    def client(port: int) -> None:
+        with requests.Session() as session:
+            for _ in range(4):
+                session.get(f"http://127.0.0.1:{port}/keep-alive").raise_for_status()
+                time.sleep(0.1)
+
+    engine = Engine("gunicorn", "gunicorn", worker="gthread", keep_alive=5, max_requests=3)
+    pcap, _, run = record(tmp_path, app_dir, lambda port: _argv(engine, port), client)
+    first = run["connections"][0]
+    assert placement(run)[:3] == [("/keep-alive", 1, 1), ("/keep-alive", 1, 2),
+                                  ("/keep-alive", 1, 3)]
+    assert [r["response_connection"] for r in run["requests"][:3]] == \
+        ["keep-alive", "keep-alive", "close"]
+    assert first["close_announced_by"] == "server" and first["closed_as_announced"] is True
+    assert first["enforced_minus_advertised"] is None
+    summary = run_kalab("analyze", str(pcap)).stdout
+    assert "as its last response announced (Connection: close)" in summary

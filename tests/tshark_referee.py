@@ -5,13 +5,16 @@ pcap: the connections (`tcp.stream`), each request's connection and depth
 (`http.request`, in order on its stream), who sent the first FIN
 (`tcp.flags.fin`), the close times, first FIN and first RST, to the
 millisecond (`frame.time_epoch`), the TCP keep-alive probes on each
-connection (`tcp.analysis.keep_alive`), and each connection's completeness
+connection (`tcp.analysis.keep_alive`), each response's status, `Connection`
+header and Keep-Alive `max=` (`http.connection`, `http.response.line`), and
+each connection's completeness
 (`tcp.completeness`, read in two passes, as Wireshark shows it once it has
 read the whole file: the OR of what its frames show).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -21,7 +24,8 @@ from pathlib import Path
 FIELDS = ["frame.number", "tcp.segment", "tcp.stream", "ip.src", "ipv6.src", "tcp.srcport",
           "ip.dst", "ipv6.dst", "tcp.dstport", "tcp.flags.syn", "tcp.flags.ack",
           "tcp.flags.fin", "tcp.flags.reset", "tcp.analysis.keep_alive",
-          "frame.time_epoch", "http.request.method", "http.request.uri", "http.response.code"]
+          "frame.time_epoch", "http.request.method", "http.request.uri", "http.response.code",
+          "http.connection", "http.response.line"]
 _AGGREGATOR = "\x1f"  # between the values of one field in one frame (pipelined requests)
 TOLERANCE = 0.001  # seconds: times must agree to the millisecond
 
@@ -44,6 +48,10 @@ class Stream:
     requests: list[tuple[float, str, str]] = field(default_factory=list)  # (time, method, uri)
     keepalive_probes: int = 0  # frames tshark flags tcp.analysis.keep_alive
     completeness: int = 0  # tcp.completeness, ORed over the stream's frames (tshark -2)
+    # (status, Connection header, Keep-Alive max=) of each final response in order; only the
+    # status where one frame completes several (pipelining: their headers cannot be told apart)
+    responses: list[tuple[int, str | None, int | None] | tuple[int]] = \
+        field(default_factory=list)
 
 
 def _endpoint(address: str, port: int) -> str:
@@ -98,10 +106,29 @@ def streams(pcap: Path, port: int | Iterable[int]) -> dict[int, Stream]:
             methods = row["http.request.method"].split(_AGGREGATOR)
             uris = row["http.request.uri"].split(_AGGREGATOR)
             stream.requests += [(at, m, u) for m, u in zip(methods, uris, strict=False)]
+        if row["http.response.code"]:
+            codes = [int(c) for c in row["http.response.code"].split(_AGGREGATOR)
+                     if c and not 100 <= int(c) < 200]  # a 1xx answers no request
+            if len(codes) == 1:
+                headers = [h for h in row["http.connection"].split(_AGGREGATOR) if h]
+                stream.responses.append((codes[0], ", ".join(headers) or None,
+                                         _keep_alive_max(row["http.response.line"])))
+            else:
+                stream.responses += [(code,) for code in codes]
     for number, completeness in _completeness(pcap).items():
         if number in found:
             found[number].completeness = completeness
     return found
+
+
+def _keep_alive_max(lines: str) -> int | None:
+    """``max=`` of the Keep-Alive header among a response's header lines."""
+    for line in lines.split(_AGGREGATOR):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "keep-alive":
+            found = re.search(r"(?:^|[\s,;])max\s*=\s*([0-9]+)", value, re.I)
+            return int(found.group(1)) if found else None
+    return None
 
 
 def _completeness(pcap: Path) -> dict[int, int]:
@@ -170,6 +197,13 @@ def compare(report_run: dict, pcap: Path, port: int | Iterable[int]) -> list[str
         by_connection.setdefault(request["connection"], []).append(request)
     for conn_id, stream in paired.items():
         ours = sorted(by_connection.get(conn_id, []), key=lambda r: r["depth"])
+        answered = [(r["status"], r["response_connection"], r.get("keep_alive_max"))
+                    for r in ours if r["status"] is not None]
+        theirs = [said + answered[n][len(said):] if n < len(answered) else said
+                  for n, said in enumerate(stream.responses)]  # a bare status: its own only
+        if answered != theirs:
+            problems.append(f"#{conn_id}: responses (status, Connection, Keep-Alive max) "
+                            f"{answered}, tshark {theirs}")
         if len(ours) != len(stream.requests):
             problems.append(f"#{conn_id}: kalab has {len(ours)} request(s) on it, tshark "
                             f"{len(stream.requests)}")

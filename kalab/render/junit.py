@@ -55,7 +55,8 @@ def _suite(report: Report, run: EngineRun, parent: ET.Element) -> tuple[int, int
             failure = ET.SubElement(case, "failure", type=visible(kind),
                                     message=visible(f"wire: {observed}"))
             failure.text = visible(f"{claim} ({where})\nwire: {observed}")
-    out = [summary.connection_story(c) for c in run.connections if not c.probe]
+    by_id = summary.requests_by_id(run)
+    out = [summary.connection_story(c, by_id) for c in run.connections if not c.probe]
     out += run.disagreements + [f"capture problem: {p}" for p in cap.problems]
     ET.SubElement(suite, "system-out").text = "\n".join(visible(line) for line in out)
     suite.set("tests", str(len(cases)))

@@ -293,7 +293,7 @@ def _engine(report: Report, run: EngineRun, scale: float) -> EngineView:
     requests = {r.id: r for r in run.requests}
     ladders = []
     for conn in run.connections[:MAX_LADDERS]:
-        story = visible(summary.connection_story(conn))
+        story = visible(summary.connection_story(conn, requests))
         kind = "probe" if conn.probe and not conn.refused else \
             f"carried {', '.join(conn.requests)}" if conn.requests else "no request"
         ladder = Ladder(conn, visible(f"#{conn.id}: {kind}"), story,
@@ -324,7 +324,8 @@ def _engine(report: Report, run: EngineRun, scale: float) -> EngineView:
         not_drawn=max(0, len(run.connections) - MAX_LADDERS),
         tables=[_table(summary.requests_table(run, zero)),
                 _table(summary.connections_table(run, zero))],
-        stories=[visible(summary.connection_story(c)) for c in run.connections if not c.probe],
+        stories=[visible(summary.connection_story(c, requests)) for c in run.connections
+                 if not c.probe],
         notes=[(kind, visible(text)) for kind, text in notes], expectations=expectations)
 
 
