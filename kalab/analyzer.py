@@ -91,6 +91,10 @@ class Segment(NamedTuple):
     seq: int
     ack: int = 0
     payload: bytes = b""
+    # Bytes of payload that came after ``payload`` on the wire but not in the capture: the
+    # frame was cut at the capture's snap length. Their place in the sequence is known,
+    # their content is not.
+    cut: int = 0
 
 
 class Tcp(StrEnum):
@@ -183,7 +187,8 @@ _CONNECTION_FIELDS = ("id", "client", "server", "syn_at", "syn_retransmits", "es
                       "closed_with", "idle_before_close", "advertised_timeout", "probe",
                       "complete", "gaps", "enforced_minus_advertised", "keepalive_probes",
                       "history", "conn_state", "completeness", "client_bytes", "server_bytes",
-                      "close_announced_by", "closed_as_announced", "keep_alive_max_kept")
+                      "close_announced_by", "closed_as_announced", "keep_alive_max_kept",
+                      "truncated")
 
 
 def _check_positions() -> None:
@@ -204,8 +209,40 @@ _MAX_LENGTH_DIGITS = 18  # a Content-Length below 10^18 bytes: int() is cheap, n
 _MAX_CHUNK_DIGITS = 16  # a chunk-size of 64 bits
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,%d}" % _MAX_CHUNK_DIGITS)
 _MAX_HEAD = 64 * 1024
+_HEAD_CUT, _LINE_CUT = 1, 2  # a head cut after its first line, or inside it
 _MAX_HISTORY = 100  # letters of Zeek's history kept: RSTs at ever new numbers must not grow it
 _MAX_PENDING = 16 * 1024 * 1024  # bytes held behind a hole, per direction
+# Where a stream cut by the capture finds its feet again: a segment that starts with a
+# whole request line, or a status line (RFC 9112 sections 3 and 4). A request line's
+# method must be a known one (RFC 9110's, PATCH and WebDAV's, as Zeek's http_methods):
+# the tail of a line cut elsewhere ("T /x HTTP/1.1") is a syntactically good one.
+_REQUEST_LINE = re.compile(rb"(?:GET|HEAD|POST|PUT|DELETE|CONNECT|OPTIONS|TRACE|PATCH|PROPFIND"
+                           rb"|PROPPATCH|MKCOL|COPY|MOVE|LOCK|UNLOCK|SEARCH|REPORT) "
+                           rb"[^ \r\n]+ HTTP/[0-9]\.[0-9]\r\n")
+_STATUS_LINE = re.compile(rb"HTTP/[0-9]\.[0-9] [0-9]{3}[ \r]")
+_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE",
+            b"PATCH", b"PROPFIND", b"PROPPATCH", b"MKCOL", b"COPY", b"MOVE", b"LOCK", b"UNLOCK",
+            b"SEARCH", b"REPORT")
+# The first bytes of a request line or a status line cut before `_REQUEST_LINE` or
+# `_STATUS_LINE` can tell: a method and a space, or the start of one; "HTTP/", or its start.
+_STARTS = {pattern: tuple(m + b" " for m in _METHODS) if pattern is _REQUEST_LINE
+           else (b"HTTP/",) for pattern in (_REQUEST_LINE, _STATUS_LINE)}
+
+
+def _could_start(data: bytes, pattern: re.Pattern) -> bool:
+    """Whether ``data``, the kept bytes of a segment, could begin a message that
+    ``pattern`` would know had the capture kept more of it."""
+    return any(data.startswith(start) or start.startswith(data) for start in _STARTS[pattern])
+
+
+# A request's fields from its header block, unknown when the capture cut the block.
+_REQUEST_HEAD = ("request_connection", "request_body_len")
+# A response's fields from its header block, unknown when the capture cut the block.
+_RESPONSE_HEADERS = ("response_connection", "response_keep_alive", "advertised_timeout",
+                     "keep_alive_max")
+# A response's fields, unknown when it cannot be told which response answered the request.
+_RESPONSE_FIELDS = ("response_at", "response_end_at", "status", "response_version",
+                    *_RESPONSE_HEADERS, "response_body_len")
 
 
 def _seq_diff(a: int, b: int) -> int:
@@ -237,21 +274,37 @@ class _MessageStream:
     """HTTP/1.x messages from one direction's in-order bytes.
 
     Calls ``on_head(first_line_words, headers, started_at)`` when a head is
-    complete; it answers how the body is framed; then ``on_end(ended_at)``
-    when the body is done. Bytes are kept only while a message part is
-    incomplete: a segment that holds whole messages is parsed where it lies.
+    complete; it answers how the body is framed; then ``on_end(ended_at,
+    body_length)`` when the body is done. Bytes are kept only while a message
+    part is incomplete: a segment that holds whole messages is parsed where it
+    lies.
+
+    Bytes the capture cut (`skip`) keep their place in the stream: a body whose
+    length is known runs on through them. Where they hide what the parser needs
+    (the rest of a head, a chunk-size line, where the next message starts) the
+    stream is lost: ``on_cut(head_seen)`` says whether the message cut had shown
+    its first line (``on_head`` then had the header lines kept, with
+    ``partial`` set), and the stream finds its feet again at the next segment
+    that starts with a first line (``start``), with ``resynced`` set for that
+    message's ``on_head`` (which clears it when it has judged the message).
     """
 
-    __slots__ = ("on_head", "on_end", "buf", "base", "marks", "mode", "remaining", "last_ts")
+    __slots__ = ("on_head", "on_end", "on_cut", "start", "buf", "base", "marks", "mode",
+                 "remaining", "last_ts", "body", "body_at", "partial", "resynced")
 
-    def __init__(self, on_head, on_end) -> None:
-        self.on_head, self.on_end = on_head, on_end
+    def __init__(self, on_head, on_end, on_cut=None, start: re.Pattern | None = None) -> None:
+        self.on_head, self.on_end, self.on_cut, self.start = on_head, on_end, on_cut, start
         self.buf = b""  # bytes not yet consumed (an incomplete head or chunk line)
         self.base = 0  # stream offset of buf[0]
         self.marks: list[tuple[int, float]] = []  # (stream offset, time) per chunk still held
-        self.mode = "head"  # head | fixed | chunk_size | chunk_data | trailer | until_close | dead
+        # head | fixed | chunk_size | chunk_data | trailer | until_close | lost | dead
+        self.mode = "head"
         self.remaining = 0
         self.last_ts = 0.0
+        self.body = 0  # the current message's body length so far (chunked: its chunks)
+        self.body_at = 0  # where a body framed by the close began
+        self.partial = 0  # the head being handed on was cut: _HEAD_CUT, or _LINE_CUT
+        self.resynced = False  # the head being handed on was found again after a loss
 
     def time_at(self, offset: int) -> float:
         marks = self.marks
@@ -267,6 +320,18 @@ class _MessageStream:
         if mode == "dead" or not data:
             return
         self.last_ts = ts
+        if mode == "lost":
+            # A segment's first bytes: a message starts here, or the loss goes on; or they
+            # could be the start of one the capture cut too short to read.
+            self.base += len(data)
+            if self.start is None:
+                return
+            if self.start.match(data) is None:
+                if _could_start(data, self.start):
+                    self.on_cut(False)
+                return
+            self.base -= len(data)
+            self.mode, self.resynced = "head", True
         if self.buf:
             held = len(self.buf)
             self.marks.append((self.base + held, ts))
@@ -293,6 +358,56 @@ class _MessageStream:
                 marks.pop(0)
         else:
             self.buf = b""
+
+    def skip(self, n: int) -> None:
+        """``n`` bytes the capture cut from the end of the segment just fed: their place in
+        the stream is known, their content is not."""
+        mode = self.mode
+        if mode in ("dead", "lost", "until_close"):
+            self.base += n
+            return
+        if mode in ("fixed", "chunk_data") and not self.buf and n <= self.remaining:
+            self.remaining -= n
+            self.base += n
+            if self.remaining == 0:  # the body (or chunk) ends exactly where the cut does
+                if mode == "fixed":
+                    self.mode = "head"
+                    self.on_end(self.last_ts, self.body)
+                else:
+                    self.mode = "chunk_size"
+            return
+        if mode == "fixed" and not self.buf:
+            # The body ends inside the cut: its end is known; the next message's start is not.
+            self.on_end(self.last_ts, self.body)
+            self.mode = "head"
+        self._lose()
+        self.base += n
+
+    def _lose(self) -> None:
+        """The rest of what is being parsed, and where the next message starts, were cut."""
+        buf, on_cut = self.buf, self.on_cut
+        if self.mode != "head":
+            on_cut(True)  # inside a message: its head was seen, its end was not
+        elif not buf:
+            on_cut(False)  # a message starts in the cut: not even its first line was kept
+        else:
+            # A head cut short: its first line (perhaps itself cut) and the header lines
+            # kept whole. The callback answers None when the words kept say too little.
+            line_end = buf.find(b"\r\n")
+            first = (buf[:line_end] if line_end >= 0 else buf).decode("latin-1").split(" ", 2)
+            last = buf.rfind(b"\r\n")
+            block = buf[line_end + 2:last] if last > line_end >= 0 else b""
+            headers = _HEADER_BLOCKS.get(block) or _header_block(block)
+            self.partial = _HEAD_CUT if line_end >= 0 else _LINE_CUT
+            read = self.on_head(first, headers, self.time_at(self.base)) \
+                if len(first) >= 2 else None
+            self.partial = 0
+            if self.mode == "dead":
+                self.buf, self.marks = b"", []
+                return
+            on_cut(read is not None)
+        self.base += len(buf)
+        self.buf, self.marks, self.mode = b"", [], "lost"
 
     def _run(self, buf: bytes, searched: int, only: float | None) -> int:
         """Parse ``buf`` (stream offset ``self.base``); returns how many bytes it used.
@@ -329,14 +444,16 @@ class _MessageStream:
                 if headers is None:
                     headers = _header_block(block)
                 framing, length = self.on_head(first, headers, started)
+                if self.mode == "dead":
+                    return n  # the first line said this is not HTTP/1.x
                 if framing == "none" or (framing == "fixed" and length == 0):
-                    self.on_end(self.time_at(base + i - 1) if only is None else only)
+                    self.on_end(self.time_at(base + i - 1) if only is None else only, 0)
                 elif framing == "fixed":
-                    self.mode, self.remaining = "fixed", length
+                    self.mode, self.remaining, self.body = "fixed", length, length
                 elif framing == "chunked":
-                    self.mode = "chunk_size"
+                    self.mode, self.body = "chunk_size", 0
                 else:
-                    self.mode = "until_close"
+                    self.mode, self.body_at = "until_close", base + i
             elif mode == "fixed" or mode == "chunk_data":
                 take = self.remaining
                 if take > n - i:
@@ -346,7 +463,8 @@ class _MessageStream:
                 if self.remaining == 0:
                     if mode == "fixed":
                         self.mode = "head"
-                        self.on_end(self.time_at(base + i - 1) if only is None else only)
+                        self.on_end(self.time_at(base + i - 1) if only is None else only,
+                                    self.body)
                     else:
                         self.mode = "chunk_size"
             elif mode == "chunk_size" or mode == "trailer":
@@ -361,7 +479,8 @@ class _MessageStream:
                 if mode == "trailer":
                     if not line:
                         self.mode = "head"
-                        self.on_end(self.time_at(base + i - 1) if only is None else only)
+                        self.on_end(self.time_at(base + i - 1) if only is None else only,
+                                    self.body)
                     continue
                 # chunk-size = 1*HEXDIG, then extensions after ";" (RFC 9112 section 7.1).
                 # int(x, 16) alone would take "-a" (the parser would step back), "0x5", "+5".
@@ -376,6 +495,7 @@ class _MessageStream:
                     self.mode = "trailer"
                 else:
                     self.mode, self.remaining = "chunk_data", size + 2  # data and its CRLF
+                    self.body += size
             elif mode == "until_close":
                 return n
             else:
@@ -387,7 +507,7 @@ class _MessageStream:
         """The sender's FIN: a body framed by the close ends here."""
         if self.mode == "until_close":
             self.mode = "head"
-            self.on_end(self.last_ts)
+            self.on_end(self.last_ts, self.base - self.body_at)
 
 
 # The parsers of a connection that has ended: both FINs seen and every byte in. Only
@@ -441,7 +561,7 @@ class _Half:
         self.far: int | None = None
         # By seq: bytes after a hole; a FIN that came before its data holds an empty entry
         # at its own place, so that the data, when it comes, takes the slow way in.
-        self.pending: dict[int, tuple[bytes, float]] = {}
+        self.pending: dict[int, tuple[bytes, float, int]] = {}  # (data, time, bytes cut)
         self.pending_bytes = 0
         self.lost = False  # more bytes waited behind a hole than _MAX_PENDING: some were let go
         self.fin_at: float | None = None
@@ -502,7 +622,8 @@ class _Conn:
                  "established_at", "up", "down", "first_fin", "second_fin_at", "rst",
                  "last_data_at", "last_data_before_end", "end_at", "requests", "unanswered",
                  "request_stream", "response_stream", "keepalive_probes",
-                 "history", "completeness")
+                 "history", "completeness", "truncated", "unpaired_from", "responses_lost",
+                 "requests_lost_from")
 
     def __init__(self, number: int, client: tuple[str, int], server: tuple[str, int],
                  ts: float, syn_seq: int | None) -> None:
@@ -528,9 +649,20 @@ class _Conn:
         self.end_at: float | None = None  # the first FIN or RST, whichever came first
         self.requests: list[HttpRequest] = []
         self.unanswered: list[HttpRequest] = []
-        self.request_stream = _MessageStream(self._on_request_head, self._on_request_end)
-        self.response_stream = _MessageStream(self._on_response_head, self._on_response_end)
+        self.request_stream = _MessageStream(self._on_request_head, self._on_request_end,
+                                             self._on_request_cut, _REQUEST_LINE)
+        self.response_stream = _MessageStream(self._on_response_head, self._on_response_end,
+                                              self._on_response_cut, _STATUS_LINE)
         self.keepalive_probes = 0
+        self.truncated = 0  # its segments the capture cut at the snap length
+        # From this request on, responses cannot be told apart by order: a message the
+        # capture cut away whole stands somewhere between them. None: all paired.
+        self.unpaired_from: int | None = None
+        # The response stream is lost in bytes the capture cut: a request still waiting may
+        # have had its answer there.
+        self.responses_lost = False
+        # Requests from this index on may have had another hidden among them in a cut.
+        self.requests_lost_from: int | None = None
         # Zeek's history letters in the order they came; Wireshark's completeness bits.
         self.history = "S" if syn_seq is not None else ""
         self.completeness = COMPLETENESS_SYN if syn_seq is not None else 0
@@ -540,20 +672,67 @@ class _Conn:
     # --- HTTP callbacks
 
     def _on_request_head(self, first: list[str], headers: _Headers,
-                         started: float) -> tuple[str, int]:
-        if len(first) != 3 or not first[2].startswith("HTTP/") or not first[0].isalpha():
+                         started: float) -> tuple[str, int] | None:
+        partial = self.request_stream.partial
+        if partial == _LINE_CUT:  # the method and the target as far as the capture kept it
+            if not first[0].isalpha():
+                return None
+            first = [first[0], first[1], ""]
+        elif len(first) != 3 or not first[2].startswith("HTTP/") or not first[0].isalpha():
             self.request_stream.mode = "dead"  # not a request line: not HTTP/1.x
             return _NO_BODY
         method, target, version = first
         requests = self.requests
         request = HttpRequest("", self.number, len(requests) + 1, bool(requests), method,
-                              target[:200], version, started, headers.connection)
+                              target[:200], version or None, started, headers.connection)
         requests.append(request)
         self.unanswered.append(request)
+        if partial:
+            request.unknown = ["target", "version", *_REQUEST_HEAD] if partial == _LINE_CUT \
+                else [*_REQUEST_HEAD]
         return headers.framing or _NO_BODY  # a request without a length has no body
 
-    def _on_request_end(self, ts: float) -> None:
-        pass
+    def _on_request_end(self, ts: float, body: int) -> None:
+        self.requests[-1].request_body_len = body
+
+    def _on_request_cut(self, head_seen: bool) -> None:
+        if not head_seen:  # a request the capture cut away whole: its response is not ours
+            self._unpair()
+        else:
+            _unknown(self.requests[-1], ("request_body_len",))
+            # Past here, until the stream is found again, another request may hide in the
+            # cut (pipelined in the same segment): the responses will tell.
+            if self.requests_lost_from is None:
+                self.requests_lost_from = len(self.requests)
+
+    def _unanswered_in_the_cut(self) -> None:
+        """Requests still waiting when the responses were lost in a cut: their answers may
+        be there, unseen. Their response fields are unknown."""
+        if self.responses_lost:
+            for request in self.unanswered:
+                _unknown(request, _RESPONSE_FIELDS)
+            self.unanswered = []
+
+    def _waited(self, request: HttpRequest) -> bool:
+        """Whether ``request`` left after the answer to the request before it began: its
+        client was not pipelining, and no request hid between the two."""
+        if request.depth == 1:
+            return True
+        before = self.requests[request.depth - 2].response_at
+        return before is not None and before < request.sent_at
+
+    def _unpair(self, since: int | None = None) -> None:
+        """Stop pairing responses with requests: from the oldest unanswered one on, or from
+        request ``since`` (an index) on, taking back the responses paired with those."""
+        start = self.unanswered[0].depth - 1 if self.unanswered else len(self.requests)
+        if since is not None and since < start:
+            start = since
+            for request in self.requests[since:]:
+                for name in _RESPONSE_FIELDS:
+                    setattr(request, name, None)
+        if self.unpaired_from is None or start < self.unpaired_from:
+            self.unpaired_from = start
+        self.unanswered = []
 
     def _on_response_head(self, first: list[str], headers: _Headers,
                           started: float) -> tuple[str, int]:
@@ -562,11 +741,33 @@ class _Conn:
         # 5,000 digits, which int() refuses.
         if not version.startswith("HTTP/") or len(code) != 3 or not code.isascii() \
                 or not code.isdigit():
+            if self.response_stream.partial == _LINE_CUT:
+                return None  # cut inside its status code: nothing to read
             self.response_stream.mode = "dead"  # not a status line: not HTTP/1.x
             return _NO_BODY
         status = int(code)
         if 100 <= status < 200:
             return _NO_BODY  # an interim response answers no request
+        if self.response_stream.resynced:
+            # Found again after a cut: it answers the one request waiting, if that one came
+            # after the answer to the one before it (a client that waits); else who knows.
+            self.response_stream.resynced = False
+            waiting = [r for r in self.unanswered if r.sent_at <= started]
+            if len(waiting) != 1 or not self._waited(waiting[0]):
+                self._unpair()
+        lost_from = self.requests_lost_from
+        if lost_from is not None and self.unpaired_from is None and (
+                not self.unanswered or self.unanswered[0].sent_at > started or (
+                    self.unanswered[0].depth > lost_from
+                    and not self._waited(self.unanswered[0]))):
+            # No request waits for it, or none yet sent: one hid in a cut, and the responses
+            # paired since it did went to the wrong requests. Or the one waiting left
+            # before the answer to the one before it: a pipelining client, which could
+            # have hidden another request in the cut.
+            self._unpair(lost_from)
+        if self.unpaired_from is not None:
+            self.unanswered = []  # requests after the loss are no longer paired either
+        self.responses_lost = False
         request = self.unanswered[0] if self.unanswered else None
         if request is None:
             return _response_framing(headers, "GET", status)
@@ -577,11 +778,25 @@ class _Conn:
         request.response_keep_alive = headers.keep_alive
         request.advertised_timeout = headers.timeout
         request.keep_alive_max = headers.max
+        if self.response_stream.partial:
+            _unknown(request, _RESPONSE_HEADERS)
         return _response_framing(headers, request.method, status)
 
-    def _on_response_end(self, ts: float) -> None:
+    def _on_response_end(self, ts: float, body: int) -> None:
         if self.unanswered and self.unanswered[0].response_at is not None:
-            self.unanswered.pop(0).response_end_at = ts
+            request = self.unanswered.pop(0)
+            request.response_end_at, request.response_body_len = ts, body
+
+    def _on_response_cut(self, head_seen: bool) -> None:
+        self.responses_lost = True
+        if head_seen and self.unanswered and self.unanswered[0].response_at is not None:
+            request = self.unanswered.pop(0)  # its end was cut: answered, when unknown
+            _unknown(request, ("response_end_at", "response_body_len"))
+        else:
+            # A response the capture cut away whole (or after an interim 1xx, the final one
+            # somewhere in the cut) answered one of them: which, order can no longer tell;
+            # and where a request may have hidden in a cut, not since then either.
+            self._unpair(self.requests_lost_from)
 
     # --- TCP
 
@@ -610,11 +825,13 @@ class _Conn:
         return closed is not None and closed[0] is Side.SERVER and closed[1] is Closing.RST \
             and closed[3] is Tcp.SYN_SENT
 
-    def take(self, ts: float, flags: int, seq: int, payload: bytes, side: Side) -> None:
-        """One segment of this connection, from ``side``. The usual one, data in order
-        from a side that has sent data before, does no more than it must."""
-        if flags & 0x07:
-            self._flagged(ts, flags, seq, payload, side)  # a SYN, FIN or RST
+    def take(self, ts: float, flags: int, seq: int, payload: bytes, side: Side,
+             cut: int = 0) -> None:
+        """One segment of this connection, from ``side``, ``cut`` bytes of its payload
+        lost to the snap length. The usual one, data in order from a side that has sent
+        data before, whole, does no more than it must."""
+        if flags & 0x07 or cut:
+            self._flagged(ts, flags, seq, payload, side, cut)  # a SYN, FIN or RST; or cut
             return
         if side is Side.CLIENT:
             half, stream = self.up, self.request_stream
@@ -695,15 +912,31 @@ class _Conn:
                 self._say(side, "R")
             half.last_rst = seq
 
-    def _flagged(self, ts: float, flags: int, seq: int, payload: bytes, side: Side) -> None:
-        """A segment with a SYN, a FIN or a RST (and perhaps data)."""
+    def _flagged(self, ts: float, flags: int, seq: int, payload: bytes, side: Side,
+                 cut: int = 0) -> None:
+        """A segment with a SYN, a FIN or a RST (and perhaps data), or one the capture cut
+        (``cut`` bytes of its payload not kept)."""
         client = side is Side.CLIENT
         if client:
             half, stream = self.up, self.request_stream
         else:
             half, stream = self.down, self.response_stream
-        self._letters(flags, seq, len(payload), half, side)
-        self.completeness |= _completeness(flags, payload)
+        length = len(payload) + cut  # on the wire
+        if cut:
+            self.truncated += 1
+        if not flags & 0x07:  # data the capture cut, nothing more: as `take` has it
+            if not half.data_said:
+                self._first_data(ts, flags, seq, half, side)
+            if length == 1 and seq == half.probe_seq():
+                self.keepalive_probes += 1
+                self._retransmitted(half, side)
+            elif seq == half.next_seq and not half.pending:
+                self._accept(half, stream, payload, ts, cut)
+            else:
+                self._deliver(half, stream, seq, payload, ts, side, cut)
+            return
+        self._letters(flags, seq, length, half, side)
+        self.completeness |= _completeness(flags, length)
         if flags & SYN:
             if flags & ACK:
                 if not client:
@@ -719,16 +952,16 @@ class _Conn:
                 self.rst = (side, ts)
             self.move(side, Sent.RST, ts)
             return
-        if payload:
+        if length:
             if half.next_seq is None:
                 half.next_seq = half.start = seq  # joined mid-stream
             if seq == half.next_seq and not half.pending:
-                self._accept(half, stream, payload, ts)
+                self._accept(half, stream, payload, ts, cut)
             else:
-                self._deliver(half, stream, seq, payload, ts, side)
+                self._deliver(half, stream, seq, payload, ts, side, cut)
         if half.fin_at is None:
             half.fin_at = ts
-            half.fin_seq = (seq + len(payload)) % SEQ_MOD
+            half.fin_seq = (seq + length) % SEQ_MOD
             if half.next_seq is not None:
                 half.reach(half.fin_seq + 1)
             if self.first_fin is None:
@@ -737,15 +970,17 @@ class _Conn:
                 self.second_fin_at = ts
             self.move(side, Sent.FIN, ts)
             if half.short_of_fin():
-                half.pending.setdefault(half.fin_seq, (b"", ts))  # see `_Half.pending`
+                half.pending.setdefault(half.fin_seq, (b"", ts, 0))  # see `_Half.pending`
             else:
                 stream.close()  # else when the hole before the FIN fills (_accept)
             self._release()
 
     def _deliver(self, half: _Half, stream: _MessageStream, seq: int, data: bytes,
-                 ts: float, side: Side) -> None:
+                 ts: float, side: Side, cut: int = 0) -> None:
+        """Data out of order: held until the hole before it fills, trimmed where it
+        repeats what came (``cut``: bytes after ``data`` the capture did not keep)."""
         far = half.furthest()
-        if far is not None and _seq_diff((seq + len(data)) % SEQ_MOD, far) <= 0:
+        if far is not None and _seq_diff((seq + len(data) + cut) % SEQ_MOD, far) <= 0:
             self._retransmitted(half, side)
         offset = _seq_diff(seq, half.next_seq)
         if offset > 0:  # a hole before it: hold until filled
@@ -753,37 +988,41 @@ class _Conn:
                 if half.pending_bytes + len(data) > _MAX_PENDING:
                     half.lost = True  # a hole that never fills must not hold the whole capture
                     return
-                half.pending[seq] = (data, ts)
+                half.pending[seq] = (data, ts, cut)
                 half.pending_bytes += len(data)
-                half.reach(seq + len(data))
+                half.reach(seq + len(data) + cut)
             return
         if offset < 0:
-            if len(data) <= -offset:
+            data, cut = _trimmed(data, cut, -offset)
+            if not data and not cut:
                 return  # a retransmission of bytes already taken
-            data = data[-offset:]
-        self._accept(half, stream, data, ts)
+        self._accept(half, stream, data, ts, cut)
         while half.pending:
             progressed = False
             for pseq in list(half.pending):
                 poff = _seq_diff(pseq, half.next_seq)
                 if poff > 0:
                     continue
-                pdata, pts = half.pending.pop(pseq)
+                pdata, pts, pcut = half.pending.pop(pseq)
                 half.pending_bytes -= len(pdata)
-                if len(pdata) > -poff:
-                    self._accept(half, stream, pdata[-poff:], pts)
+                pdata, pcut = _trimmed(pdata, pcut, -poff)
+                if pdata or pcut:
+                    self._accept(half, stream, pdata, pts, pcut)
                 progressed = True
             if not progressed:
                 break
 
-    def _accept(self, half: _Half, stream: _MessageStream, data: bytes, ts: float) -> None:
-        half.next_seq = (half.next_seq + len(data)) % SEQ_MOD
+    def _accept(self, half: _Half, stream: _MessageStream, data: bytes, ts: float,
+                cut: int = 0) -> None:
+        half.next_seq = (half.next_seq + len(data) + cut) % SEQ_MOD
         if self.last_data_at is None or ts > self.last_data_at:
             self.last_data_at = ts
         if self.end_at is None or ts <= self.end_at:
             if self.last_data_before_end is None or ts > self.last_data_before_end:
                 self.last_data_before_end = ts
         stream.feed(data, ts)
+        if cut:
+            stream.skip(cut)
         if half.fin_at is not None and half.fin_seq == half.next_seq:
             stream.close()  # the data a FIN had overtaken has come: the sender's close
             self._release()
@@ -796,6 +1035,7 @@ class _Conn:
         if up.pending or down.pending or up.short_of_fin() or down.short_of_fin():
             return
         self.request_stream = self.response_stream = _ENDED
+        self._unanswered_in_the_cut()
         self.unanswered = []
 
     # --- the record
@@ -821,13 +1061,27 @@ class _Conn:
         idle = None
         if ended_at is not None and quiet_since is not None and not refused:
             idle = round(ended_at - quiet_since, 6)
+        self._unanswered_in_the_cut()
+        if self.unpaired_from is not None:  # their responses cannot be told: unknown
+            for r in requests[self.unpaired_from:]:
+                if r.status is None:
+                    _unknown(r, _RESPONSE_FIELDS)
         # What its last exchange said: the last response's timeout, and whether the last
-        # response (else the last request) announced the close.
+        # response (else the last request) announced the close; unknown where the capture
+        # cut what it said.
         answered = [r for r in requests if r.status is not None]
         last_response = answered[-1] if answered else None
+        last_request = requests[-1] if requests else None
         advertised = last_response.advertised_timeout if last_response else None
-        announced = close_announced(requests[-1] if requests else None, last_response)
-        as_announced = announced is not None and closed_by is not None
+        announced = close_announced(last_request, last_response)
+        as_announced: bool | None = announced is not None and closed_by is not None
+        kept = max_kept(answered)
+        if self.unpaired_from is not None or any(r.unknown for r in requests[-1:]) or (
+                last_response is not None and last_response.unknown):
+            if announced is None:
+                as_announced = None
+            if kept is not False:
+                kept = None
         client_bytes, server_bytes = up.sent_bytes(), down.sent_bytes()
         return Connection(
             self.number, _fmt(self.client), _fmt(self.server), self.syn_at,
@@ -837,11 +1091,11 @@ class _Conn:
             _plain(closed_with), idle,
             advertised, not requests, self.syn_at is not None and gaps == 0, gaps,
             round(idle - advertised, 6) if closed_by is Side.SERVER
-            and closed_with is Closing.FIN and not as_announced and idle is not None
+            and closed_with is Closing.FIN and as_announced is False and idle is not None
             and advertised is not None else None, self.keepalive_probes, self.history,
             conn_state(self.client_state, self.server_state, client_bytes, server_bytes,
                        self.history).value, self.completeness, client_bytes, server_bytes,
-            _plain(announced), as_announced, max_kept(answered))
+            _plain(announced), as_announced, kept, self.truncated)
 
 
 _RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R")  # Zeek's: the client's SYN, then its RST, unanswered
@@ -907,19 +1161,35 @@ def max_kept(answered: list[HttpRequest]) -> bool | None:
     return kept
 
 
-def _completeness(flags: int, payload: bytes) -> int:
-    """Wireshark's completeness bits for a segment with a SYN, FIN or RST (none of them a
-    connection's first SYN: that one is counted where the connection opens)."""
+def _completeness(flags: int, length: int) -> int:
+    """Wireshark's completeness bits for a segment with a SYN, FIN or RST and ``length``
+    bytes of payload on the wire (none of them a connection's first SYN: that one is
+    counted where the connection opens)."""
     bits = 0
     if flags & (SYN | ACK) == SYN | ACK:
         bits |= COMPLETENESS_SYN_ACK
     elif flags & (SYN | ACK) == ACK:
-        bits |= COMPLETENESS_DATA if payload else COMPLETENESS_ACK
+        bits |= COMPLETENESS_DATA if length else COMPLETENESS_ACK
     if flags & (FIN | ACK) == FIN | ACK:
         bits |= COMPLETENESS_FIN
     if flags & RST:
         bits |= COMPLETENESS_RST
     return bits
+
+
+def _unknown(request: HttpRequest, names: tuple[str, ...]) -> None:
+    """List ``names`` among the request's fields the capture cut."""
+    known = request.unknown or []
+    request.unknown = known + [name for name in names if name not in known]
+
+
+def _trimmed(data: bytes, cut: int, already: int) -> tuple[bytes, int]:
+    """A segment's kept bytes and cut bytes less the first ``already`` of them."""
+    if already <= 0:
+        return data, cut
+    if already < len(data):
+        return data[already:], cut
+    return b"", max(0, cut - (already - len(data)))
 
 
 def _plain(value: StrEnum | None) -> str | None:
@@ -1034,7 +1304,7 @@ class Analyzer:
         """Segments in capture order, as `feed` takes them: a reader's batch at a time
         saves a call per segment on a big capture."""
         ports, live = self.ports, self._live
-        for ts, src, sport, dst, dport, flags, seq, _, payload in segments:
+        for ts, src, sport, dst, dport, flags, seq, _, payload, cut in segments:
             if ports and sport not in ports and dport not in ports:
                 continue
             entry = live.get((src, sport, dst, dport))
@@ -1053,7 +1323,7 @@ class Analyzer:
                     conn.history = "^"  # Zeek's mark: the first packet's sender is not the client
             else:
                 conn, side = entry
-            conn.take(ts, flags, seq, payload, side)
+            conn.take(ts, flags, seq, payload, side, cut)
             if flags & (SYN | RST) and side is Side.SERVER and (
                     conn.established_at is not None or conn.refused):
                 self._servers.add(sport)

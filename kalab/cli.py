@@ -288,8 +288,8 @@ def _analyze(args: argparse.Namespace) -> int:
     ports = analysis.ports
     capture = _capture_beside(args.pcap)
     capture.problems += evidence.wire_problems(analysis.connections)
-    if analysis.cut_short():
-        capture.problems.append(analysis.cut_short())
+    capture.problems += evidence.capture_problems(analysis)
+    capture.snaplen, capture.truncated_frames = analysis.snaplen, analysis.truncated
     verdict = evidence.verdict_of([], capture.problems)
     run = report_mod.EngineRun(
         engine="capture", kind="unknown", description=f"{args.pcap.name}, server port(s) "

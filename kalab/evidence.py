@@ -48,6 +48,9 @@ class WireAnalysis:
     error: PcapError | None = None  # why the file ends early; what came before is above
     records: int = 0  # records read
     skipped: int = 0  # pure ACKs left out: they change no record
+    snaplen: int | None = None  # the file's snap length
+    truncated: int = 0  # records cut at the snap length
+    headers_cut: int = 0  # of those, TCP frames cut inside their TCP header
 
     def cut_short(self) -> str | None:
         """The capture problem a file that could not be read to its end makes, if any."""
@@ -83,7 +86,20 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
         if collecting:
             gc.enable()
     return WireAnalysis(connections, requests, set(ports or analyzer.server_ports()), error,
-                        reader.records, reader.skipped)
+                        reader.records, reader.skipped, reader.snaplen, reader.truncated,
+                        reader.headers_cut)
+
+
+def capture_problems(analysis: WireAnalysis) -> list[str]:
+    """What the file itself says against the analysis: cut short, or frames cut so short
+    that their TCP header is not all there (a frame cut in its payload is no problem)."""
+    problems = []
+    if analysis.cut_short():
+        problems.append(analysis.cut_short())
+    if analysis.headers_cut:
+        problems.append(f"{analysis.headers_cut} frame(s) were cut inside their TCP header "
+                        f"(snap length {analysis.snaplen}): their segments could not be read")
+    return problems
 
 
 def wire_problems(connections: list[Connection]) -> list[str]:
@@ -287,8 +303,7 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
     analysis = analyze_capture(run_dir / handoff.CAPTURE_PCAP, {scenario.port})
     connections, requests = analysis.connections, analysis.requests
     problems = list(stats.get("problems", [])) + wire_problems(connections)
-    if analysis.cut_short():
-        problems.append(analysis.cut_short())
+    problems += capture_problems(analysis)
     if not client.get("requests") and scenario.requests and stats.get("complete", True):
         problems.append("the client role left no records")  # cut short, it may have none
     missing, join_problems, disagreements = join_client(requests, connections,
@@ -301,7 +316,8 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
                       started_at=stats["started_at"], stopped_at=stats["stopped_at"],
                       packets=stats["packets"], duplicates_dropped=stats["duplicates_dropped"],
                       kernel_drops=stats["kernel_drops"], problems=problems,
-                      impairments=impairments, complete=stats.get("complete", True))
+                      impairments=impairments, complete=stats.get("complete", True),
+                      snaplen=analysis.snaplen, truncated_frames=analysis.truncated)
     first_request = min((r["sent_at"] for r in client.get("requests", [])), default=None)
     if first_request is not None and capture.started_at > first_request:
         problems.append("the capture started after the first request was sent")

@@ -135,12 +135,15 @@ def _ip_offset(linktype: int, frame: bytes, start: int, end: int) -> int | None:
     return offset if ethertype in (_ETH_IPV4, _ETH_IPV6) else None
 
 
-def _tcp(packet: bytes, ip: int, end: int
-         ) -> tuple[int | bytes, int | bytes, int, int, int, int, int, int, int] | None:
-    """(src, dst, sport, dport, flags, seq, ack, payload start, payload end) of an IP
-    packet carrying TCP, addresses as int (IPv4) or bytes (IPv6); None for anything else."""
+def _tcp(packet: bytes, ip: int, end: int, wire_end: int | None = None
+         ) -> tuple[int | bytes, int | bytes, int, int, int, int, int, int, int, int] | None:
+    """(src, dst, sport, dport, flags, seq, ack, payload start, payload end, cut) of an IP
+    packet carrying TCP, addresses as int (IPv4) or bytes (IPv6); None for anything else.
+    ``wire_end``: where the frame ended on the wire, past ``end`` when the capture cut it
+    (its snap length); ``cut`` is then the payload the IP header says came after ``end``."""
     if end - ip < 20:
         return None
+    claimed = wire_end if wire_end is not None and wire_end > end else end
     version = packet[ip] >> 4
     if version == 4:
         ihl = (packet[ip] & 0x0F) * 4
@@ -150,6 +153,7 @@ def _tcp(packet: bytes, ip: int, end: int
         tcp = ip + ihl
         if total:  # TSO frames may say 0; anything past the IP length is padding
             end = min(end, ip + total)
+            claimed = min(claimed, ip + total)
     elif version == 6:
         if end - ip < 40:
             return None
@@ -165,6 +169,7 @@ def _tcp(packet: bytes, ip: int, end: int
         plen = (packet[ip + 4] << 8) | packet[ip + 5]
         if plen:
             end = min(end, ip + 40 + plen)
+            claimed = min(claimed, ip + 40 + plen)
     else:
         return None
     if end - tcp < 20:
@@ -173,7 +178,20 @@ def _tcp(packet: bytes, ip: int, end: int
     data = tcp + (offset >> 4) * 4
     if data < tcp + 20:
         return None  # a data offset below the header's own size: corrupt
-    return src, dst, sport, dport, flags & 0x3F, seq, ack, data, max(end, data)
+    cut = claimed - max(end, data)
+    return src, dst, sport, dport, flags & 0x3F, seq, ack, data, max(end, data), \
+        cut if cut > 0 else 0
+
+
+def _cut_tcp(packet: bytes, ip: int, end: int) -> bool:
+    """Whether a frame the capture cut, which `_tcp` could not read, carried TCP: its IP
+    header says so, and the capture ended before the TCP header did."""
+    if end - ip < 10:
+        return False
+    version = packet[ip] >> 4
+    if version == 4:
+        return packet[ip + 9] == 6
+    return version == 6 and end - ip >= 7 and packet[ip + 6] == 6
 
 
 def _address(raw: int | bytes) -> str:
@@ -201,14 +219,15 @@ def decode_ip(ts: float, packet: bytes, offset: int = 0) -> Segment | None:
     fields = _tcp(packet, offset, len(packet))
     if fields is None:
         return None
-    src, dst, sport, dport, flags, seq, ack, start, end = fields
+    src, dst, sport, dport, flags, seq, ack, start, end, _ = fields
     return Segment(ts, _address(src), sport, _address(dst), dport, flags, seq, ack,
                    bytes(packet[start:end]))
 
 
 # --- reading files
 
-Record = tuple[int, float, bytes, int, int]  # linktype, time, buffer, frame start, frame end
+# linktype, time, buffer, frame start, frame end (what was captured), its length on the wire
+Record = tuple[int, float, bytes, int, int, int]
 
 
 class _Blocks:
@@ -238,19 +257,22 @@ class _Blocks:
         return len(self.buf) - self.pos
 
 
-def _records(path: str | Path) -> Iterator[Record]:
+def _records(path: str | Path, snaplens: list[int] | None = None) -> Iterator[Record]:
+    """The file's records; ``snaplens`` gets the snap length of each header read."""
+    snaplens = [] if snaplens is None else snaplens
     with open(path, "rb") as f:
         blocks = _Blocks(f)
         if not blocks.need(4):
             raise PcapError(f"{path}: byte 0: too short to be a capture file", 0)
         magic = blocks.buf[:4]
         if magic == _PCAPNG_MAGIC:
-            yield from _pcapng_records(blocks, path)
+            yield from _pcapng_records(blocks, path, snaplens)
         else:
-            yield from _pcap_records(blocks, path, magic)
+            yield from _pcap_records(blocks, path, magic, snaplens)
 
 
-def _pcap_records(blocks: _Blocks, path: str | Path, magic: bytes) -> Iterator[Record]:
+def _pcap_records(blocks: _Blocks, path: str | Path, magic: bytes,
+                  snaplens: list[int]) -> Iterator[Record]:
     if magic not in _PCAP_MAGIC:
         raise PcapError(f"{path}: byte 0: not a pcap or pcapng file (magic {magic.hex()})", 0)
     order, unit = _PCAP_MAGIC[magic]
@@ -260,6 +282,7 @@ def _pcap_records(blocks: _Blocks, path: str | Path, magic: bytes) -> Iterator[R
     linktype &= 0x0FFFFFFF
     if linktype not in _SUPPORTED:
         raise PcapError(f"{path}: byte 20: link type {linktype} is not supported", 20)
+    snaplens.append(snaplen)
     limit = min(max(snaplen, _SNAPLEN), _MAX_RECORD)
     header = struct.Struct(order + "IIII")
     unpack = header.unpack_from
@@ -285,10 +308,11 @@ def _pcap_records(blocks: _Blocks, path: str | Path, magic: bytes) -> Iterator[R
             buf, pos = blocks.buf, blocks.pos
             end = pos + 16 + caplen
         blocks.pos = end
-        yield linktype, sec + frac * unit, buf, pos + 16, end
+        yield linktype, sec + frac * unit, buf, pos + 16, end, wirelen
 
 
-def _pcapng_records(blocks: _Blocks, path: str | Path) -> Iterator[Record]:
+def _pcapng_records(blocks: _Blocks, path: str | Path, snaplens: list[int]
+                    ) -> Iterator[Record]:
     order = "<"
     interfaces: list[tuple[int, float, float]] = []  # linktype, seconds per tick, offset
     while True:
@@ -318,7 +342,8 @@ def _pcapng_records(blocks: _Blocks, path: str | Path) -> Iterator[Record]:
         if block_type == 6:  # enhanced packet
             if length < 32:  # its fields would be read from the next block, or past the file
                 raise PcapError(f"{path}: byte {offset}: corrupt block length {length}", offset)
-            iface, high, low, caplen = struct.unpack_from(order + "IIII", buf, pos + 8)
+            iface, high, low, caplen, wirelen = struct.unpack_from(order + "IIIII", buf,
+                                                                   pos + 8)
             if iface >= len(interfaces):
                 raise PcapError(f"{path}: byte {offset}: packet names unknown interface {iface}",
                                 offset)
@@ -330,24 +355,26 @@ def _pcapng_records(blocks: _Blocks, path: str | Path) -> Iterator[Record]:
             if not 0.0 <= ts < _LATEST:
                 raise PcapError(f"{path}: byte {offset}: timestamp {ts:.6g} is absurd (not "
                                 "between the years 1970 and 9999)", offset)
-            yield linktype, ts, buf, pos + 28, pos + 28 + caplen
+            yield linktype, ts, buf, pos + 28, pos + 28 + caplen, wirelen
         elif block_type == 1:  # interface description
             if length < 20:
                 raise PcapError(f"{path}: byte {offset}: corrupt block length {length}", offset)
-            linktype = struct.unpack_from(order + "H", buf, pos + 8)[0]
+            linktype, snaplen = struct.unpack_from(order + "H2xI", buf, pos + 8)
             if linktype not in _SUPPORTED:
                 raise PcapError(f"{path}: byte {offset}: link type {linktype} is not supported",
                                 offset)
             tick, base = _if_options(buf[pos + 16:pos + length - 4], order, f"{path}: byte "
                                      f"{offset}", offset)
             interfaces.append((linktype, tick, base))
+            snaplens.append(snaplen)
         elif block_type == 3:  # simple packet: no timestamp
             if length < 16:
                 raise PcapError(f"{path}: byte {offset}: corrupt block length {length}", offset)
             if not interfaces:
                 raise PcapError(f"{path}: byte {offset}: packet before any interface", offset)
             wirelen = struct.unpack_from(order + "I", buf, pos + 8)[0]
-            yield interfaces[0][0], 0.0, buf, pos + 12, pos + 12 + min(wirelen, length - 16)
+            yield (interfaces[0][0], 0.0, buf, pos + 12, pos + 12 + min(wirelen, length - 16),
+                   wirelen)
 
 
 def _if_options(options: bytes, order: str, where: str, offset: int) -> tuple[float, float]:
@@ -376,7 +403,7 @@ def _if_options(options: bytes, order: str, where: str, offset: int) -> tuple[fl
 
 def read_frames(path: str | Path) -> Iterator[tuple[int, float, bytes]]:
     """(linktype, timestamp, frame) for every record of a pcap or pcapng file."""
-    for linktype, ts, buf, start, end in _records(path):
+    for linktype, ts, buf, start, end, _ in _records(path):
         yield linktype, ts, buf[start:end]
 
 
@@ -416,6 +443,18 @@ class SegmentReader:
         self.segments = 0  # segments handed on
         self.skipped = 0  # pure ACKs left out
         self.offset = 0  # end of the last record read
+        self.truncated = 0  # records the capture cut short of their length on the wire
+        self.headers_cut = 0  # of those, TCP frames cut inside their TCP header: unreadable
+        self.snaplens: list[int] = []  # the snap length of each file or interface header
+        self.cut_at = 0  # the longest captured length of a record cut
+
+    @property
+    def snaplen(self) -> int | None:
+        """The file's snap length: the longest frame it keeps whole (the smallest of its
+        interfaces'), or where its frames were cut when that is shorter (`editcap -s` cuts
+        the frames and leaves the header as it was); None when it sets none (pcapng's 0)."""
+        limits = [n for n in self.snaplens if n] + ([self.cut_at] if self.cut_at else [])
+        return min(limits) if limits else None
 
     def __iter__(self) -> Iterator[Segment]:
         for batch in self.batches():
@@ -492,7 +531,9 @@ class SegmentReader:
                 out.write(data)
         except PcapError as exc:
             error = (str(exc), exc.offset)
-        data = marshal.dumps((self.records, self.segments, self.skipped, self.offset, error))
+        data = marshal.dumps((self.records, self.segments, self.skipped, self.offset,
+                              self.truncated, self.headers_cut, self.cut_at, self.snaplens,
+                              error))
         out.write(_FRAME.pack(True, len(data)))
         out.write(data)
 
@@ -508,7 +549,8 @@ class SegmentReader:
             if not last:
                 yield marshal.loads(data)
                 continue
-            self.records, self.segments, self.skipped, self.offset, error = marshal.loads(data)
+            (self.records, self.segments, self.skipped, self.offset, self.truncated,
+             self.headers_cut, self.cut_at, self.snaplens, error) = marshal.loads(data)
             if error is not None:
                 raise PcapError(*error)
             return
@@ -523,10 +565,10 @@ class SegmentReader:
         reached_at = known.get
         names = _Names()
         batch: list[Segment] = []
-        records = _records(self.path)
+        records = _records(self.path, self.snaplens)
         while True:
             try:
-                linktype, ts, buf, start, end = next(records)
+                linktype, ts, buf, start, end, wirelen = next(records)
             except StopIteration:
                 break
             except PcapError:
@@ -535,24 +577,32 @@ class SegmentReader:
                 raise
             self.records += 1
             self.offset = end
+            # Cut at the snap length: the IP header says how much more there was.
+            wire_end = start + wirelen if end - start < wirelen <= _MAX_RECORD else None
+            if wire_end is not None:
+                self.truncated += 1
+                self.cut_at = max(self.cut_at, end - start)
             ip = _ip_offset(linktype, buf, start, end)
-            fields = None if ip is None else _tcp(buf, ip, end)
+            fields = None if ip is None else _tcp(buf, ip, end, wire_end)
             if fields is None:
+                if wire_end is not None and ip is not None and _cut_tcp(buf, ip, end):
+                    self.headers_cut += 1
                 continue
-            src, dst, sport, dport, flags, seq, ack, data, data_end = fields
+            src, dst, sport, dport, flags, seq, ack, data, data_end, cut = fields
             if ports and sport not in ports and dport not in ports:
                 continue
             # Where this direction has reached (see the module's docstring): a one-item
             # list per direction, so that moving it costs no second dict lookup.
             cell = reached_at((src, sport, dst, dport))
             if cell is None:  # a four-tuple not handed on before: handed on, whatever it is
-                reach = seq + data_end - data if data < data_end else seq
+                reach = seq + data_end - data + cut if data < data_end else seq + cut
                 if flags & 0x03:
                     reach += 1  # a SYN or FIN takes a sequence number
-                known[(src, sport, dst, dport)] = [reach, not (data < data_end or flags & 0x07)]
+                known[(src, sport, dst, dport)] = [reach, not (data < data_end or cut
+                                                               or flags & 0x07)]
                 known[(dst, dport, src, sport)] = [None, False]
-            elif data < data_end or flags & 0x07:  # data, SYN, FIN or RST: it reaches its end
-                reach = seq + data_end - data if data < data_end else seq
+            elif data < data_end or cut or flags & 0x07:  # data, SYN, FIN or RST: it reaches
+                reach = seq + data_end - data + cut if data < data_end else seq + cut
                 if flags & 0x03:
                     reach += 1
                 # Left unreduced modulo 2^32 (a sum past it costs an ACK handed on, once in
@@ -575,7 +625,7 @@ class SegmentReader:
                 cell[1] = True  # its direction's first pure ACK is handed on
             self.segments += 1
             batch.append(_new_segment(self._row, (ts, names[src], sport, names[dst], dport,
-                                                  flags, seq, ack, buf[data:data_end])))
+                                                  flags, seq, ack, buf[data:data_end], cut)))
             if len(batch) >= _BATCH:
                 yield batch
                 batch = []
@@ -594,6 +644,7 @@ class SegmentReader:
         linktype &= 0x0FFFFFFF
         if linktype not in _SUPPORTED:
             raise PcapError(f"{path}: byte 20: link type {linktype} is not supported", 20)
+        self.snaplens.append(snaplen)
         limit = min(max(snaplen, _SNAPLEN), _MAX_RECORD)
         record = struct.Struct(order + "IIII").unpack_from
         ipv4_tcp = _ETH_IPV4_TCP.unpack_from
@@ -603,7 +654,7 @@ class SegmentReader:
         known: dict[tuple, list] = {}  # as in `_any`
         reached_at = known.get
         names = _Names()
-        records = segments = skipped = 0
+        records = segments = skipped = truncated = headers_cut = cut_at = 0
         batch: list[Segment] = []
         append = batch.append
         blocks.pos = pos = 24
@@ -620,7 +671,7 @@ class SegmentReader:
                         break
                     buf, pos = blocks.buf, blocks.pos
                     size = len(buf)
-                sec, frac, caplen, _ = record(buf, pos)
+                sec, frac, caplen, wirelen = record(buf, pos)
                 if caplen > limit:
                     blocks.pos = pos
                     raise PcapError(f"{path}: byte {blocks.offset}: record length {caplen} is "
@@ -638,6 +689,11 @@ class SegmentReader:
                     end = start + caplen
                 pos = end
                 records += 1
+                cut_short = caplen < wirelen <= _MAX_RECORD  # at the snap length: see `_any`
+                if cut_short:
+                    truncated += 1
+                    if caplen > cut_at:
+                        cut_at = caplen
                 if ethernet and caplen >= 54 and buf[start + 12] == 8 and buf[start + 13] == 0 \
                         and buf[start + 14] == 0x45:
                     total, frag, proto, src, dst, sport, dport, seq, ack, offset, flags = \
@@ -646,29 +702,38 @@ class SegmentReader:
                         continue
                     flags &= 0x3F
                     data = start + 34 + (offset >> 4) * 4
-                    data_end = start + 14 + total if total else end
+                    data_end = start + 14 + total if total else \
+                        start + wirelen if cut_short else end
+                    cut = 0
                     if data_end > end:
+                        if cut_short:
+                            cut = min(data_end, start + wirelen) - max(end, data)
+                            if cut < 0:
+                                cut = 0
                         data_end = end
                     elif data_end < start + 54:
                         continue  # an IP length that ends inside the headers: as `_tcp` does
                 else:
                     ip = _ip_offset(linktype, buf, start, end)
-                    fields = None if ip is None else _tcp(buf, ip, end)
+                    fields = None if ip is None else \
+                        _tcp(buf, ip, end, start + wirelen if cut_short else None)
                     if fields is None:
+                        if cut_short and ip is not None and _cut_tcp(buf, ip, end):
+                            headers_cut += 1
                         continue
-                    src, dst, sport, dport, flags, seq, ack, data, data_end = fields
+                    src, dst, sport, dport, flags, seq, ack, data, data_end, cut = fields
                 if ports and sport not in ports and dport not in ports:
                     continue
                 cell = reached_at((src, sport, dst, dport))  # as in `_any`
                 if cell is None:
-                    reach = seq + data_end - data if data < data_end else seq
+                    reach = seq + data_end - data + cut if data < data_end else seq + cut
                     if flags & 0x03:
                         reach += 1
-                    known[(src, sport, dst, dport)] = [reach,
-                                                       not (data < data_end or flags & 0x07)]
+                    known[(src, sport, dst, dport)] = [reach, not (data < data_end or cut
+                                                                   or flags & 0x07)]
                     known[(dst, dport, src, sport)] = [None, False]
-                elif data < data_end or flags & 0x07:
-                    reach = seq + data_end - data if data < data_end else seq
+                elif data < data_end or cut or flags & 0x07:
+                    reach = seq + data_end - data + cut if data < data_end else seq + cut
                     if flags & 0x03:
                         reach += 1
                     reached = cell[0]
@@ -688,7 +753,7 @@ class SegmentReader:
                     cell[1] = True
                 segments += 1
                 append(new(row, (sec + frac * unit, names[src], sport, names[dst], dport,
-                                     flags, seq, ack, buf[data:data_end])))
+                                     flags, seq, ack, buf[data:data_end], cut)))
                 if segments % _BATCH == 0:
                     yield batch
                     batch = []
@@ -704,6 +769,7 @@ class SegmentReader:
             if blocks.pos < pos and blocks.buf is buf:
                 blocks.pos = pos
             self.records, self.segments, self.skipped = records, segments, skipped
+            self.truncated, self.headers_cut, self.cut_at = truncated, headers_cut, cut_at
             self.offset = blocks.offset
 
 

@@ -142,8 +142,10 @@ class HttpRequest:
     depth: int = doc("1 for the first request on its connection, 2 for the second, ...")
     reused: bool = doc("True when the connection had carried a request before (depth > 1).")
     method: str = doc("Request method, as sent.")
-    target: str = doc("Request target (path and query), as sent, cut at 200 characters.")
-    version: str = doc("HTTP version of the request line, e.g. `HTTP/1.1`.")
+    target: str = doc("Request target (path and query), as sent, cut at 200 characters; as "
+                      "far as the capture kept it when `unknown` lists it.")
+    version: str | None = doc("HTTP version of the request line, e.g. `HTTP/1.1`; null when "
+                              "the capture cut the line before it.")
     sent_at: float = doc("When the segment with the request line's first byte was seen.")
     request_connection: str | None = doc("The request's `Connection` header, if any.", None)
     response_at: float | None = doc("When the status line's first byte was seen; null if "
@@ -170,6 +172,25 @@ class HttpRequest:
                                      "connection (Apache counts it down, `max=3`, `max=2`, "
                                      "`max=1`, then `Connection: close`); null without one, "
                                      "or when it is not plain digits, at most 10.", None)
+    request_body_len: int | None = doc("Bytes of the request's body, as sent (de-chunked, "
+                                       "not decompressed): Zeek's `request_body_len`; null "
+                                       "when the capture cut what framed it.", None)
+    response_body_len: int | None = doc("Bytes of the response's body, as `request_body_len` "
+                                        "(Zeek's `response_body_len`); null if no response "
+                                        "came, it was cut short by the capture's end, or the "
+                                        "capture cut what framed it.", None)
+    unknown: list[str] | None = doc(
+        "The fields of this record the capture cut (frames cut at its snap length): each "
+        "is null when the bytes kept did not show it, and otherwise shows it as far as "
+        "they did (a header repeated past the cut is missing). `target` and `version` "
+        "when the request line itself was cut; `request_connection` and "
+        "`request_body_len` when the request's header block was; the response's "
+        "header fields (`response_connection`, `response_keep_alive`, `advertised_timeout`, "
+        "`keep_alive_max`) when its block was; `response_end_at` and `response_body_len` "
+        "when where it ended was; every response field when a message cut away whole "
+        "stands between this request and the responses seen, so that which one answered "
+        "it cannot be told (HTTP/1.1 pairs them only by order). Null when nothing was "
+        "cut.", None)
     client: dict[str, Any] | None = doc("What the client role believed about this request "
                                         "(see `client.sessions.RequestRecord`); null for "
                                         "`kalab analyze`.", None)
@@ -278,11 +299,18 @@ class Connection:
         "True when it ended (a FIN or a RST, from either side: who sends the first FIN "
         "after `Connection: close` is a race) after `close_announced_by` said it would: "
         "the server kept its word, and no idle timeout is measured against what it "
-        "advertised. Null only in a report read from kalab.report/1.", None)
+        "advertised. Null when the capture cut what its last exchange said (see "
+        "`truncated`), or in a report read from kalab.report/1.", None)
     keep_alive_max_kept: bool | None = doc(
         "Whether every `Keep-Alive: max=N` on it held: no more than N requests were "
         "answered on it after the response that said it (`HttpRequest.keep_alive_max` "
-        "shows the countdown); null when no response said `max=`.", None)
+        "shows the countdown); null when no response said `max=`, or the capture cut "
+        "what one said.", None)
+    truncated: int = doc(
+        "Segments of it the capture cut at its snap length (`Capture.snaplen`): their "
+        "place in the sequence and their length are known, the payload past the cut is "
+        "not. Nothing is lost: requests and responses are counted from the first lines "
+        "kept, and what was cut is listed in each one's `unknown`.", 0)
 
 
 @dataclass
@@ -302,6 +330,14 @@ class Capture:
                                    "a pcap from elsewhere.", None)
     problems: list[str] = doc("Why the capture cannot be trusted; empty when it can.",
                               factory=list)
+    snaplen: int | None = doc("The capture file's snap length: the longest frame it keeps "
+                              "whole (tcpdump's `-s`); null when not known or unlimited.",
+                              None)
+    truncated_frames: int = doc(
+        "Frames the capture cut at its snap length: captured shorter than their length on "
+        "the wire. Nothing is lost: each one's length and place are known, its payload past "
+        "the cut is not (see `Connection.truncated`). A frame cut inside its TCP header "
+        "cannot be read at all, and that is a capture problem.", 0)
     complete: bool = doc("False when the capture was stopped before the client was done "
                          "and its last packets had passed (a run cut short by a signal or a "
                          "failing role): the engine's expectations are then not checked.",

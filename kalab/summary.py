@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kalab.render.text import visible
-from kalab.report import Closing, Connection, EngineRun, HttpRequest, Report
+from kalab.report import Capture, Closing, Connection, EngineRun, HttpRequest, Report
 
 
 def esc(text: object) -> str:
@@ -82,6 +82,8 @@ def _what_it_said(conn: Connection, requests: list[HttpRequest]) -> str:
         if timeout is not None:
             said += f"; it also advertised Keep-Alive: timeout={timeout:g}"
         return said
+    if timeout is None and conn.truncated and conn.closed_as_announced is None:
+        return "; the capture cut what its last exchange said"
     if timeout is None:
         return "; no Keep-Alive timeout was advertised"
     said = f"; it advertised Keep-Alive: timeout={timeout:g}"
@@ -105,6 +107,19 @@ def _countdown(conn: Connection, requests: list[HttpRequest]) -> str:
 def requests_by_id(run: EngineRun) -> dict[str, HttpRequest]:
     """The run's requests by id, for `connection_story`."""
     return {r.id: r for r in run.requests}
+
+
+def truncation(capture: Capture, connections: list[Connection]) -> str | None:
+    """The sentence a capture with frames cut at its snap length gets: nothing was lost,
+    and what is not known."""
+    if not capture.truncated_frames:
+        return None
+    cut = [c.id for c in connections if c.truncated]
+    return (f"{capture.truncated_frames} frame(s) were cut at the snap length "
+            f"({capture.snaplen if capture.snaplen is not None else 'unknown'} bytes): no "
+            f"packet was lost; requests and responses are counted from the first lines kept, "
+            f"and what the cut hid is marked unknown" + (
+                f"; connection(s) {', '.join(map(str, cut))} had segments cut" if cut else ""))
 
 
 def interruption(report: Report) -> str | None:
@@ -141,8 +156,17 @@ def requests_table(run: EngineRun, zero: float) -> Table:
         requests.add_row(*(Text(visible(cell)) for cell in (
             r.id, _t(r.sent_at, zero), f"{r.method} {r.target}", f"#{r.connection}",
             f"{r.depth}{' (reused)' if r.reused else ''}", str(r.status or "-"),
-            r.response_connection or "-", r.response_keep_alive or "-", r.story or "-", saw)))
+            _header(r, "response_connection"), _header(r, "response_keep_alive"),
+            r.story or "-", saw)))
     return requests
+
+
+def _header(request: HttpRequest, name: str) -> str:
+    """A response header's cell: its value; "?" when the capture cut it, "-" when none."""
+    value = getattr(request, name)
+    if value:
+        return value
+    return "?" if name in (request.unknown or ()) else "-"
 
 
 def connections_table(run: EngineRun, zero: float) -> Table:
@@ -206,6 +230,9 @@ def render(report: Report, console: Console | None = None) -> None:
         for error in run.client_errors:
             console.print(f"  [yellow]request {esc(error['ref'])} never reached the wire: "
                           f"{esc(error.get('error_cause') or error.get('error') or '')}[/]")
+        cut = truncation(cap, run.connections)
+        if cut:
+            console.print(f"  frames cut: {esc(cut)}", soft_wrap=True)
         for problem in cap.problems:
             console.print(f"  [bold yellow]capture problem:[/] {esc(problem)}")
         for e in run.expectations:

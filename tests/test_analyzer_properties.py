@@ -243,3 +243,48 @@ def test_any_bytes_in_order_never_crash(up, down):
     connections, requests = analyzer.finish()
     check_structure(connections, requests)
     assert len(connections) == 1 and connections[0].gaps == 0
+
+
+# The fields of a request that come from its bytes (not its place among the requests seen).
+FROM_THE_BYTES = ("method", "target", "version", "request_connection", "request_body_len",
+                  "response_at", "response_end_at", "status", "response_version",
+                  "response_connection", "response_keep_alive", "advertised_timeout",
+                  "keep_alive_max", "response_body_len")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wires(), st.integers(0, 120))
+def test_a_snap_length_loses_no_packet_and_guesses_nothing(wire, keep):
+    """Every segment cut to its first ``keep`` bytes of payload, as `tcpdump -s` cuts
+    frames: the connections are what they were, and every request seen is one that was
+    sent, each field either what the whole capture says or listed as unknown."""
+    _, segments = wire
+    whole_connections, whole_requests = analyze(segments, {PORT})
+    cut = [seg._replace(payload=seg.payload[:keep], cut=max(0, len(seg.payload) - keep))
+           for seg in segments]
+    connections, requests = analyze(cut, {PORT})
+    check_structure(connections, requests)
+
+    def facts(conns):
+        return [(c.client, c.syn_at, c.first_fin_by, c.first_fin_at, c.second_fin_at,
+                 c.closed_by, c.closed_with, c.last_data_at, c.complete, c.gaps, c.history,
+                 c.conn_state, c.completeness, c.client_bytes, c.server_bytes,
+                 c.keepalive_probes) for c in conns]
+
+    assert facts(connections) == facts(whole_connections)
+    sent = {}
+    for request in whole_requests:
+        sent.setdefault((request.connection, request.sent_at, request.method), []).append(request)
+    for request in requests:
+        matches = sent.get((request.connection, request.sent_at, request.method))
+        assert matches, f"{request.method} {request.target}: no such request was sent"
+        original = matches.pop(0)
+        unknown = request.unknown or ()
+        for name in FROM_THE_BYTES:
+            mine, theirs = getattr(request, name), getattr(original, name)
+            if name not in unknown:
+                assert mine == theirs, (name, mine, theirs)
+            elif isinstance(mine, str):
+                assert theirs is not None and theirs.startswith(mine), (name, mine, theirs)
+            elif mine is not None:
+                assert mine == theirs, (name, mine, theirs)

@@ -680,3 +680,105 @@ def test_kalab_analyze_of_a_big_capture_says_what_the_plain_path_says(tmp_path, 
         partial.stdout.close()
         assert partial.wait(timeout=120) == 1
         assert partial.stderr.read() == b""
+
+
+# --- frames cut at a snap length: nothing lost, the rest unknown
+
+
+def cut_at(source: Path, target: Path, snaplen: int) -> Path:
+    """``source`` (a classic little-endian pcap) as `tcpdump -s SNAPLEN` would have written
+    it: each record keeps its first ``snaplen`` bytes and says its length on the wire."""
+    data = source.read_bytes()
+    header = bytearray(data[:24])
+    struct.pack_into("<I", header, 16, snaplen)
+    out, offset = [bytes(header)], 24
+    while offset < len(data):
+        sec, usec, caplen, wirelen = struct.unpack_from("<IIII", data, offset)
+        kept = min(caplen, snaplen)
+        out += [struct.pack("<IIII", sec, usec, kept, wirelen),
+                data[offset + 16:offset + 16 + kept]]
+        offset += 16 + caplen
+    target.write_bytes(b"".join(out))
+    return target
+
+
+def wire_facts(connections: list) -> list[tuple]:
+    """What a connection's packets say, whatever their payload."""
+    return [(c.client, c.server, c.syn_at, c.established_at, c.first_fin_by, c.first_fin_at,
+             c.second_fin_at, c.closed_by, c.closed_with, c.last_data_at, c.idle_before_close,
+             c.keepalive_probes, c.complete, c.gaps, c.history, c.conn_state, c.completeness,
+             c.client_bytes, c.server_bytes) for c in connections]
+
+
+@pytest.mark.parametrize("snaplen", [96, 128])
+def test_a_capture_cut_at_its_snap_length_loses_nothing(tmp_path, snaplen):
+    source = write(tmp_path / "whole.pcap", mixed_capture())
+    cut = cut_at(source, tmp_path / f"cut-{snaplen}.pcap", snaplen)
+    whole = evidence.analyze_capture(source)
+    analysis = evidence.analyze_capture(cut)
+    longer = sum(len(frame) > snaplen for _, _, frame in read_frames(source))
+    assert analysis.truncated == longer > 0 and analysis.snaplen == snaplen
+    assert evidence.capture_problems(analysis) == []
+    assert evidence.wire_problems(analysis.connections) == []
+    # Every packet is there: times, closes, bytes, Zeek's and Wireshark's words.
+    assert wire_facts(analysis.connections) == wire_facts(whole.connections)
+    # At 128 bytes only IPv6's responses (20 bytes more of header) are cut.
+    assert [c.truncated > 0 for c in analysis.connections] == [snaplen == 96] * 2 + [True]
+    # Every request line and status line was kept: the same requests, the same answers.
+    assert [(r.id, r.connection, r.depth, r.method, r.target, r.status, r.response_at)
+            for r in analysis.requests] == \
+        [(r.id, r.connection, r.depth, r.method, r.target, r.status, r.response_at)
+         for r in whole.requests]
+    # What the cut hid is unknown, not guessed: the responses' headers, and on IPv6
+    # (20 more bytes of header) the requests' too.
+    for request in analysis.requests:
+        v6 = analysis.connections[request.connection - 1].client.startswith("[")
+        if snaplen == 96:
+            assert request.unknown is not None
+            assert "response_connection" in request.unknown
+            assert request.response_connection is None and request.response_end_at is None
+            assert ("request_connection" in request.unknown) is v6
+        for name in request.unknown or ():
+            if getattr(request, name) is not None:  # kept as far as the bytes showed it
+                assert getattr(request, name) == getattr(whole.requests[0], name) or \
+                    name in ("request_body_len", "response_body_len")
+    # The two readers agree, and so does a pcapng of the same cut frames.
+    assert list(SegmentReader(cut, skip_acks=True)) == \
+        list(SegmentReader(cut, skip_acks=True, fast=False))
+    if shutil.which("editcap") is not None:
+        ng = tmp_path / f"cut-{snaplen}.pcapng"
+        subprocess.run(["editcap", "-F", "pcapng", str(cut), str(ng)], check=True,
+                       capture_output=True)
+        again = evidence.analyze_capture(ng)  # its times differ in the last bit: not compared
+        assert again.truncated == longer and again.snaplen == snaplen
+        assert [(c.history, c.truncated, c.requests) for c in again.connections] == \
+            [(c.history, c.truncated, c.requests) for c in analysis.connections]
+        assert [(r.target, r.status, r.unknown) for r in again.requests] == \
+            [(r.target, r.status, r.unknown) for r in analysis.requests]
+    done = run_kalab("analyze", str(cut), "--json")
+    assert done.returncode == 0, done.stderr  # observed: nothing was lost
+    (run,) = json.loads(done.stdout)["runs"]
+    assert run["verdict"] == "observed" and run["capture"]["problems"] == []
+    assert run["capture"]["snaplen"] == snaplen and run["capture"]["truncated_frames"] == longer
+    assert tshark_referee.compare(run, cut, {8080, 9090}) == []
+    text = run_kalab("analyze", str(cut)).stdout
+    assert f"cut at the snap length ({snaplen} bytes): no packet was lost" in " ".join(
+        text.split())
+    # The response headers the cut hid are "?" in the table, not "-" (none said).
+    cells = [line.split("│")[7].strip() for line in text.splitlines() if " /" in line]
+    assert cells == ["?" if "response_connection" in (r["unknown"] or ()) else
+                     r["response_connection"] or "-" for r in run["requests"]]
+    assert "?" in cells
+
+
+def test_frames_cut_inside_their_tcp_header_are_a_capture_problem(tmp_path):
+    source = write(tmp_path / "whole.pcap", mixed_capture())
+    cut = cut_at(source, tmp_path / "cut-60.pcap", 60)  # IPv6's headers take 74 bytes
+    analysis = evidence.analyze_capture(cut)
+    v6 = sum(1 for _, _, frame in read_frames(source) if frame[12:14] == b"\x86\xdd")
+    assert analysis.headers_cut == v6 > 0
+    assert [c.server for c in analysis.connections] == ["10.0.0.2:8080", "10.0.0.3:9090"]
+    done = run_kalab("analyze", str(cut), "--json")
+    assert done.returncode == 3  # inconclusive: those segments are missing
+    (run,) = json.loads(done.stdout)["runs"]
+    assert any("cut inside their TCP header" in p for p in run["capture"]["problems"])

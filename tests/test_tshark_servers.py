@@ -279,3 +279,68 @@ def test_gunicorn_max_requests_closes_as_announced(tmp_path, app_dir):
     assert first["enforced_minus_advertised"] is None
     summary = run_kalab("analyze", str(pcap)).stdout
     assert "as its last response announced (Connection: close)" in summary
+
+
+@contextmanager
+def tcpdumps(port: int, paths: dict[int, Path]) -> Iterator[None]:
+    """`tcpdump -s SNAPLEN` of the port on lo into each path, listening before the body runs.
+    Immediate mode: else the packets in the kernel's current block (up to tcpdump's 1 s
+    timeout) are not read before the interrupt stops it."""
+    children = []
+    try:
+        for snaplen, path in paths.items():
+            child = subprocess.Popen(["tcpdump", "--immediate-mode", "-i", "lo", "-s",
+                                      str(snaplen), "-w", str(path),
+                                      f"tcp port {port}"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+            children.append(child)
+            while "listening on" not in (line := child.stderr.readline()):
+                assert line, "tcpdump exited"
+        yield
+    finally:
+        time.sleep(0.3)  # the last FINs and ACKs
+        for child in children:
+            child.send_signal(2)
+        for child in children:
+            child.communicate(timeout=20)
+
+
+@pytest.mark.skipif(not conftest.shutil.which("tcpdump"), reason="tcpdump is not installed")
+def test_tcpdump_with_a_short_snap_length_loses_nothing(tmp_path, app_dir):
+    """The same exchange captured whole (the observer) and by tcpdump -s 96 and -s 128:
+    the cut captures show every connection, close and request line, tshark agrees, and
+    nothing is inconclusive."""
+    port = free_port()
+    whole = tmp_path / "whole.pcap"
+    cut = {96: tmp_path / "s96.pcap", 128: tmp_path / "s128.pcap"}
+    with server(gunicorn(port, "gthread", 1), port, app_dir), tcpdumps(port, cut), \
+            capturing(port, whole, linger=0.3):
+        with requests.Session() as session:
+            base = f"http://127.0.0.1:{port}"
+            session.get(f"{base}/keep-alive").raise_for_status()
+            session.post(f"{base}/echo", data=b"x" * 5000).raise_for_status()  # body cut too
+            session.get(f"{base}/stream").raise_for_status()  # chunked
+            time.sleep(2.2)  # past --keep-alive 1: the server closes
+            session.get(f"{base}/empty").raise_for_status()
+    reference = json.loads(run_kalab("analyze", str(whole), "--json").stdout)["runs"][0]
+    for snaplen, pcap in cut.items():
+        done = run_kalab("analyze", str(pcap), "--json")
+        assert done.returncode == 0, done.stderr
+        (run,) = json.loads(done.stdout)["runs"]
+        capture = run["capture"]
+        assert capture["problems"] == [] and run["verdict"] == "observed"
+        assert capture["snaplen"] == snaplen and capture["truncated_frames"] > 0
+        assert tshark_referee.compare(run, pcap, port) == [], snaplen
+        assert placement(run) == placement(reference)
+        assert [r["status"] for r in run["requests"]] == [200, 200, 200, 204]
+        for key in ("first_fin_by", "closed_by", "closed_with", "history", "conn_state",
+                    "completeness"):
+            assert [c[key] for c in run["connections"]] == \
+                [c[key] for c in reference["connections"]], (snaplen, key)
+        for key in ("first_fin_at", "idle_before_close"):  # two tools' clocks: to the ms
+            assert [c[key] for c in run["connections"]] == pytest.approx(
+                [c[key] for c in reference["connections"]], rel=0, abs=0.001), (snaplen, key)
+        assert all(c["truncated"] for c in run["connections"])
+        # The response headers were cut: unknown, not "none said".
+        assert all("response_connection" in r["unknown"] for r in run["requests"])
+        assert all(r["response_connection"] is None for r in run["requests"])
