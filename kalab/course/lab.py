@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import enum
 import hashlib
 import keyword
 import math
@@ -581,6 +582,8 @@ def _kind(query: Query) -> str:
     hint = typing.get_type_hints(record)[path[0]]
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if isinstance(hint, type) and issubclass(hint, enum.StrEnum):
+        return "text"  # a named value (`closed_by`'s side): its plain string
     return {bool: "yes-no", int: "whole", float: "number", str: "text"}.get(hint, "list")
 
 
