@@ -188,7 +188,7 @@ _CONNECTION_FIELDS = ("id", "client", "server", "syn_at", "syn_retransmits", "es
                       "complete", "gaps", "enforced_minus_advertised", "keepalive_probes",
                       "history", "conn_state", "completeness", "client_bytes", "server_bytes",
                       "close_announced_by", "closed_as_announced", "keep_alive_max_kept",
-                      "truncated")
+                      "truncated", "first_seen_at")
 
 
 def _check_positions() -> None:
@@ -617,7 +617,8 @@ class _Half:
 
 
 class _Conn:
-    __slots__ = ("number", "client", "server", "syn_at", "syn_isn", "syn_retransmits",
+    __slots__ = ("number", "client", "server", "first_seen_at", "syn_at", "syn_isn",
+                 "syn_retransmits",
                  "client_state", "server_state", "closed",
                  "established_at", "up", "down", "first_fin", "second_fin_at", "rst",
                  "last_data_at", "last_data_before_end", "end_at", "requests", "unanswered",
@@ -629,6 +630,7 @@ class _Conn:
                  ts: float, syn_seq: int | None) -> None:
         self.number = number
         self.client, self.server = client, server
+        self.first_seen_at = ts
         self.syn_at = ts if syn_seq is not None else None
         self.syn_isn = syn_seq
         self.syn_retransmits = 0
@@ -1095,7 +1097,7 @@ class _Conn:
             and advertised is not None else None, self.keepalive_probes, self.history,
             conn_state(self.client_state, self.server_state, client_bytes, server_bytes,
                        self.history).value, self.completeness, client_bytes, server_bytes,
-            _plain(announced), as_announced, kept, self.truncated)
+            _plain(announced), as_announced, kept, self.truncated, self.first_seen_at)
 
 
 _RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R")  # Zeek's: the client's SYN, then its RST, unanswered

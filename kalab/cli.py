@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="server port to follow (repeatable; default: every port that "
                          "answered a SYN)")
     analyze.add_argument("--json", action="store_true", help="print the JSON report")
+    analyze.add_argument("--zeek", type=Path, metavar="DIR", default=None,
+                         help="also write conn.log and http.log there as Zeek's JSON logs "
+                         "(DIR new or empty)")
 
     check = sub.add_parser("check", help="validate a scenario file and say what it will run")
     check.add_argument("scenario", type=Path)
@@ -262,8 +265,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from kalab import zeek
+
     if not args.pcap.is_file():
         return _error(f"{args.pcap}: no such file", Exit.BAD_INPUT)
+    refused = None if args.zeek is None else zeek.refuse(args.zeek)
+    if refused:
+        return _error(f"--zeek: {refused}", Exit.BAD_INPUT)
     # Records built once and written out: the collector would only walk them again and
     # again and free nothing (a tenth of the time on a big capture).
     collecting = gc.isenabled()
@@ -304,6 +312,13 @@ def _analyze(args: argparse.Namespace) -> int:
         started_at=started, finished_at=time.time(), runs=[run], verdict=verdict,
         exit_code=exit_code)
     _LEFT_TO_THE_OS.append(report)
+    if args.zeek is not None:
+        from kalab import zeek
+
+        try:
+            zeek.write(args.zeek, run)
+        except OSError as exc:
+            return _error(f"--zeek: {exc}", Exit.BAD_INPUT)
     if args.json:
         sys.stdout.flush()
         report_mod.write_json(report, sys.stdout.buffer, parallel=True)

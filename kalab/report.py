@@ -311,6 +311,10 @@ class Connection:
         "place in the sequence and their length are known, the payload past the cut is "
         "not. Nothing is lost: requests and responses are counted from the first lines "
         "kept, and what was cut is listed in each one's `unknown`.", 0)
+    first_seen_at: float | None = doc(
+        "When its first packet was seen, whatever it carried (its SYN, or on a connection "
+        "the capture joined mid-stream its first segment): Zeek's conn.log `ts`. Null in a "
+        "report from before it was recorded.", None)
 
 
 @dataclass

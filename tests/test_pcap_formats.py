@@ -14,6 +14,7 @@ import dataclasses
 import json
 import marshal
 import os
+import re
 import shutil
 import signal
 import socket
@@ -782,3 +783,100 @@ def test_frames_cut_inside_their_tcp_header_are_a_capture_problem(tmp_path):
     assert done.returncode == 3  # inconclusive: those segments are missing
     (run,) = json.loads(done.stdout)["runs"]
     assert any("cut inside their TCP header" in p for p in run["capture"]["problems"])
+
+
+# --- Zeek's JSON logs (kalab analyze --zeek DIR)
+
+# Zeek's Conn::Info and HTTP::Info fields, in their order (base/protocols/conn/main.zeek,
+# base/protocols/http/main.zeek), a conn_id flattened as Zeek's JSON writer does.
+ZEEK_ID = ["id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p"]
+ZEEK_CONN = ["ts", "uid", *ZEEK_ID, "proto", "service", "duration", "orig_bytes", "resp_bytes",
+             "conn_state", "local_orig", "local_resp", "missed_bytes", "history", "orig_pkts",
+             "orig_ip_bytes", "resp_pkts", "resp_ip_bytes", "tunnel_parents", "ip_proto"]
+ZEEK_HTTP = ["ts", "uid", *ZEEK_ID, "trans_depth", "method", "host", "uri", "referrer",
+             "version", "user_agent", "origin", "request_body_len", "response_body_len",
+             "status_code", "status_msg", "info_code", "info_msg", "tags", "username",
+             "password", "proxied"]
+
+
+def zeek_logs(folder: Path) -> tuple[list[dict], list[dict]]:
+    """conn.log and http.log, each line checked to be Zeek's fields in Zeek's order."""
+    logs = []
+    for name, order in (("conn.log", ZEEK_CONN), ("http.log", ZEEK_HTTP)):
+        lines = [json.loads(line) for line in (folder / name).read_text().splitlines()]
+        for line in lines:
+            assert list(line) == [key for key in order if key in line], (name, list(line))
+        logs.append(lines)
+    return logs[0], logs[1]
+
+
+def test_zeek_logs_of_a_capture(tmp_path):
+    packets = mixed_capture()
+    pcap = write(tmp_path / "mixed.pcap", packets)
+    done = run_kalab("analyze", str(pcap), "--json", "--zeek", str(tmp_path / "zeek"))
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)["runs"]
+    conns, http = zeek_logs(tmp_path / "zeek")
+    # Each conversation: its first packet, and the client's FIN answering the server's.
+    starts = [T0, T0 + 0.005, T0 + 0.0075]
+    ends = {p[TCP].sport: ts for ts, p in packets if p[TCP].flags == "FA"
+            and p[TCP].sport in (40000, 40001, 40002)}
+    assert [c["ts"] for c in conns] == pytest.approx(starts, abs=1e-6)
+    assert [c["duration"] for c in conns] == pytest.approx(
+        [ends[port] - start
+         for port, start in zip((40000, 40001, 40002), starts, strict=True)], abs=1e-6)
+    assert [(c["id.orig_h"], c["id.orig_p"], c["id.resp_h"], c["id.resp_p"]) for c in conns] \
+        == [("10.0.0.1", 40000, "10.0.0.2", 8080), ("10.0.0.1", 40001, "10.0.0.3", 9090),
+            ("fd00::1", 40002, "fd00::2", 8080)]
+    assert all(c["proto"] == "tcp" and c["service"] == "http" and c["ip_proto"] == 6
+               and c["missed_bytes"] == 0 and c["conn_state"] == "SF" for c in conns)
+    assert [c["history"] for c in conns] == [c["history"] for c in run["connections"]]
+    assert [c["orig_bytes"] for c in conns] == [len(GET % b"a1") * 2, len(GET % b"b1"),
+                                                len(GET % b"c1") * 3]
+    # (the server's keep-alive probe repeats a byte already sent: no new byte)
+    assert [c["resp_bytes"] for c in conns] == [len(OK) * 2, len(OK), len(OK) * 3]
+    uids = [c["uid"] for c in conns]
+    assert len(set(uids)) == 3 and all(re.fullmatch(r"C[0-9A-Za-z]{17}", u) for u in uids)
+    assert [(uids.index(h["uid"]), h["trans_depth"], h["method"], h["uri"]) for h in http] == \
+        [(0, 1, "GET", "/a1"), (1, 1, "GET", "/b1"), (2, 1, "GET", "/c1"),
+         (0, 2, "GET", "/a2"), (2, 2, "GET", "/c2"), (2, 3, "GET", "/c3")]
+    assert [h["ts"] for h in http] == pytest.approx([r["sent_at"] for r in run["requests"]],
+                                                    abs=1e-6)
+    assert all(h["version"] == "1.1" and h["status_code"] == 200 and h["request_body_len"] == 0
+               and h["response_body_len"] == 2 and h["tags"] == [] for h in http)
+    # The same capture, the same uids: a second folder is the first's copy.
+    again = run_kalab("analyze", str(pcap), "--zeek", str(tmp_path / "again"))
+    assert again.returncode == 0
+    for name in ("conn.log", "http.log"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "zeek" / name).read_bytes()
+
+
+def test_zeek_logs_leave_out_what_the_capture_cut(tmp_path):
+    cut = cut_at(write(tmp_path / "whole.pcap", mixed_capture()), tmp_path / "cut.pcap", 96)
+    done = run_kalab("analyze", str(cut), "--json", "--zeek", str(tmp_path / "zeek"))
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)["runs"]
+    _, http = zeek_logs(tmp_path / "zeek")
+    assert len(http) == len(run["requests"]) == 6
+    for line, request in zip(http, run["requests"], strict=True):
+        unknown = request["unknown"] or []
+        assert ("response_body_len" in line) is ("response_body_len" not in unknown)
+        assert ("uri" in line) is ("target" not in unknown)
+    assert any("response_body_len" not in line for line in http)
+
+
+@pytest.mark.parametrize("existing", ["a file in it", "a file"])
+def test_zeek_refuses_a_folder_with_something_in_it(tmp_path, existing):
+    pcap = write(tmp_path / "mixed.pcap", mixed_capture())
+    target = tmp_path / "zeek"
+    if existing == "a file":
+        target.write_text("mine")
+    else:
+        target.mkdir()
+        (target / "conn.log").write_text("mine")
+    done = run_kalab("analyze", str(pcap), "--zeek", str(target))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"kalab: --zeek: {target}")
+    assert (target.read_text() if existing == "a file" else
+            (target / "conn.log").read_text()) == "mine"
+    assert len(list(target.iterdir())) == 1 if target.is_dir() else True

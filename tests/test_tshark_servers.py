@@ -344,3 +344,71 @@ def test_tcpdump_with_a_short_snap_length_loses_nothing(tmp_path, app_dir):
         # The response headers were cut: unknown, not "none said".
         assert all("response_connection" in r["unknown"] for r in run["requests"])
         assert all(r["response_connection"] is None for r in run["requests"])
+
+
+def lifetimes(pcap: Path) -> dict[int, tuple[float, float]]:
+    """tshark's reading of each stream's life, by client port: its first frame's time, and
+    the time of the frame that closed its second side (each side's first FIN or RST), or
+    while a side stays open, of its last frame (Zeek's duration)."""
+    out = subprocess.run(
+        ["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=\t", "-e", "tcp.stream",
+         "-e", "frame.time_epoch", "-e", "tcp.srcport", "-e", "tcp.dstport", "-e",
+         "tcp.flags.syn", "-e", "tcp.flags.ack", "-e", "tcp.flags.fin", "-e", "tcp.flags.reset"],
+        capture_output=True, text=True, check=True).stdout
+    first: dict[int, tuple[float, int]] = {}  # stream -> (time, client port)
+    closed: dict[int, dict[int, float]] = {}  # stream -> sender port -> its first FIN or RST
+    last: dict[int, float] = {}  # stream -> its last frame's time
+    for line in out.splitlines():
+        stream, at, sport, dport, syn, ack, fin, rst = line.split("\t")
+        at, sport, dport = float(at), int(sport), int(dport)
+        if int(stream) not in first:  # a SYN's sender is the client
+            first[int(stream)] = (at, sport if syn in ("1", "True") and ack in ("0", "False")
+                                  else dport)
+        last[int(stream)] = at
+        if fin in ("1", "True") or rst in ("1", "True"):
+            closed.setdefault(int(stream), {}).setdefault(sport, at)
+    return {port: (at, max(closed[stream].values()) if len(closed.get(stream, {})) == 2
+                   else last[stream]) for stream, (at, port) in first.items()}
+
+
+def test_zeek_logs_agree_with_tshark(tmp_path, app_dir):
+    """`kalab analyze --zeek`: conn.log's ts and duration from tshark's frames, http.log's
+    requests where tshark puts them, and Zeek's words for a FIN close and a RST."""
+    get = b"GET /keep-alive HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def client(port: int) -> None:
+        with requests.Session() as session:
+            base = f"http://127.0.0.1:{port}"
+            session.get(f"{base}/keep-alive").raise_for_status()
+            session.post(f"{base}/echo", data=b"x" * 5000).raise_for_status()
+            session.get(f"{base}/stream").raise_for_status()  # chunked
+            time.sleep(1.6)  # past --keep-alive 1: the server closes
+        raw_exchange(port, get, reset=True)
+        raw_exchange(port, get + b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\n", reset=False)
+
+    pcap, port, run = record(tmp_path, app_dir, lambda port: gunicorn(port, "gthread", 1), client)
+    done = run_kalab("analyze", str(pcap), "--zeek", str(tmp_path / "zeek"))
+    assert done.returncode == 0, done.stderr
+    conns, http = [[json.loads(line) for line in (tmp_path / "zeek" / name).read_text()
+                    .splitlines()] for name in ("conn.log", "http.log")]
+    life = lifetimes(pcap)
+    assert sorted(c["id.orig_p"] for c in conns) == sorted(life) and len(conns) == 3
+    for conn, ours in zip(conns, run["connections"], strict=True):
+        start, end = life[conn["id.orig_p"]]
+        assert conn["ts"] == pytest.approx(start, abs=tshark_referee.TOLERANCE)
+        assert conn["duration"] == pytest.approx(end - start, abs=tshark_referee.TOLERANCE)
+        assert (conn["conn_state"], conn["history"]) == (ours["conn_state"], ours["history"])
+        assert conn["id.resp_p"] == port and conn["service"] == "http"
+    assert [c["conn_state"] for c in conns] == ["SF", "RSTO", "SF"]
+    assert "R" in conns[1]["history"] and conns[0]["history"].startswith("ShAD")
+    # Requests: tshark's, in order on each stream, with their depth.
+    theirs = tshark_referee.streams(pcap, port)
+    uid_of = {c["uid"]: c["id.orig_p"] for c in conns}
+    expected = sorted((s.client_port, depth, method, uri) for s in theirs.values()
+                      for depth, (_, method, uri) in enumerate(s.requests, 1))
+    assert sorted((uid_of[h["uid"]], h["trans_depth"], h["method"], h["uri"])
+                  for h in http) == expected and len(http) == 6
+    assert [h["status_code"] for h in http] == [200, 200, 200, 200, 200, 204]
+    assert [(h["request_body_len"], h["response_body_len"]) for h in http][1:3] == \
+        [(5000, len("5000 bytes")), (0, len("part 0\npart 1\npart 2\n"))]
+    assert all(h["version"] == "1.1" and h["tags"] == [] for h in http)
