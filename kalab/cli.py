@@ -250,14 +250,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _error(str(exc), EXIT_LAB_ERROR)
     except lab.Interrupted as stopped:
         report = stopped.report
-        handoff.link_latest(results)
+        if args.results is None:
+            handoff.link_latest(results)
         left = (f"could not remove {', '.join(stopped.left)}: run `kalab clean`"
                 if stopped.left else "everything the run started has been stopped")
         print(f"kalab: interrupted during {report.phase}; {left}; the report of what was "
               f"captured: {results / 'report.json'} (exit {report.exit_code})",
               file=sys.stderr)
         return report.exit_code
-    handoff.link_latest(results)  # the observer role wrote report.json and summary.txt
+    if args.results is None:  # results/latest; beside a folder the user named: nothing
+        handoff.link_latest(results)
     if args.json:
         print(report_mod.to_json(report))
     else:
