@@ -166,7 +166,10 @@ def _results_folder(parent: Path, name: str, scenario: Scenario) -> Path:
     folder = parent / name
     if folder.resolve().parent != parent.resolve():
         raise SystemExit(f"kalab observer: --run-name {name!r} is not a folder name")
-    folder.mkdir(parents=True, exist_ok=True)  # `kalab run` made it for this run
+    try:
+        handoff.claim_results_folder(folder)  # `kalab run` made it, empty, for this run
+    except FileExistsError as exc:
+        raise SystemExit(f"kalab observer: {exc}") from None
     return folder
 
 
