@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario-label", default=None,
                         help="the scenario's name as the user gave it (for the report)")
     args, scenario = handoff.parse_role(parser, argv, "observer")
+    # The run's own results folder, taken before anything is captured: a bad name ends
+    # the role now, not after the capture.
+    args.results = None if args.results is None else \
+        _results_folder(args.results, args.run_name, scenario)
     stop = handoff.StopSignal()
     args.run_dir.mkdir(parents=True, exist_ok=True)
     args.applied = []
@@ -142,7 +146,7 @@ def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSign
         return EXIT_ROLE_FAILED if failed else 0
     results = args.run_dir
     if args.results is not None:
-        results = _results_folder(args.results, args.run_name, scenario)
+        results = args.results
         for engine in captured:
             try:
                 shutil.copytree(handoff.engine_dir(args.run_dir, engine),
