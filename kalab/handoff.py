@@ -253,6 +253,9 @@ def role_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--student", default="", metavar="ID",
                         help="a lab's student: its params are drawn for this ID, as "
                         "`kalab run --student` drew them (empty: the defaults)")
+    parser.add_argument("--stay", action="store_true",
+                        help="after the run, wait until stopped (SIGTERM) instead of "
+                        "ending: a Kubernetes Deployment's pod must not end")
     parser.add_argument("--shared-volume", action="store_true",
                         help="--run-dir is a volume every run of a compose project shares: "
                         "the observer makes this run's folder in it, the server takes the "
@@ -294,6 +297,17 @@ def volume_run_dir(volume: Path, role: str, timeout: float = ROLE_START_TIMEOUT)
             raise SystemExit(f"kalab {role}: no run folder in {volume} after {timeout:g} s: "
                              "is the observer running?")
         time.sleep(0.05)
+
+
+def stay_until_stopped(asked: bool) -> None:
+    """With ``--stay``, wait here for SIGTERM or SIGINT, whatever handlers are set."""
+    if not asked:
+        return
+    import signal
+
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    signal.sigwait(stops)
 
 
 class StopSignal:

@@ -211,7 +211,8 @@ class Report:
     schema: str = doc(f"Always `{SCHEMA}`; bumped when a field changes meaning.")
     scenario: str | None = doc("The scenario file, or null for `kalab analyze`.")
     name: str = doc("The scenario's name.")
-    runtime: str = doc("`netns`, `local`, `compose`, or `analyze`.")
+    runtime: str = doc("`netns`, `local`, `compose`, `kubernetes` (deploy/kubernetes/), or "
+                       "`analyze`.")
     started_at: float = doc("When the run started.")
     finished_at: float = doc("When the run finished.")
     runs: list[EngineRun] = doc("One per engine, in the order run.")

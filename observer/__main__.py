@@ -102,11 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         except impairment.ImpairmentError as exc:
             print(f"kalab observer: {exc}", file=sys.stderr)
             return EXIT_ROLE_FAILED
-        return observe(scenario, args, stop)
+        code = observe(scenario, args, stop)
     finally:
         for applied in args.applied:
             applied.close()
         (args.run_dir / handoff.OBSERVER_DONE).touch()
+    if not stop():
+        handoff.stay_until_stopped(args.stay)
+    return code
 
 
 def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSignal) -> int:

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kalab server: {reason}", file=sys.stderr)
             return 1
     handoff.linger_until_observer_done(args.run_dir)
+    handoff.stay_until_stopped(args.stay)
     return 0
 
 
