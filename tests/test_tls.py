@@ -24,6 +24,11 @@ same pcap, without keys and with ``-o tls.keylog_file``.
 
 Without root, decryption is checked on TLS made in memory (`ssl.MemoryBIO`):
 real records from OpenSSL, the endpoints themselves as referee.
+
+Hostile input (marked reliability, tallied): random bytes, real streams with
+bytes flipped, cut, repeated or inserted, absurd lengths, key logs with garbage.
+Nothing raises, and decryption never hands on a byte that was not sent: what
+comes out is always a prefix of the true plaintext.
 """
 
 from __future__ import annotations
@@ -52,17 +57,24 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from reliability import tally
 from requests.adapters import HTTPAdapter
 
 from kalab import tls
 from kalab.pcap import SegmentReader
 from kalab.tls import KeyLog, TlsConnection, looks_like_tls
 
+AREA = "TLS records and key logs"
 SNI = "tls.kalab.test"
 IDLE = 0.5  # the test servers close a connection idle this long, close_notify first
 BIG = 200_000  # a response of many records, some across segments
 PORTS = (19000, 19400)  # this file's loopback ports
 SYN = 0x02
+
+PHASES = {tls.PHASE_START, tls.PHASE_HANDSHAKE, tls.PHASE_HANDSHAKE_FAILED,
+          tls.PHASE_APPLICATION, tls.PHASE_NOT_TLS, tls.PHASE_GAVE_UP}
+DECRYPTIONS = {tls.DECRYPT_NO_KEYLOG, tls.DECRYPT_WAITING, tls.DECRYPT_NO_KEYS,
+               tls.DECRYPT_UNSUPPORTED, tls.DECRYPT_ON, tls.DECRYPT_FAILED}
 
 
 # --- a CA and two server certificates, made here
@@ -976,3 +988,182 @@ def test_not_tls_and_giving_up_are_states():
     assert conn.feed("client", b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00", 2.0) == []
     with pytest.raises(ValueError):
         conn.feed("both", b"x", 3.0)
+
+
+# --- hostile input
+
+
+def _check(conn: TlsConnection) -> None:
+    """What must hold whatever was fed: named states, a summary that is strict JSON."""
+    assert conn.phase in PHASES and conn.decryption in DECRYPTIONS
+    assert conn.close_notify in {tls.CLOSE_NOTIFY_SEEN, tls.CLOSE_NOTIFY_NONE,
+                                 tls.CLOSE_NOTIFY_UNKNOWN}
+    for d in (conn.client, conn.server):
+        assert d.state in {tls.READING, tls.NOT_TLS, tls.GAVE_UP}
+        assert d.held <= 5 + tls.MAX_RECORD + 65536  # one record and one feed at most
+    json.dumps(conn.summary(), allow_nan=False)
+    assert len(conn.alerts) <= tls.MAX_ALERTS
+
+
+def _hello_record(body: bytes, kind: int = 1, version: bytes = b"\x03\x01") -> bytes:
+    message = bytes((kind,)) + len(body).to_bytes(3, "big") + body
+    return b"\x16" + version + len(message).to_bytes(2, "big") + message
+
+
+def _client_hello(extensions: bytes, random_: bytes = b"\x11" * 32) -> bytes:
+    return (b"\x03\x03" + random_ + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+            + len(extensions).to_bytes(2, "big") + extensions)
+
+
+def _extension(kind: int, data: bytes) -> bytes:
+    return kind.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+
+
+@pytest.mark.reliability
+def test_random_bytes_never_raise():
+    rng = random.Random(14)
+    count = survived = 0
+    keylog = KeyLog("CLIENT_RANDOM " + "11" * 32 + " " + "22" * 48)
+    for n in range(400):
+        count += 1
+        conn = TlsConnection(keylog if n % 2 else None)
+        for _ in range(rng.randint(1, 12)):
+            data = rng.randbytes(rng.randint(0, 3000))
+            if rng.random() < 0.5:  # a header that lets it in
+                data = bytes((rng.choice((20, 21, 22, 23)), 3, rng.randint(0, 4))) \
+                    + rng.randint(0, 400).to_bytes(2, "big") + data
+            conn.feed(rng.choice(("client", "server")), data, float(n))
+        _check(conn)
+        survived += 1
+    tally(AREA, "random bytes, bare or behind a plausible record header, in random pieces "
+          "to either side, with and without a key log", count, survived)
+    assert survived == count
+
+
+@pytest.mark.reliability
+def test_real_streams_flipped_cut_repeated_and_padded(pki, tmp_path):
+    """Real TLS 1.2 and 1.3 streams, changed: a byte flipped, a piece cut out, a piece sent
+    twice, junk inserted, the stream stopped short. Decryption never yields a byte that was
+    not sent: each side's output is a prefix of its true plaintext."""
+    rng = random.Random(1414)
+    cases = [memory_tls(pki, tmp_path, "1.2", "ECDHE-RSA-AES128-GCM-SHA256"),
+             memory_tls(pki, tmp_path, "1.2", "ECDHE-ECDSA-CHACHA20-POLY1305", "ec"),
+             memory_tls(pki, tmp_path, "1.3")]
+    count = survived = failures = 0
+    for n in range(600):
+        wire, keys, written, _ = cases[n % len(cases)]
+        stream = [(side, bytearray(data)) for side, data in wire]
+        k = rng.randrange(len(stream))
+        side, data = stream[k]
+        how = n % 5
+        if how == 0:
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        elif how == 1:
+            start = rng.randrange(len(data))
+            del data[start:start + rng.randint(1, 40)]
+        elif how == 2:
+            stream.insert(k, (side, bytearray(data[:rng.randint(1, len(data))])))
+        elif how == 3:
+            data[rng.randrange(len(data) + 1):0] = rng.randbytes(rng.randint(1, 40))
+        else:
+            del stream[k:]
+        count += 1
+        conn, out = feed_wire([(s, bytes(d)) for s, d in stream], KeyLog(keys), rng)
+        _check(conn)
+        assert all(written[s].startswith(out[s]) for s in out), (n, how, conn.summary())
+        failures += conn.decrypt_failures > 0
+        survived += 1
+    assert failures > 100  # the changes did reach the protected records
+    tally(AREA, "real TLS 1.2 and 1.3 streams with a byte flipped, bytes cut out, repeated "
+          "or inserted, or stopped short (decryption yields only a prefix of what was sent)",
+          count, survived)
+    assert survived == count
+
+
+@pytest.mark.reliability
+def test_records_cut_at_every_byte(pki, tmp_path):
+    wire, keys, written, _ = memory_tls(pki, tmp_path, "1.3", exchanges=1)
+    whole = b"".join(d for _, d in wire)
+    count = survived = 0
+    for cut in range(0, len(whole), 7):
+        left = cut
+        stream = []
+        for side, data in wire:
+            if left <= 0:
+                break
+            stream.append((side, data[:left]))
+            left -= len(data)
+        count += 1
+        conn, out = feed_wire(stream, KeyLog(keys))
+        _check(conn)
+        assert all(written[s].startswith(out[s]) for s in out)
+        survived += 1
+    tally(AREA, "a real TLS 1.3 connection cut short after every 7th byte", count, survived)
+    assert survived == count
+
+
+@pytest.mark.reliability
+def test_absurd_lengths():
+    """Record lengths past the limit, handshake messages of 16 MiB, vectors longer than their
+    message, zero-length records: named states and notes, nothing held past one record."""
+    cases = []
+    for length in (0, 1, 2**14, tls.MAX_RECORD, tls.MAX_RECORD + 1, 0xFFFF):
+        cases.append(("client", b"\x16\x03\x01" + length.to_bytes(2, "big") + b"\x01" * 50))
+    cases.append(("client", b"\x16\x03\x01\x40\x00\x01\xff\xff\xff" + b"\x00" * 0x3FFC))
+    huge = b"\x0b\xff\xff\xff"  # a 16 MiB certificate message, never held
+    cases.append(("server", b"".join(b"\x16\x03\x03\x40\x00" + (huge if n == 0 else b"")
+                                     + b"\x00" * (0x4000 - (4 if n == 0 else 0))
+                                     for n in range(40))))
+    for ext in (_extension(0, b"\x00\xff\x00\x00\x05abc"), _extension(16, b"\x00\x05\x09http"),
+                _extension(43, b"\x07\x03\x04"), _extension(0, b"") + _extension(0, b""),
+                b"\xff", _extension(16, b"\x00\x02\x00\x00"),
+                _extension(0, b"\x00\x06\x00\x01\x00" + b"a" * 300)):
+        cases.append(("client", _hello_record(_client_hello(ext))))
+    cases.append(("client", _hello_record(_client_hello(b"")[:20])))
+    cases.append(("client", b"\x15\x03\x03\x00\x03\x02\x28\x00"))  # an odd-length alert
+    cases.append(("client", b"\x17\x03\x03\x00\x00" * 3))  # application data first
+    cases.append(("client", b"\x14\x03\x03\x00\x00"))  # an empty ChangeCipherSpec first
+    cases.append(("server", b"\x15\x03\x03\x40\x00" + b"\x01\x00" * 0x2000))  # 8192 alerts
+    count = survived = 0
+    for side, data in cases:
+        for pieces in (1, 3, len(data)):
+            count += 1
+            conn = TlsConnection(KeyLog())
+            step = max(1, len(data) // pieces)
+            for i in range(0, len(data), step):
+                conn.feed(side, data[i:i + step], 1.0)
+            _check(conn)
+            survived += 1
+    conn = TlsConnection()
+    conn.feed("client", _hello_record(_client_hello(_extension(0, b"\x00\xff"))), 1.0)
+    assert conn.sni is None and "malformed ClientHello" in conn.notes[0]
+    tally(AREA, "record lengths from 0 to 65535, 16 MiB handshake messages, vectors longer "
+          "than their message, empty and odd records, 8192 alerts; whole, in 3 pieces, and a "
+          "byte at a time", count, survived)
+    assert survived == count
+
+
+@pytest.mark.reliability
+def test_hostile_key_logs():
+    rng = random.Random(8448)
+    good = "CLIENT_RANDOM " + "ab" * 32 + " " + "cd" * 48
+    texts: list[str | bytes] = [rng.randbytes(rng.randint(0, 5000)) for _ in range(150)]
+    texts += ["\n".join(rng.choice([good, "x" * rng.randint(0, 2000), good.replace("ab", "zz"),
+                                    good + " extra", good[:-2], "CLIENT_RANDOM", "\x00" * 64,
+                                    "SERVER_TRAFFIC_SECRET_0 " + "ab" * 32 + " " + "11" * 33,
+                                    "é" * 30, "# " + good, " \t " + good + "\r"])
+                        for _ in range(rng.randint(1, 200))) for _ in range(150)]
+    texts.append("\n".join(f"CLIENT_RANDOM {n:064x} {'11' * 48}" for n in range(20_000)))
+    texts.append(b"\n" * 1_000_000)
+    texts.append("A" * 5_000_000)
+    count = survived = 0
+    for text in texts:
+        count += 1
+        keylog = KeyLog(text, max_randoms=10_000)
+        assert len(keylog) <= 10_000
+        assert keylog.secrets(b"\xab" * 32) in ({}, {"CLIENT_RANDOM": b"\xcd" * 48})
+        survived += 1
+    assert KeyLog(texts[-3], max_randoms=10_000).dropped == 10_000
+    tally(AREA, "key logs of random bytes, garbage lines among good ones, 20,000 client "
+          "randoms past a bound of 10,000, a million blank lines, a 5 MB line", count, survived)
+    assert survived == count
