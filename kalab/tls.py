@@ -48,9 +48,11 @@ the server's encrypted records before it as its handshake flight, and
 
 Alerts and close_notify. Before encryption starts, alerts are plaintext and
 read (level, description). After it, TLS 1.2 still shows an alert's record
-type but not its content: without keys, an `Alert` with ``level`` and
-``description`` None. TLS 1.3 hides even the type (every protected record
-says application data): without keys an alert is not seen at all. So
+type but not its content (a close_notify at the end of a TLS 1.2 connection is
+a protected record of type 21: tshark says "Encrypted Alert"): without keys,
+an `Alert` with ``level`` and ``description`` None. TLS 1.3 hides even the
+type (every protected record says application data): without keys an alert
+is not seen at all. So
 ``close_notify`` is `CLOSE_NOTIFY_SEEN` (who and when in
 ``close_notify_by``/``close_notify_at``), `CLOSE_NOTIFY_NONE` (every record
 that could have held one was read, and none did) or `CLOSE_NOTIFY_UNKNOWN`.
@@ -78,7 +80,7 @@ protected from each side's ChangeCipherSpec on (AES-GCM with its explicit
 nonce, RFC 5288; ChaCha20-Poly1305, RFC 7905). TLS 1.3 records use the
 handshake keys until that side's Finished, then the application keys,
 which a KeyUpdate advances; the inner content type is the last non-zero
-byte, the zeros before it are padding; ChangeCipherSpec records are
+byte (the zeros after it are padding); ChangeCipherSpec records are
 skipped. Decrypted application data is handed back from `feed`, each byte
 with the capture time of the segment that carried it (AEAD ciphertext is
 the plaintext's length, byte for byte). A record that fails to decrypt
@@ -91,7 +93,31 @@ renegotiation: each stops decryption with a named state and a note.
 Which suites: TLS 1.2 `SUITES` 0xc02f 0xc030 0xc02b 0xc02c 0xcca8 0xcca9
 (ECDHE, RSA or ECDSA) and 0x009c 0x009d (RSA key exchange); TLS 1.3
 0x1301 0x1302 0x1303. Not: CBC suites, TLS 1.0/1.1, 0-RTT early data
-(``CLIENT_EARLY_TRAFFIC_SECRET``), SSL 2 hellos.
+(``CLIENT_EARLY_TRAFFIC_SECRET``), a TLS 1.2 renegotiation's new keys,
+SSL 2 hellos. Each is named in ``notes`` when met.
+
+Interface
+---------
+``looks_like_tls(first_bytes)``: at a stream's start, whether the client's
+first bytes open a TLS handshake (HTTP/1.x cannot start so).
+
+``KeyLog(text)``: NSS key log text (``SSLKEYLOGFILE``), hostile or not;
+``add(text)`` for more.
+
+``TlsConnection(keylog=None)``, then ``feed(side, data, ts)`` with ``side``
+"client" or "server", the next in-order bytes of that direction and their
+capture time; it returns ``[(plaintext, ts), ...]``, that direction's
+decrypted application data (empty without keys), to be fed on to the HTTP
+parser of the same direction in the same order. Read at any time:
+``phase``, ``version``, ``offered_versions``, ``sni``, ``alpn_offered``,
+``alpn`` and ``alpn_known``, ``cipher`` and ``cipher_name``,
+``hello_retry``, ``handshake_started_at``, ``handshake_done_at`` and
+``handshake_done_inferred``, ``alerts``, ``close_notify`` with
+``close_notify_by`` and ``close_notify_at``, ``decryption`` with
+``decrypt_failures`` and ``notes``, ``exchanges`` (`InferredExchange`),
+``unsolicited_server_records``, ``last_app_data_at``, and per direction
+``client`` and ``server`` (`TlsDirection`: records, bytes, failures);
+``summary()`` gives them all as JSON-ready values.
 """
 
 from __future__ import annotations
