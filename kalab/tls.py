@@ -1019,8 +1019,10 @@ class TlsConnection:
                 self._read_encrypted_extensions(body)
             elif kind == FINISHED and encrypted:
                 self._finished(d, ts)
-                if d.next_keys is not None:
-                    d.keys, d.next_keys = d.next_keys, None  # from the next record on
+                if self.version_code == TLS13 and d.keys is not None:
+                    # The application keys from the next record on (none: stop there).
+                    d.keys, d.next_keys = d.next_keys, None
+                    d.stopped = d.keys is None
             elif kind == KEY_UPDATE and encrypted and self._suite is not None:
                 self._key_update(d)
             elif kind == HELLO_REQUEST and encrypted and d is self.server:
@@ -1125,7 +1127,11 @@ class TlsConnection:
             self.client.keys = _Keys(suite, block[:key], block[2 * key:2 * key + iv])
             self.server.keys = _Keys(suite, block[key:2 * key], block[2 * key + iv:])
         else:
-            missing = [label for label in _TLS13_LABELS if label not in secrets]
+            # The handshake secrets are needed; the application ones may be missing (a client
+            # that refused the certificate logs none), and then each direction stops at its
+            # Finished: its handshake, alerts included, is still read.
+            needed = ("CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET")
+            missing = [label for label in needed if label not in secrets]
             wrong = [label for label in _TLS13_LABELS
                      if label in secrets and len(secrets[label]) != hash_length]
             if missing or wrong:
@@ -1133,12 +1139,16 @@ class TlsConnection:
                 self._note("the key log lacks " + ", ".join(missing) if missing else
                            "the key log's secrets do not fit the cipher suite's hash")
                 return
-            self.client.keys = _keys_13(suite, secrets["CLIENT_HANDSHAKE_TRAFFIC_SECRET"])
-            self.server.keys = _keys_13(suite, secrets["SERVER_HANDSHAKE_TRAFFIC_SECRET"])
-            self.client.secret = secrets["CLIENT_TRAFFIC_SECRET_0"]
-            self.server.secret = secrets["SERVER_TRAFFIC_SECRET_0"]
-            self.client.next_keys = _keys_13(suite, self.client.secret)
-            self.server.next_keys = _keys_13(suite, self.server.secret)
+            self.client.keys = _keys_13(suite, secrets[needed[0]])
+            self.server.keys = _keys_13(suite, secrets[needed[1]])
+            for d, label in ((self.client, "CLIENT_TRAFFIC_SECRET_0"),
+                             (self.server, "SERVER_TRAFFIC_SECRET_0")):
+                if label in secrets:
+                    d.secret = secrets[label]
+                    d.next_keys = _keys_13(suite, d.secret)
+                else:
+                    self._note(f"the key log lacks {label}: the {d.side}'s records after its "
+                               "Finished are not decrypted")
         self._suite = suite
         self._decryption = DECRYPT_ON
 

@@ -971,6 +971,68 @@ def test_keylog_conflicting_secrets_decrypt_nothing(pki, tmp_path):
     assert "conflicting" in conn.notes[0]
 
 
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_a_refused_certificate_is_a_failed_handshake(pki, tmp_path, version):
+    """A client that does not trust the server's CA ends the handshake with a fatal
+    unknown_ca. OpenSSL sends it in plaintext in TLS 1.3 too (its client has not switched
+    its writing to the handshake keys yet when it checks the certificate): read without
+    keys. Such a client logs nothing in TLS 1.2 (it never reached a master secret) and only
+    the server's handshake secret in TLS 1.3: no keys to decrypt with, and the notes say
+    which are missing."""
+    keylog = tmp_path / "keys.log"
+    client_context = ssl.create_default_context()  # the system's CAs, not the test's
+    client_context.keylog_filename = str(keylog)
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_context.wrap_bio(c_in, c_out, server_hostname=SNI)
+    server = server_context(pki, version, None, "rsa").wrap_bio(s_in, s_out, server_side=True)
+    wire: list[tuple[str, bytes]] = []
+    refused = None
+    for _ in range(3):
+        for endpoint in (client, server):
+            try:
+                endpoint.do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+            except ssl.SSLError as exc:
+                refused = refused or exc
+            for name, out, into in (("client", c_out, s_in), ("server", s_out, c_in)):
+                data = out.read()
+                if data:
+                    wire.append((name, data))
+                    into.write(data)
+    assert isinstance(refused, ssl.SSLCertVerificationError)
+    logged = [line.split()[0] for line in keylog.read_text().splitlines()
+              if line and not line.startswith("#")]
+    assert logged == ([] if version == "1.2" else ["SERVER_HANDSHAKE_TRAFFIC_SECRET"])
+    for keys in (None, KeyLog(keylog.read_text())):
+        conn, out = feed_wire(wire, keys)
+        assert out == {"client": b"", "server": b""}
+        assert conn.phase == tls.PHASE_HANDSHAKE_FAILED, conn.summary()
+        (alert,) = conn.alerts
+        assert (alert.side, alert.level, alert.name, alert.encrypted) == (
+            "client", tls.FATAL, "unknown_ca", False)
+        assert conn.handshake_done_at is None
+    assert conn.decryption == tls.DECRYPT_NO_KEYS
+    assert conn.notes == [{"1.2": "the key log has no CLIENT_RANDOM line for this connection",
+                           "1.3": "the key log lacks CLIENT_HANDSHAKE_TRAFFIC_SECRET"}[version]]
+
+
+def test_without_application_secrets_the_handshake_is_still_read(pki, tmp_path):
+    """A TLS 1.3 key log with the handshake secrets and only the server's application one:
+    the handshake is decrypted (ALPN, Finished), the server's data too; the client's
+    records after its Finished are counted, not decrypted, and the note says why."""
+    wire, keys, written, _ = memory_tls(pki, tmp_path, "1.3")
+    keylog = KeyLog("\n".join(line for line in keys.splitlines()
+                               if not line.startswith("CLIENT_TRAFFIC_SECRET_0")))
+    conn, out = feed_wire(wire, keylog)
+    assert conn.alpn_known and conn.alpn == "http/1.1"
+    assert conn.handshake_done_at is not None and not conn.handshake_done_inferred
+    assert out == {"client": b"", "server": written["server"]}
+    assert conn.client.undecrypted_records == 2 and conn.client.decrypt_failures == 0
+    assert conn.notes == ["the key log lacks CLIENT_TRAFFIC_SECRET_0: the client's records "
+                          "after its Finished are not decrypted"]
+
+
 def test_looks_like_tls():
     assert looks_like_tls(b"\x16\x03\x01\x02\x00\x01")
     assert looks_like_tls(b"\x16\x03\x01")
