@@ -73,28 +73,33 @@ With keys. A `KeyLog` holds NSS key log lines (the ``SSLKEYLOGFILE``
 format), by client random. Once both Hellos are read, the keys are derived:
 TLS 1.2 from the master secret (``CLIENT_RANDOM``), by the PRF with the
 suite's hash (RFC 5246 section 5; an extended master secret is already in
-the log); TLS 1.3 from the four traffic secrets, by HKDF-Expand-Label
-(RFC 8446 section 7). The AEAD and the HKDF and HMAC come from the
-``cryptography`` library; nothing here is cipher code. TLS 1.2 records are
-protected from each side's ChangeCipherSpec on (AES-GCM with its explicit
-nonce, RFC 5288; ChaCha20-Poly1305, RFC 7905). TLS 1.3 records use the
-handshake keys until that side's Finished, then the application keys,
-which a KeyUpdate advances; the inner content type is the last non-zero
-byte (the zeros after it are padding); ChangeCipherSpec records are
-skipped. Decrypted application data is handed back from `feed`, each byte
-with the capture time of the segment that carried it (AEAD ciphertext is
-the plaintext's length, byte for byte). A record that fails to decrypt
-(its tag does not verify) is counted in ``decrypt_failures`` and ends the
-decryption of its direction: handing on bytes after a hole would make the
-HTTP parser guess, so the rest is only counted (``undecrypted_records``).
-Unsupported versions or suites, missing or conflicting secrets, a TLS 1.2
-renegotiation: each stops decryption with a named state and a note.
+the log); TLS 1.3 from the traffic secrets, by HKDF-Expand-Label (RFC 8446
+section 7): the two handshake secrets are needed, and a missing application
+secret stops only its direction, at its Finished. The AEAD and the HKDF and
+HMAC come from the ``cryptography`` library; nothing here is cipher code.
+TLS 1.2 records are protected from each side's ChangeCipherSpec on (AES-GCM
+with its explicit nonce, RFC 5288; ChaCha20-Poly1305, RFC 7905). TLS 1.3
+records use the handshake keys until that side's Finished, then the
+application keys, which a KeyUpdate advances; the inner content type is the
+last non-zero byte (the zeros after it are padding); ChangeCipherSpec
+records are skipped. Decrypted application data is handed back from `feed`,
+each byte with the capture time of the segment that carried it (AEAD
+ciphertext is the plaintext's length, byte for byte). A record that fails to
+decrypt (its tag does not verify) is counted in ``decrypt_failures`` and
+ends the decryption of its direction: handing on bytes after a hole would
+make the HTTP parser guess, so the rest is only counted
+(``undecrypted_records``). An unsupported version or suite, or missing or
+conflicting secrets, leave the whole connection undecrypted, with a named
+state (``decryption``) and a note; a TLS 1.2 renegotiation, or a missing
+application secret, stops one direction, with a note, its later records
+counted in ``undecrypted_records``. The HTTP read from a connection is whole
+only if ``decryption`` is `DECRYPT_ON` and no record is undecrypted.
 
 Which suites: TLS 1.2 `SUITES` 0xc02f 0xc030 0xc02b 0xc02c 0xcca8 0xcca9
 (ECDHE, RSA or ECDSA) and 0x009c 0x009d (RSA key exchange); TLS 1.3
 0x1301 0x1302 0x1303. Not: CBC suites, TLS 1.0/1.1, 0-RTT early data
-(``CLIENT_EARLY_TRAFFIC_SECRET``), a TLS 1.2 renegotiation's new keys,
-SSL 2 hellos. Each is named in ``notes`` when met.
+(``CLIENT_EARLY_TRAFFIC_SECRET``), a TLS 1.2 renegotiation's new keys:
+each is named in ``notes`` when met. An SSL 2 style hello is `NOT_TLS`.
 
 Interface
 ---------
