@@ -121,8 +121,8 @@ BAD = [
     ("negative sleep", "engines: [{engine: werkzeug}]\nsessions:\n  - steps:\n"
      "      - get: /\n      - sleep: -2\n", 5, "sessions[0].steps[1].sleep", "must be >= 0"),
     ("bad yaml", "engines: [{engine: werkzeug}\nsessions: []\n", 2, "yaml", ""),
-    ("unknown field", "engines: [{engine: werkzeug, keepalive: 5}]\n"
-     "sessions: [{steps: [get: /]}]\n", 1, "engines[0].keepalive", "unknown field"),
+    ("unknown field", "engines: [{engine: werkzeug, keepalive_secs: 5}]\n"
+     "sessions: [{steps: [get: /]}]\n", 1, "engines[0].keepalive_secs", "unknown field"),
     ("unknown request", "sessions: [{steps: [get: /]}]\nengines:\n  - engine: werkzeug\n"
      "    expect:\n      - same_connection: [1, 7]\n", 5,
      "engines[0].expect[0].same_connection", "no request '7'"),
