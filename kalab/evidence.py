@@ -135,7 +135,10 @@ def join_client(requests: list[HttpRequest], connections: list[Connection],
                   and r.target.split("?")[0] == record["path"].split("?")[0]]
         port = record.get("local_port")
         on_port = [r for r in window if port and _port(by_conn[r.connection]) == port]
-        final = (on_port or window or [None])[-1]
+        # Within the call itself before its slack: a request sent right after this one
+        # returned (no pause between them) is the next record's, not a try of this one.
+        within = [r for r in (on_port or window) if r.sent_at <= record["finished_at"]]
+        final = (within or on_port or window or [None])[-1]
         if final is None:
             if record.get("status") is not None:
                 problems.append(f"the client got a response to request {record['ref']} but the "
@@ -179,10 +182,10 @@ def _story(request: HttpRequest, connection: Connection, record: dict[str, Any])
     server_fin = connection.first_fin_at if connection.first_fin_by == "server" else None
     if server_fin is not None and request.sent_at > server_fin:
         return "raced the FIN"
+    if request.status is None:  # a reused connection that carried no answer too
+        return "unanswered"
     if request.reused:
         return "reused"
-    if request.status is None:
-        return "unanswered"
     # Only on the client's own word: a client that cannot tell (None) is not guessed for.
     if _beliefs(record)[1] and request.attempt == 1:
         return "replaced dropped connection"
@@ -196,7 +199,8 @@ def _disagreements(request: HttpRequest, connection: Connection,
         found.append(f"request {ref}: the client used port {record['local_port']}, the wire "
                      f"shows it on #{connection.id} from port {_port(connection)}")
     believed_new = _beliefs(record)[0]
-    client = record.get("client") or "urllib3"
+    # records written before the client kinds were urllib3's (its log lines, by that key)
+    client = record.get("client") or ("urllib3" if "urllib3" in record else "the client")
     if believed_new and request.reused:
         found.append(f"request {ref}: {client} opened a connection, but the wire shows it "
                      f"reused #{connection.id}")

@@ -70,7 +70,18 @@ class _AiohttpDriver(Driver):
                      "connection_reuseconn", "connection_queued_start", "request_start",
                      "request_end", "request_exception"):
             getattr(trace, f"on_{name}").append(self._note(name))
-        connector = aiohttp.TCPConnector(keepalive_timeout=self.session.keepalive_timeout)
+        ports = self.ports
+
+        class Connector(aiohttp.TCPConnector):
+            async def _create_connection(self, *args: Any, **kwargs: Any) -> Any:
+                # aiohttp's trace gives no socket: the new connection's port, from here
+                protocol = await super()._create_connection(*args, **kwargs)
+                transport = getattr(protocol, "transport", None)
+                name = transport.get_extra_info("sockname") if transport else None
+                ports.append(name[1] if name else None)
+                return protocol
+
+        connector = Connector(keepalive_timeout=self.session.keepalive_timeout)
         return aiohttp.ClientSession(
             connector=connector, trace_configs=[trace], auto_decompress=False,
             timeout=aiohttp.ClientTimeout(connect=REQUEST_TIMEOUT[0],
@@ -79,15 +90,11 @@ class _AiohttpDriver(Driver):
     def _note(self, name: str) -> Callable[..., Coroutine[Any, Any, None]]:
         async def note(session: Any, context: Any, params: Any) -> None:
             self.events.append(name)
-            response = getattr(params, "response", None)
-            connection = getattr(response, "connection", None)
-            transport = getattr(connection, "transport", None)
-            if transport is not None:
-                self.ports.append((transport.get_extra_info("sockname") or (None, None))[1])
         return note
 
     def send(self, request: Request, planned_at: float) -> RequestRecord:
-        self.events, self.ports = [], []
+        self.events = []
+        self.ports.clear()
         sent = time.time()
         record = RequestRecord(request.ref, self.session.name, request.method, request.path,
                                planned_at=planned_at, sent_at=sent, finished_at=sent,

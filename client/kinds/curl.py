@@ -81,14 +81,9 @@ def _argv(requests: list[Request], base_url: str, http10: bool) -> list[str]:
     return argv
 
 
-def _transfers(stderr: str, day: datetime.date) -> list[tuple[float, float, list[str]]]:
-    """(started, ended, curl's connection words) for each transfer, from ``-v
-    --trace-time`` (UTC): a transfer ends at "left intact" or "Closing connection"
-    after its request line."""
-    transfers = []
-    start: float | None = None
-    sent = False
-    words: list[str] = []
+def _stamps(stderr: str, day: datetime.date) -> list[tuple[float, str]]:
+    """Each ``--trace-time`` line of curl's (UTC) as (its time as printed, its text)."""
+    stamped = []
     last = -1.0
     for line in stderr.splitlines():
         match = _LINE.match(line)
@@ -100,6 +95,63 @@ def _transfers(stderr: str, day: datetime.date) -> list[tuple[float, float, list
         if at < last - 43_200:  # past midnight
             at += 86_400
         last = at
+        stamped.append((at, text))
+    return stamped
+
+
+# curl 7.x prints --trace-time as the monotonic clock plus a whole-second offset taken
+# from time() once (tool_cb_dbg.c): its times are off the wall clock by the same
+# fraction of a second for the whole process, frac(monotonic) - frac(wall) then.
+# Which way this curl prints is found once, on a file:// transfer; the error of each
+# invocation is the one that puts its lines between its start and its end.
+_SCHEME: list[bool] = []  # [True]: this curl prints whole-second-offset times
+
+
+def _fraction() -> float:
+    return (time.time() - time.monotonic()) % 1.0
+
+
+def _shifts_whole_seconds() -> bool:
+    if not _SCHEME:
+        before = time.time()
+        done = subprocess.run(["curl", "-s", "-v", "--trace-time", "-o", "/dev/null",
+                               "file:///dev/null"], capture_output=True, text=True,
+                              env={**os.environ, "TZ": "UTC"}, stdin=subprocess.DEVNULL)
+        after = time.time()
+        stamps = _stamps(done.stderr, datetime.datetime.fromtimestamp(before,
+                                                                      datetime.UTC).date())
+        exact = bool(stamps) and before - 0.002 <= stamps[0][0] <= after + 0.002
+        _SCHEME.append(not exact)
+    return _SCHEME[0]
+
+
+def _error(stamps: list[tuple[float, str]], started: float, ended: float) -> float:
+    """How far curl's printed times are off the wall clock in this invocation."""
+    if not stamps or not _shifts_whole_seconds():
+        return 0.0
+    fraction = _fraction()
+    candidates = (-fraction, 1.0 - fraction)
+    first, last = stamps[0][0], stamps[-1][0]
+
+    def misfit(error: float) -> float:
+        return max(0.0, started - (first - error)) + max(0.0, (last - error) - ended)
+
+    return min(candidates, key=misfit)
+
+
+def _transfers(stderr: str, day: datetime.date, started: float,
+               ended: float) -> list[tuple[float, float, list[str]]]:
+    """(started, ended, curl's connection words) for each transfer, from ``-v
+    --trace-time``: a transfer ends at "left intact" or "Closing connection" after
+    its request line."""
+    stamps = _stamps(stderr, day)
+    error = _error(stamps, started, ended)
+    transfers = []
+    start: float | None = None
+    sent = False
+    words: list[str] = []
+    for printed, text in stamps:
+        at = printed - error
         if start is None:
             start = at
         if text.startswith("* "):
@@ -131,7 +183,7 @@ class _CurlDriver(Driver):
         self.closes.append(CloseRecord(self.session.name, ended, False))  # curl exited
         lines = [line.split(" ", 1)[1] for line in done.stdout.splitlines()
                  if line.startswith(MARK + " ")]
-        times = _transfers(done.stderr, day)
+        times = _transfers(done.stderr, day, started, ended)
         records = []
         for i, request in enumerate(requests):
             # a request after another in the invocation was due when that one ended

@@ -23,7 +23,7 @@ class ProxyKind(EngineKind):
 
     proxy = True
     own_options: ClassVar[dict[str, Spec]] = {}  # the proxy's own settings
-    default_behind: ClassVar[str] = "gunicorn"  # the kind behind it when behind is absent
+    default_behind: ClassVar[str] = ""  # the kind behind it when behind is absent
 
     @classmethod
     def registered(cls, kinds: Mapping[str, type[EngineKind]]) -> None:
