@@ -128,11 +128,17 @@ def join_client(requests: list[HttpRequest], connections: list[Connection],
     missing: list[dict] = []
     problems: list[str] = []
     disagreements: list[str] = []
+    # A connection whose port another session's records name is that session's: two
+    # sessions sending the same request at once must not take each other's.
+    owner = {rec["local_port"]: rec.get("session") for rec in client_records
+             if rec.get("local_port")}
     for record in sorted(client_records, key=lambda r: r["sent_at"]):
         window = [r for r in unmatched
                   if record["sent_at"] - JOIN_SLACK <= r.sent_at <= record["finished_at"]
                   + JOIN_SLACK and r.method == record["method"]
-                  and r.target.split("?")[0] == record["path"].split("?")[0]]
+                  and r.target.split("?")[0] == record["path"].split("?")[0]
+                  and owner.get(_port(by_conn[r.connection]), record.get("session"))
+                  == record.get("session")]
         port = record.get("local_port")
         on_port = [r for r in window if port and _port(by_conn[r.connection]) == port]
         # Within the call itself before its slack: a request sent right after this one
