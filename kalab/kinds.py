@@ -244,9 +244,8 @@ class ClientKind:
     options: ClassVar[dict[str, Spec]] = {}
     # Whether a `close` step means something (a pool the session can close).
     closes: ClassVar[bool] = True
-    # Whether the client can tell it opened a connection, and it replaced a dropped one:
-    # the report says "cannot tell" rather than guess for those it cannot.
-    tells_new_connection: ClassVar[bool] = True
+    # Whether the client can tell it replaced a connection the server dropped: a kind
+    # that cannot records None, and the story claims nothing for it.
     tells_replaced_dropped: ClassVar[bool] = True
 
     @classmethod

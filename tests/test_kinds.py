@@ -233,6 +233,9 @@ def test_each_client_reuses_its_connection_and_says_so(client):
     assert [r["status"] for r in made] == [200, 200, 200]
     assert [r["client"] for r in made] == [client] * 3
     assert [r["new_connection"] for r in made] == [True, False, False]
+    # a client that cannot tell whether it replaced a dropped connection never says so
+    kind = client_kinds()[client]
+    assert all((r["replaced_dropped"] is None) != kind.tells_replaced_dropped for r in made)
     ports = {r["local_port"] for r in made}
     assert len(ports) == 1 and None not in ports
     assert [port for port, _ in closed] == list(ports)  # one connection, closed at the end
