@@ -351,7 +351,7 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
 # `logs`, `kalab.kinds.EngineKind`): its standard output and error.
 ENGINE_LOGS = ("server.log",)
 # The engines' own words for trouble: error log levels in brackets (nginx, gunicorn,
-# Apache, HAProxy), uWSGI's and uvicorn's plain words at a line's start.
+# Apache's module:level, HAProxy), uvicorn's plain words at a line's start.
 TROUBLE = re.compile(r"\[(error|warn|crit|alert|emerg|ERROR|WARNING|CRITICAL|ALERT)\]"
                      r"|\[[a-z_]*:(error|warn|crit|alert|emerg)\]|^(ERROR|WARNING|CRITICAL):")
 
