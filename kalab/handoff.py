@@ -158,14 +158,20 @@ def new_results_folder(parent: Path, name: str, run_id: str | None = None) -> Pa
             run_id = None  # taken (the same id in the same second): draw another
 
 
-def claim_results_folder(folder: Path) -> None:
-    """Take ``folder`` for a run: made new, or an empty folder that exists. A folder with
-    anything in it is another run's, or the user's: `FileExistsError`."""
+COMPOSE_LOG = "compose.log"
+
+
+def claim_results_folder(folder: Path, already_there: frozenset[str] = frozenset()) -> None:
+    """Take ``folder`` for a run: made new, or a folder that exists holding nothing but
+    ``already_there`` (the observer under `kalab run --runtime compose` finds the
+    compose.log that `kalab run` is writing). Anything else in it is another run's, or
+    the user's: `FileExistsError`."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         folder.mkdir()
     except FileExistsError:
-        if not folder.is_dir() or folder.is_symlink() or any(folder.iterdir()):
+        if not folder.is_dir() or folder.is_symlink() or \
+                any(entry.name not in already_there for entry in folder.iterdir()):
             raise FileExistsError(f"{folder} exists and is not an empty folder: a run never "
                                   "writes over what another left") from None
 

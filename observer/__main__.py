@@ -174,7 +174,8 @@ def _results_folder(parent: Path, name: str, scenario: Scenario) -> Path:
     if folder.resolve().parent != parent.resolve():
         raise SystemExit(f"kalab observer: --run-name {name!r} is not a folder name")
     try:
-        handoff.claim_results_folder(folder)  # `kalab run` made it, empty, for this run
+        # `kalab run` made it for this run, empty but for the compose log it is writing
+        handoff.claim_results_folder(folder, frozenset({handoff.COMPOSE_LOG}))
     except FileExistsError as exc:
         raise SystemExit(f"kalab observer: {exc}") from None
     return folder
