@@ -40,10 +40,9 @@ def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
         try:
             for launch in launches:
                 # The engine goes when this role goes, however it goes (SIGKILL included).
-                child = subprocess.Popen(launch.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **launch.env},
-                                         preexec_fn=lifeline.die_with_parent)
+                child = lifeline.spawn(launch.argv, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL,
+                                       env={**os.environ, **launch.env})
                 children.append(child)
                 try:
                     engine.kind_class.ready(launch, child, handoff.ROLE_START_TIMEOUT)
