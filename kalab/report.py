@@ -180,7 +180,8 @@ class EngineRun:
     """One engine's turn: the server, the capture, the wire, the verdict."""
 
     engine: str = doc("The scenario's name for this engine.")
-    kind: str = doc("`werkzeug`, `gunicorn`, or `unknown` for `kalab analyze`.")
+    kind: str = doc("The engine's kind: the name of its module in `server/engines/` "
+                     "(`kalab.kinds.engine_kinds()`), or `unknown` for `kalab analyze`.")
     description: str = doc("The engine and its settings in words.")
     version: str | None = doc("The engine's version as the server role reported it.")
     listen: str | None = doc("`address:port` the server listened on.")
