@@ -1,1 +1,1 @@
-"""The client role: one requests.Session per scenario session."""
+"""The client role: each scenario session a client of its kind (client/kinds/)."""

@@ -60,6 +60,7 @@ def run_engines(scenario: Scenario, args: argparse.Namespace, host: str,
             raise KeyboardInterrupt
         (folder / handoff.CLIENT_DONE).touch()
     handoff.linger_until_observer_done(args.run_dir)
+    handoff.stay_until_stopped(args.stay)
     return 0
 
 

@@ -31,6 +31,9 @@ PROJECT_APPS = ("server.app:app", "server.plain_app:app", "server.post_app:app")
 # loads the file the variable names (`server.user_app`).
 FILE_SHIM = "server.user_app:app"
 APP_FILE_VARIABLE = "KALAB_APP_FILE"
+# How ASGI engines (uvicorn, hypercorn) get the WSGI app `server.asgi_app` wraps: one of
+# the project's apps, or a file as /ABSOLUTE/PATH.py:ATTRIBUTE.
+WSGI_APP_VARIABLE = "KALAB_WSGI_APP"
 ATTRIBUTE_PATTERN = r"[A-Za-z_][A-Za-z0-9_]{0,63}"
 
 

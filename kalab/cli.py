@@ -120,6 +120,32 @@ def _parser() -> argparse.ArgumentParser:
     autograder.add_argument("lab", help="a lab: its file, its folder, or its name in course/")
     autograder.add_argument("out", type=Path, help="the folder to write (new or empty)")
 
+    probe = sub.add_parser(
+        "probe", help="measure a live server's keep-alive from the client: what it "
+        "advertises, when it really closes",
+        description="Measure a server the lab did not start: what it advertises "
+        "(Connection, Keep-Alive), the idle time after which it really closes a connection "
+        "(watched as it happens, or found by bisection when no close reaches the client), "
+        "with a FIN or a RST, and how many requests one connection carries. Only an "
+        "explicit http:// or https:// URL; bounded in requests and time, rate-limited. "
+        "With root the probe's packets are captured and analysed as a run's are: the same "
+        "report, views and exit codes (0 measured, 3 the capture cannot be trusted, "
+        "4 the server could not be probed).")
+    probe.add_argument("url", help="http://HOST[:PORT]/PATH or https://...")
+    probe.add_argument("--max-requests", type=int, default=60, metavar="N",
+                       help="requests at most (default 60)")
+    probe.add_argument("--max-seconds", type=float, default=180.0, metavar="S",
+                       help="seconds of probing at most (default 180)")
+    probe.add_argument("--max-idle", type=float, default=30.0, metavar="S",
+                       help="the longest idle time looked at (default 30)")
+    probe.add_argument("--rate", type=float, default=5.0, metavar="R",
+                       help="requests a second at most (default 5)")
+    probe.add_argument("--results", type=Path, default=None,
+                       help="the run folder (default: a new results/probe-HOST-PORT-TIME-ID)")
+    probe.add_argument("--no-capture", action="store_true",
+                       help="measure without capturing (no root needed; no wire report)")
+    probe.add_argument("--json", action="store_true", help="print the JSON report")
+
     clean = sub.add_parser("clean", help="remove namespaces and processes crashed runs left")
     clean.add_argument("--all", action="store_true",
                        help="also those of runs still going (stops them)")
@@ -156,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"run": cmd_run, "analyze": cmd_analyze, "check": cmd_check,
                "clean": cmd_clean, "report": cmd_report, "worksheet": cmd_worksheet,
-               "grade": cmd_grade, "autograder": cmd_autograder}[args.command]
+               "grade": cmd_grade, "autograder": cmd_autograder,
+               "probe": cmd_probe}[args.command]
     return handler(args)
 
 
@@ -246,14 +273,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _error(str(exc), Exit.LAB_ERROR)
     except lab.Interrupted as stopped:
         report = stopped.report
-        handoff.link_latest(results)
+        if args.results is None:
+            handoff.link_latest(results)
         left = (f"could not remove {', '.join(stopped.left)}: run `kalab clean`"
                 if stopped.left else "everything the run started has been stopped")
         print(f"kalab: interrupted during {report.phase}; {left}; the report of what was "
               f"captured: {results / 'report.json'} (exit {report.exit_code})",
               file=sys.stderr)
         return report.exit_code
-    handoff.link_latest(results)  # the observer role wrote report.json and summary.txt
+    if args.results is None:  # results/latest; beside a folder the user named: nothing
+        handoff.link_latest(results)
     if args.json:
         print(report_mod.to_json(report))
     else:
@@ -523,6 +552,50 @@ def cmd_autograder(args: argparse.Namespace) -> int:
         return _error(str(exc), Exit.BAD_INPUT)
     print("\n".join(f"wrote {path}" for path in written))
     return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from kalab import handoff, probe, summary
+    from kalab.scenario import slug
+
+    try:
+        where = probe.target(args.url)
+    except ValueError as exc:
+        return _error(str(exc), Exit.BAD_INPUT)
+    bounds = {"--max-requests": (args.max_requests, 1, 1000),
+              "--max-seconds": (args.max_seconds, 1, 3600),
+              "--max-idle": (args.max_idle, 0.1, 900), "--rate": (args.rate, 0.1, 50)}
+    for option, (value, low, high) in bounds.items():
+        if not (low <= value <= high):  # NaN fails this too
+            return _error(f"{option}: from {low:g} to {high:g}, got {value}", Exit.BAD_INPUT)
+    if not args.no_capture and os.geteuid() != 0:
+        return _error("capturing the probe's packets needs root (or --no-capture)",
+                      Exit.LAB_ERROR)
+    limits = probe.Limits(max_requests=args.max_requests, max_seconds=args.max_seconds,
+                          max_idle=args.max_idle, rate=args.rate)
+    try:
+        if args.results is None:
+            results = handoff.new_results_folder(
+                Path("results"), slug(f"probe-{where.host}-{where.port}")[:40])
+        else:
+            results = args.results
+            handoff.claim_results_folder(results)
+    except OSError as exc:
+        return _error(f"--results: {exc}", Exit.BAD_INPUT)
+    try:
+        report = probe.run(where, limits, results, capture=not args.no_capture)
+    except probe.ProbeError as exc:
+        return _error(f"{args.url}: {exc}", Exit.LAB_ERROR)
+    if args.results is None:
+        handoff.link_latest(results)
+    if args.json:
+        print(report_mod.to_json(report))
+    else:
+        console = summary.make_console()
+        summary.render(report, console)
+        console.print(f"report: {results / 'report.json'} (to read: "
+                      f"{results / 'report.html'})")
+    return report.exit_code
 
 
 def cmd_clean(args: argparse.Namespace) -> int:

@@ -135,14 +135,23 @@ def join_client(requests: list[HttpRequest], connections: list[Connection],
     missing: list[dict] = []
     problems: list[str] = []
     disagreements: list[str] = []
+    # A connection whose port another session's records name is that session's: two
+    # sessions sending the same request at once must not take each other's.
+    owner = {rec["local_port"]: rec.get("session") for rec in client_records
+             if rec.get("local_port")}
     for record in sorted(client_records, key=lambda r: r["sent_at"]):
         window = [r for r in unmatched
                   if record["sent_at"] - JOIN_SLACK <= r.sent_at <= record["finished_at"]
                   + JOIN_SLACK and r.method == record["method"]
-                  and r.target.split("?")[0] == record["path"].split("?")[0]]
+                  and r.target.split("?")[0] == record["path"].split("?")[0]
+                  and owner.get(_port(by_conn[r.connection]), record.get("session"))
+                  == record.get("session")]
         port = record.get("local_port")
         on_port = [r for r in window if port and _port(by_conn[r.connection]) == port]
-        final = (on_port or window or [None])[-1]
+        # Within the call itself before its slack: a request sent right after this one
+        # returned (no pause between them) is the next record's, not a try of this one.
+        within = [r for r in (on_port or window) if r.sent_at <= record["finished_at"]]
+        final = (within or on_port or window or [None])[-1]
         if final is None:
             if record.get("status") is not None:
                 problems.append(f"the client got a response to request {record['ref']} but the "
@@ -171,16 +180,27 @@ def _port(connection: Connection) -> int:
     return int(connection.client.rsplit(":", 1)[1])
 
 
+def _beliefs(record: dict[str, Any]) -> tuple[bool | None, bool | None]:
+    """(the client opened a connection, it replaced one the server dropped), as its kind
+    read them from its own events (None: it cannot tell); from urllib3's log lines for
+    records written before the client kinds."""
+    if "new_connection" in record:
+        return record.get("new_connection"), record.get("replaced_dropped")
+    urllib3 = " ".join(record.get("urllib3", []))
+    replaced = "Resetting dropped connection" in urllib3
+    return "Starting new" in urllib3 or replaced, replaced
+
+
 def _story(request: HttpRequest, connection: Connection, record: dict[str, Any]) -> str:
     server_fin = connection.first_fin_at if connection.first_fin_by == "server" else None
     if server_fin is not None and request.sent_at > server_fin:
         return "raced the FIN"
+    if request.status is None:  # a reused connection that carried no answer too
+        return "unanswered"
     if request.reused:
         return "reused"
-    if request.status is None:
-        return "unanswered"
-    urllib3 = " ".join(record.get("urllib3", []))
-    if "Resetting dropped connection" in urllib3 and request.attempt == 1:
+    # Only on the client's own word: a client that cannot tell (None) is not guessed for.
+    if _beliefs(record)[1] and request.attempt == 1:
         return "replaced dropped connection"
     return "new"
 
@@ -191,13 +211,14 @@ def _disagreements(request: HttpRequest, connection: Connection,
     if record.get("local_port") and record["local_port"] != _port(connection):
         found.append(f"request {ref}: the client used port {record['local_port']}, the wire "
                      f"shows it on #{connection.id} from port {_port(connection)}")
-    urllib3 = " ".join(record.get("urllib3", []))
-    believed_new = "Starting new" in urllib3 or "Resetting dropped connection" in urllib3
+    believed_new = _beliefs(record)[0]
+    # records written before the client kinds were urllib3's (its log lines, by that key)
+    client = record.get("client") or ("urllib3" if "urllib3" in record else "the client")
     if believed_new and request.reused:
-        found.append(f"request {ref}: urllib3 opened a connection, but the wire shows it "
+        found.append(f"request {ref}: {client} opened a connection, but the wire shows it "
                      f"reused #{connection.id}")
-    if not believed_new and not request.reused and request.attempt == 1:
-        found.append(f"request {ref}: urllib3 believed it reused a connection, but the wire "
+    if believed_new is False and not request.reused and request.attempt == 1:
+        found.append(f"request {ref}: {client} believed it reused a connection, but the wire "
                      f"shows it opened #{connection.id}")
     if record.get("error") and request.status is not None:
         found.append(f"request {ref}: the client saw {record.get('error_cause') or record['error']}"
@@ -333,15 +354,28 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
         engine_log=engine_log(run_dir), expectations=results, verdict=verdict)
 
 
-# The engines' own words for trouble: nginx's error log levels, gunicorn's.
-ENGINE_LOGS = ("nginx-error.log", "server.log")
-TROUBLE = re.compile(r"\[(error|warn|crit|alert|emerg|ERROR|WARNING|CRITICAL)\]")
+# Where an engine writes its trouble, when its server.json does not say (its kind's
+# `logs`, `kalab.kinds.EngineKind`): its standard output and error.
+ENGINE_LOGS = ("server.log",)
+# The engines' own words for trouble: error log levels in brackets (nginx, gunicorn,
+# Apache's module:level, HAProxy), uvicorn's plain words at a line's start.
+TROUBLE = re.compile(r"\[(error|warn|crit|alert|emerg|ERROR|WARNING|CRITICAL|ALERT)\]"
+                     r"|\[[a-z_]*:(error|warn|crit|alert|emerg)\]|^(ERROR|WARNING|CRITICAL):")
 
 
 def engine_log(run_dir: Path, limit: int = 50) -> list[str]:
     """The error and warning lines the engine wrote in this run (the first ``limit``)."""
+    from kalab import handoff
+
     lines: list[str] = []
-    for name in ENGINE_LOGS:
+    names = ENGINE_LOGS
+    try:
+        names = tuple(handoff.read_json(run_dir / handoff.SERVER_READY).get("logs") or names)
+    except (OSError, ValueError):
+        pass
+    for name in names:
+        if "/" in name or name.startswith("."):  # a file of the engine's folder only
+            continue
         try:
             text = (run_dir / name).read_text(encoding="utf-8", errors="replace")
         except OSError:

@@ -158,14 +158,20 @@ def new_results_folder(parent: Path, name: str, run_id: str | None = None) -> Pa
             run_id = None  # taken (the same id in the same second): draw another
 
 
-def claim_results_folder(folder: Path) -> None:
-    """Take ``folder`` for a run: made new, or an empty folder that exists. A folder with
-    anything in it is another run's, or the user's: `FileExistsError`."""
+COMPOSE_LOG = "compose.log"
+
+
+def claim_results_folder(folder: Path, already_there: frozenset[str] = frozenset()) -> None:
+    """Take ``folder`` for a run: made new, or a folder that exists holding nothing but
+    ``already_there`` (the observer under `kalab run --runtime compose` finds the
+    compose.log that `kalab run` is writing). Anything else in it is another run's, or
+    the user's: `FileExistsError`."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         folder.mkdir()
     except FileExistsError:
-        if not folder.is_dir() or folder.is_symlink() or any(folder.iterdir()):
+        if not folder.is_dir() or folder.is_symlink() or \
+                any(entry.name not in already_there for entry in folder.iterdir()):
             raise FileExistsError(f"{folder} exists and is not an empty folder: a run never "
                                   "writes over what another left") from None
 
@@ -253,6 +259,9 @@ def role_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--student", default="", metavar="ID",
                         help="a lab's student: its params are drawn for this ID, as "
                         "`kalab run --student` drew them (empty: the defaults)")
+    parser.add_argument("--stay", action="store_true",
+                        help="after the run, wait until stopped (SIGTERM) instead of "
+                        "ending: a Kubernetes Deployment's pod must not end")
     parser.add_argument("--shared-volume", action="store_true",
                         help="--run-dir is a volume every run of a compose project shares: "
                         "the observer makes this run's folder in it, the server takes the "
@@ -294,6 +303,17 @@ def volume_run_dir(volume: Path, role: str, timeout: float = ROLE_START_TIMEOUT)
             raise SystemExit(f"kalab {role}: no run folder in {volume} after {timeout:g} s: "
                              "is the observer running?")
         time.sleep(0.05)
+
+
+def stay_until_stopped(asked: bool) -> None:
+    """With ``--stay``, wait here for SIGTERM or SIGINT, whatever handlers are set."""
+    if not asked:
+        return
+    import signal
+
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    signal.sigwait(stops)
 
 
 class StopSignal:

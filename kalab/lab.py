@@ -72,10 +72,13 @@ class _Signals:
             signal.signal(sig, handler)
 
     def _interrupt(self, signum: int, frame: object) -> None:
-        if self.phase is None:
-            self.phase = handoff.phase_reached(self.results, list(self.scenario.engines),
-                                               self.roles_started) \
-                if self.watch_files else ("scenario" if self.roles_started else "setup")
+        # Only the first signal unwinds: a second one, while the first unwinds, would
+        # land anywhere (inside logging's fork hooks, a finally) and could skip cleanup.
+        if self.phase is not None:
+            return
+        self.phase = handoff.phase_reached(self.results, list(self.scenario.engines),
+                                           self.roles_started) \
+            if self.watch_files else ("scenario" if self.roles_started else "setup")
         raise KeyboardInterrupt
 
 
@@ -95,21 +98,23 @@ def run(scenario: Scenario, runtime: str, results: Path, state: RunState,
     signals = _Signals(scenario, results, watch_files=runtime != "compose")
     interrupted = False
     state.save()
-    try:
-        with signals:
+    # The handlers stay until the cleanup has its own: restoring the default SIGINT
+    # between the two would let a second Ctrl-C cut the cleanup short.
+    with signals:
+        try:
             if runtime == "compose":
                 _run_compose(scenario, results, state, say)
             else:
                 _run_processes(scenario, runtime, results, state, say, signals)
-        report = report_mod.from_dict(handoff.read_json(results / handoff.REPORT))
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):
-            left = _finish(state)
-            if interrupted:
-                report = _interrupted_report(scenario, runtime, results, started,
-                                             signals.phase or "setup")
+            report = report_mod.from_dict(handoff.read_json(results / handoff.REPORT))
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):
+                left = _finish(state)
+                if interrupted:
+                    report = _interrupted_report(scenario, runtime, results, started,
+                                                 signals.phase or "setup")
     if interrupted:
         raise Interrupted(report, left)
     if left:
@@ -163,7 +168,7 @@ def _run_compose(scenario: Scenario, results: Path, state: RunState,
             raise LabError(str(exc)) from None
         if code not in BY_VERDICT.values() or not (results / handoff.REPORT).exists():
             raise LabError(_explain_failure(scenario, results, []) +
-                           f" (docker compose exited {code}; see {results / 'compose.log'})")
+                           f" (docker compose exited {code}; see {results / handoff.COMPOSE_LOG})")
     finally:
         with lifeline.deferred_signals():
             lab.down()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -39,6 +40,31 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         os._exit(127)
     if os.getppid() != parent:
         os._exit(127)
+
+
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _child_setup(sig: int) -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+    die_with_parent(sig)
+
+
+def spawn(argv: list[str], sig: int = signal.SIGTERM, **popen_args) -> subprocess.Popen:
+    """`subprocess.Popen` for a child that dies with this process (``die_with_parent``).
+
+    SIGINT and SIGTERM are held back in this process while it forks: a ``preexec_fn``
+    makes Python run its fork hooks, and a handler that raises (Ctrl-C) inside one of
+    them is printed and dropped ("Exception ignored in _releaseLock"), so the run
+    would go on as if nothing had been asked. Held back, the signal is handled once
+    `Popen` has returned, where the caller's ``try`` sees it. The child unblocks them
+    before its exec.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        return subprocess.Popen(argv, preexec_fn=lambda: _child_setup(sig), **popen_args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def raise_on_sigterm() -> None:

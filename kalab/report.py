@@ -370,7 +370,8 @@ class EngineRun:
     """One engine's turn: the server, the capture, the wire, the verdict."""
 
     engine: str = doc("The scenario's name for this engine.")
-    kind: str = doc("`werkzeug`, `gunicorn`, or `unknown` for `kalab analyze`.")
+    kind: str = doc("The engine's kind: the name of its module in `server/engines/` "
+                     "(`kalab.kinds.engine_kinds()`), or `unknown` for `kalab analyze`.")
     description: str = doc("The engine and its settings in words.")
     version: str | None = doc("The engine's version as the server role reported it.")
     listen: str | None = doc("`address:port` the server listened on.")
@@ -395,13 +396,53 @@ class EngineRun:
 
 
 @dataclass
+class ProbeResult:
+    """What `kalab probe URL` measured of a server the lab did not start (`kalab.probe`)."""
+
+    url: str = doc("The URL probed (only http:// and https:// are).")
+    status: int | None = doc("The status of the first response.", None)
+    server: str | None = doc("The response's `Server` header, if any.", None)
+    advertised_connection: str | None = doc("The first response's `Connection` header.",
+                                            None)
+    advertised_keep_alive: str | None = doc("The first response's `Keep-Alive` header.",
+                                            None)
+    advertised_timeout: float | None = doc("`timeout=` from that header, in seconds: what the "
+                                           "server says of itself (a hint).", None)
+    advertised_max: int | None = doc("`max=` from that header: requests a connection may "
+                                     "still carry, as the server says.", None)
+    idle_timeout: float | None = doc(
+        "Seconds from the end of a response to the server's close of the idle connection, "
+        "as enforced; 0 when it closes after every response; null when not found within "
+        "the probe's bounds.", None)
+    idle_found_by: str = doc(
+        "How `idle_timeout` was found: `watched close` (the close was seen when it came), "
+        "`closed after each response`, `bisection (between A and B s)` (no close reached "
+        "the client: a request after that much idle failed), `none within N s`, or `not "
+        "measured`.", "not measured")
+    closed_with: str | None = doc("How the server ended the idle connection: `fin`, `rst`, "
+                                  "or `silent` (nothing reached the client); null if unknown.",
+                                  None)
+    requests_per_connection: int | None = doc(
+        "Requests one connection carried before the server ended it (or the probe stopped "
+        "trying: see `requests_limited`).", None)
+    requests_limited: bool = doc("True when the server ended that connection itself (a "
+                                 "`Connection: close`, a close): `requests_per_connection` "
+                                 "is its limit.", False)
+    requests_sent: int = doc("Requests the probe sent in all (it is bounded).", 0)
+    seconds: float = doc("How long the probe took.", 0.0)
+    notes: list[str] = doc("What the probe could not learn, and why (a bound reached).",
+                           factory=list)
+
+
+@dataclass
 class Report:
     """The whole run."""
 
     schema: str = doc(f"Always `{SCHEMA}`; bumped when a field changes meaning.")
     scenario: str | None = doc("The scenario file, or null for `kalab analyze`.")
     name: str = doc("The scenario's name.")
-    runtime: str = doc("`netns`, `local`, `compose`, or `analyze`.")
+    runtime: str = doc("`netns`, `local`, `compose`, `kubernetes` (deploy/kubernetes/), "
+                       "`probe` (`kalab probe`), or `analyze`.")
     started_at: float = doc("When the run started.")
     finished_at: float = doc("When the run finished.")
     runs: list[EngineRun] = doc("One per engine, in the order run.")
@@ -427,6 +468,8 @@ class Report:
     params: dict[str, Any] = doc("The lab's parameters as drawn for the student (or their "
                                  "defaults), by name; empty for a scenario without any.",
                                  factory=dict)
+    probe: ProbeResult | None = doc("What `kalab probe` measured (runtime `probe`); null "
+                                    "for every other run.", None)
 
 
 def overall_verdict(verdicts: list[str]) -> str:
@@ -750,7 +793,8 @@ def from_dict(data: dict[str, Any]) -> Report:
         run["requests"] = [HttpRequest(**r) for r in run["requests"]]
         run["expectations"] = [ExpectationResult(**e) for e in run["expectations"]]
         runs.append(EngineRun(**run))
-    return Report(**{**data, "runs": runs})
+    probe = ProbeResult(**data["probe"]) if data.get("probe") else None
+    return Report(**{**data, "runs": runs, "probe": probe})
 
 
 def _connection_from_1(record: dict[str, Any]) -> dict[str, Any]:

@@ -67,25 +67,25 @@ Expectations (per engine), each one mapping with one kind and an optional
   the client together: ``new``, ``reused``, ``replaced dropped connection``,
   ``raced the FIN`` or ``unanswered``.
 
-Sessions may set ``retries: N`` (urllib3 retries, idempotent methods only),
-``http_version: "1.0"``, ``stale_check: false`` (reuse a pooled
-connection without urllib3's check that the server closed it),
-``session: false`` (no Session: each request goes as ``requests.get()``
-sends it, on a Session of its own closed right after, so on a new
-connection that the client closes; a ``close`` step or ``stale_check``
-then means nothing and is refused) and ``tcp_keepalive: {idle: S,
-interval: S, count: N}`` (SO_KEEPALIVE on the client's sockets with
-TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT; one left out is the
-system's; ``{}`` turns the probes on with the system's timers). ``link``
-sets impairments per direction (``server_to_client``, ``client_to_server``
-and, with nginx engines only, ``upstream_to_proxy``: ``delay_ms``,
-``jitter_ms``, ``loss_percent``, ``rate``, ``only: fin``), applied with
-``tc`` or the user-space delay line (``kalab.impairment``). Engines and
-their settings (ENGINE_KIND_OPTIONS): ``werkzeug`` (``threaded``),
-``gunicorn`` (``worker``, ``keep_alive``, ``threads``, ``max_requests``),
-``waitress`` (``channel_timeout``, ``cleanup_interval``, ``threads``) and
-``nginx`` in front of gunicorn (``keepalive_timeout``, ``keepalive_header``,
-``upstream_keepalive``, ``upstream_keepalive_timeout``, and gunicorn's).
+Each session names its ``client:`` kind (default ``requests``) and takes
+that kind's settings only; each engine names its ``engine:`` kind and takes
+that kind's settings only. The kinds, and the settings each takes with
+their types, bounds, defaults and docs, are defined in their own modules
+(`kalab.kinds`: ``server/engines/KIND.py``, ``client/kinds/KIND.py``), which
+this checker and the JSON Schema read (ENGINE_KIND_OPTIONS,
+CLIENT_KIND_OPTIONS); a setting a kind does not take is refused, naming
+those it does. A kind's rules between its settings are its own ``check``
+(``session: false`` of requests refuses a ``close`` step and
+``stale_check``; gunicorn's sync worker refuses ``keep_alive``). A client
+that closes its connections itself (curl) refuses a ``close`` step.
+``link`` sets impairments per direction (``server_to_client``,
+``client_to_server`` and, with proxy engines only, ``upstream_to_proxy``:
+what the engine behind the proxy sends it on the server's loopback:
+``delay_ms``, ``jitter_ms``, ``loss_percent``, ``rate``, ``only: fin``),
+applied with ``tc`` or the user-space delay line (``kalab.impairment``). A
+proxy engine (nginx, haproxy) runs the engine its ``behind:`` names
+(``behind: {engine: KIND, SETTING: VALUE}``, that kind's settings) on the
+server's loopback at port + 1.
 
 Requests are numbered from 1 in each session's step order; with several
 sessions they are named ``SESSION.N``.
@@ -137,6 +137,18 @@ from typing import Any
 from kalab.apps import ATTRIBUTE_PATTERN, PROJECT_APPS, AppFile
 from kalab.course import lab as course_lab
 from kalab.course.lab import COURSE, Course, Param, Value
+from kalab.kinds import (
+    MAX_SECONDS,
+    ClientKind,
+    EngineKind,
+    client_kind,
+    client_kinds,
+    default_client,
+    engine_kind,
+    engine_kinds,
+    seconds,
+    upstream_port,  # noqa: F401  (where a proxy's engine listens: the roles import it here)
+)
 from kalab.spec import (
     LINES,
     NAME_PATTERN,
@@ -150,6 +162,7 @@ from kalab.spec import (
     Record,
     Scalar,
     ScenarioError,
+    Spec,
     clip,
     field_default,
     get,
@@ -159,11 +172,14 @@ from kalab.spec import (
 )
 
 DEFAULT_APP = PROJECT_APPS[0]  # the tutorial's app
-ENGINE_KINDS = ("werkzeug", "gunicorn", "waitress", "nginx")
-GUNICORN_WORKERS = ("sync", "gthread")
-HTTP_VERSIONS = ("1.1", "1.0")
+# The kinds, from their own modules (`kalab.kinds`): server/engines/, client/kinds/.
+ENGINE_KIND_CLASSES = engine_kinds()
+CLIENT_KIND_CLASSES = client_kinds()
+ENGINE_KINDS = tuple(ENGINE_KIND_CLASSES)
+CLIENT_KINDS = tuple(CLIENT_KIND_CLASSES)
+DEFAULT_CLIENT = default_client()
 STORIES = ("new", "reused", "replaced dropped connection", "raced the FIN", "unanswered")
-# upstream_to_proxy: nginx's upstream (gunicorn) to nginx, on the server's loopback.
+# upstream_to_proxy: the engine behind a proxy to the proxy, on the server's loopback.
 LINK_DIRECTIONS = ("server_to_client", "client_to_server", "upstream_to_proxy")
 LINK_ONLY = ("fin",)
 CLOSERS = ("server", "client", "either")
@@ -176,8 +192,8 @@ RUN_FILES = frozenset(("report.json", "report.html", "report.md", "junit.xml", "
                        "observer.log", "server.log", "client.log", "compose.log",
                        "observer.done", "latest", "grading"))
 
-# Bounds a lab needs and nothing near what would hang a run or a machine.
-MAX_SECONDS = 3600  # a sleep, an `at`, a session's planned time, an engine's timeout
+# Bounds a lab needs and nothing near what would hang a run or a machine
+# (MAX_SECONDS: a sleep, an `at`, a session's planned time, an engine's timeout).
 MAX_ENGINES = 16
 MAX_SESSIONS = 100
 MAX_STEPS = 2000  # per session
@@ -214,57 +230,23 @@ def slug(text: str) -> str:
 # an `at` going back in time, a session's planned time) it checks after them.
 
 
-def _seconds(doc: str, default: float | None = None, minimum: float = 0,
-             maximum: float = MAX_SECONDS) -> Scalar:
-    return Scalar("number", doc, default, minimum, maximum)
+_seconds = seconds
 
-
-# Each engine kind's own settings, with the engine's own defaults. nginx runs
-# gunicorn behind it, so it takes gunicorn's settings for that gunicorn too.
-GUNICORN_OPTIONS: dict[str, Scalar] = {
-    "worker": Scalar("string", "gunicorn's worker class: sync answers Connection: close, "
-                     "gthread keeps connections alive", "gthread", choices=GUNICORN_WORKERS),
-    "keep_alive": _seconds("gunicorn --keep-alive: seconds an idle connection is kept "
-                           "(gthread only)", 2.0),
-    "threads": Scalar("integer", "gunicorn --threads (gthread only)", 4, 1, 1024),
-    "max_requests": Scalar("integer", "gunicorn --max-requests: restart the worker after N "
-                           "requests (0: never)", 0, 0, 1024),
-}
-ENGINE_KIND_OPTIONS: dict[str, dict[str, Scalar]] = {
-    "werkzeug": {
-        "threaded": Scalar("boolean", "app.run(threaded=...): false serves one request at a "
-                           "time and speaks HTTP/1.0", True),
-    },
-    "gunicorn": GUNICORN_OPTIONS,
-    "waitress": {
-        # waitress takes whole seconds
-        "channel_timeout": Scalar("integer", "waitress --channel-timeout: seconds an idle "
-                                  "connection is kept", 120, 1, MAX_SECONDS),
-        "cleanup_interval": Scalar("integer", "waitress --cleanup-interval: how often, in "
-                                   "seconds, idle connections are looked for", 30, 1,
-                                   MAX_SECONDS),
-        "threads": Scalar("integer", "waitress --threads", 4, 1, 1024),
-    },
-    "nginx": {
-        "keepalive_timeout": _seconds("nginx keepalive_timeout: seconds an idle client "
-                                      "connection is kept", 75.0),
-        "keepalive_header": _seconds("nginx keepalive_timeout's second value: the "
-                                     "Keep-Alive: timeout=N it advertises (default none)"),
-        "upstream_keepalive": Scalar("integer", "nginx upstream keepalive: idle connections "
-                                     "to gunicorn kept in a pool (0: none, HTTP/1.0 "
-                                     "upstream)", 0, 0, 1024),
-        "upstream_keepalive_timeout": _seconds("nginx upstream keepalive_timeout: seconds "
-                                               "a pooled upstream connection is kept", 60.0),
-        **GUNICORN_OPTIONS,
-    },
-}
+# Each kind's own settings (its module's ``options``), by kind: the checker and the
+# JSON Schema read them here.
+ENGINE_KIND_OPTIONS: dict[str, dict[str, Spec]] = {
+    name: kind.options for name, kind in ENGINE_KIND_CLASSES.items()}
+CLIENT_KIND_OPTIONS: dict[str, dict[str, Spec]] = {
+    name: kind.options for name, kind in CLIENT_KIND_CLASSES.items()}
 # Which settings each kind takes, by name (for code that only needs the names).
 ENGINE_OPTIONS: dict[str, frozenset[str]] = {
     kind: frozenset(options) for kind, options in ENGINE_KIND_OPTIONS.items()}
+CLIENT_OPTIONS: dict[str, frozenset[str]] = {
+    kind: frozenset(options) for kind, options in CLIENT_KIND_OPTIONS.items()}
 
 
-def _default(kind: str, option: str) -> Any:
-    return ENGINE_KIND_OPTIONS[kind][option].default
+def _default(spec: Spec) -> Any:
+    return getattr(spec, "default", None)  # a record (behind:, tcp_keepalive:): none
 
 
 # ------------------------------------------------------- the document's specs
@@ -322,36 +304,15 @@ STEP = OneOf((
                         says="write `- close` or `close: true`"),
     }, one_of=STEP_KINDS),
 ), "one step of the session", "a step (get, request, sleep, at or close)")
-# Linux takes TCP_KEEPIDLE and TCP_KEEPINTVL in whole seconds (1 to 32767) and
-# TCP_KEEPCNT up to 127; a lab needs far less. Absent: the system's own value
-# (net.ipv4.tcp_keepalive_time 7200, _intvl 75, _probes 9 by default).
-MAX_KEEPALIVE_PROBES = 20
-TCP_KEEPALIVE = Record("TCP keep-alive on the client's sockets (SO_KEEPALIVE): when the "
-                       "connection has been silent for idle seconds, the kernel sends a probe "
-                       "every interval seconds, and gives up after count unanswered ones. Not "
-                       "HTTP keep-alive: probes carry no data and do not reset a server's idle "
-                       "timeout", {
-    "idle": Scalar("integer", "TCP_KEEPIDLE: seconds of silence before the first probe "
-                   "(absent: the system's, net.ipv4.tcp_keepalive_time)", None, 1, MAX_SECONDS),
-    "interval": Scalar("integer", "TCP_KEEPINTVL: seconds between probes (absent: the "
-                       "system's, net.ipv4.tcp_keepalive_intvl)", None, 1, MAX_SECONDS),
-    "count": Scalar("integer", "TCP_KEEPCNT: unanswered probes before the kernel drops the "
-                    "connection (absent: the system's, net.ipv4.tcp_keepalive_probes)", None, 1,
-                    MAX_KEEPALIVE_PROBES),
-})
-SESSION = Record("a client: one requests.Session running its steps", {
+SESSION = Record("a client: one of the client kinds, running its steps", {
     "name": SESSION_NAME,
+    "client": Scalar("string", "the kind of client (default " + DEFAULT_CLIENT + "): "
+                     + "; ".join(f"{name}: {kind.summary}"
+                                 for name, kind in CLIENT_KIND_CLASSES.items()),
+                     DEFAULT_CLIENT, choices=CLIENT_KINDS),
     "steps": ListOf(STEP, "what the client does, in order", MAX_STEPS),
-    "session": Scalar("boolean", "false: no Session; each request is sent as requests.get() "
-                      "sends it, on a Session of its own closed right after it: a new "
-                      "connection per request, closed by the client", True),
-    "retries": Scalar("integer", "urllib3 retries (idempotent methods only)", 0, 0, 10),
-    "http_version": Scalar("string", "the HTTP version the client speaks (quote it: \"1.0\")",
-                           "1.1", choices=HTTP_VERSIONS),
-    "stale_check": Scalar("boolean", "false: reuse a pooled connection without urllib3's "
-                          "check that the server closed it", True),
-    "tcp_keepalive": TCP_KEEPALIVE,
-}, required=("steps",))
+}, required=("steps",), switch="client", kinds=CLIENT_KIND_OPTIONS,
+    switch_default=DEFAULT_CLIENT)
 
 EXPECTATION_KINDS = ("connections", "same_connection", "new_connection", "close", "status",
                      "story")
@@ -406,9 +367,11 @@ APP = OneOf((
     "one of the project's apps (" + ", ".join(PROJECT_APPS) + ") or {file: my_app.py}",
     DEFAULT_APP)
 ENGINE = Record("a server engine, run in turn with the same sessions", {
-    "engine": Scalar("string", "the kind of engine", choices=ENGINE_KINDS),
+    "engine": Scalar("string", "the kind of engine: " + "; ".join(
+        f"{name}: {kind.summary}" for name, kind in ENGINE_KIND_CLASSES.items()),
+        choices=ENGINE_KINDS),
     "name": dataclasses.replace(NAME, doc="the engine's name, its folder in the results "
-                                "(default: the kind; gunicorn-WORKER for gunicorn): "
+                                "(default: the kind, or what the kind makes of its settings): "
                                 + NAME_RULE),
     "app": dataclasses.replace(APP, default=None, doc="this engine's app, if not the "
                                "scenario's"),
@@ -429,9 +392,10 @@ LINK_IMPAIRMENT = Record("what one direction of the link suffers", {
 LINK = Record("impairments per direction", {
     "server_to_client": dataclasses.replace(LINK_IMPAIRMENT, doc="the server's packets"),
     "client_to_server": dataclasses.replace(LINK_IMPAIRMENT, doc="the client's packets"),
-    "upstream_to_proxy": dataclasses.replace(LINK_IMPAIRMENT, doc="gunicorn's packets to "
-                                             "nginx, on the server's loopback (nginx "
-                                             "engines only; no rate)"),
+    "upstream_to_proxy": dataclasses.replace(LINK_IMPAIRMENT, doc="the packets of the "
+                                             "engine behind a proxy to the proxy, on the "
+                                             "server's loopback (proxy engines only; no "
+                                             "rate)"),
 })
 SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) to run "
                   "against each, and what the wire must show", {
@@ -484,23 +448,71 @@ class TcpKeepalive:
     count: int | None = None  # TCP_KEEPCNT
 
 
-@dataclass(frozen=True)
-class Session:
+def _settings(kind: str, specs: dict[str, Spec], given: dict[str, Any]) -> dict[str, Any]:
+    """Every setting of a kind: those given, the others their spec's default."""
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        raise TypeError(f"{kind} takes no {', '.join(unknown)} (it takes: "
+                        f"{', '.join(specs) or 'nothing'})")
+    return {key: given.get(key, _default(spec)) for key, spec in specs.items()}
+
+
+class _Settings:
+    """A kind's settings read as attributes (``engine.keep_alive``)."""
+
+    def __getattr__(self, key: str) -> Any:
+        options = self.__dict__.get("options") or {}
+        if key in options:
+            return options[key]
+        kind = self.__dict__.get("kind") or self.__dict__.get("client")
+        raise AttributeError(f"{type(self).__name__} of kind {kind!r} has no setting {key!r}")
+
+
+@dataclass(frozen=True, init=False, eq=True)
+class Session(_Settings):
+    """One client session: its kind (``client``) and that kind's settings (``options``,
+    every one, the defaults filled in), read as attributes too."""
+
     name: str
     steps: tuple[Step, ...]
-    retries: int = field_default(SESSION, "retries")  # urllib3 Retry(total=N)
-    http_version: str = field_default(SESSION, "http_version")  # "1.0": HTTP/1.0
-    # False: reuse a pooled connection without urllib3's check that the server
-    # closed it, as clients without such a check do (the request races the FIN).
-    stale_check: bool = field_default(SESSION, "stale_check")
-    # The scenario's `session`. False: a Session per request, closed after it, as
-    # requests.get() does: every request on a new connection, which the client closes.
-    use_session: bool = field_default(SESSION, "session")
-    tcp_keepalive: TcpKeepalive | None = None  # None: no SO_KEEPALIVE
+    client: str
+    options: dict[str, Any]
+
+    def __init__(self, name: str, steps: tuple[Step, ...], client: str | None = None,
+                 options: dict[str, Any] | None = None, **settings: Any) -> None:
+        client = client or DEFAULT_CLIENT
+        full = _settings(client, client_kind(client).options, {**(options or {}), **settings})
+        for key, value in (("name", name), ("steps", tuple(steps)), ("client", client),
+                           ("options", full)):
+            object.__setattr__(self, key, value)
+
+    __hash__ = None  # type: ignore[assignment]  # its settings are a dict
+
+    @property
+    def kind_class(self) -> type[ClientKind]:
+        return client_kind(self.client)
 
     @property
     def requests(self) -> list[Request]:
         return [s.request for s in self.steps if s.request is not None]
+
+    # The settings several kinds share, with what a kind without them does.
+    @property
+    def retries(self) -> int:
+        """Retries of the client's own (urllib3 Retry(total=N)); 0 for a client without."""
+        return self.options.get("retries") or 0
+
+    @property
+    def use_session(self) -> bool:
+        """The scenario's ``session``. False: a Session per request, closed after it, as
+        requests.get() does: every request on a new connection, which the client closes."""
+        return self.options.get("session", True)
+
+    @property
+    def tcp_keepalive(self) -> TcpKeepalive | None:
+        """SO_KEEPALIVE's timers; None: no SO_KEEPALIVE."""
+        value = self.options.get("tcp_keepalive")
+        return None if value is None else TcpKeepalive(**value)
 
 
 @dataclass(frozen=True)
@@ -520,44 +532,34 @@ class Expectation:
     story: str | None = None
 
 
-@dataclass(frozen=True)
-class Engine:
-    """One server engine, run in turn with the same sessions. Defaults are the engines' own."""
+@dataclass(frozen=True, init=False, eq=True)
+class Engine(_Settings):
+    """One server engine, run in turn with the same sessions: its kind and that kind's
+    settings (``options``, every one, the defaults filled in, which are the engines'
+    own), read as attributes too (``engine.keep_alive``)."""
 
     name: str
-    kind: str  # werkzeug | gunicorn | waitress | nginx (in front of gunicorn)
-    # The kinds' settings; each default is the one ENGINE_KIND_OPTIONS gives.
-    threaded: bool = _default("werkzeug", "threaded")
-    worker: str = _default("gunicorn", "worker")
-    keep_alive: float = _default("gunicorn", "keep_alive")
-    threads: int = _default("gunicorn", "threads")  # waitress's default is the same
-    max_requests: int = _default("gunicorn", "max_requests")
-    channel_timeout: float = _default("waitress", "channel_timeout")
-    cleanup_interval: float = _default("waitress", "cleanup_interval")
-    keepalive_timeout: float = _default("nginx", "keepalive_timeout")
-    keepalive_header: float | None = _default("nginx", "keepalive_header")
-    upstream_keepalive: int = _default("nginx", "upstream_keepalive")
-    upstream_keepalive_timeout: float = _default("nginx", "upstream_keepalive_timeout")
-    app: str | AppFile | None = None  # this engine's WSGI app, if not the scenario's
-    expect: tuple[Expectation, ...] = ()
+    kind: str  # a name of `kalab.kinds.engine_kinds`
+    options: dict[str, Any]
+    app: str | AppFile | None  # this engine's WSGI app, if not the scenario's
+    expect: tuple[Expectation, ...]
+
+    def __init__(self, name: str, kind: str, app: str | AppFile | None = None,
+                 expect: tuple[Expectation, ...] = (), options: dict[str, Any] | None = None,
+                 **settings: Any) -> None:
+        full = _settings(kind, engine_kind(kind).options, {**(options or {}), **settings})
+        for key, value in (("name", name), ("kind", kind), ("options", full), ("app", app),
+                           ("expect", tuple(expect))):
+            object.__setattr__(self, key, value)
+
+    __hash__ = None  # type: ignore[assignment]  # its settings are a dict
+
+    @property
+    def kind_class(self) -> type[EngineKind]:
+        return engine_kind(self.kind)
 
     def describe(self) -> str:
-        if self.kind == "werkzeug":
-            return f"werkzeug ({'threaded' if self.threaded else 'unthreaded'})"
-        if self.kind == "waitress":
-            return (f"waitress, channel_timeout {self.channel_timeout:g}s checked every "
-                    f"{self.cleanup_interval:g}s")
-        gunicorn = (f"gunicorn gthread, keep-alive {self.keep_alive:g}s"
-                    if self.worker == "gthread" else "gunicorn sync")
-        if self.max_requests:
-            gunicorn += f", max-requests {self.max_requests}"
-        if self.kind == "nginx":
-            pool = (f"upstream pool {self.upstream_keepalive} for "
-                    f"{self.upstream_keepalive_timeout:g}s" if self.upstream_keepalive
-                    else "no upstream pool")
-            return (f"nginx keepalive_timeout {self.keepalive_timeout:g}s, {pool}, "
-                    f"in front of {gunicorn}")
-        return gunicorn
+        return self.kind_class.describe(self)
 
 
 @dataclass(frozen=True)
@@ -583,11 +585,6 @@ class LinkImpairment:
         if self.rate and rate:
             args += ["rate", self.rate]
         return args
-
-
-def upstream_port(port: int) -> int:
-    """Where an nginx engine's gunicorn listens, on the server's loopback."""
-    return port + 1
 
 
 @dataclass(frozen=True)
@@ -652,15 +649,17 @@ class _Checker(Checker):
                 raise self.fail(top["engines"].value[i], f"engines[{i}].name",
                                 f"duplicate engine name {engine.name!r}: give each a name")
         link = self._link(top["link"]) if "link" in top else {}
-        if port == 65535 and any(e.kind == "nginx" for e in engines):
-            raise self.fail(top["port"], "port", "nginx engines need port + 1 for gunicorn "
-                            "behind them: choose a port below 65535")
+        proxies = [e.kind for e in engines if e.kind_class.proxy]
+        if port == 65535 and proxies:
+            raise self.fail(top["port"], "port", f"{proxies[0]} engines need port + 1 for "
+                            "the engine behind them: choose a port below 65535")
         if "upstream_to_proxy" in link:
             upstream = top["link"].value["upstream_to_proxy"]
-            if any(e.kind != "nginx" for e in engines):
+            if len(proxies) != len(engines):
                 raise self.fail(upstream, "link.upstream_to_proxy",
-                                "only nginx engines have an upstream: every engine must be "
-                                "nginx")
+                                "only proxy engines (" + ", ".join(
+                                    k for k, c in ENGINE_KIND_CLASSES.items() if c.proxy)
+                                + ") have an upstream: every engine must be one")
             if link["upstream_to_proxy"].rate:
                 raise self.fail(upstream, "link.upstream_to_proxy.rate",
                                 "not on the upstream (a rate would slow all of the loopback)")
@@ -729,27 +728,25 @@ class _Checker(Checker):
             steps = self._steps(fields["steps"], f"{where}.steps", name, several)
             if not any(s.kind == "request" for s in steps):
                 raise self.fail(fields["steps"], f"{where}.steps", "has no request")
-            use_session = get(SESSION, fields, "session")
-            if not use_session:
-                self._without_session(fields, where)
-            keepalive = fields.get("tcp_keepalive")
-            sessions.append(Session(
-                name, tuple(steps), get(SESSION, fields, "retries"),
-                get(SESSION, fields, "http_version"), get(SESSION, fields, "stale_check"),
-                use_session, None if keepalive is None else TcpKeepalive(
-                    **{key: v.value for key, v in keepalive.value.items()})))
+            kind = client_kind(fields["client"].value if "client" in fields
+                               else DEFAULT_CLIENT)
+            options = self._options(kind.options, fields)
+            if not kind.closes:
+                for j, step in enumerate(fields["steps"].value):
+                    if step.value == "close" or (isinstance(step.value, dict)
+                                                 and "close" in step.value):
+                        raise self.fail(step, f"{where}.steps[{j}]", f"nothing to close with "
+                                        f"client: {kind.name} (it closes its connections "
+                                        "itself)")
+            kind.check(options, fields, where, self.fail)
+            sessions.append(Session(name, tuple(steps), kind.name, options))
         return sessions
 
-    def _without_session(self, fields: dict[str, Node], where: str) -> None:
-        """What means nothing with ``session: false`` is refused, not silently ignored:
-        there is no pool to close, and no connection is ever reused."""
-        for i, step in enumerate(fields["steps"].value):
-            if step.value == "close" or (isinstance(step.value, dict) and "close" in step.value):
-                raise self.fail(step, f"{where}.steps[{i}]", "nothing to close with session: "
-                                "false (each request's Session is closed right after it)")
-        if "stale_check" in fields:
-            raise self.fail(fields["stale_check"], f"{where}.stale_check", "means nothing with "
-                            "session: false (no connection is ever reused)")
+    def _options(self, specs: dict[str, Spec], fields: dict[str, Node]) -> dict[str, Any]:
+        """A kind's settings as written (checked already): scalars as their values, a
+        record's as plain data; the model fills in the defaults."""
+        return {key: scalar_value(fields[key], spec) if isinstance(spec, Scalar)
+                else fields[key].plain() for key, spec in specs.items() if key in fields}
 
     def _steps(self, node: Node, where: str, session: str, several: bool) -> list[Step]:
         steps: list[Step] = []
@@ -797,20 +794,15 @@ class _Checker(Checker):
 
     def _engine(self, node: Node, where: str, refs: dict[str, Request]) -> Engine:
         fields = node.value
-        kind = fields["engine"].value
-        options = {key: scalar_value(fields[key], spec) if key in fields else spec.default
-                   for key, spec in ENGINE_KIND_OPTIONS[kind].items()}
-        if options.get("worker") == "sync":
-            for key in ("keep_alive", "threads"):
-                if key in fields:
-                    raise self.fail(fields[key], f"{where}.{key}", "gunicorn's sync worker "
-                                    "has no keep-alive or threads; use gthread")
+        kind = engine_kind(fields["engine"].value)
+        given = self._options(kind.options, fields)
+        kind.check(given, fields, where, self.fail)
         app = self._app(fields["app"], f"{where}.app") if "app" in fields else None
-        default_name = f"gunicorn-{options['worker']}" if kind == "gunicorn" else kind
-        name = fields["name"].value if "name" in fields else default_name
         expect = tuple(self._expectation(n, f"{where}.expect[{i}]", refs) for i, n in
                        enumerate(fields["expect"].value)) if "expect" in fields else ()
-        return Engine(name=name, kind=kind, app=app, expect=expect, **options)
+        engine = Engine("", kind.name, app, expect, given)
+        name = fields["name"].value if "name" in fields else kind.default_name(engine.options)
+        return dataclasses.replace(engine, name=name)
 
     def _refs(self, node: Node, where: str, refs: dict[str, Request]) -> tuple[str, ...]:
         out = []

@@ -116,6 +116,12 @@ def _bare_scalar(spec: Scalar) -> dict[str, Any]:
     return schema
 
 
+def _option(spec: Spec, substituted: bool) -> dict[str, Any]:
+    """A kind's setting: a scalar, or a record of its own (a proxy's behind:)."""
+    return _scalar(spec, substituted) if isinstance(spec, Scalar) else \
+        _schema(spec, substituted=substituted)
+
+
 def _record(spec: Record, substituted: bool = True) -> dict[str, Any]:
     properties = {key: _schema(field, substituted=substituted)
                   for key, field in spec.fields.items()}
@@ -134,18 +140,20 @@ def _record(spec: Record, substituted: bool = True) -> dict[str, Any]:
             first = next(iter(specs.values()))
             same = all(dataclasses.replace(option, doc=first.doc) == first
                        for option in specs.values())
-            properties[key] = {**(_scalar(first, substituted) if same else {}),
+            properties[key] = {**(_option(first, substituted) if same else {}),
                                "description": docs}
             if not same:
                 differ.add(key)
         for kind, options in spec.kinds.items():
             # Here the settings of other kinds are refused, and a setting described
             # differently for this kind than for all is described again.
-            then = {key: False if key not in options else _scalar(options[key], substituted)
+            then = {key: False if key not in options else _option(options[key], substituted)
                     for key in every if key not in options or key in differ}
-            rules.append({
-                "if": {"properties": {spec.switch: {"const": kind}}, "required": [spec.switch]},
-                "then": {"properties": then}})
+            # The kind a record has without its switch field applies when it is absent.
+            when: dict[str, Any] = {"properties": {spec.switch: {"const": kind}}}
+            if kind != spec.switch_default:
+                when["required"] = [spec.switch]
+            rules.append({"if": when, "then": {"properties": then}})
     schema["properties"] = properties
     schema["additionalProperties"] = False
     if spec.required:

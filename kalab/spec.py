@@ -76,14 +76,16 @@ class Scalar:
 @dataclass(frozen=True)
 class Record:
     """A mapping of known fields; with ``switch``, the value of that field (an engine's
-    kind) adds its own fields from ``kinds``."""
+    kind) adds its own fields from ``kinds``; ``switch_default`` is the kind when the
+    field is absent (none: the field is required)."""
 
     doc: str
     fields: dict[str, Spec]
     required: tuple[str, ...] = ()
     one_of: tuple[str, ...] = ()  # exactly one of these fields is present
     switch: str = ""
-    kinds: dict[str, dict[str, Scalar]] = field(default_factory=dict)
+    kinds: dict[str, dict[str, Spec]] = field(default_factory=dict)
+    switch_default: str = ""
 
 
 @dataclass(frozen=True)
@@ -530,15 +532,20 @@ class Checker:
         kind = ""
         if spec.switch:
             here = key_where(where, spec.switch)
-            if spec.switch not in fields:
+            if spec.switch in fields:
+                self.check(spec.fields[spec.switch], fields[spec.switch], here)
+                kind = fields[spec.switch].value
+            elif spec.switch_default:
+                kind = spec.switch_default
+            else:
                 raise self.fail(node, here, f"missing (one of: {', '.join(spec.kinds)})")
-            self.check(spec.fields[spec.switch], fields[spec.switch], here)
-            kind = fields[spec.switch].value
             allowed.update(spec.kinds[kind])
         for key, value in fields.items():
             if key not in allowed:
                 if any(key in options for options in spec.kinds.values()):
-                    raise self.fail(value, key_where(where, key), f"does not apply to {kind}")
+                    own = sorted(spec.kinds[kind])
+                    raise self.fail(value, key_where(where, key), f"does not apply to {kind} ("
+                                    f"{kind} takes: {', '.join(own) if own else 'nothing'})")
                 raise self.fail(value, key_where(where, key),
                                 f"unknown field (allowed: {', '.join(sorted(allowed))})")
         for key in spec.required:

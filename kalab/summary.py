@@ -135,6 +135,38 @@ def interruption(report: Report) -> str | None:
     return words + ". Nothing is concluded from what the run did not capture."
 
 
+def probe_story(report: Report) -> list[str]:
+    """What `kalab probe` measured, a line a finding."""
+    probe = report.probe
+    if probe is None:
+        return []
+    said = ", ".join(f"{name} {value}" for name, value in (
+        ("Connection:", probe.advertised_connection),
+        ("Keep-Alive:", probe.advertised_keep_alive)) if value) or "no keep-alive header"
+    lines = [f"probe of {probe.url}: status {probe.status}"
+             + (f", server {probe.server}" if probe.server else ""),
+             f"  it advertised: {said}"]
+    if probe.idle_timeout is None:
+        lines.append(f"  enforced idle timeout: not found ({probe.idle_found_by})")
+    else:
+        how = f", with a {probe.closed_with.upper()}" if probe.closed_with in ("fin", "rst") \
+            else ", silently (nothing reached the client)" if probe.closed_with else ""
+        lines.append(f"  enforced idle timeout: {probe.idle_timeout:.3f} s "
+                     f"({probe.idle_found_by}{how})")
+        if probe.advertised_timeout is not None:
+            gap = probe.idle_timeout - probe.advertised_timeout
+            lines.append(f"  against the advertised timeout={probe.advertised_timeout:g}: "
+                         f"{'kept to it' if abs(gap) < 0.05 else f'{abs(gap):.3f} s '}"
+                         f"{'' if abs(gap) < 0.05 else 'sooner' if gap < 0 else 'later'}")
+    if probe.requests_per_connection is not None:
+        lines.append(f"  requests on one connection: {probe.requests_per_connection}"
+                     + (" (the server's limit: it ended the connection)"
+                        if probe.requests_limited else " (no limit seen)"))
+    lines += [f"  note: {note}" for note in probe.notes]
+    lines.append(f"  {probe.requests_sent} request(s) in {probe.seconds:.1f} s")
+    return lines
+
+
 def requests_table(run: EngineRun, zero: float) -> Table:
     """The requests table: also the one report.html and report.md show."""
     requests = Table(title="Requests -> connections", title_justify="left")
@@ -244,6 +276,8 @@ def render(report: Report, console: Console | None = None) -> None:
         if run.verdict == "interrupted":
             console.print("  [bold yellow]cut short:[/] its expectations were not checked")
         console.print(f"verdict for {esc(run.engine)}: [bold]{run.verdict}[/]")
+    for line in probe_story(report):
+        console.print(esc(line), soft_wrap=True)
     refuted = [(run.engine, e) for run in report.runs for e in run.expectations if not e.passed]
     if refuted:
         console.print("[bold red]The wire refuted:[/]")

@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario-label", default=None,
                         help="the scenario's name as the user gave it (for the report)")
     args, scenario = handoff.parse_role(parser, argv, "observer")
+    # The run's own results folder, taken before anything is captured: a bad name ends
+    # the role now, not after the capture.
+    args.results = None if args.results is None else \
+        _results_folder(args.results, args.run_name, scenario)
     stop = handoff.StopSignal()
     args.run_dir.mkdir(parents=True, exist_ok=True)
     args.applied = []
@@ -98,11 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         except impairment.ImpairmentError as exc:
             print(f"kalab observer: {exc}", file=sys.stderr)
             return Exit.LAB_ERROR
-        return observe(scenario, args, stop)
+        code = observe(scenario, args, stop)
     finally:
         for applied in args.applied:
             applied.close()
         (args.run_dir / handoff.OBSERVER_DONE).touch()
+    if not stop():
+        handoff.stay_until_stopped(args.stay)
+    return code
 
 
 def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSignal) -> int:
@@ -142,7 +149,7 @@ def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSign
         return Exit.LAB_ERROR if failed else 0
     results = args.run_dir
     if args.results is not None:
-        results = _results_folder(args.results, args.run_name, scenario)
+        results = args.results
         for engine in captured:
             try:
                 shutil.copytree(handoff.engine_dir(args.run_dir, engine),
@@ -166,7 +173,11 @@ def _results_folder(parent: Path, name: str, scenario: Scenario) -> Path:
     folder = parent / name
     if folder.resolve().parent != parent.resolve():
         raise SystemExit(f"kalab observer: --run-name {name!r} is not a folder name")
-    folder.mkdir(parents=True, exist_ok=True)  # `kalab run` made it for this run
+    try:
+        # `kalab run` made it for this run, empty but for the compose log it is writing
+        handoff.claim_results_folder(folder, frozenset({handoff.COMPOSE_LOG}))
+    except FileExistsError as exc:
+        raise SystemExit(f"kalab observer: {exc}") from None
     return folder
 
 

@@ -1,1 +1,1 @@
-"""The server role: the tutorial's app under a chosen engine."""
+"""The server role: the tutorial's app under each engine kind (server/engines/)."""

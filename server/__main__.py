@@ -10,7 +10,6 @@ and write ``server.stopped``. SIGTERM or SIGINT stops the engine and the role.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,32 +17,15 @@ import time
 from pathlib import Path
 
 from kalab import handoff, lifeline
+from kalab.kinds import AbortStart, wait_until_accepting
 from kalab.scenario import Engine, Scenario
 from server.engines import plan, version
+
+__all__ = ["main", "serve", "stop_engine", "wait_until_accepting"]
 
 # The engine's private files (nginx's 0700 buffers) live in its own folder, so
 # a role killed before it could remove them leaves nothing outside the results.
 SCRATCH_PREFIX = ".scratch-"
-
-
-def wait_until_accepting(host: str, port: int, child: subprocess.Popen, timeout: float) -> None:
-    # Connects from inside the server's network namespace, so in the netns and
-    # compose runtimes the probe goes over loopback and stays off the capture.
-    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    deadline = time.monotonic() + timeout
-    while True:
-        if child.poll() is not None:
-            raise handoff.Aborted(f"the engine exited with code {child.returncode} "
-                                  "before listening")
-        try:
-            # generous: an impaired link (nginx's delayed upstream) answers late
-            with socket.create_connection((probe_host, port), timeout=5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise handoff.Aborted(
-                    f"nothing accepts on {host}:{port} after {timeout:g} s") from None
-            time.sleep(0.05)
 
 
 def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
@@ -58,18 +40,19 @@ def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
         try:
             for launch in launches:
                 # The engine goes when this role goes, however it goes (SIGKILL included).
-                child = subprocess.Popen(launch.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **launch.env},
-                                         preexec_fn=lifeline.die_with_parent)
+                child = lifeline.spawn(launch.argv, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL,
+                                       env={**os.environ, **launch.env})
                 children.append(child)
-                wait_until_accepting(launch.host, launch.port, child,
-                                     handoff.ROLE_START_TIMEOUT)
+                try:
+                    engine.kind_class.ready(launch, child, handoff.ROLE_START_TIMEOUT)
+                except AbortStart as exc:
+                    raise handoff.Aborted(str(exc)) from None
             handoff.write_json(folder / handoff.SERVER_READY, {
                 "engine": engine.name, "kind": engine.kind, "description": engine.describe(),
                 "version": version(engine), "listen": f"{host}:{scenario.port}",
                 "pids": [c.pid for c in children], "argv": [lc.argv for lc in launches],
-                "ready_at": time.time(),
+                "logs": _logs(engine), "ready_at": time.time(),
             })
             handoff.wait_for(folder / handoff.CAPTURE_STATS,
                              handoff.session_time_limit(scenario) + 60,
@@ -79,6 +62,15 @@ def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
             for child in reversed(children):
                 stop_engine(child)
     (folder / handoff.SERVER_STOPPED).touch()
+
+
+def _logs(engine: Engine) -> list[str]:
+    """The files in the engine's folder where it (and a proxy's engine behind) writes its
+    trouble, beside server.log: the report quotes their error lines."""
+    kinds = [engine.kind_class]
+    if engine.kind_class.proxy:
+        kinds.append(engine.kind_class.behind(engine).kind_class)  # type: ignore[attr-defined]
+    return ["server.log", *dict.fromkeys(name for kind in kinds for name in kind.logs)]
 
 
 def stop_engine(child: subprocess.Popen) -> None:
@@ -110,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kalab server: {reason}", file=sys.stderr)
             return 1
     handoff.linger_until_observer_done(args.run_dir)
+    handoff.stay_until_stopped(args.stay)
     return 0
 
 

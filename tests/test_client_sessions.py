@@ -18,7 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
-from client.sessions import make_session, run_sessions
+from client.kinds.requests import make_session
+from client.sessions import run_sessions
 from kalab.scenario import parse
 
 
@@ -116,8 +117,8 @@ def test_without_a_session_each_request_opens_a_connection_the_client_closes():
     assert len(set(ports)) == 3 and None not in ports
     assert all(r["status"] == 200 for r in requests_made)
     # urllib3's own words: a new connection each time, never a reused one
-    assert all(any("Starting new HTTP connection (1)" in line for line in r["urllib3"])
-               for r in requests_made)
+    assert all(any("Starting new HTTP connection (1)" in line for line in r["events"])
+               and r["new_connection"] is True for r in requests_made)
     # the server saw each connection end (the client's FIN) before the next request left
     assert [port for port, _ in closed] == ports
     for (_, at), later in zip(closed, requests_made[1:], strict=False):

@@ -115,7 +115,10 @@ def test_compose_and_netns_see_the_same_wire(tmp_path, scenario):
 
 
 @pytest.mark.parametrize("scenario", ["scenarios/race.yaml", "scenarios/waitress.yaml",
-                                      "scenarios/delay-100ms.yaml", "scenarios/nginx-502.yaml"])
+                                      "scenarios/delay-100ms.yaml", "scenarios/nginx-502.yaml",
+                                      "scenarios/haproxy-chain.yaml",
+                                      "scenarios/haproxy-chain-fixed.yaml",
+                                      "scenarios/every-client.yaml"])
 def test_issue_scenarios_hold_in_containers(tmp_path, scenario):
     """Engines and clients of the bundled scenarios run in containers too.
 
@@ -132,6 +135,35 @@ def test_issue_scenarios_hold_in_containers(tmp_path, scenario):
     # a link's impairments were applied in the containers, each direction by its role
     applied = report["runs"][0]["capture"]["impairments"]
     assert sorted(line.split(":")[0] for line in applied) == sorted(load(ROOT / scenario).link)
+
+
+# The images on each Debian base CI builds (.ci/docker): bookworm's, the lab's own, and
+# trixie's, whose renamed packages and newer libraries the code must work with too.
+BASES = {"bookworm": "KALAB_BASE_IMAGE", "trixie": "KALAB_BASE_IMAGE_TRIXIE"}
+
+
+@pytest.mark.parametrize("base", list(BASES))
+def test_every_engine_and_client_runs_in_containers_on_both_debian_bases(tmp_path, base):
+    image = os.environ.get(BASES[base])
+    if not image:
+        if REQUIRED:
+            pytest.fail(f"KALAB_REQUIRE_DOCKER=1 but {BASES[base]} names no base image")
+        pytest.skip(f"no {base} base image ({BASES[base]})")
+    env = {"KALAB_BASE_IMAGE": image, "KALAB_TAG": f"test-{base}"}
+    versions = {}
+    for scenario in ("scenarios/every-client.yaml", "scenarios/tutorial-more-engines.yaml"):
+        results = tmp_path / scenario.split("/")[1].removesuffix(".yaml")
+        done = run_kalab("run", "--runtime", "compose", scenario, "--results", str(results),
+                         env=env, timeout=900)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr
+        report = json.loads((results / "report.json").read_text())
+        assert report["verdict"] == "pass"
+        versions.update({run["kind"]: run["version"] for run in report["runs"]})
+        for client in results.glob("*/client.json"):
+            versions.update(json.loads(client.read_text())["versions"])
+    # the libraries are the base's own Debian packages
+    assert {"uvicorn", "hypercorn", "apache", "uwsgi", "haproxy", "httpx", "aiohttp",
+            "curl", "urllib3"} <= set(versions), versions
 
 
 def test_plain_docker_compose_up_gives_the_verdict_and_down_leaves_nothing(tmp_path):

@@ -17,6 +17,8 @@ import io
 import json
 import random
 import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -224,3 +226,48 @@ def test_a_whole_class_is_graded_at_once(runs, tmp_path):
         share = right_counts[qid] / 31
         assert f"{qid}: " in page and f"{right_counts[qid]} / 31" in page, qid
         assert f"{share * 100:.0f} %" in page
+
+
+def test_the_gradescope_autograder_grades_an_upload(runs, tmp_path):
+    """The generated run_autograder, run as Gradescope would (its /autograder tree made
+    here, the installed kalab standing in for the one setup.sh installs), writes a
+    results.json of Gradescope's format, for an uploaded run and for the reference."""
+    lab = "05-idle-gap"
+    root = tmp_path / "autograder"
+    made = run_kalab("autograder", lab, str(root / "source"))
+    assert made.returncode == 0, made.stderr
+    source = root / "source"
+    for script in ("setup.sh", "run_autograder"):
+        assert (source / script).stat().st_mode & 0o111, script
+        assert subprocess.run(["bash", "-n", str(source / script)]).returncode == 0
+    assert (source / "lab" / "lab.yaml").is_file() and (source / "lab" / "reference").is_dir()
+    assert (source / "keepalive-lab" / "pyproject.toml").is_file()
+    venv = root / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "kalab").write_text(f"#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} "
+                                "-m kalab.cli \"$@\"\n")
+    (venv / "kalab").chmod(0o755)
+    script = (source / "run_autograder").read_text().replace("/autograder", str(root))
+    key = yaml.safe_load(make_key(lab, STUDENT, runs[(lab, STUDENT)],
+                                  tmp_path / "key.yaml").read_text())
+    for upload, answers in (("own run", key), ("reference", None)):
+        submission, results = root / "submission", root / "results"
+        shutil.rmtree(submission, ignore_errors=True)
+        shutil.rmtree(results, ignore_errors=True)
+        submission.mkdir()
+        results.mkdir()
+        if answers is None:
+            ref = tmp_path / f"ref-{upload}.yaml"
+            made = run_kalab("worksheet", lab, "--answers", "reference", "-o", str(ref))
+            assert made.returncode == 0, made.stderr
+            answers = dict(yaml.safe_load(ref.read_text()), run="reference")
+        else:
+            shutil.copytree(runs[(lab, STUDENT)], submission / "my-run",
+                            ignore=shutil.ignore_patterns("grading"))
+        (submission / "answers.yaml").write_text(yaml.safe_dump(answers))
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        graded = json.loads((results / "results.json").read_text())
+        jsonschema.validate(graded, GRADESCOPE)
+        assert graded["score"] == graded["max_score"] > 0, (upload, graded)

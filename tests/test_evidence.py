@@ -213,3 +213,35 @@ def test_keepalive_probes_are_counted_and_said_beside_the_idle_time(tmp_path):
     assert summary.connection_story(conn) == (
         "#1 (10.213.0.2:40000) carried 1: closed by the server 5.000 s after the last data "
         "(3 TCP keep-alive probes on it, not data); no Keep-Alive timeout was advertised")
+
+
+def _connection(number: int, port: int):
+    from kalab.report import Connection
+
+    return Connection(id=number, client=f"10.213.0.2:{port}", server="10.213.0.1:5000",
+                      syn_at=T0, syn_retransmits=0, established_at=T0, refused=False,
+                      requests=[], last_response_at=None, last_data_at=None, first_fin_by=None,
+                      first_fin_at=None, second_fin_at=None, rst_by=None, rst_at=None,
+                      closed_by=None, closed_with=None, idle_before_close=None,
+                      advertised_timeout=None, probe=False, complete=True, gaps=0)
+
+
+def test_two_sessions_sending_the_same_request_at_once_keep_their_own():
+    # a.1 and b.1 leave together, each on its own connection; a's call returns later
+    wire = [_wire_request(1, 2, T0 + 0.0005, 1), _wire_request(2, 1, T0 + 0.0008, 1)]
+    records = [_client_record("a.1", T0, 40000, session="a", finished_at=T0 + 0.006),
+               _client_record("b.1", T0 + 0.0001, 40002, session="b")]
+    missing, problems, _ = evidence.join_client(
+        wire, [_connection(1, 40000), _connection(2, 40002)], records)
+    assert (missing, problems) == ([], [])
+    assert {r.id: r.connection for r in wire} == {"a.1": 1, "b.1": 2}  # no try taken
+
+
+def test_a_request_sent_right_after_the_previous_one_returned_is_the_next_one_s():
+    # curl's --next: the second request leaves 0.3 ms after the first call returned,
+    # inside the first record's slack
+    wire = [_wire_request(1, 1, T0 + 0.001, 1), _wire_request(2, 1, T0 + 0.0053, 2)]
+    records = [_client_record("1", T0, 40000), _client_record("2", T0 + 0.0052, 40000)]
+    missing, problems, _ = evidence.join_client(wire, [_connection(1, 40000)], records)
+    assert (missing, problems) == ([], [])
+    assert [(r.id, r.attempt) for r in wire] == [("1", 1), ("2", 1)]

@@ -67,6 +67,18 @@ def test_a_run_claims_only_a_new_or_empty_folder(tmp_path):
     assert (full / "summary.txt").read_text() == "theirs"
 
 
+def test_the_observer_under_kalab_run_takes_a_folder_holding_only_the_compose_log(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / handoff.COMPOSE_LOG).write_text("compose is writing this")
+    with pytest.raises(FileExistsError):
+        handoff.claim_results_folder(folder)
+    handoff.claim_results_folder(folder, frozenset({handoff.COMPOSE_LOG}))
+    (folder / "summary.txt").write_text("a run was here")
+    with pytest.raises(FileExistsError):
+        handoff.claim_results_folder(folder, frozenset({handoff.COMPOSE_LOG}))
+
+
 def test_latest_follows_the_newest_run_and_leaves_a_real_folder_alone(tmp_path):
     first = handoff.new_results_folder(tmp_path, "lab")
     handoff.link_latest(first)

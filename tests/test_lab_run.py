@@ -78,7 +78,7 @@ def test_client_beliefs_are_joined_to_the_wire(report):
     fourth = by_id(run["requests"])["4"]["client"]
     # The server's FIN arrived during the 6 s pause: urllib3 noticed and reconnected.
     assert any("Resetting dropped connection" in line or "Starting new" in line
-               for line in fourth["urllib3"])
+               for line in fourth["events"])  # urllib3's words
 
 
 @pytest.mark.skipif(not tshark_referee.available(), reason="tshark is not installed")

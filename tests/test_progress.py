@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from client.progress import ProgressFile
-from client.sessions import SessionRunner, _Urllib3Log
+from client.sessions import SessionRunner
 from kalab import handoff, progress
 from kalab.scenario import Session, Step, parse
 
@@ -103,7 +103,7 @@ def test_the_client_writes_its_step_and_when_its_sleep_ends(tmp_path):
     path = tmp_path / handoff.CLIENT_PROGRESS
     session = Session(name="s", steps=(Step("sleep", seconds=0.6), Step("close")))
     t0, epoch0 = time.monotonic(), time.time()
-    runner = SessionRunner(SCENARIO, session, "http://127.0.0.1:9", t0, epoch0, _Urllib3Log())
+    runner = SessionRunner(SCENARIO, session, "http://127.0.0.1:9", t0, epoch0)
     runner.progress = ProgressFile(path)
     thread = threading.Thread(target=runner.run)
     thread.start()

@@ -526,8 +526,11 @@ def edges(spec: Scalar) -> list:
 
 def _kind_options(record: Record) -> st.SearchStrategy:
     def with_options(kind: str) -> st.SearchStrategy:
-        return st.fixed_dictionaries({record.switch: st.just(kind)}, optional={
-            **{key: tree(spec) for key, spec in record.fields.items() if key != record.switch},
+        required = {key: tree(record.fields[key]) for key in record.required
+                    if key != record.switch}
+        return st.fixed_dictionaries({record.switch: st.just(kind), **required}, optional={
+            **{key: tree(spec) for key, spec in record.fields.items()
+               if key != record.switch and key not in required},
             **{key: tree(spec) for key, spec in record.kinds[kind].items()}})
     return st.sampled_from(list(record.kinds)).flatmap(with_options)
 
@@ -586,7 +589,8 @@ def _leaves(spec, data, here=()) -> list[tuple[tuple, Scalar]]:
         return [leaf for key, value in data.items() for leaf in
                 _leaves(spec.value, value, (*here, key))]
     if isinstance(spec, Record):
-        fields = {**spec.fields, **spec.kinds.get(data.get(spec.switch), {})}
+        fields = {**spec.fields, **spec.kinds.get(data.get(spec.switch, spec.switch_default),
+                                                  {})}
         return [leaf for key, value in data.items() for leaf in
                 _leaves(fields[key], value, (*here, key))]
     option = next(option for option in spec.options if _takes(option, data))

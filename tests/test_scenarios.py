@@ -24,7 +24,9 @@ pytestmark = [requires_lab, pytest.mark.slow]
 # test_runtimes; broken-example.yaml is broken on purpose; those below with a
 # test of their own run there.
 ELSEWHERE = {"engines.yaml", "seed-claims.yaml", "broken-example.yaml", "race.yaml",
-             "delay-100ms.yaml", "nginx-502.yaml", "tcp-keepalive.yaml", "no-session.yaml"}
+             "delay-100ms.yaml", "nginx-502.yaml", "tcp-keepalive.yaml", "no-session.yaml",
+             "tutorial-more-engines.yaml", "every-client.yaml", "apache-max.yaml",
+             "haproxy-chain.yaml", "haproxy-chain-fixed.yaml"}
 BUNDLED = sorted(p.name for p in (ROOT / "scenarios").glob("*.yaml") if p.name not in ELSEWHERE)
 
 
@@ -100,7 +102,7 @@ def test_the_race_is_shown_from_both_sides(tmp_path):
     first_try, retry = requests["get.2~1"], requests["get.2"]
     assert first_try["story"] == "raced the FIN" and first_try["attempt"] == 1
     assert retry["attempt"] == 2 and retry["depth"] == 1 and retry["status"] == 200
-    assert any("Retrying" in line for line in retry["client"]["urllib3"])
+    assert any("Retrying" in line for line in retry["client"]["events"])  # urllib3's words
     assert run["disagreements"] == []
 
 
@@ -165,3 +167,81 @@ def test_without_a_session_each_request_has_a_connection_the_client_closes(tmp_p
     pooled = {requests[f"pooled.{n}"]["connection"] for n in (1, 2, 3)}
     assert len(pooled) == 1 and connections[pooled.pop()]["first_fin_by"] == "server"
     assert run["disagreements"] == []  # urllib3 believed each request opened a connection
+
+
+def test_the_other_engines_on_the_tutorial_s_client(tmp_path):
+    runs = {run["engine"]: run for run in
+            run_bundled("tutorial-more-engines.yaml", tmp_path)["runs"]}
+    for name in ("uvicorn", "hypercorn", "apache", "uwsgi", "haproxy"):
+        run = runs[name]
+        assert run["version"] and run["kind"] == name
+        assert compare(run, tmp_path / run["capture"]["pcap"], 5000) == [], name
+    first = {name: by_id(run["requests"])["1"] for name, run in runs.items()}
+    # uvicorn, Hypercorn and uWSGI pass the app's own header through; Apache puts its
+    # own with max= counting down; HAProxy strips the app's hop-by-hop headers.
+    for name in ("uvicorn", "hypercorn", "uwsgi"):
+        assert first[name]["response_keep_alive"] == "timeout=5", name
+    assert [r["response_keep_alive"] for r in runs["apache"]["requests"][:3]] == \
+        ["timeout=5, max=100", "timeout=5, max=99", "timeout=5, max=98"]
+    assert first["haproxy"]["response_keep_alive"] is None
+    # Hypercorn 0.13 never closes an idle connection; later ones at keep_alive_timeout
+    hypercorn = runs["hypercorn"]
+    idle_closed = hypercorn["connections"][0]
+    if hypercorn["version"].startswith("Hypercorn 0.13."):
+        assert len(hypercorn["connections"]) == 1 and idle_closed["first_fin_by"] == "client"
+    else:
+        assert idle_closed["first_fin_by"] == "server"
+        assert abs(idle_closed["idle_before_close"] - 5.0) < 0.5
+    assert first["haproxy"]["response_connection"] is None
+    assert "in front of gunicorn" in runs["haproxy"]["version"]
+
+
+def by_id(items: list[dict]) -> dict:
+    return {item["id"]: item for item in items}
+
+
+def test_every_client_says_what_it_did_about_the_server_s_close(tmp_path):
+    (run,) = run_bundled("every-client.yaml", tmp_path)["runs"]
+    assert compare(run, tmp_path / run["capture"]["pcap"], 5000) == []
+    requests = by_id(run["requests"])
+    for name in ("requests", "urllib3", "httpx", "aiohttp", "curl"):
+        assert all(r["client"]["client"] == name for r in run["requests"]
+                   if r["id"].startswith(name + ".")), name
+    for name in ("requests", "urllib3", "httpx"):
+        second = requests[f"{name}.2"]["client"]
+        assert (second["new_connection"], second["replaced_dropped"]) == (True, True), name
+    aiohttp = requests["aiohttp.2"]["client"]
+    assert aiohttp["new_connection"] is True and aiohttp["replaced_dropped"] is None
+    curl = [requests[f"curl.{n}"]["client"] for n in (1, 2, 3)]
+    assert [c["new_connection"] for c in curl] == [True, False, True]
+    assert run["disagreements"] == []
+
+
+def test_apache_counts_a_connection_s_requests_down(tmp_path):
+    (run,) = run_bundled("apache-max.yaml", tmp_path)["runs"]
+    assert compare(run, tmp_path / run["capture"]["pcap"], 5000) == []
+    first_four = run["requests"][:4]
+    assert [r["response_keep_alive"] for r in first_four[:3]] == \
+        ["timeout=5, max=3", "timeout=5, max=2", "timeout=5, max=1"]
+    # the 4th: Apache's close beside the app's own keep-alive, and the app's header
+    assert first_four[3]["response_connection"].endswith("close")
+    assert "max=" not in (first_four[3]["response_keep_alive"] or "")
+
+
+def test_the_load_balancer_chain_loses_a_post_and_its_fix_does_not(tmp_path):
+    (broken,) = run_bundled("haproxy-chain.yaml", tmp_path / "broken")["runs"]
+    requests = by_id(broken["requests"])
+    connections = by_id(broken["connections"])
+    post = requests["post.2"]
+    # HAProxy answers nothing, not even a 502: it closes the client's connection, on
+    # which the POST was a reused request
+    assert post["reused"] and post["status"] is None and post["story"] == "unanswered"
+    assert post["client"]["error_cause"].startswith("RemoteDisconnected")
+    conn = connections[post["connection"]]
+    assert conn["first_fin_by"] == "server" and conn["first_fin_at"] > post["sent_at"]
+    # the GET's first try met the same; urllib3 retried it on a new connection
+    assert requests["get.2~1"]["story"] == "unanswered"
+    assert (requests["get.2"]["depth"], requests["get.2"]["status"]) == (1, 200)
+    assert "only FIN packets from port" in " ".join(broken["capture"]["impairments"])
+    (fixed,) = run_bundled("haproxy-chain-fixed.yaml", tmp_path / "fixed")["runs"]
+    assert all(r["status"] == 200 and "~" not in r["id"] for r in fixed["requests"])

@@ -279,3 +279,15 @@ def test_a_run_never_writes_into_a_folder_it_did_not_make(tmp_path):
     assert "not an empty folder" in done.stderr
     assert [p.name for p in theirs.iterdir()] == ["precious.txt"]
     assert (theirs / "precious.txt").read_text() == "keep me"
+
+
+def test_a_run_writes_nothing_beside_the_results_folder_it_was_given(tmp_path):
+    (tmp_path / "signals.yaml").write_text(
+        "sessions: [{steps: [get: /keep-alive]}]\nengines: [{engine: werkzeug}]\n")
+    outside = tmp_path / "theirs"
+    outside.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([*KALAB, "run", "signals.yaml", "--results", str(outside / "run")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in outside.iterdir()] == ["run"]  # no `latest` beside it

@@ -99,10 +99,26 @@ def server(argv: list[str], port: int, app_dir: Path) -> Iterator[None]:
     try:
         # ready before the capture starts, so its probe is not on the wire
         wait_until_accepting("127.0.0.1", port, child, 20)
-        time.sleep(0.3)  # the probe's own FINs pass before the capture begins
+        probe_closed(port)  # and its FINs: a loaded machine's server closes it late
         yield
     finally:
         stop_engine(child)
+
+
+def probe_closed(port: int, timeout: float = 10) -> None:
+    """Wait until no connection to ``port`` is half closed: the readiness probe closed its
+    end, and the server's FIN for it has passed (else it starts the capture as a
+    connection joined mid-stream, and the capture is inconclusive)."""
+    deadline = time.monotonic() + timeout
+    states = sum((["state", s] for s in ("fin-wait-1", "fin-wait-2", "close-wait",
+                                         "last-ack", "closing")), [])
+    while True:
+        half = subprocess.run(["ss", "-Htan", *states, f"( sport = :{port} or dport = :{port} )"],
+                              capture_output=True, text=True, check=True).stdout
+        if not half.strip():
+            return
+        assert time.monotonic() < deadline, f"the probe's connection is still open: {half}"
+        time.sleep(0.05)
 
 
 def record(tmp_path: Path, app_dir: Path, engine: Callable[[int], list[str]],

@@ -80,6 +80,8 @@ def render_markdown(report: Report) -> str:
            f"{v.duration:.1f} s · exit {v.exit_code}", ""]
     if v.interruption:
         out += [f"**{md(v.interruption)}**", ""]
+    if v.probe:  # a line break after each (two spaces), every line escaped as text
+        out += [f"{md(line)}  " for line in v.probe] + [""]
     out += table(["engine", "what ran", "connections", "requests", "expectations held",
                   "verdict"],
                  [[e.name, e.description, str(len(e.run.connections)),

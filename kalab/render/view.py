@@ -166,6 +166,7 @@ class ReportView:
     scale_bar: tuple[float, str]  # a length in px and what it stands for
     refuted: list[tuple[str, ExpectationView]]
     interruption: str | None  # where an incomplete run was cut short, in words
+    probe: list[str]  # what `kalab probe` measured, a line a finding
 
 
 def _events(conn: Connection, requests: dict[str, HttpRequest]) -> list[Event]:
@@ -361,4 +362,5 @@ def build(report: Report) -> ReportView:
         verdict=report.verdict, exit_code=report.exit_code, started=when(report.started_at),
         duration=report.finished_at - report.started_at, engines=engines, scale=scale,
         scale_bar=_scale_bar(scale), refuted=refuted,
-        interruption=visible(summary.interruption(report) or "") or None)
+        interruption=visible(summary.interruption(report) or "") or None,
+        probe=[visible(line) for line in summary.probe_story(report)])

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from kalab import handoff
 from kalab.runtime.state import RunState
 
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
@@ -66,7 +67,7 @@ class ComposeLab:
                "KALAB_STUDENT": student or "",
                "KALAB_PROJECT": self.project}
         self.state.add_compose_project(self.project)
-        log = results / "compose.log"
+        log = results / handoff.COMPOSE_LOG
         code = self._compose("build", "--quiet", log=log, env=env, timeout=timeout)
         if code:
             raise ComposeError(f"docker compose build failed (see {log})")

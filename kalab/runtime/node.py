@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from kalab.lifeline import die_with_parent
+from kalab.lifeline import spawn
 from kalab.runtime.state import RunState
 
 
@@ -75,9 +75,8 @@ class Node:
         argv = [*self.prefix(), sys.executable, "-m", role, *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": _pythonpath(cwd)}
         with open(log, "ab") as out:
-            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                     env=env, start_new_session=True,
-                                     stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+            popen = spawn(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                          start_new_session=True, stdin=subprocess.DEVNULL)
         self.state.add_pid(popen.pid)
         time.sleep(0)  # let the child get going before the caller polls its files
         return Process(f"{self.name}:{role}", popen, log)
