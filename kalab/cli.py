@@ -546,19 +546,19 @@ def cmd_autograder(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from kalab import handoff, probe, summary
+    from kalab import handoff, probe, summary, target
     from kalab.scenario import slug
 
     try:
-        where = probe.target(args.url)
+        where = target.parse(args.url)
     except ValueError as exc:
         return _error(str(exc), EXIT_BAD_INPUT)
-    bounds = {"--max-requests": (args.max_requests, 1, 1000),
-              "--max-seconds": (args.max_seconds, 1, 3600),
-              "--max-idle": (args.max_idle, 0.1, 900), "--rate": (args.rate, 0.1, 50)}
-    for option, (value, low, high) in bounds.items():
-        if not (low <= value <= high):  # NaN fails this too
-            return _error(f"{option}: from {low:g} to {high:g}, got {value}", EXIT_BAD_INPUT)
+    wrong = target.out_of_bounds({
+        "--max-requests": (args.max_requests, 1, 1000),
+        "--max-seconds": (args.max_seconds, 1, 3600), "--max-idle": (args.max_idle, 0.1, 900),
+        "--rate": (args.rate, 0.1, 50)})
+    if wrong:
+        return _error(wrong, EXIT_BAD_INPUT)
     if not args.no_capture and os.geteuid() != 0:
         return _error("capturing the probe's packets needs root (or --no-capture)",
                       EXIT_LAB_ERROR)
