@@ -23,8 +23,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from kalab.report import TargetServer
+
+if TYPE_CHECKING:  # `kalab probe` loads without the scenario
+    from kalab.scenario import Expectation, Scenario
 
 
 @dataclass(frozen=True)
@@ -115,3 +121,100 @@ class Pace:
                 wait = (needed - self.tokens) / self.rate
             time.sleep(wait)
             waited += wait
+
+
+# ------------------------------------------------- `kalab run --target URL SCENARIO`
+#
+# The roles run as in any run, on this host: the observer captures on the interface that
+# leads to the target, the client runs the scenario's sessions against it, and the server
+# role stands in for an engine it does not start (`server.__main__.stand_in`). The
+# scenario they all load is `targeted`: its engines replaced by one pseudo-engine named
+# `target`, whose turn the analyzer, the report and its views take for any engine's.
+
+TARGET_ENGINE = "target"  # the pseudo-engine's name: its folder in the results
+
+
+@dataclass(frozen=True)
+class TargetEngine:
+    """What stands for the scenario's engines in a run against a server the lab did not
+    start: the roles, `kalab.evidence` and the views read it as they read an `Engine`."""
+
+    server: TargetServer
+    expect: tuple[Expectation, ...] = ()
+    name: str = TARGET_ENGINE
+    kind: str = "target"
+    app: None = None
+
+    def describe(self) -> str:
+        ignored = ", ".join(self.server.engines_ignored) or "none"
+        return (f"{self.server.url}: a server the lab did not start (the scenario's engines "
+                f"were not started: {ignored})")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """For the report's `EngineRun.options`: the target and the bounds in force."""
+        return {key: value for key, value in asdict(self.server).items()
+                if key != "engines_ignored"}
+
+
+def for_run(url: str) -> Target:
+    """`parse`, and what a run against the target needs besides: ValueError otherwise."""
+    where = parse(url)
+    if where.scheme != "http":
+        raise ValueError(f"{url!r}: a run reads the requests off the wire, and does not "
+                         "decrypt TLS: give an http:// URL (`kalab probe` measures https:// "
+                         "servers)")
+    if where.path != "/":
+        raise ValueError(f"{url!r}: the scenario's paths are sent as they are: give the "
+                         f"server's root, {where.origin}/")
+    return where
+
+
+def whose_expectations(scenario: Scenario, asked: str | None) -> str | None:
+    """The engine whose expectations a run against a target checks: the one ``asked``
+    for, else the only engine with any (None: no engine has any); ValueError when it is
+    not for the lab to choose."""
+    if asked is not None:
+        try:
+            return scenario.engine(asked).name
+        except KeyError:
+            raise ValueError(f"--expectations-of: no engine named {asked!r} in "
+                             f"{scenario.file} (its engines: "
+                             f"{', '.join(e.name for e in scenario.engines)})") from None
+    with_some = [e.name for e in scenario.engines if e.expect]
+    if len(with_some) > 1:
+        raise ValueError(f"{scenario.file}: engines {', '.join(with_some)} each expect "
+                         "their own: say whose apply to the target with --expectations-of "
+                         "ENGINE")
+    return with_some[0] if with_some else None
+
+
+def check_bounded(scenario: Scenario, max_requests: int, max_seconds: float) -> None:
+    """ValueError unless the scenario, run once, stays within the bounds: its requests
+    (each retry a client may make counted) and its sessions' planned time."""
+    requests = sum(len(s.requests) * (1 + s.retries) for s in scenario.sessions)
+    if requests > max_requests:
+        raise ValueError(f"{scenario.file}: sessions: up to {requests} requests (retries "
+                         f"counted), more than --max-requests {max_requests} allows against "
+                         "a server the lab did not start")
+    longest = max((s.planned_time for s in scenario.sessions), default=0.0)
+    if longest > max_seconds:
+        raise ValueError(f"{scenario.file}: sessions: a session's planned time is "
+                         f"{longest:g} s, more than --max-seconds {max_seconds:g} allows")
+
+
+def targeted(scenario: Scenario, server: TargetServer) -> Scenario:
+    """``scenario`` as it runs against ``server``: one `TargetEngine` for its engines (with
+    the expectations of the engine ``server`` names), the target's port, no link."""
+    expect = scenario.engine(server.expectations_of).expect \
+        if server.expectations_of is not None else ()
+    return replace(scenario, port=server.port, link={},
+                   engines=(TargetEngine(server, expect),))  # type: ignore[arg-type]
+
+
+def server_of(scenario: Scenario) -> TargetServer | None:
+    """The target a `targeted` scenario runs against; None for any other scenario."""
+    engines = scenario.engines
+    if len(engines) == 1 and isinstance(engines[0], TargetEngine):
+        return engines[0].server
+    return None
