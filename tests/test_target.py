@@ -190,3 +190,26 @@ def test_the_pace_holds_requests_past_the_burst_to_the_rate():
     started = time.monotonic()
     pace.take()
     assert time.monotonic() - started >= 4 / 20.0 - 0.005
+
+
+def test_the_readme_s_target_command_is_one_kalab_takes():
+    """The README's example is checked as far as it goes without a server: its options
+    parse, its scenario loads within the bounds, its engine has expectations."""
+    from kalab import cli, target
+    from kalab.scenario import load
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    (line,) = [line for line in text.splitlines() if line.startswith("./lab run --target")]
+    args = cli._parser().parse_args(line.split()[1:])
+    assert target.for_run(args.target).port == 8000
+    scenario = load(ROOT / args.scenario)
+    assert target.whose_expectations(scenario, args.expectations_of) == args.expectations_of
+    assert scenario.engine(args.expectations_of).expect
+    defaults = {option: default for option, _, default, _ in cli.TARGET_BOUNDS}
+    target.check_bounded(scenario, defaults["--max-requests"], defaults["--max-seconds"])
+    # The bounds the README gives are the defaults.
+    words = " ".join(text.split())
+    assert f"send more than {defaults['--max-requests']} requests or plans more than " \
+        f"{defaults['--max-seconds']:g} s" in words
+    assert f"at most {defaults['--rate']:g} a second after a burst of " \
+        f"{defaults['--burst']}" in words
