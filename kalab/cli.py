@@ -43,9 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a scenario: server, client and observer",
+    run = sub.add_parser("run", help="run a scenario: server, client and observer (or "
+                         "its sessions against --target URL)",
                          description="Run every engine of a scenario in turn, capture the "
-                         "wire, and check the scenario's expectations against it.")
+                         "wire, and check the scenario's expectations against it; with "
+                         "--target URL, run its sessions against a server the lab did not "
+                         "start instead.")
     run.add_argument("scenario", type=Path, help="scenario file, e.g. lab.yaml")
     run.add_argument("--runtime", choices=("netns", "local", "compose"), default=None,
                      help="netns: server and client in network namespaces joined by a veth "

@@ -75,9 +75,10 @@ def stand_in(engine: TargetEngine, folder: Path, stop: handoff.StopSignal) -> No
     handoff.wait_for(folder / handoff.OBSERVER_READY, handoff.ROLE_START_TIMEOUT,
                      what="the observer", stop=stop)
     target = engine.server
+    host = f"[{target.address}]" if ":" in target.address else target.address
     handoff.write_json(folder / handoff.SERVER_READY, {
         "engine": engine.name, "kind": engine.kind, "description": engine.describe(),
-        "version": None, "listen": f"{target.address}:{target.port}", "url": target.url,
+        "version": None, "listen": f"{host}:{target.port}", "url": target.url,
         "address": target.address, "port": target.port, "pids": [], "argv": [], "logs": [],
         "ready_at": time.time(),
     })
