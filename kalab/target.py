@@ -12,10 +12,17 @@ they share, and what they must never do differently:
 - **the pace**: requests leave at most ``rate`` a second, with at most
   ``burst`` at once (`Pace`, a token bucket shared by every thread that
   sends): a scenario's short bursts keep their timing, a flood is spread
-  out, and how late each request left is in the report (`send_lag`);
+  out, and how late each request left is in a run's report (`send_lag`);
 - **where to capture**: the address the host resolves to and the interface
   this host's packets to it leave by (`locate`), captured there as the
-  client's side of the wire.
+  client's side of the wire, that address and port only.
+
+A run takes more: an ``http://`` URL of the server's root (`for_run`: the
+lab reads requests off the wire, and the scenario's paths are sent as they
+are), a scenario whose requests and planned time fit the bounds
+(`check_bounded`), and one engine whose expectations apply
+(`whose_expectations`); its engines are then replaced by the pseudo-engine
+``target`` (`targeted`).
 """
 
 from __future__ import annotations
