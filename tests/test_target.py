@@ -69,11 +69,31 @@ def test_a_target_run_shows_what_the_lab_s_own_run_of_that_engine_shows(tmp_path
     scenario = tmp_path / "gthread-2.yaml"
     scenario.write_text(SCENARIO)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+    listening: set[str] = set()
     with served("target", ENGINE, 31, prefix="ktgt", path="/") as (client_ns, url):
-        done = subprocess.run(["ip", "netns", "exec", client_ns, *KALAB, "run", "--target", url,
-                               str(scenario), "--results", str(tmp_path / "target")],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+        kalab = subprocess.Popen(["ip", "netns", "exec", client_ns, *KALAB, "run", "--target",
+                                  url, str(scenario), "--results", str(tmp_path / "target")],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=env)
+        try:
+            # Nothing listens on the client's side (where the lab's roles run) meanwhile.
+            deadline = time.monotonic() + 300
+            while kalab.poll() is None and time.monotonic() < deadline:
+                listening |= set(subprocess.run(
+                    ["ip", "netns", "exec", client_ns, "ss", "-Hltnu"], capture_output=True,
+                    text=True, check=True).stdout.splitlines())
+                time.sleep(0.2)
+            out, err = kalab.communicate(timeout=10)
+        finally:
+            if kalab.poll() is None:  # SIGTERM: the run stops its roles itself
+                kalab.terminate()
+                try:
+                    kalab.wait(30)
+                except subprocess.TimeoutExpired:
+                    kalab.kill()
+                    kalab.wait()
+    assert kalab.returncode == 0, out[-3000:] + err
+    assert not listening
     report = json.loads((tmp_path / "target" / "report.json").read_text())
     assert report["runtime"] == "target"
     target = report["target"]
