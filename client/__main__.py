@@ -2,7 +2,9 @@
 
 For each engine of the scenario in turn: wait until the server is ready,
 run the scenario's sessions against it, and write ``client.json`` (what the
-client believed) and then ``client.done``. SIGTERM or SIGINT ends it at
+client believed) and then ``client.done``. Against a server the lab did not
+start (``--target``) the sessions go to its URL, their requests paced to the
+target's rate (`kalab.target.Pace`). SIGTERM or SIGINT ends it at
 once, after its link impairments (the delay line's rules) are removed.
 """
 
@@ -14,6 +16,7 @@ import sys
 from client.sessions import run_sessions
 from kalab import handoff, impairment, lifeline
 from kalab.scenario import Scenario
+from kalab.target import Pace, TargetEngine, parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +55,14 @@ def run_engines(scenario: Scenario, args: argparse.Namespace, host: str,
             handoff.fail(folder, "client", str(exc))
             print(f"kalab client: {engine.name}: {exc}", file=sys.stderr)
             return 1
-        records = run_sessions(scenario, f"http://{host}:{scenario.port}",
-                               folder / handoff.CLIENT_PROGRESS)
+        if isinstance(engine, TargetEngine):  # a server the lab did not start: paced
+            target = engine.server
+            records = run_sessions(scenario, parse(target.url).origin,
+                                   folder / handoff.CLIENT_PROGRESS,
+                                   Pace(target.rate, target.burst))
+        else:
+            records = run_sessions(scenario, f"http://{host}:{scenario.port}",
+                                   folder / handoff.CLIENT_PROGRESS)
         records["impairments"] = [a.describe() for a in applied]
         handoff.write_json(folder / handoff.CLIENT_RECORDS, records)
         if records["interrupted"]:  # the records so far are kept; the run is over

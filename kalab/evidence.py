@@ -387,6 +387,7 @@ def build_report(results: Path, scenario: Scenario, engines: list[Engine], runti
     capture is listed among those that did not run, never left out in silence.
     """
     from kalab import handoff
+    from kalab.target import server_of
 
     runs = []
     for engine in engines:
@@ -405,7 +406,8 @@ def build_report(results: Path, scenario: Scenario, engines: list[Engine], runti
                     runtime=runtime, started_at=started_at, finished_at=time.time(), runs=runs,
                     verdict=verdict, exit_code=EXIT_CODES[verdict],
                     engines_not_run=[e.name for e in engines if e.name not in ran],
-                    student=scenario.student, params=dict(scenario.params))
+                    student=scenario.student, params=dict(scenario.params),
+                    target=server_of(scenario))
     if interrupted is not None:
         mark_interrupted(report, interrupted)
     return report
@@ -424,6 +426,8 @@ def _options(engine: Engine) -> dict[str, Any]:
     """The engine's settings that apply to its kind, as the scenario (or its default) set them."""
     from kalab.scenario import ENGINE_OPTIONS
 
+    if engine.kind not in ENGINE_OPTIONS:  # a target's stand-in: its options are the target
+        return dict(engine.options)
     options = {key: getattr(engine, key) for key in sorted(ENGINE_OPTIONS[engine.kind])}
     if engine.app:
         options["app"] = engine.app

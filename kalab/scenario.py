@@ -190,7 +190,7 @@ SESSION_NAME_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 # An engine's folder sits beside the files every run writes: no engine may take their names.
 RUN_FILES = frozenset(("report.json", "report.html", "report.md", "junit.xml", "summary.txt",
                        "observer.log", "server.log", "client.log", "compose.log",
-                       "observer.done", "latest", "grading"))
+                       "observer.done", "latest", "grading", "target.json"))
 
 # Bounds a lab needs and nothing near what would hang a run or a machine
 # (MAX_SECONDS: a sleep, an `at`, a session's planned time, an engine's timeout).
@@ -495,6 +495,17 @@ class Session(_Settings):
     @property
     def requests(self) -> list[Request]:
         return [s.request for s in self.steps if s.request is not None]
+
+    @property
+    def planned_time(self) -> float:
+        """Seconds from the session's start to its last step, if requests took no time."""
+        planned = 0.0
+        for step in self.steps:
+            if step.kind == "sleep":
+                planned += step.seconds
+            elif step.kind == "at":
+                planned = max(planned, step.seconds)
+        return planned
 
     # The settings several kinds share, with what a kind without them does.
     @property

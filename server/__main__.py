@@ -5,6 +5,8 @@ start the engine as a child, wait until its port accepts a connection, and
 write ``server.json`` (engine, version, address): the client's signal to
 start. When the observer has closed its capture, stop the engine by its pid
 and write ``server.stopped``. SIGTERM or SIGINT stops the engine and the role.
+With ``--target`` (a server the lab did not start) it only stands in for
+one: the same files at the same moments, and nothing started (`stand_in`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from pathlib import Path
 from kalab import handoff, lifeline
 from kalab.kinds import AbortStart, wait_until_accepting
 from kalab.scenario import Engine, Scenario
+from kalab.target import TargetEngine
 from server.engines import plan, version
 
-__all__ = ["main", "serve", "stop_engine", "wait_until_accepting"]
+__all__ = ["main", "serve", "stand_in", "stop_engine", "wait_until_accepting"]
 
 # The engine's private files (nginx's 0700 buffers) live in its own folder, so
 # a role killed before it could remove them leaves nothing outside the results.
@@ -64,6 +67,26 @@ def serve(scenario: Scenario, engine: Engine, host: str, folder: Path,
     (folder / handoff.SERVER_STOPPED).touch()
 
 
+def stand_in(engine: TargetEngine, folder: Path, stop: handoff.StopSignal) -> None:
+    """A server the lab did not start: nothing to start or stop, nothing listens here.
+    Its ``server.json`` names the target (its URL, the address its host resolved to, its
+    port) when the observer listens, so the client and the observer go on as with any
+    engine."""
+    handoff.wait_for(folder / handoff.OBSERVER_READY, handoff.ROLE_START_TIMEOUT,
+                     what="the observer", stop=stop)
+    target = engine.server
+    host = f"[{target.address}]" if ":" in target.address else target.address
+    handoff.write_json(folder / handoff.SERVER_READY, {
+        "engine": engine.name, "kind": engine.kind, "description": engine.describe(),
+        "version": None, "listen": f"{host}:{target.port}", "url": target.url,
+        "address": target.address, "port": target.port, "pids": [], "argv": [], "logs": [],
+        "ready_at": time.time(),
+    })
+    handoff.wait_for(folder / handoff.CAPTURE_STATS, target.max_seconds + 60,
+                     what="the end of the capture", stop=stop)
+    (folder / handoff.SERVER_STOPPED).touch()
+
+
 def _logs(engine: Engine) -> list[str]:
     """The files in the engine's folder where it (and a proxy's engine behind) writes its
     trouble, beside server.log: the report quotes their error lines."""
@@ -93,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     for engine in handoff.engines_to_run(scenario, args.engine):
         folder = handoff.shared_engine_dir(args.run_dir, engine)
         try:
-            serve(scenario, engine, args.host, folder, stop)
+            if isinstance(engine, TargetEngine):
+                stand_in(engine, folder, stop)
+            else:
+                serve(scenario, engine, args.host, folder, stop)
         except handoff.Aborted as exc:
             if stop():
                 return 0
