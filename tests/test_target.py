@@ -105,6 +105,9 @@ def test_a_target_run_shows_what_the_lab_s_own_run_of_that_engine_shows(tmp_path
     assert (run["engine"], run["kind"]) == ("target", "target")
     assert "not started: gthread-2" in run["description"]
     assert run["capture"]["interface"] == target["interface"]
+    # The summary says whose server it was, not a version it cannot know.
+    assert f"target {run['listen']}, a server the lab did not start" in out
+    assert "server ?" not in out
     assert run["capture"]["filter"] == f"tcp port {PORT} and host {target['address']}"
     # The scenario's expectations were checked against the target, and held.
     assert len(run["expectations"]) == 6 and all(e["passed"] for e in run["expectations"])
