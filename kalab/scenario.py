@@ -409,8 +409,9 @@ TLS = OneOf((
            "trusts, and the client's key log for the analysis", False),
     Record("HTTPS, with the TLS version the client offers", {
         "version": Scalar("string", "the only TLS version the client offers (quote it: "
-                          "\"1.3\"; absent: 1.2 to 1.3, as negotiated)", choices=VERSIONS),
-    }),
+                          "\"1.3\"; tls: true offers 1.2 to 1.3, as negotiated)",
+                          choices=VERSIONS),
+    }, required=("version",)),
 ), "serve HTTPS: true, or {version: \"1.2\"} to choose the TLS version (default false)",
     "true, false or {version: \"1.2\" or \"1.3\"}", False)
 SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) to run "
@@ -714,8 +715,7 @@ class _Checker(Checker):
             return None
         if node.value is True:
             return Tls()
-        fields = node.value
-        return Tls(fields["version"].value if "version" in fields else None)
+        return Tls(node.value["version"].value)
 
     def _draw(self, root: Node,
               student: str | None) -> tuple[dict[str, Param], dict[str, Value]]:

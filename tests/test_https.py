@@ -51,7 +51,7 @@ def scenario_text(engine: str, body: str = "tls: true\n", port: int = 5000,
 
 @pytest.mark.parametrize("text, version", [("tls: true", None), ("tls: false", "plain"),
                                            ('tls: {version: "1.2"}', "1.2"),
-                                           ("tls: {version: '1.3'}", "1.3"), ("tls: {}", None)])
+                                           ("tls: {version: '1.3'}", "1.3")])
 def test_tls_says_https_and_the_version_the_client_offers(text, version):
     scenario = parse(scenario_text("gunicorn", text + "\n"))
     if version == "plain":
@@ -66,6 +66,7 @@ def test_tls_says_https_and_the_version_the_client_offers(text, version):
     ('tls: {version: "1.1"}', "tls.version: unknown value '1.1'"),
     ('tls: {version: "1.3", verify: false}', "tls.verify: unknown field"),
     ("tls: [true]", "tls: expected"),
+    ("tls: {}", "tls.version: missing"),
 ])
 def test_a_bad_tls_is_refused_naming_the_line_and_field(text, message):
     with pytest.raises(ScenarioError) as caught:
