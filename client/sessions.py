@@ -25,6 +25,7 @@ from typing import Any
 
 from client.kinds._shared import sleep_until
 from client.progress import ProgressFile, describe
+from kalab.certs import ClientTls
 from kalab.kinds import CloseRecord, RequestRecord, client_kinds
 from kalab.scenario import Request, Scenario, Session, Step
 from kalab.target import Pace
@@ -37,8 +38,9 @@ class SessionRunner:
     pace: Pace | None = None  # run_sessions sets the run's, if its requests are paced
 
     def __init__(self, scenario: Scenario, session: Session, base_url: str, t0: float,
-                 epoch0: float) -> None:
+                 epoch0: float, tls: ClientTls | None = None) -> None:
         self.scenario, self.session, self.base_url = scenario, session, base_url
+        self.tls = tls
         self.t0, self.epoch0 = t0, epoch0
         self.records: list[RequestRecord] = []
         self.closes: list[CloseRecord] = []
@@ -47,7 +49,8 @@ class SessionRunner:
         return self.epoch0 + (mono - self.t0)
 
     def run(self) -> None:
-        driver = self.session.kind_class.driver(self.session, self.base_url, self.epoch)
+        driver = self.session.kind_class.driver(self.session, self.base_url, self.epoch,
+                                                self.tls)
         self.closes = driver.closes  # kept as the driver adds to it
         steps = self.session.steps
         last_done = self.t0
@@ -92,8 +95,10 @@ class SessionRunner:
 
 
 def run_sessions(scenario: Scenario, base_url: str, progress: Path | None = None,
-                 pace: Pace | None = None) -> dict[str, Any]:
+                 tls: ClientTls | None = None, pace: Pace | None = None) -> dict[str, Any]:
     """Run every session at once from one start; the records, as JSON-ready data.
+    With ``tls``, over HTTPS (``base_url`` is https://), trusting its CA alone and
+    writing the TLS secrets to its key log.
 
     Interrupted (SIGTERM or Ctrl-C, raised here as `KeyboardInterrupt`), it returns
     the records made so far with ``interrupted`` true; the request in flight has none.
@@ -103,7 +108,8 @@ def run_sessions(scenario: Scenario, base_url: str, progress: Path | None = None
     ``pace``, every session's requests wait for it (a server the lab did not start).
     """
     t0, epoch0 = time.monotonic(), time.time()
-    runners = [SessionRunner(scenario, s, base_url, t0, epoch0) for s in scenario.sessions]
+    runners = [SessionRunner(scenario, s, base_url, t0, epoch0, tls)
+               for s in scenario.sessions]
     shown = ProgressFile(progress)
     for runner in runners:
         runner.progress, runner.pace = shown, pace

@@ -7,8 +7,10 @@ for the file that says its turn has come:
 
     observer  listening               -> ENGINE/observer.ready
     server    engine accepting        -> ENGINE/server.json     (waited on observer.ready)
+              with `tls: true`, first  -> ENGINE/tls-ca.pem, tls-cert.pem (the run's own CA)
     client    each step it starts     -> ENGINE/client.progress (for the live display)
     client    sessions done           -> ENGINE/client.json, client.done  (on server.json)
+              with `tls: true`, as it goes -> ENGINE/tls-keys.log (its TLS secrets)
     observer  capture closed          -> ENGINE/capture.json, capture.pcap (on client.done)
     server    engine stopped          -> ENGINE/server.stopped  (on capture.json)
     observer  next engine's capture starts once the previous server.stopped
@@ -53,6 +55,12 @@ CLIENT_RECORDS = "client.json"
 CLIENT_DONE = "client.done"
 CLIENT_PROGRESS = "client.progress"  # the step each session is on (a display aid)
 REPORT = "report.json"
+# A `tls: true` run (`kalab.certs`): the CA the client trusts and the engine's certificate
+# (its private key stays in the server's private scratch folder, never in the results),
+# and the key log the client writes, NSS format (SSLKEYLOGFILE), for the observer's analysis.
+TLS_CA = "tls-ca.pem"
+TLS_CERT = "tls-cert.pem"
+TLS_KEYLOG = "tls-keys.log"
 OBSERVER_DONE = "observer.done"  # in the run folder itself: the run is over
 TARGET = "target.json"  # in the run folder itself: the server of a `kalab run --target`
 
