@@ -4,7 +4,9 @@ The roles pace themselves through their shared run folder (see
 `kalab.handoff`), in namespaces, on loopback or in containers alike, so
 this module only provides the network (or hands over to docker compose),
 starts the same three entry points and waits for the observer, which
-writes the report and exits with the verdict.
+writes the report and exits with the verdict. A scenario `targeted` at a
+server the lab did not start (`kalab.target`) runs its roles on this host
+(`kalab.runtime.target`), bounded by the target's ``max_seconds``.
 
 Whatever happens (an error, Ctrl-C, SIGTERM), every process is stopped and
 the runtime's namespaces removed before this returns or raises, with
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from kalab import evidence, handoff, lifeline, render
@@ -33,7 +36,9 @@ from kalab.runtime.local import LocalLab
 from kalab.runtime.netns import NetnsLab
 from kalab.runtime.node import Process
 from kalab.runtime.state import RunState
+from kalab.runtime.target import TargetLab
 from kalab.scenario import Scenario
+from kalab.target import server_of
 
 RUNTIMES = {"netns": NetnsLab, "local": LocalLab}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +88,9 @@ class _Signals:
 
 
 def time_limit(scenario: Scenario) -> float:
+    target = server_of(scenario)
+    if target is not None:  # a server the lab did not start: its own bound, and no more
+        return target.max_seconds + handoff.ROLE_START_TIMEOUT
     per_engine = handoff.session_time_limit(scenario) + 2 * handoff.ROLE_START_TIMEOUT
     return per_engine * len(scenario.engines)
 
@@ -176,12 +184,16 @@ def _run_compose(scenario: Scenario, results: Path, state: RunState,
 
 def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunState,
                    say: Callable[[str], None], signals: _Signals) -> None:
-    lab = RUNTIMES[runtime](state)
+    target = server_of(scenario)
+    lab = TargetLab(state, target) if target is not None else RUNTIMES[runtime](state)
     processes: list[Process] = []
     try:
         lab.start()
         common = [str(Path(scenario.file).resolve()), "--run-dir", str(results.resolve()),
                   "--student", scenario.student or ""]
+        if target is not None:  # every role reads the target from the run folder
+            handoff.write_json(results / handoff.TARGET, asdict(target))
+            common.append("--target")
         signals.roles_started = True  # from here on the run folder tells the phase
         observer = lab.observer.start_role(
             "observer", [*common, "--interface", lab.capture_interface, "--report",
