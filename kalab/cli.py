@@ -32,14 +32,21 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a scenario: server, client and observer",
-                         description="Run every engine of a scenario in turn, capture the "
-                         "wire, and check the scenario's expectations against it.")
+                         description="Run every engine of a scenario, capture the wire, "
+                         "and check the scenario's expectations against it. On the netns "
+                         "runtime the engines go at once, each in its own pair of namespaces "
+                         "with its own addresses and its own capture; on local and compose "
+                         "(one loopback, one compose project) they go in turn.")
     run.add_argument("scenario", type=Path, help="scenario file, e.g. lab.yaml")
     run.add_argument("--runtime", choices=("netns", "local", "compose"), default="netns",
                      help="netns: server and client in network namespaces joined by a veth "
                      "(default); local: everything on this host's loopback; compose: one "
                      "container per role with docker compose (KALAB_BASE_IMAGE picks the "
                      "base image)")
+    run.add_argument("--serial", action="store_true",
+                     help="run the engines in turn, in the scenario's order, in one pair "
+                     "of namespaces (netns runs them at once otherwise; local and compose "
+                     "always run them in turn)")
     run.add_argument("--results", type=Path, default=None,
                      help="folder for the report and pcaps: new, or empty (default: a new "
                      "results/NAME-TIME-ID, with results/latest pointing at it)")
@@ -271,8 +278,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = summary.make_console(stderr=args.json)
     try:  # the live line (a terminal only) reads the roles' files: none under compose
         with progress.shown(console, scenario,
-                            None if args.runtime == "compose" else results) as say:
-            report = lab.run(scenario, args.runtime, results, state, say)
+                            None if args.runtime == "compose" else results,
+                            lab.goes_at_once(args.runtime, args.serial)) as say:
+            report = lab.run(scenario, args.runtime, results, state, say, args.serial)
     except lab.LabError as exc:
         return _error(str(exc), EXIT_LAB_ERROR)
     except lab.Interrupted as stopped:

@@ -25,7 +25,8 @@ A scenario is:
   runtimes: `server.user_app`). The model keeps a project app as its
   ``module:attribute`` string and a file as an `AppFile` (absolute path,
   attribute);
-- ``engines``: the servers to run in turn, each with its own ``expect`` list;
+- ``engines``: the servers to run (at once on the netns runtime, each in
+  namespaces of its own; in turn elsewhere), each with its own ``expect`` list;
 - ``sessions``: the clients, run concurrently, each a list of ``steps``;
 - ``course`` (a lab's, optional): ``title``, ``teaches``, ``look_for`` and
   ``read_first`` (Markdown), ``params`` drawn per student (``{choose: [2,
@@ -397,7 +398,7 @@ LINK = Record("impairments per direction", {
                                              "server's loopback (proxy engines only; no "
                                              "rate)"),
 })
-SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) to run "
+SCENARIO = Record("a kalab scenario: engines to run, sessions (clients) to run "
                   "against each, and what the wire must show", {
     "name": dataclasses.replace(NAME, doc="the scenario's name, the start of its results "
                                 "folder (default: the file's name, made a name): " + NAME_RULE),
@@ -406,8 +407,8 @@ SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) 
                           "but tabs and line breaks"),
     "app": APP,
     "port": Scalar("integer", "the TCP port the server listens on", 5000, 1, 65535),
-    "engines": ListOf(ENGINE, "the servers to run in turn, each with its own expectations",
-                      MAX_ENGINES),
+    "engines": ListOf(ENGINE, "the servers to run (at once on netns), each with its own "
+                      "expectations", MAX_ENGINES),
     "sessions": ListOf(SESSION, "the clients, run concurrently", MAX_SESSIONS),
     "link": LINK,
     "course": COURSE,

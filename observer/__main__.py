@@ -6,7 +6,8 @@ packets have passed, then close the pcap and write its accounting
 (``capture.json``). With ``--report`` it then analyses every engine's
 capture and writes the run's report (``report.json``) and its views, and
 exits with the verdict's code: 0 pass, 1 fail, 3 inconclusive, 4 a role
-failed, 5 interrupted.
+failed, 5 interrupted. At the end it writes ``observer.done`` (in the engine's
+folder when given ``--engine``), which lets the server and the client end.
 
 On SIGTERM or SIGINT the capture in progress is closed and accounted for,
 and the report is still written for what was captured, marked incomplete
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     # the role now, not after the capture.
     args.results = None if args.results is None else \
         _results_folder(args.results, args.run_name, scenario)
+    handoff.engines_to_run(scenario, args.engine)  # an unknown engine ends the role now
     stop = handoff.StopSignal()
     args.run_dir.mkdir(parents=True, exist_ok=True)
     args.applied = []
@@ -106,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for applied in args.applied:
             applied.close()
-        (args.run_dir / handoff.OBSERVER_DONE).touch()
+        done = handoff.observer_done(args.run_dir, args.engine)
+        if args.engine is not None:
+            handoff.shared_engine_dir(args.run_dir, scenario.engine(args.engine))
+        done.touch()
     if not stop():
         handoff.stay_until_stopped(args.stay)
     return code

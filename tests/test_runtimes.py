@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,32 @@ def test_every_engine_behaves_as_measured(engines_run):
         else:
             assert probes, "on loopback the readiness probe is on the wire"
             assert all(not c["requests"] for c in probes)
+
+
+def test_on_netns_the_engines_go_at_once_each_in_a_network_of_its_own(engines_run):
+    runtime, results, report = engines_run
+    captures = [run["capture"] for run in report["runs"]]
+    listens = [run["listen"] for run in report["runs"]]
+    interfaces = [capture["interface"] for capture in captures]
+    if runtime == "local":  # one loopback: in turn, on the same address
+        assert set(listens) == {"127.0.0.1:5000"} and set(interfaces) == {"lo"}
+        spans = sorted((c["started_at"], c["stopped_at"]) for c in captures)
+        assert all(end <= start for (_, end), (start, _) in pairwise(spans))
+        return
+    # Each engine its own pair of namespaces: its own address, veth and observer ...
+    assert len(set(listens)) == len(listens) == 3, listens
+    assert all(listen.startswith("10.213.") for listen in listens)
+    assert len(set(interfaces)) == len(interfaces), interfaces
+    for run in report["runs"]:  # ... and the client came from its pair's own address
+        server = run["listen"].rsplit(":", 1)[0]
+        last = int(server.rsplit(".", 1)[1])
+        client = f"{server.rsplit('.', 1)[0]}.{last + 1}"
+        assert {c["client"].rsplit(":", 1)[0] for c in run["connections"]} == {client}
+    # ... all at once: every capture was open while every other was.
+    assert max(c["started_at"] for c in captures) < min(c["stopped_at"] for c in captures)
+    for run in report["runs"]:  # each role's output in its engine's folder
+        assert {"observer.log", "server-role.log", "client.log"} <= \
+            {p.name for p in (results / run["engine"]).iterdir()}
 
 
 @pytest.mark.skipif(not tshark_referee.available(), reason="tshark is not installed")
