@@ -264,7 +264,7 @@ def parse_role(parser: argparse.ArgumentParser, argv: list[str] | None,
 
     args = parser.parse_args(argv)
     try:
-        scenario = load(args.scenario, args.student or None)
+        scenario = load(args.scenario, args.student or None, args.sweep_point)
     except ScenarioError as exc:
         print(f"kalab {role}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -284,6 +284,8 @@ def role_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--student", default="", metavar="ID",
                         help="a lab's student: its params are drawn for this ID, as "
                         "`kalab run --student` drew them (empty: the defaults)")
+    parser.add_argument("--sweep-point", type=int, default=None, metavar="N",
+                        help="a sweep's scenario at its point N (from 0; default: the first)")
     parser.add_argument("--stay", action="store_true",
                         help="after the run, wait until stopped (SIGTERM) instead of "
                         "ending: a Kubernetes Deployment's pod must not end")

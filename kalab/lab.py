@@ -28,11 +28,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from kalab import evidence, handoff, lifeline, render
 from kalab import report as report_mod
+from kalab import sweep as sweep_mod
 from kalab.report import Report
 from kalab.runtime.clean import remove_recorded, still_there
 from kalab.runtime.compose import ComposeError, ComposeLab, docker_problem
@@ -40,7 +42,7 @@ from kalab.runtime.local import LocalLab
 from kalab.runtime.netns import NetnsLab
 from kalab.runtime.node import Process, stop_all
 from kalab.runtime.state import RunState
-from kalab.scenario import Engine, Scenario
+from kalab.scenario import Engine, Scenario, load
 
 RUNTIMES = {"netns": NetnsLab, "local": LocalLab}
 AT_ONCE_RUNTIMES = ("netns",)  # where each engine can have a network of its own
@@ -73,6 +75,7 @@ class _Signals:
         self.scenario, self.results, self.watch_files = scenario, results, watch_files
         self.at_once = at_once
         self.roles_started = False
+        self.reporting = False  # a sweep's: every trial is over, its report is being made
         self.phase: str | None = None
         self.previous: dict[int, object] = {}
 
@@ -90,9 +93,13 @@ class _Signals:
         # land anywhere (inside logging's fork hooks, a finally) and could skip cleanup.
         if self.phase is not None:
             return
-        self.phase = handoff.phase_reached(self.results, list(self.scenario.engines),
-                                           self.roles_started, self.at_once) \
-            if self.watch_files else ("scenario" if self.roles_started else "setup")
+        if self.reporting:
+            self.phase = "report writing"
+        elif self.watch_files:
+            self.phase = handoff.phase_reached(self.results, list(self.scenario.engines),
+                                               self.roles_started, self.at_once)
+        else:
+            self.phase = "scenario" if self.roles_started else "setup"
         raise KeyboardInterrupt
 
 
@@ -116,7 +123,9 @@ def run(scenario: Scenario, runtime: str, results: Path, state: RunState,
     """
     started = time.time()
     at_once = goes_at_once(runtime, serial)
-    signals = _Signals(scenario, results, watch_files=runtime != "compose", at_once=at_once)
+    # A sweep's phase is not read off files: its engines' folders are the trials'.
+    signals = _Signals(scenario, results, watch_files=runtime != "compose" and
+                       scenario.sweep is None, at_once=at_once)
     interrupted = False
     state.save()
     # The handlers stay until the cleanup has its own: restoring the default SIGINT
@@ -125,6 +134,8 @@ def run(scenario: Scenario, runtime: str, results: Path, state: RunState,
         try:
             if runtime == "compose":
                 _run_compose(scenario, results, state, say)
+            elif scenario.sweep is not None:
+                _run_sweep(scenario, results, state, say, signals, started)
             elif at_once:
                 _run_at_once(scenario, results, state, say, signals, started)
             else:
@@ -167,7 +178,9 @@ def _interrupted_report(scenario: Scenario, runtime: str, results: Path, started
             report = report_mod.from_dict(handoff.read_json(path))
         except (OSError, ValueError, TypeError, KeyError):
             report = None  # half a report: make it again below
-    if report is None:
+    if report is None and scenario.sweep is not None:
+        report = sweep_report(scenario, results, started, interrupted=phase)
+    elif report is None:
         report = evidence.build_report(results, scenario, list(scenario.engines), runtime,
                                        started, label=scenario.file, interrupted=phase)
     else:
@@ -225,41 +238,160 @@ def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunSt
             lab.stop()
 
 
+class _Batch:
+    """Every engine of a scenario at once, in ``folder``: per engine a pair of namespaces
+    (numbered ``numbers``, one per engine) and a trio of roles given that engine."""
+
+    def __init__(self, scenario: Scenario, folder: Path, state: RunState, numbers: list[int],
+                 extra: tuple[str, ...] = ()) -> None:
+        self.scenario, self.folder, self.state = scenario, folder, state
+        self.numbers, self.extra = numbers, extra
+        self.labs: list[NetnsLab] = []
+        self.processes: list[Process] = []
+        self.observers: dict[str, Process] = {}
+
+    def make_network(self) -> None:
+        for number in self.numbers:
+            self.labs.append(NetnsLab(self.state, number))  # listed first: stopped even half made
+            self.labs[-1].start()
+
+    def start_roles(self) -> None:
+        common = [str(Path(self.scenario.file).resolve()), "--run-dir",
+                  str(self.folder.resolve()), "--student", self.scenario.student or "",
+                  *self.extra]
+        for lab, engine in zip(self.labs, self.scenario.engines, strict=True):
+            folder = handoff.shared_engine_dir(self.folder, engine)
+            mine = [*common, "--engine", engine.name]
+            observer = lab.observer.start_role(
+                "observer", [*mine, "--interface", lab.capture_interface],
+                folder / ROLE_LOGS["observer"], PROJECT_ROOT)
+            self.observers[engine.name] = observer
+            self.processes.append(observer)
+            for node, role in ((lab.server, "server"), (lab.client, "client")):
+                self.processes.append(node.start_role(role, [*mine, "--host", lab.server_host],
+                                                      folder / ROLE_LOGS[role], PROJECT_ROOT))
+
+    def codes(self) -> list[int] | None:
+        """The observers' exit codes once every one is over; None while one runs."""
+        if any(observer.alive() for observer in self.observers.values()):
+            return None
+        return [observer.wait(0) for observer in self.observers.values()]
+
+    def stop(self) -> None:
+        """Stop the roles, remove the namespaces; what is gone leaves the run's record."""
+        stop_all(list(reversed(self.processes)))
+        for lab in self.labs:
+            lab.stop()
+        names = [ns for lab in self.labs for ns in (lab.server_ns, lab.client_ns)]
+        pids = [process.pid for process in self.processes]
+        if not still_there({"namespaces": names, "pids": [[pid, 0] for pid in pids]}):
+            self.state.release(names, pids)
+
+
 def _run_at_once(scenario: Scenario, results: Path, state: RunState,
                  say: Callable[[str], None], signals: _Signals, started: float) -> None:
     """Every engine at once, each in its own pair of namespaces with its own observer,
     server and client; the report written here once every observer is over."""
-    labs: list[NetnsLab] = []
-    processes: list[Process] = []
+    batch = _Batch(scenario, results, state, list(range(len(scenario.engines))))
     try:
-        for number in range(len(scenario.engines)):
-            labs.append(NetnsLab(state, number))  # listed first: stopped even half made
-            labs[-1].start()
-        common = [str(Path(scenario.file).resolve()), "--run-dir", str(results.resolve()),
-                  "--student", scenario.student or ""]
+        batch.make_network()
         signals.roles_started = True  # from here on the run folder tells the phase
-        observers: dict[str, Process] = {}
-        for lab, engine in zip(labs, scenario.engines, strict=True):
-            folder = handoff.shared_engine_dir(results, engine)
-            mine = [*common, "--engine", engine.name]
-            observers[engine.name] = lab.observer.start_role(
-                "observer", [*mine, "--interface", lab.capture_interface],
-                folder / ROLE_LOGS["observer"], PROJECT_ROOT)
-            processes.append(observers[engine.name])
-            for node, role in ((lab.server, "server"), (lab.client, "client")):
-                processes.append(node.start_role(role, [*mine, "--host", lab.server_host],
-                                                 folder / ROLE_LOGS[role], PROJECT_ROOT))
-        codes = _wait_for_observers(observers, scenario, results, say, at_once=True)
+        batch.start_roles()
+        codes = _wait_for_observers(batch.observers, scenario, results, say, at_once=True)
         record = evidence.build_report(results, scenario, list(scenario.engines), "netns",
                                        started, label=scenario.file)
         render.publish(record, results)
         if any(code != 0 for code in codes):
-            raise LabError(_explain_failure(scenario, results, processes))
+            raise LabError(_explain_failure(scenario, results, batch.processes))
     finally:
         with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):
-            stop_all(list(reversed(processes)))
-            for lab in labs:
-                lab.stop()
+            batch.stop()
+
+
+def _run_sweep(scenario: Scenario, results: Path, state: RunState,
+               say: Callable[[str], None], signals: _Signals, started: float) -> None:
+    """A sweep's trials (`kalab.sweep`), at most ``at_once`` at a time, each a batch of
+    every engine at once in its own folder with its own report; then the sweep's report."""
+    plan = scenario.sweep
+    assert plan is not None
+    count = len(scenario.engines)
+    waiting = deque((point, trial) for point in range(len(plan.values))
+                    for trial in range(plan.trials))
+    planned = len(waiting)
+    free = deque(range(plan.at_once))  # a slot's pairs are numbered slot * engines + n
+    running: dict[int, tuple[_Batch, float, float]] = {}  # slot: batch, start, deadline
+    finished = 0
+    try:
+        while waiting or running:
+            while waiting and free:
+                slot = free.popleft()
+                point, trial = waiting.popleft()
+                folder = sweep_mod.trial_folder(results, point, trial)
+                folder.mkdir(parents=True)
+                at_point = load(scenario.file, scenario.student, point)
+                batch = _Batch(at_point, folder, state,
+                               [slot * count + n for n in range(count)],
+                               ("--sweep-point", str(point)))
+                running[slot] = (batch, time.time(),
+                                 time.monotonic() + time_limit(at_point, at_once=True))
+                batch.make_network()
+                signals.roles_started = True
+                batch.start_roles()
+            for slot, (batch, begun, deadline) in list(running.items()):
+                codes = batch.codes()
+                if codes is None and time.monotonic() < deadline:
+                    continue
+                if codes is None:
+                    raise LabError(f"{batch.folder}: the trial took longer than "
+                                   f"{time_limit(batch.scenario, at_once=True):.0f} s")
+                with lifeline.deferred_signals() as seen:  # a trial stops whole
+                    batch.stop()
+                    del running[slot]
+                free.append(slot)
+                if seen:  # now it may unwind the sweep
+                    signal.raise_signal(seen[0])
+                record = evidence.build_report(batch.folder, batch.scenario,
+                                               list(batch.scenario.engines), "netns", begun,
+                                               label=scenario.file)
+                report_mod.write(record, batch.folder)
+                if any(code != 0 for code in codes):
+                    raise LabError(_explain_failure(batch.scenario, batch.folder,
+                                                    batch.processes))
+                finished += 1
+                if finished % max(1, planned // 10) == 0 or finished == planned:
+                    say(f"{finished} of {planned} trials done")
+            time.sleep(0.05)
+        signals.reporting = True
+        render.publish(sweep_report(scenario, results, started), results)
+    finally:
+        with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):
+            for batch, _, _ in running.values():
+                batch.stop()
+
+
+def sweep_report(scenario: Scenario, results: Path, started: float,
+                 interrupted: str | None = None) -> Report:
+    """A sweep's report from the trials' reports in ``results`` (those that finished)."""
+    plan = scenario.sweep
+    assert plan is not None
+    trials = []
+    for path in sorted((results / "trials").glob("*/report.json")):
+        try:
+            point = int(path.parent.name.split("-", 1)[0]) - 1
+            trials.append((point, f"trials/{path.parent.name}",
+                           report_mod.from_dict(handoff.read_json(path))))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # half written when a signal came: not counted
+    clients = {r.ref: s.client for s in scenario.sessions for r in s.requests}
+    sweep, verdict = sweep_mod.result(plan, clients, tuple(e.name for e in scenario.engines),
+                                      trials, len(plan.values) * plan.trials)
+    record = Report(schema=report_mod.SCHEMA, scenario=scenario.file, name=scenario.name,
+                    runtime="netns", started_at=started, finished_at=time.time(), runs=[],
+                    verdict=verdict, exit_code=report_mod.EXIT_CODES[verdict],
+                    student=scenario.student, sweep=sweep)
+    if interrupted is not None:
+        evidence.mark_interrupted(record, interrupted)
+    return record
 
 
 def _wait_for_observers(observers: dict[str, Process], scenario: Scenario, results: Path,

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from kalab import evidence, handoff, impairment, render
+from kalab import handoff, impairment
 from kalab.scenario import Engine, Scenario, upstream_port
 from observer.capture import Capture
 
@@ -162,6 +162,10 @@ def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSign
                                 ignore=shutil.ignore_patterns(".scratch-*"))
             except shutil.Error as exc:  # an unreadable file must not cost the report
                 print(f"kalab observer: not copied: {exc}", file=sys.stderr)
+    # Imported only here: an observer of one engine among many (`kalab run` on netns)
+    # writes no report, and starts sooner without the analysis' modules.
+    from kalab import evidence, render
+
     record = evidence.build_report(results, scenario, engines, args.runtime, started,
                                    label=args.scenario_label, interrupted=interrupted)
     render.publish(record, results)
