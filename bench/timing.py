@@ -6,10 +6,10 @@ first byte minus the time the scenario planned) from kalab's report, beside
 the same lag computed from tshark's frame.time_epoch on the same pcap.
 Goal (issue 6): median <= 1 ms, p99 <= 5 ms on an unloaded link. With
 --engines N the scenario has N such engines, run at once as netns runs
-them (issue 16: the goal must hold under concurrency); the lags of every
-engine are pooled.
+them (issue 16: the goal must hold under concurrency), or in turn with
+--serial; the lags of every engine are pooled.
 
-    sudo .venv/bin/python bench/timing.py [--requests 200] [--gap 0.01] [--engines 1]
+    sudo .venv/bin/python bench/timing.py [--requests 200] [--gap 0.01] [--engines 1] [--serial]
 """
 
 from __future__ import annotations
@@ -55,14 +55,16 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--gap", type=float, default=0.01, help="seconds between requests")
     parser.add_argument("--engines", type=int, default=1, help="engines, run at once")
+    parser.add_argument("--serial", action="store_true", help="the engines in turn")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         scenario = Path(tmp) / "timing.yaml"
         scenario.write_text(scenario_text(args.requests, args.gap, args.engines))
         results = Path(tmp) / "results"
         done = subprocess.run([sys.executable, "-m", "kalab.cli", "run", str(scenario),
-                               "--results", str(results)], cwd=ROOT, capture_output=True,
-                              text=True)
+                               "--results", str(results), *(["--serial"] if args.serial
+                                                             else [])],
+                              cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stdout[-3000:], done.stderr, file=sys.stderr)
             return 1
@@ -79,7 +81,8 @@ def main() -> int:
           f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
           f"kernel {platform.release()}, Python {platform.python_version()}")
     print(f"{args.requests} requests, {args.gap * 1000:g} ms apart, gunicorn gthread, "
-          f"netns runtime, {args.engines} engine(s) at once, load average "
+          f"netns runtime, {args.engines} engine(s) {'in turn' if args.serial else 'at once'}, "
+          "load average "
           f"{os.getloadavg()[0]:.2f} at the end")
     print("| source | median lag (ms) | p99 lag (ms) | max (ms) |")
     print("| --- | ---: | ---: | ---: |")
