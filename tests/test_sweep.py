@@ -22,6 +22,7 @@ import pytest
 import tshark_referee
 from browser import dump_dom, png_pixels, require_chromium
 from conftest import KALAB, ROOT, lab_namespaces, requires_lab, role_processes, run_kalab
+from reliability import tally
 
 from kalab import report as report_mod
 from kalab import sweep as sweep_mod
@@ -350,6 +351,7 @@ def test_a_real_sweep_counts_what_the_wire_showed(tmp_path):
 
 @requires_lab
 @pytest.mark.slow
+@pytest.mark.reliability
 def test_a_sweep_cut_short_leaves_nothing_and_reports_the_trials_it_ran(tmp_path):
     (tmp_path / "s.yaml").write_text(SWEEP.replace("trials: 2", "trials: 4"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -366,11 +368,15 @@ def test_a_sweep_cut_short_leaves_nothing_and_reports_the_trials_it_ran(tmp_path
         if run.poll() is None:
             run.kill()
             run.wait()
+    (folder,) = (tmp_path / "results").glob("small-sweep-*")
+    report = json.loads((folder / "report.json").read_text())
+    held = run.returncode == 5 and "Traceback" not in stderr and not leftovers(folder) and \
+        report["phase"] == "scenario"
+    tally("Signals during `kalab run`", "SIGINT during a sweep, after its first trial", 1,
+          int(held))
     assert run.returncode == 5, stderr
     assert "Traceback" not in stderr
-    (folder,) = (tmp_path / "results").glob("small-sweep-*")
     assert not leftovers(folder)
-    report = json.loads((folder / "report.json").read_text())
     assert (report["complete"], report["phase"], report["verdict"]) == \
         (False, "scenario", "interrupted")
     assert 1 <= len(report["sweep"]["trial_reports"]) < report["sweep"]["planned_trials"] == 8
