@@ -1,8 +1,12 @@
 """The client role: ``python -m client SCENARIO --host ADDR --run-dir DIR``.
 
 For each engine of the scenario in turn: wait until the server is ready,
-run the scenario's sessions against it, and write ``client.json`` (what the
-client believed) and then ``client.done``. SIGTERM or SIGINT ends it at
+run the scenario's sessions against it (with ``tls``: over HTTPS, trusting
+the CA the server left in the engine's folder, writing the key log there),
+and write ``client.json`` (what the client believed) and then
+``client.done``. Against a server the lab did not start (``--target``) the
+sessions go to its URL, their requests paced to the target's rate
+(`kalab.target.Pace`). SIGTERM or SIGINT ends it at
 once, after its link impairments (the delay line's rules) are removed.
 """
 
@@ -13,7 +17,9 @@ import sys
 
 from client.sessions import run_sessions
 from kalab import handoff, impairment, lifeline
+from kalab.certs import client_tls
 from kalab.scenario import Scenario
+from kalab.target import Pace, TargetEngine, parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +58,17 @@ def run_engines(scenario: Scenario, args: argparse.Namespace, host: str,
             handoff.fail(folder, "client", str(exc))
             print(f"kalab client: {engine.name}: {exc}", file=sys.stderr)
             return 1
-        records = run_sessions(scenario, f"http://{host}:{scenario.port}",
-                               folder / handoff.CLIENT_PROGRESS)
+        if isinstance(engine, TargetEngine):  # a server the lab did not start: paced
+            target = engine.server
+            records = run_sessions(scenario, parse(target.url).origin,
+                                   folder / handoff.CLIENT_PROGRESS,
+                                   pace=Pace(target.rate, target.burst))
+        else:
+            tls = client_tls(folder, scenario.tls.version) if scenario.tls is not None \
+                else None
+            scheme = "https" if tls is not None else "http"
+            records = run_sessions(scenario, f"{scheme}://{host}:{scenario.port}",
+                                   folder / handoff.CLIENT_PROGRESS, tls=tls)
         records["impairments"] = [a.describe() for a in applied]
         handoff.write_json(folder / handoff.CLIENT_RECORDS, records)
         if records["interrupted"]:  # the records so far are kept; the run is over

@@ -25,18 +25,22 @@ from typing import Any
 
 from client.kinds._shared import sleep_until
 from client.progress import ProgressFile, describe
+from kalab.certs import ClientTls
 from kalab.kinds import CloseRecord, RequestRecord, client_kinds
 from kalab.scenario import Request, Scenario, Session, Step
+from kalab.target import Pace
 
 __all__ = ["CloseRecord", "RequestRecord", "SessionRunner", "run_sessions"]
 
 
 class SessionRunner:
     progress = ProgressFile(None)  # run_sessions sets the run's file
+    pace: Pace | None = None  # run_sessions sets the run's, if its requests are paced
 
     def __init__(self, scenario: Scenario, session: Session, base_url: str, t0: float,
-                 epoch0: float) -> None:
+                 epoch0: float, tls: ClientTls | None = None) -> None:
         self.scenario, self.session, self.base_url = scenario, session, base_url
+        self.tls = tls
         self.t0, self.epoch0 = t0, epoch0
         self.records: list[RequestRecord] = []
         self.closes: list[CloseRecord] = []
@@ -45,7 +49,8 @@ class SessionRunner:
         return self.epoch0 + (mono - self.t0)
 
     def run(self) -> None:
-        driver = self.session.kind_class.driver(self.session, self.base_url, self.epoch)
+        driver = self.session.kind_class.driver(self.session, self.base_url, self.epoch,
+                                                self.tls)
         self.closes = driver.closes  # kept as the driver adds to it
         steps = self.session.steps
         last_done = self.t0
@@ -72,6 +77,8 @@ class SessionRunner:
                     while number < len(steps) and steps[number].kind == "request":
                         batch.append(steps[number].request)
                         number += 1
+                    if self.pace is not None:  # planned_at stays the plan: send_lag shows it
+                        self.pace.take(len(batch))
                     self.records.extend(driver.send_many(batch, self.epoch(last_done)))
                     last_done = time.monotonic()
         finally:
@@ -87,21 +94,25 @@ class SessionRunner:
                            until)
 
 
-def run_sessions(scenario: Scenario, base_url: str,
-                 progress: Path | None = None) -> dict[str, Any]:
+def run_sessions(scenario: Scenario, base_url: str, progress: Path | None = None,
+                 tls: ClientTls | None = None, pace: Pace | None = None) -> dict[str, Any]:
     """Run every session at once from one start; the records, as JSON-ready data.
+    With ``tls``, over HTTPS (``base_url`` is https://), trusting its CA alone and
+    writing the TLS secrets to its key log.
 
     Interrupted (SIGTERM or Ctrl-C, raised here as `KeyboardInterrupt`), it returns
     the records made so far with ``interrupted`` true; the request in flight has none.
 
     With ``progress``, each session's current step is kept in that file
-    (`client.progress.ProgressFile`) for the live display of `kalab run`.
+    (`client.progress.ProgressFile`) for the live display of `kalab run`. With
+    ``pace``, every session's requests wait for it (a server the lab did not start).
     """
     t0, epoch0 = time.monotonic(), time.time()
-    runners = [SessionRunner(scenario, s, base_url, t0, epoch0) for s in scenario.sessions]
+    runners = [SessionRunner(scenario, s, base_url, t0, epoch0, tls)
+               for s in scenario.sessions]
     shown = ProgressFile(progress)
     for runner in runners:
-        runner.progress = shown
+        runner.progress, runner.pace = shown, pace
     # Daemons: a client stopped mid-sleep (SIGTERM, Ctrl-C) exits once its main thread
     # has cleaned up, instead of waiting out the sessions' sleeps.
     threads = [threading.Thread(target=r.run, name=f"session-{r.session.name}", daemon=True)

@@ -23,6 +23,18 @@ from pathlib import Path
 from kalab import report as report_mod
 
 EXIT_BAD_INPUT, EXIT_LAB_ERROR = 2, 4
+# `kalab run --target`'s bounds: (option, type, default, what it bounds), and the range
+# each may be set in (`kalab.target.out_of_bounds`).
+TARGET_BOUNDS = (
+    ("--max-requests", int, 200, "requests the scenario may send at most, every session "
+     "and retry counted"),
+    ("--max-seconds", float, 600.0, "seconds the run may take at most: the sessions' "
+     "planned time must fit"),
+    ("--rate", float, 10.0, "requests a second at most, all sessions together"),
+    ("--burst", int, 10, "requests that may leave at once before --rate holds them back"),
+)
+TARGET_RANGES = {"--max-requests": (1, 1000), "--max-seconds": (1, 3600),
+                 "--rate": (0.1, 50), "--burst": (1, 100)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,16 +43,19 @@ def _parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a scenario: server, client and observer",
+    run = sub.add_parser("run", help="run a scenario: server, client and observer (or "
+                         "its sessions against --target URL)",
                          description="Run every engine of a scenario, capture the wire, "
-                         "and check the scenario's expectations against it. On the netns "
-                         "runtime the engines go at once, each in its own pair of namespaces "
-                         "with its own addresses and its own capture; on local and compose "
-                         "(one loopback, one compose project) they go in turn. A scenario with "
-                         "a sweep: (netns only) runs its trials, a few at once, and reports "
-                         "the share of each outcome per point, with charts.")
+                         "and check the scenario's expectations against it; with --target "
+                         "URL, run its sessions against a server the lab did not start "
+                         "instead. On the netns runtime the engines go at once, each in its "
+                         "own pair of namespaces with its own addresses and its own capture; "
+                         "on local and compose (one loopback, one compose project) they go in "
+                         "turn. A scenario with a sweep: (netns only) runs its trials, a few "
+                         "at once, and reports the share of each outcome per point, with "
+                         "charts.")
     run.add_argument("scenario", type=Path, help="scenario file, e.g. lab.yaml")
-    run.add_argument("--runtime", choices=("netns", "local", "compose"), default="netns",
+    run.add_argument("--runtime", choices=("netns", "local", "compose"), default=None,
                      help="netns: server and client in network namespaces joined by a veth "
                      "(default); local: everything on this host's loopback; compose: one "
                      "container per role with docker compose (KALAB_BASE_IMAGE picks the "
@@ -57,6 +72,26 @@ def _parser() -> argparse.ArgumentParser:
                      help="run a lab for this student ID: its params are drawn from the ID "
                      "and the lab, the same ID always getting the same lab; the report "
                      "records both")
+    target = run.add_argument_group(
+        "against a server the lab did not start",
+        "--target URL runs the scenario's sessions once against that server instead of "
+        "the scenario's engines, which are not started (the report says so, in its "
+        "`target` field): the roles run on this host, nothing listens, and the observer "
+        "captures the client's side of the wire on the interface that leads to the "
+        "server. Only an explicit http://HOST[:PORT]/ URL (the scenario's paths are sent "
+        "as they are); a scenario with a link: is refused, and so is one that could send "
+        "more requests, or plan more time, than the bounds below allow. The engine whose "
+        "expectations are checked is the scenario's only one with any, or the one "
+        "--expectations-of names.")
+    target.add_argument("--target", metavar="URL", default=None,
+                        help="the server's root, e.g. http://10.0.0.5:8000/")
+    target.add_argument("--expectations-of", metavar="ENGINE", default=None,
+                        help="check this engine's expectations against the target")
+    for option, kind, default, words in TARGET_BOUNDS:
+        low, high = TARGET_RANGES[option]
+        target.add_argument(option, type=kind, default=None,
+                            metavar="N" if kind is int else "X",
+                            help=f"{words} (default {default:g}; {low:g} to {high:g})")
 
     analyze = sub.add_parser("analyze", help="report on any pcap: connections, requests, closes",
                              description="Analyse a capture file as the lab does its own: "
@@ -254,16 +289,64 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _missing_tools(runtime: str) -> list[str]:
-    needed = ["ip"] if runtime == "netns" else []
+    needed = ["ip"] if runtime in ("netns", "target") else []
     return [tool for tool in needed if shutil.which(tool) is None]
+
+
+def _dest(option: str) -> str:
+    """The attribute argparse keeps an option's value in: ``--max-requests``,
+    ``max_requests``."""
+    return option[2:].replace("-", "_")
+
+
+def _targeted(args: argparse.Namespace):  # noqa: ANN202 - a Scenario
+    """The scenario of a `kalab run --target`, its engines replaced by the target
+    (`kalab.target.targeted`); ValueError or ScenarioError before anything starts."""
+    from kalab import target
+    from kalab.report import TargetServer
+    from kalab.scenario import load
+
+    if args.runtime is not None:
+        raise ValueError("--runtime: a run against --target has its own: the roles on this "
+                         "host, the capture on the way to the target")
+    where = target.for_run(args.target)
+    bounds = {}
+    for option, _, default, _ in TARGET_BOUNDS:
+        value = getattr(args, _dest(option))
+        bounds[option] = default if value is None else value
+    wrong = target.out_of_bounds({option: (value, *TARGET_RANGES[option])
+                                  for option, value in bounds.items()})
+    if wrong:
+        raise ValueError(wrong)
+    scenario = load(args.scenario, args.student)
+    if scenario.link:
+        raise ValueError(f"{args.scenario}: link: impairments need the lab's own network, "
+                         "not a server it did not start")
+    expectations_of = target.whose_expectations(scenario, args.expectations_of)
+    target.check_bounded(scenario, int(bounds["--max-requests"]), bounds["--max-seconds"])
+    address, interface = target.locate(where)
+    return target.targeted(scenario, TargetServer(
+        url=where.url, address=address, port=where.port, interface=interface,
+        engines_ignored=[e.name for e in scenario.engines], expectations_of=expectations_of,
+        max_requests=int(bounds["--max-requests"]), max_seconds=bounds["--max-seconds"],
+        rate=bounds["--rate"], burst=int(bounds["--burst"])))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kalab.scenario import ScenarioError
 
+    given = [option for option, *_ in TARGET_BOUNDS if getattr(args, _dest(option)) is not None]
+    if args.target is None and (given or args.expectations_of is not None):
+        return _error(f"{(given or ['--expectations-of'])[0]}: only with --target",
+                      EXIT_BAD_INPUT)
     try:
-        scenario = _load(args.scenario, args.student)
-    except ScenarioError as exc:
+        if args.target is not None:
+            scenario = _targeted(args)
+            args.runtime = "target"
+        else:
+            scenario = _load(args.scenario, args.student)
+            args.runtime = args.runtime or "netns"
+    except (ScenarioError, ValueError) as exc:
         return _error(str(exc), EXIT_BAD_INPUT)
     if args.runtime == "compose" and any(not isinstance(engine.app or scenario.app, str)
                                          for engine in scenario.engines):
@@ -272,7 +355,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       "local (the containers have only the project's apps)", EXIT_BAD_INPUT)
     if scenario.sweep is not None and (args.runtime != "netns" or args.serial):
         return _error(f"{args.scenario}: sweep: a sweep runs on --runtime netns, its engines "
-                      "at once (not --serial)", EXIT_BAD_INPUT)
+                      "at once (not --serial, not --target)", EXIT_BAD_INPUT)
     if scenario.link and args.runtime == "local":
         return _error(f"{args.scenario}: link: impairments need --runtime netns or compose "
                       "(impairing the host's loopback would slow everything on it)",
@@ -582,19 +665,19 @@ def cmd_autograder(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from kalab import handoff, probe, summary
+    from kalab import handoff, probe, summary, target
     from kalab.scenario import slug
 
     try:
-        where = probe.target(args.url)
+        where = target.parse(args.url)
     except ValueError as exc:
         return _error(str(exc), EXIT_BAD_INPUT)
-    bounds = {"--max-requests": (args.max_requests, 1, 1000),
-              "--max-seconds": (args.max_seconds, 1, 3600),
-              "--max-idle": (args.max_idle, 0.1, 900), "--rate": (args.rate, 0.1, 50)}
-    for option, (value, low, high) in bounds.items():
-        if not (low <= value <= high):  # NaN fails this too
-            return _error(f"{option}: from {low:g} to {high:g}, got {value}", EXIT_BAD_INPUT)
+    wrong = target.out_of_bounds({
+        "--max-requests": (args.max_requests, 1, 1000),
+        "--max-seconds": (args.max_seconds, 1, 3600), "--max-idle": (args.max_idle, 0.1, 900),
+        "--rate": (args.rate, 0.1, 50)})
+    if wrong:
+        return _error(wrong, EXIT_BAD_INPUT)
     if not args.no_capture and os.geteuid() != 0:
         return _error("capturing the probe's packets needs root (or --no-capture)",
                       EXIT_LAB_ERROR)

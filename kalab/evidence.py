@@ -9,9 +9,11 @@ same report.
 from __future__ import annotations
 
 import gc
+import os
 import re
+import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,7 @@ from kalab.report import (
     Report,
     overall_verdict,
 )
+from kalab.tls import KeyLog
 
 if TYPE_CHECKING:  # `kalab analyze` needs no scenario: it loads without yaml and the lab
     from kalab.scenario import Engine, Expectation, Scenario
@@ -48,6 +51,10 @@ class WireAnalysis:
     error: PcapError | None = None  # why the file ends early; what came before is above
     records: int = 0  # records read
     skipped: int = 0  # pure ACKs left out: they change no record
+    problems: list[str] = field(default_factory=list)  # what kept it from reading all
+    # False: the requests are where this analysis cannot read them (HTTPS, for now), so
+    # no expectation about them can be judged, for or against
+    readable: bool = True
 
     def cut_short(self) -> str | None:
         """The capture problem a file that could not be read to its end makes, if any."""
@@ -93,6 +100,77 @@ def analyze_pcap(path: Path, ports: set[int] | None = None
     if analysis.error is not None:
         raise analysis.error
     return analysis.connections, analysis.requests, analysis.ports
+
+
+# The key log a client writes in one engine's turn: 5 lines of under 250 bytes a TLS 1.3
+# connection, 1 a TLS 1.2 one. Past this, the rest of the file is not read (and said so).
+MAX_KEYLOG_BYTES = 32 << 20
+
+
+@dataclass
+class RunKeys:
+    """The TLS secrets a client wrote in an engine's turn (``handoff.TLS_KEYLOG``): the
+    file's name, its `KeyLog` (empty if the file was missing or unreadable) and what
+    kept it from being read whole (``problem``), if anything."""
+
+    name: str
+    keylog: KeyLog
+    problem: str | None = None
+
+
+def run_keys(run_dir: Path) -> RunKeys:
+    """Read the key log in an engine's folder as hostile input: a regular file only (no
+    link followed, no FIFO waited on), at most MAX_KEYLOG_BYTES, its lines judged one by
+    one (`kalab.tls.KeyLog`: a bad line costs only itself)."""
+    from kalab import handoff
+
+    name = handoff.TLS_KEYLOG
+    keylog = KeyLog()
+    try:
+        fd = os.open(run_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        return RunKeys(name, keylog, f"the client's key log {name} cannot be read "
+                       f"({exc.strerror or exc}): its HTTPS connections cannot be decrypted")
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return RunKeys(name, keylog, f"the client's key log {name} is not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as file:
+            data = file.read(MAX_KEYLOG_BYTES + 1)
+    except OSError as exc:
+        return RunKeys(name, keylog, f"the client's key log {name} cannot be read "
+                       f"({exc.strerror or exc})")
+    finally:
+        os.close(fd)
+    problem = None
+    if len(data) > MAX_KEYLOG_BYTES:
+        data = data[:data.rfind(b"\n", 0, MAX_KEYLOG_BYTES) + 1]
+        problem = (f"the client's key log {name} is longer than {MAX_KEYLOG_BYTES >> 20} MiB: "
+                   "only its start is read")
+    keylog.add(data)
+    if not len(keylog) and problem is None:
+        problem = f"the client's key log {name} holds no TLS secrets"
+    return RunKeys(name, keylog, problem)
+
+
+def analyze_run_capture(path: Path, ports: set[int], keys: RunKeys | None) -> WireAnalysis:
+    """An engine's capture, with the TLS secrets its client wrote (None: plain HTTP).
+
+    The one place where a run's key log meets the analysis. The Analyzer does not
+    read TLS yet (issue 14: `kalab.tls` is to be wired into it, with this key log); until
+    then the requests of an HTTPS run are inside records it does not read, and the
+    analysis says so among its problems and is not ``readable``: no expectation is
+    judged and the verdict is inconclusive, never a verdict about requests it did not
+    see. What the key log lacked is said too."""
+    analysis = analyze_capture(path, ports)
+    if keys is not None:
+        analysis.readable = False
+        if keys.problem is not None:
+            analysis.problems.append(keys.problem)
+        analysis.problems.append(
+            f"HTTPS: this analysis does not read TLS yet, so the requests inside the "
+            f"connections are not in this report (the client's key log, {keys.name}, holds "
+            f"the secrets of {len(keys.keylog)} TLS session(s))")
+    return analysis
 
 
 def wire_problems(connections: list[Connection]) -> list[str]:
@@ -314,9 +392,11 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
         if (run_dir / handoff.SERVER_READY).exists() else {}
     client = handoff.read_json(run_dir / handoff.CLIENT_RECORDS) \
         if (run_dir / handoff.CLIENT_RECORDS).exists() else {"requests": []}
-    analysis = analyze_capture(run_dir / handoff.CAPTURE_PCAP, {scenario.port})
+    keys = run_keys(run_dir) if scenario.tls is not None else None
+    analysis = analyze_run_capture(run_dir / handoff.CAPTURE_PCAP, {scenario.port}, keys)
     connections, requests = analysis.connections, analysis.requests
-    problems = list(stats.get("problems", [])) + wire_problems(connections)
+    problems = list(stats.get("problems", [])) + wire_problems(connections) \
+        + analysis.problems
     if analysis.cut_short():
         problems.append(analysis.cut_short())
     if not client.get("requests") and scenario.requests and stats.get("complete", True):
@@ -337,7 +417,7 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
         problems.append("the capture started after the first request was sent")
     # A capture cut short cannot refute anything: what it lacks may be what was claimed.
     results = [check(e, requests, connections) for e in engine.expect] \
-        if capture.complete else []
+        if capture.complete and analysis.readable else []
     verdict = verdict_of(results, problems) if capture.complete else "interrupted"
     return EngineRun(
         engine=engine.name, kind=engine.kind, description=engine.describe(),
@@ -387,6 +467,7 @@ def build_report(results: Path, scenario: Scenario, engines: list[Engine], runti
     capture is listed among those that did not run, never left out in silence.
     """
     from kalab import handoff
+    from kalab.target import server_of
 
     runs = []
     for engine in engines:
@@ -405,7 +486,8 @@ def build_report(results: Path, scenario: Scenario, engines: list[Engine], runti
                     runtime=runtime, started_at=started_at, finished_at=time.time(), runs=runs,
                     verdict=verdict, exit_code=EXIT_CODES[verdict],
                     engines_not_run=[e.name for e in engines if e.name not in ran],
-                    student=scenario.student, params=dict(scenario.params))
+                    student=scenario.student, params=dict(scenario.params),
+                    target=server_of(scenario))
     if interrupted is not None:
         mark_interrupted(report, interrupted)
     return report
@@ -424,6 +506,8 @@ def _options(engine: Engine) -> dict[str, Any]:
     """The engine's settings that apply to its kind, as the scenario (or its default) set them."""
     from kalab.scenario import ENGINE_OPTIONS
 
+    if engine.kind not in ENGINE_OPTIONS:  # a target's stand-in: its options are the target
+        return dict(engine.options)
     options = {key: getattr(engine, key) for key in sorted(ENGINE_OPTIONS[engine.kind])}
     if engine.app:
         options["app"] = engine.app

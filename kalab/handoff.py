@@ -7,8 +7,10 @@ for the file that says its turn has come:
 
     observer  listening               -> ENGINE/observer.ready
     server    engine accepting        -> ENGINE/server.json     (waited on observer.ready)
+              with `tls: true`, first  -> ENGINE/tls-ca.pem, tls-cert.pem (the run's own CA)
     client    each step it starts     -> ENGINE/client.progress (for the live display)
     client    sessions done           -> ENGINE/client.json, client.done  (on server.json)
+              with `tls: true`, as it goes -> ENGINE/tls-keys.log (its TLS secrets)
     observer  capture closed          -> ENGINE/capture.json, capture.pcap (on client.done)
     server    engine stopped          -> ENGINE/server.stopped  (on capture.json)
     observer  next engine's capture starts once the previous server.stopped
@@ -23,6 +25,13 @@ the server and the client, and stops before the server does (an engine's
 shutdown is never taken for a keep-alive close). A role that cannot go on
 writes ENGINE/ROLE.failed with the reason; every wait sees it and gives up
 at once. Every record is written atomically: a reader never sees half a file.
+
+A run against a server the lab did not start (`kalab run --target`) has one
+more file, ``target.json`` in the run folder, written before any role
+starts (`kalab.report.TargetServer`); every role, given ``--target``, reads
+it and takes the scenario's engines for one pseudo-engine, ``target``
+(`kalab.target.targeted`), whose server role only stands in: it writes
+``server.json`` for the target and starts nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +58,14 @@ CLIENT_RECORDS = "client.json"
 CLIENT_DONE = "client.done"
 CLIENT_PROGRESS = "client.progress"  # the step each session is on (a display aid)
 REPORT = "report.json"
+# A `tls: true` run (`kalab.certs`): the CA the client trusts and the engine's certificate
+# (its private key stays in the server's private scratch folder, never in the results),
+# and the key log the client writes, NSS format (SSLKEYLOGFILE), for the observer's analysis.
+TLS_CA = "tls-ca.pem"
+TLS_CERT = "tls-cert.pem"
+TLS_KEYLOG = "tls-keys.log"
 OBSERVER_DONE = "observer.done"  # in the run folder itself: the run is over
+TARGET = "target.json"  # in the run folder itself: the server of a `kalab run --target`
 
 # Where a run can be cut short, in the order a run passes them (an engine at a
 # time from "capture start" to "between engines"); `phase_reached` reads them off
@@ -270,6 +286,11 @@ def parse_role(parser: argparse.ArgumentParser, argv: list[str] | None,
         raise SystemExit(2) from None
     if args.shared_volume:
         args.run_dir = volume_run_dir(args.run_dir, role)
+    if args.target:
+        from kalab.report import TargetServer
+        from kalab.target import targeted
+
+        scenario = targeted(scenario, TargetServer(**read_json(args.run_dir / TARGET)))
     return args, scenario
 
 
@@ -289,6 +310,10 @@ def role_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--stay", action="store_true",
                         help="after the run, wait until stopped (SIGTERM) instead of "
                         "ending: a Kubernetes Deployment's pod must not end")
+    parser.add_argument("--target", action="store_true",
+                        help="run against a server the lab did not start, the one "
+                        f"RUN_DIR/{TARGET} names (written by `kalab run --target`): the "
+                        "scenario's engines are not started")
     parser.add_argument("--shared-volume", action="store_true",
                         help="--run-dir is a volume every run of a compose project shares: "
                         "the observer makes this run's folder in it, the server takes the "

@@ -14,9 +14,13 @@ or `ClientKind` and names it ``KIND``; the class holds, in one place:
 - ``check``: the rules between its settings that one spec cannot say;
 - for an engine: ``describe`` (its settings in words), ``plan`` (the
   processes that serve the app, each a `Launch`), ``version``, ``ready``
-  (its readiness check) and ``logs`` (where it writes its trouble);
+  (its readiness check) and ``logs`` (where it writes its trouble), and
+  ``serves_tls``: whether ``plan`` can serve HTTPS with the certificate it is
+  given (`kalab.certs.ServerTls`; a scenario with ``tls`` refuses a kind that
+  cannot);
 - for a client: ``driver`` (what sends a session's requests and records
-  what the client believed) and ``versions``.
+  what the client believed, over HTTPS with `kalab.certs.ClientTls`: the
+  run's CA, the key log to write) and ``versions``.
 
 Nothing else in the lab names a kind: the registry finds the modules
 (`engine_kinds`, `client_kinds`) by listing the two packages, and adding a
@@ -32,6 +36,7 @@ import functools
 import importlib
 import pkgutil
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +48,7 @@ if TYPE_CHECKING:
     import subprocess
     from pathlib import Path
 
+    from kalab.certs import ClientTls, ServerTls
     from kalab.scenario import Engine, Request, Session
 
 MAX_SECONDS = 3600  # a sleep, an `at`, a session's planned time, an engine's timeout
@@ -87,32 +93,54 @@ class Launch:
     host: str
     port: int
     env: dict[str, str] = field(default_factory=dict)  # beside the role's own environment
+    # It serves HTTPS with a certificate of this CA: ready once a TLS handshake verifies.
+    tls_ca: Path | None = None
 
 
 class AbortStart(Exception):
     """The engine did not come up (it exited, or nothing accepted in time)."""
 
 
-def wait_until_accepting(host: str, port: int, child: subprocess.Popen, timeout: float) -> None:
+def wait_until_accepting(host: str, port: int, child: subprocess.Popen, timeout: float,
+                         tls_ca: Path | None = None) -> None:
     """Connect until ``host:port`` accepts; `AbortStart` if ``child`` exits first or the
-    time runs out. From inside the server's network namespace the probe goes over
+    time runs out. With ``tls_ca``, accepting means a TLS handshake that verifies
+    against that CA (then a close_notify): a port that accepts and cannot serve TLS is
+    not ready. From inside the server's network namespace the probe goes over
     loopback (or the server's own address) and stays off the capture in the netns and
     compose runtimes."""
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    context = None
+    if tls_ca is not None:
+        context = ssl.create_default_context(cafile=str(tls_ca))  # the chain and the name
     deadline = time.monotonic() + timeout
+    last = ""
     while True:
         if child.poll() is not None:
             raise AbortStart(f"the engine exited with code {child.returncode} "
                              "before listening")
         try:
             # generous: an impaired link (a proxy's delayed upstream) answers late
-            with socket.create_connection((probe_host, port), timeout=5):
+            with socket.create_connection((probe_host, port), timeout=5) as sock:
+                if context is not None:
+                    with context.wrap_socket(sock, server_hostname=probe_host) as tls:
+                        _say_goodbye(tls)
                 return
-        except OSError:
+        except OSError as exc:  # ssl.SSLError is one
+            last = f" ({exc})" if isinstance(exc, ssl.SSLError) else ""
             if time.monotonic() > deadline:
-                raise AbortStart(f"nothing accepts on {host}:{port} after {timeout:g} s") \
-                    from None
+                raise AbortStart(f"nothing accepts on {host}:{port} after {timeout:g} s"
+                                 f"{last}") from None
             time.sleep(0.05)
+
+
+def _say_goodbye(tls: ssl.SSLSocket) -> None:
+    """Send close_notify; the engine's own may not come (it is not waited for long)."""
+    tls.settimeout(1)
+    try:
+        tls.unwrap()
+    except OSError:
+        pass
 
 
 class EngineKind:
@@ -126,6 +154,8 @@ class EngineKind:
     # A proxy runs the engine its `behind` option names on the server's loopback, at
     # upstream_port(port), and listens itself on the scenario's port.
     proxy: ClassVar[bool] = False
+    # Whether `plan` serves HTTPS when given a certificate (a proxy: on its own front).
+    serves_tls: ClassVar[bool] = True
     # Files in the engine's folder where it writes errors and warnings (server.log, the
     # engine's standard output and error, is always read).
     logs: ClassVar[tuple[str, ...]] = ()
@@ -155,10 +185,12 @@ class EngineKind:
 
     @classmethod
     def plan(cls, engine: Engine, app: str, host: str, port: int, folder: Path,
-             scratch: Path) -> list[Launch]:
+             scratch: Path, tls: ServerTls | None = None) -> list[Launch]:
         """The processes that serve ``app`` (``module:attribute``, or the file's path for
         a kind that `loads_app_files`) on host:port, in start order. ``folder`` is the
-        engine's shared folder (configuration, logs), ``scratch`` a private one."""
+        engine's shared folder (configuration, logs), ``scratch`` a private one; with
+        ``tls`` (only a kind that `serves_tls` is given one) it serves HTTPS with that
+        certificate, and its `Launch` names the CA (``tls_ca``) for the readiness check."""
         raise NotImplementedError
 
     @classmethod
@@ -169,8 +201,8 @@ class EngineKind:
     @classmethod
     def ready(cls, launch: Launch, child: subprocess.Popen, timeout: float) -> None:
         """Return once ``launch`` serves; `AbortStart` if it cannot. By default: its port
-        accepts a connection."""
-        wait_until_accepting(launch.host, launch.port, child, timeout)
+        accepts a connection (over HTTPS: a verified TLS handshake)."""
+        wait_until_accepting(launch.host, launch.port, child, timeout, launch.tls_ca)
 
 
 # ------------------------------------------------------------------- clients
@@ -254,9 +286,12 @@ class ClientKind:
         """Refuse settings (or steps, in ``fields["steps"]``) that make no sense together."""
 
     @classmethod
-    def driver(cls, session: Session, base_url: str, epoch: Callable[[float], float]) -> Driver:
+    def driver(cls, session: Session, base_url: str, epoch: Callable[[float], float],
+               tls: ClientTls | None = None) -> Driver:
         """What sends ``session``'s requests to ``base_url``; ``epoch`` turns the
-        session's monotonic times into epoch seconds."""
+        session's monotonic times into epoch seconds. With ``tls`` (an ``https://`` URL)
+        it trusts ``tls.ca`` alone, offers ``tls.version`` if one is set, and writes
+        its TLS secrets to ``tls.keylog``."""
         raise NotImplementedError
 
     @classmethod

@@ -4,7 +4,9 @@ The roles pace themselves through their shared run folder (see
 `kalab.handoff`), in namespaces, on loopback or in containers alike, so
 this module only provides the network (or hands over to docker compose),
 starts the same three entry points and waits for the observer, which
-writes the report and exits with the verdict.
+writes the report and exits with the verdict. A scenario `targeted` at a
+server the lab did not start (`kalab.target`) runs its roles on this host
+(`kalab.runtime.target`), bounded by the target's ``max_seconds``.
 
 On the netns runtime the engines go at once: each engine gets its own pair
 of namespaces with its own addresses (`kalab.runtime.netns`) and its own
@@ -30,6 +32,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from kalab import evidence, handoff, lifeline, render
@@ -42,7 +45,9 @@ from kalab.runtime.local import LocalLab
 from kalab.runtime.netns import NetnsLab
 from kalab.runtime.node import Process, stop_all
 from kalab.runtime.state import RunState
+from kalab.runtime.target import TargetLab
 from kalab.scenario import Engine, Scenario, load
+from kalab.target import server_of
 
 RUNTIMES = {"netns": NetnsLab, "local": LocalLab}
 AT_ONCE_RUNTIMES = ("netns",)  # where each engine can have a network of its own
@@ -104,6 +109,9 @@ class _Signals:
 
 
 def time_limit(scenario: Scenario, at_once: bool = False) -> float:
+    target = server_of(scenario)
+    if target is not None:  # a server the lab did not start: its own bound, and no more
+        return target.max_seconds + handoff.ROLE_START_TIMEOUT
     per_engine = handoff.session_time_limit(scenario) + 2 * handoff.ROLE_START_TIMEOUT
     return per_engine * (1 if at_once else len(scenario.engines))
 
@@ -212,12 +220,16 @@ def _run_compose(scenario: Scenario, results: Path, state: RunState,
 
 def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunState,
                    say: Callable[[str], None], signals: _Signals) -> None:
-    lab = RUNTIMES[runtime](state)
+    target = server_of(scenario)
+    lab = TargetLab(state, target) if target is not None else RUNTIMES[runtime](state)
     processes: list[Process] = []
     try:
         lab.start()
         common = [str(Path(scenario.file).resolve()), "--run-dir", str(results.resolve()),
                   "--student", scenario.student or ""]
+        if target is not None:  # every role reads the target from the run folder
+            handoff.write_json(results / handoff.TARGET, asdict(target))
+            common.append("--target")
         signals.roles_started = True  # from here on the run folder tells the phase
         observer = lab.observer.start_role(
             "observer", [*common, "--interface", lab.capture_interface, "--report",

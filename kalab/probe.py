@@ -38,9 +38,10 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import h11
+
+from kalab.target import Pace, Target
 
 USER_AGENT = "kalab-probe (keepalive-lab: measuring idle connections)"
 _TIMEOUT = re.compile(r"(?:^|[,;\s])timeout\s*=\s*([0-9]{1,9}(?:\.[0-9]+)?)\b", re.I)
@@ -55,38 +56,6 @@ class ProbeError(Exception):
 
 class BudgetSpent(Exception):
     """The probe's bounds (requests, time) are reached."""
-
-
-@dataclass(frozen=True)
-class Target:
-    url: str
-    scheme: str
-    host: str
-    port: int
-    path: str
-
-    @property
-    def authority(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
-
-
-def target(url: str) -> Target:
-    """The URL as a probe target; ValueError unless it is an explicit http(s) URL."""
-    if not isinstance(url, str) or len(url) > 2048 or not url.isprintable() or " " in url:
-        raise ValueError("a URL is one line of at most 2048 visible characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{url!r}: only an explicit http:// or https:// URL is probed")
-    if not parts.hostname or parts.username or parts.password:
-        raise ValueError(f"{url!r}: a URL with a host and no credentials, please")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise ValueError(f"{url!r}: the port is not a number from 1 to 65535") from None
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Target(url, parts.scheme, parts.hostname, port, path)
 
 
 @dataclass
@@ -104,18 +73,18 @@ class Budget:
     limits: Limits
     started: float = field(default_factory=time.monotonic)
     requests: int = 0
-    last_request: float = 0.0
+    pace: Pace = field(init=False)  # one request at a time, at the limits' rate
+
+    def __post_init__(self) -> None:
+        self.pace = Pace(self.limits.rate)
 
     def spend(self) -> None:
         """One request more, paced to the rate; BudgetSpent past the bounds."""
         if self.requests >= self.limits.max_requests:
             raise BudgetSpent(f"{self.requests} requests sent, the most allowed")
-        wait = self.last_request + 1.0 / self.limits.rate - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
+        self.pace.take()
         self.check(0.0)
         self.requests += 1
-        self.last_request = time.monotonic()
 
     def left(self) -> float:
         return self.limits.max_seconds - (time.monotonic() - self.started)
@@ -374,7 +343,7 @@ def run(where: Target, limits: Limits, results: Path, capture: bool = True):  # 
 
     from kalab import evidence, render
     from kalab import report as report_mod
-    from kalab.impairment import ImpairmentError, route_interface
+    from kalab.target import locate
 
     started = time.time()
     keylog = results / "tls-keys.log" if where.scheme == "https" else None
@@ -384,11 +353,11 @@ def run(where: Target, limits: Limits, results: Path, capture: bool = True):  # 
         from observer.capture import Capture
 
         try:
-            interface = route_interface(where.host)
-        except ImpairmentError as exc:
+            address, interface = locate(where)
+        except ValueError as exc:
             raise ProbeError(str(exc)) from None
         pcap.parent.mkdir()
-        sniffer = Capture(interface, where.port, pcap)
+        sniffer = Capture(interface, where.port, pcap, host=address)
         stop = threading.Event()
 
         def read() -> None:

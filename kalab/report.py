@@ -181,10 +181,16 @@ class EngineRun:
     """One engine's turn: the server, the capture, the wire, the verdict."""
 
     engine: str = doc("The scenario's name for this engine.")
-    kind: str = doc("`werkzeug`, `gunicorn`, or `unknown` for `kalab analyze`.")
+    kind: str = doc("The engine's kind: the name of its module in `server/engines/` "
+                    "(`kalab.kinds.engine_kinds()`), `unknown` for `kalab analyze`, or "
+                    "`target` for a server the lab did not start (`kalab probe`, `kalab run "
+                    "--target`).")
     description: str = doc("The engine and its settings in words.")
-    version: str | None = doc("The engine's version as the server role reported it.")
-    listen: str | None = doc("`address:port` the server listened on.")
+    version: str | None = doc("The engine's version as the server role reported it; for "
+                              "`kalab probe`, the `Server` header; null for `kalab run "
+                              "--target` (the lab sends nothing the scenario does not).")
+    listen: str | None = doc("`address:port` the server listened on (a target's: the "
+                             "address its host resolved to).")
     options: dict[str, Any] = doc("The engine's settings from the scenario.")
     capture: Capture = doc("How the wire was captured.")
     connections: list[Connection] = doc("Every connection seen, probes included.")
@@ -306,6 +312,33 @@ class Sweep:
 
 
 @dataclass
+class TargetServer:
+    """The server a `kalab run --target URL SCENARIO` ran the scenario's sessions against:
+    one the lab did not start (`kalab.target`). Its turn is the run of a pseudo-engine
+    named `target` (kind `target`), captured on the client's side of the wire."""
+
+    url: str = doc("The URL given (only `http://`: the lab reads requests off the wire).")
+    address: str = doc("The address the URL's host resolved to when the run started; the "
+                       "capture takes only packets to and from it (`Capture.filter`).")
+    port: int = doc("The server's TCP port, from the URL (the scenario's `port` is not "
+                    "used).")
+    interface: str = doc("The interface this host's packets to `address` leave by: where "
+                         "the capture was taken.")
+    engines_ignored: list[str] = doc("The scenario's engines, by name: none was started. "
+                                     "The sessions ran once, against the target.")
+    expectations_of: str | None = doc("The engine whose `expect` list was checked against "
+                                      "the target (`--expectations-of`, or the scenario's "
+                                      "only engine with any); null when none was.")
+    max_requests: int = doc("The most requests the scenario could send (each try of a "
+                            "client's retries counted) for the run to be allowed.")
+    max_seconds: float = doc("The most seconds the run could take: the scenario's planned "
+                             "time must fit, and the run is stopped past it.")
+    rate: float = doc("Requests a second at most, all sessions together; a request held "
+                      "back shows as its `send_lag`.")
+    burst: int = doc("Requests that may leave at once before `rate` holds them back.")
+
+
+@dataclass
 class Report:
     """The whole run."""
 
@@ -313,7 +346,8 @@ class Report:
     scenario: str | None = doc("The scenario file, or null for `kalab analyze`.")
     name: str = doc("The scenario's name.")
     runtime: str = doc("`netns`, `local`, `compose`, `kubernetes` (deploy/kubernetes/), "
-                       "`probe` (`kalab probe`), or `analyze`.")
+                       "`target` (`kalab run --target`: the lab's roles on this host, the "
+                       "server one it did not start), `probe` (`kalab probe`), or `analyze`.")
     started_at: float = doc("When the run started.")
     finished_at: float = doc("When the run finished.")
     runs: list[EngineRun] = doc("One per engine, in the order run.")
@@ -344,6 +378,8 @@ class Report:
     sweep: Sweep | None = doc("A sweep's points and claims (`kalab.sweep`); null for a run "
                               "that is not a sweep. A sweep's `runs` is empty: each trial "
                               "has its own report.", None)
+    target: TargetServer | None = doc("The server a `kalab run --target` ran against "
+                                      "(runtime `target`); null for every other run.", None)
 
 
 EXIT_CODES = {"pass": 0, "observed": 0, "fail": 1, "inconclusive": 3, "interrupted": 5}
@@ -661,6 +697,7 @@ def from_dict(data: dict[str, Any]) -> Report:
         run["expectations"] = [ExpectationResult(**e) for e in run["expectations"]]
         runs.append(EngineRun(**run))
     probe = ProbeResult(**data["probe"]) if data.get("probe") else None
+    target = TargetServer(**data["target"]) if data.get("target") else None
     sweep = None
     if data.get("sweep"):
         sweep = dict(data["sweep"])
@@ -668,4 +705,4 @@ def from_dict(data: dict[str, Any]) -> Report:
         sweep["points"] = [SweepPoint(**p) for p in sweep["points"]]
         sweep["expectations"] = [ExpectationResult(**e) for e in sweep["expectations"]]
         sweep = Sweep(**sweep)
-    return Report(**{**data, "runs": runs, "probe": probe, "sweep": sweep})
+    return Report(**{**data, "runs": runs, "probe": probe, "target": target, "sweep": sweep})

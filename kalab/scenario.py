@@ -16,6 +16,12 @@ A scenario is:
 - ``name``: the start of its results folder (default: the file's name, with
   each character a name may not have made ``-``);
 - ``port``: the TCP port the server listens on (default 5000);
+- ``tls``: ``true`` serves HTTPS (`kalab.certs`): each engine with a
+  certificate made for the run by its own CA, which the client trusts (and
+  nothing else), the client writing its TLS key log into the engine's folder
+  for the analysis; ``{version: "1.2"}`` or ``"1.3"`` makes the client offer
+  that version alone (default ``false``: plain HTTP). An engine kind that
+  cannot serve TLS (waitress, uWSGI here) is refused with it;
 - ``app``: the WSGI app (default ``server.app:app``, the tutorial's; an
   engine may name its own): one of the project's apps, ``server.app:app``,
   ``server.plain_app:app`` or ``server.post_app:app`` (`kalab.apps`), or
@@ -136,6 +142,7 @@ from pathlib import Path
 from typing import Any
 
 from kalab.apps import ATTRIBUTE_PATTERN, PROJECT_APPS, AppFile
+from kalab.certs import VERSIONS
 from kalab.course import lab as course_lab
 from kalab.course.lab import COURSE, Course, Param, Value
 from kalab.kinds import (
@@ -194,7 +201,7 @@ SESSION_NAME_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 # An engine's folder sits beside the files every run writes: no engine may take their names.
 RUN_FILES = frozenset(("report.json", "report.html", "report.md", "junit.xml", "summary.txt",
                        "observer.log", "server.log", "client.log", "compose.log",
-                       "observer.done", "latest", "grading"))
+                       "observer.done", "latest", "grading", "target.json"))
 
 # Bounds a lab needs and nothing near what would hang a run or a machine
 # (MAX_SECONDS: a sleep, an `at`, a session's planned time, an engine's timeout).
@@ -401,6 +408,16 @@ LINK = Record("impairments per direction", {
                                              "server's loopback (proxy engines only; no "
                                              "rate)"),
 })
+TLS = OneOf((
+    Scalar("boolean", "true: HTTPS, with a certificate made for the run that the client "
+           "trusts, and the client's key log for the analysis", False),
+    Record("HTTPS, with the TLS version the client offers", {
+        "version": Scalar("string", "the only TLS version the client offers (quote it: "
+                          "\"1.3\"; tls: true offers 1.2 to 1.3, as negotiated)",
+                          choices=VERSIONS),
+    }, required=("version",)),
+), "serve HTTPS: true, or {version: \"1.2\"} to choose the TLS version (default false)",
+    "true, false or {version: \"1.2\" or \"1.3\"}", False)
 SCENARIO = Record("a kalab scenario: engines to run, sessions (clients) to run "
                   "against each, and what the wire must show", {
     "name": dataclasses.replace(NAME, doc="the scenario's name, the start of its results "
@@ -410,6 +427,7 @@ SCENARIO = Record("a kalab scenario: engines to run, sessions (clients) to run "
                           "but tabs and line breaks"),
     "app": APP,
     "port": Scalar("integer", "the TCP port the server listens on", 5000, 1, 65535),
+    "tls": TLS,
     "engines": ListOf(ENGINE, "the servers to run (at once on netns), each with its own "
                       "expectations", MAX_ENGINES),
     "sessions": ListOf(SESSION, "the clients, run concurrently", MAX_SESSIONS),
@@ -500,6 +518,17 @@ class Session(_Settings):
     @property
     def requests(self) -> list[Request]:
         return [s.request for s in self.steps if s.request is not None]
+
+    @property
+    def planned_time(self) -> float:
+        """Seconds from the session's start to its last step, if requests took no time."""
+        planned = 0.0
+        for step in self.steps:
+            if step.kind == "sleep":
+                planned += step.seconds
+            elif step.kind == "at":
+                planned = max(planned, step.seconds)
+        return planned
 
     # The settings several kinds share, with what a kind without them does.
     @property
@@ -593,6 +622,13 @@ class LinkImpairment:
 
 
 @dataclass(frozen=True)
+class Tls:
+    """``tls:``: HTTPS, with the one TLS version the client offers (None: 1.2 to 1.3)."""
+
+    version: str | None = None
+
+
+@dataclass(frozen=True)
 class Scenario:
     file: str
     name: str
@@ -605,6 +641,7 @@ class Scenario:
     course: Course | None = None  # a lab's course: block (`kalab.course.lab`)
     student: str | None = None  # whose params these are; None: the defaults
     params: dict[str, Value] = field(default_factory=dict)  # each param's value, as used
+    tls: Tls | None = None  # None: plain HTTP
     sweep: SweepPlan | None = None  # a sweep's plan (`kalab.sweep`)
     point: int | None = None  # the sweep's point this load is at (from 0); None: the first
 
@@ -693,8 +730,17 @@ class _Checker(Checker):
             most = sum(len(s.requests) * (1 + s.retries) for s in sessions)
             course = course_lab.build_course(self, top["course"], params,
                                              tuple(e.name for e in engines), tuple(refs), most)
+        tls = self._tls(top["tls"]) if "tls" in top else None
+        if tls is not None:
+            for i, engine in enumerate(engines):
+                if not engine.kind_class.serves_tls:
+                    can = ", ".join(k for k, c in ENGINE_KIND_CLASSES.items() if c.serves_tls)
+                    node = top["engines"].value[i]
+                    raise self.fail(node.value["engine"], f"engines[{i}].engine",
+                                    f"{engine.kind} cannot serve TLS, and the scenario says "
+                                    f"tls (the engines that can: {can})")
         return Scenario(self.file, name, description, app, port, engines, tuple(sessions), link,
-                        course, student, values, sweep, point)
+                        course, student, values, tls, sweep, point)
 
     def _sweep_param(self, root: Node, params: dict[str, Param],
                      point: int | None) -> Param | None:
@@ -714,6 +760,13 @@ class _Checker(Checker):
             raise ScenarioError(self.file, None, "sweep", f"no point {point}: the sweep has "
                                 f"{len(swept.values)} (0 to {len(swept.values) - 1})")
         return swept
+
+    def _tls(self, node: Node) -> Tls | None:
+        if node.value is False:
+            return None
+        if node.value is True:
+            return Tls()
+        return Tls(node.value["version"].value)
 
     def _draw(self, root: Node,
               student: str | None) -> tuple[dict[str, Param], dict[str, Value]]:

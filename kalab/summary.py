@@ -227,6 +227,19 @@ def make_console(stderr: bool = False) -> Console:
     return console
 
 
+def capture_line(run: EngineRun) -> str:
+    """Whose server, where, and how it was captured: the line under each engine's title
+    (raw: the caller makes it safe to show, `esc` or `visible`)."""
+    cap = run.capture
+    drops = "unknown" if cap.kernel_drops is None else str(cap.kernel_drops)
+    if run.kind == "target":  # `kalab run --target`: nothing of the lab's served it
+        server = f"target {run.listen or '?'}, a server the lab did not start"
+    else:
+        server = f"server {run.version or '?'} on {run.listen or '?'}"
+    return (f"{server}; captured {cap.packets} packets on {cap.interface or '?'} "
+            f"(kernel drops: {drops}); times in seconds from the first SYN")
+
+
 def render(report: Report, console: Console | None = None) -> None:
     console = console or make_console()
     cut_short = interruption(report)
@@ -234,11 +247,7 @@ def render(report: Report, console: Console | None = None) -> None:
         zero = time_zero(run)
         console.rule(f"[bold]{esc(run.engine)}[/]: {esc(run.description)}")
         cap = run.capture
-        drops = "unknown" if cap.kernel_drops is None else str(cap.kernel_drops)
-        console.print(f"server {esc(run.version or '?')} on {esc(run.listen or '?')}; "
-                      f"captured {cap.packets} packets on {esc(cap.interface or '?')} "
-                      f"(kernel drops: {drops}); times in seconds from the first SYN",
-                      soft_wrap=True)
+        console.print(esc(capture_line(run)), soft_wrap=True)
         console.print(requests_table(run, zero))
         console.print(connections_table(run, zero))
         for c in run.connections:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from kalab import handoff, impairment
 from kalab.scenario import Engine, Scenario, upstream_port
+from kalab.target import TargetEngine
 from observer.capture import Capture
 
 LINGER = 0.5  # seconds to keep listening after the client ends: its FINs, the last ACKs
@@ -40,7 +41,9 @@ def capture_engine(scenario: Scenario, engine: Engine, run_dir: Path, interface:
                    engines: list[Engine]) -> str | None:
     """Capture one engine's turn; the phase the run was in if a signal cut it short."""
     folder = handoff.engine_dir(run_dir, engine)
-    capture = Capture(interface, scenario.port, folder / handoff.CAPTURE_PCAP)
+    # A server the lab did not start: only its address, not all traffic to its port here.
+    capture = Capture(interface, scenario.port, folder / handoff.CAPTURE_PCAP,
+                      host=engine.server.address if isinstance(engine, TargetEngine) else None)
     complete = False
     interrupted = None
     try:

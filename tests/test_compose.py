@@ -199,3 +199,28 @@ def test_plain_docker_compose_up_gives_the_verdict_and_down_leaves_nothing(tmp_p
     assert json.loads((second / "report.json").read_text())["verdict"] == "pass"
     # Nothing the first run wrote was touched by the second.
     assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == written
+
+
+def test_https_runs_in_containers_and_tshark_reads_it_with_the_client_s_key_log(tmp_path):
+    """scenarios/https.yaml in containers: the server's certificate names the compose
+    service the client connects to, the client trusts the run's CA and writes its key
+    log into the engine's folder, and the observer's copy of it reads the pcap."""
+    from test_https import sent, server_hello_versions, tshark_http
+
+    done = run_kalab("run", "--runtime", "compose", "scenarios/https.yaml", "--results",
+                     str(tmp_path), timeout=900)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [r["engine"] for r in report["runs"]] == ["gunicorn-gthread-tls", "nginx-tls"], \
+        done.stdout[-3000:] + done.stderr
+    for run in report["runs"]:
+        folder = tmp_path / run["engine"]
+        client = json.loads((folder / "client.json").read_text())
+        assert client["base_url"] == "https://server:5000"
+        assert [r["status"] for r in client["requests"]] == [200, 200, 200]
+        pcap = tmp_path / run["capture"]["pcap"]
+        assert server_hello_versions(pcap, 5000) == {"0x0304"}
+        seen = tshark_http(pcap, 5000, folder / "tls-keys.log")
+        assert sorted((m, u) for _, m, u, _ in seen if m) == sent(client)
+        assert not list(folder.rglob("*key.pem"))
+        assert run["verdict"] == "inconclusive" and run["expectations"] == []
+    assert done.returncode == 3

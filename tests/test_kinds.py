@@ -265,9 +265,11 @@ def test_httpx_expires_an_idle_connection_only_when_it_next_uses_the_pool():
     first, second = made
     assert second["new_connection"] is True and second["replaced_dropped"] is False
     assert any("past keepalive_expiry" in event for event in second["events"])
-    (port, at), _ = closed
+    # Both closed; the server's threads may note them in either order on a busy machine.
+    closed_at = dict(closed)
+    assert sorted(closed_at) == sorted([first["local_port"], second["local_port"]])
     # sync httpx has no timer: the expired connection is closed by the next request
-    assert port == first["local_port"] and at >= second["sent_at"] - 0.01
+    assert closed_at[first["local_port"]] >= second["sent_at"] - 0.01
 
 
 def test_curl_sends_requests_without_a_pause_in_one_invocation_and_exits_after():

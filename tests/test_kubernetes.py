@@ -109,6 +109,8 @@ def test_the_roles_arguments_parse_with_the_roles_parsers(layout, monkeypatch):
                 parser.add_argument("--report", action="store_true")
             else:
                 parser.add_argument("--host")
+            if container["name"] == "server":
+                parser.add_argument("--tls-name", action="append")
             parsed = parser.parse_args(args)
             assert parsed.scenario == "/lab/scenario.yaml"
 

@@ -15,71 +15,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from conftest import KALAB, ROOT, requires_lab
-
-from kalab.scenario import parse
-from server.__main__ import stop_engine
-from server.engines import plan
+from served import PORT, ip, served
 
 pytestmark = [requires_lab, pytest.mark.slow]
-PORT = 5000
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-@contextmanager
-def served(name: str, engine_yaml: str, number: int) -> Iterator[tuple[str, str]]:
-    """An engine in a server namespace of its own; (client namespace, URL). Not named
-    like the lab's namespaces: `kalab clean` from another suite must not take them."""
-    server_ns, client_ns = f"kprobe{number}-{os.getpid()}-s", \
-        f"kprobe{number}-{os.getpid()}-c"
-    address = f"10.215.{number}.1"
-    engine = parse("sessions: [{steps: [get: /]}]\nengines:\n  - " + engine_yaml + "\n",
-                   f"{name}.yaml").engines[0]
-    children: list[subprocess.Popen] = []
-    scratch = tempfile.TemporaryDirectory(prefix="kalab-probe-")
-    try:
-        for ns in (server_ns, client_ns):
-            ip("netns", "add", ns)
-        ip("link", "add", f"kp{number}s", "netns", server_ns, "type", "veth", "peer", "name",
-           f"kp{number}c", "netns", client_ns)
-        for ns, end, addr in ((server_ns, f"kp{number}s", address),
-                              (client_ns, f"kp{number}c", f"10.215.{number}.2")):
-            ip("-n", ns, "addr", "add", f"{addr}/30", "dev", end)
-            ip("-n", ns, "link", "set", end, "up")
-            ip("-n", ns, "link", "set", "lo", "up")
-        folder = Path(scratch.name)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        for launch in plan(engine, "server.app:app", address, PORT, folder, folder):
-            child = subprocess.Popen(["ip", "netns", "exec", server_ns, *launch.argv],
-                                     cwd=ROOT, env={**env, **launch.env},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            children.append(child)
-            probe_host = launch.host
-            for_probe = ["ip", "netns", "exec", server_ns, *KALAB[:1], "-c",
-                         "import socket,sys,time\n"
-                         "for _ in range(200):\n"
-                         "    try: socket.create_connection((sys.argv[1], int(sys.argv[2])), 1)"
-                         ".close(); break\n"
-                         "    except OSError: time.sleep(0.05)\n", probe_host,
-                         str(launch.port)]
-            subprocess.run(for_probe, check=True, timeout=30)
-        yield client_ns, f"http://{address}:{PORT}/keep-alive"
-    finally:
-        for child in reversed(children):
-            stop_engine(child)
-        for ns in (server_ns, client_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        scratch.cleanup()
 
 
 def probe(client_ns: str, url: str, out: Path, *extra: str) -> dict:

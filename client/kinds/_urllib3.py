@@ -56,13 +56,13 @@ def socket_options(session: Session) -> list[tuple[int, int, int]] | None:
             *keepalive_options(session.tcp_keepalive)]
 
 
-def pool_class(session: Session) -> type | None:
-    """The connection pool a session's settings need (None: urllib3's own)."""
+def pool_classes(session: Session) -> dict[str, type]:
+    """The connection pools a session's settings need, by scheme (empty: urllib3's own)."""
     http10 = session.options.get("http_version", "1.1") == "1.0"
     unchecked = not session.options.get("stale_check", True)
-    return {(False, False): None, (True, False): _Http10Pool,
-            (False, True): _UncheckedPool, (True, True): _UncheckedHttp10Pool}[
-                (http10, unchecked)]
+    if not (http10 or unchecked):
+        return {}
+    return {"http": _POOLS[(http10, unchecked)], "https": _TLS_POOLS[(http10, unchecked)]}
 
 
 def local_port(conn: Any) -> int | None:
@@ -73,29 +73,21 @@ def local_port(conn: Any) -> int | None:
         return None
 
 
-class _Http10Connection(urllib3.connection.HTTPConnection):
-    _http_vsn = 10
-    _http_vsn_str = "HTTP/1.0"
+def _pool(base: type, connection: type, http10: bool, unchecked: bool) -> type:
+    """``base`` (a urllib3 pool) whose connections (``connection``'s) speak HTTP/1.0
+    and or skip the stale check."""
+    attributes: dict[str, object] = {"kalab_unchecked": unchecked}
+    if http10:
+        attributes.update(_http_vsn=10, _http_vsn_str="HTTP/1.0")
+    conn = type(f"Kalab{connection.__name__}", (connection,), attributes)
+    return type(f"Kalab{base.__name__}", (base,), {"ConnectionCls": conn})
 
 
-class _UncheckedConnection(urllib3.connection.HTTPConnection):
-    kalab_unchecked = True
-
-
-class _UncheckedHttp10Connection(_Http10Connection):
-    kalab_unchecked = True
-
-
-class _Http10Pool(urllib3.connectionpool.HTTPConnectionPool):
-    ConnectionCls = _Http10Connection
-
-
-class _UncheckedPool(urllib3.connectionpool.HTTPConnectionPool):
-    ConnectionCls = _UncheckedConnection
-
-
-class _UncheckedHttp10Pool(urllib3.connectionpool.HTTPConnectionPool):
-    ConnectionCls = _UncheckedHttp10Connection
+_SETTINGS = ((True, False), (False, True), (True, True))  # (http10, unchecked)
+_POOLS = {s: _pool(urllib3.connectionpool.HTTPConnectionPool,
+                   urllib3.connection.HTTPConnection, *s) for s in _SETTINGS}
+_TLS_POOLS = {s: _pool(urllib3.connectionpool.HTTPSConnectionPool,
+                       urllib3.connection.HTTPSConnection, *s) for s in _SETTINGS}
 
 
 _urllib3_is_connection_dropped = urllib3.connectionpool.is_connection_dropped

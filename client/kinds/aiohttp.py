@@ -14,6 +14,7 @@ from client.kinds._shared import REQUEST_TIMEOUT, root_cause
 from kalab.kinds import ClientKind, CloseRecord, Driver, RequestRecord, seconds
 
 if TYPE_CHECKING:
+    from kalab.certs import ClientTls
     from kalab.scenario import Request, Session
 
 T = TypeVar("T")
@@ -35,9 +36,9 @@ class Aiohttp(ClientKind):
     tells_replaced_dropped = False
 
     @classmethod
-    def driver(cls, session: Session, base_url: str,
-               epoch: Callable[[float], float]) -> Driver:
-        return _AiohttpDriver(session, base_url)
+    def driver(cls, session: Session, base_url: str, epoch: Callable[[float], float],
+               tls: ClientTls | None = None) -> Driver:
+        return _AiohttpDriver(session, base_url, tls)
 
     @classmethod
     def versions(cls) -> dict[str, str]:
@@ -47,9 +48,9 @@ class Aiohttp(ClientKind):
 
 
 class _AiohttpDriver(Driver):
-    def __init__(self, session: Session, base_url: str) -> None:
+    def __init__(self, session: Session, base_url: str, tls: ClientTls | None) -> None:
         super().__init__()
-        self.session, self.base_url = session, base_url
+        self.session, self.base_url, self.tls = session, base_url, tls
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
                                        name=f"aiohttp-{session.name}")
@@ -81,7 +82,9 @@ class _AiohttpDriver(Driver):
                 ports.append(name[1] if name else None)
                 return protocol
 
-        connector = Connector(keepalive_timeout=self.session.keepalive_timeout)
+        # ssl: the run's CA alone, through a context that writes the key log
+        connector = Connector(keepalive_timeout=self.session.keepalive_timeout,
+                              ssl=self.tls.context() if self.tls is not None else True)
         return aiohttp.ClientSession(
             connector=connector, trace_configs=[trace], auto_decompress=False,
             timeout=aiohttp.ClientTimeout(connect=REQUEST_TIMEOUT[0],

@@ -27,6 +27,7 @@ from client.kinds._shared import HTTP_VERSION, REQUEST_TIMEOUT
 from kalab.kinds import ClientKind, CloseRecord, Driver, RequestRecord
 
 if TYPE_CHECKING:
+    from kalab.certs import ClientTls
     from kalab.scenario import Request, Session
 
 MARK = "KALAB-CURL"
@@ -49,9 +50,9 @@ class Curl(ClientKind):
     closes = False  # an invocation's end is its close
 
     @classmethod
-    def driver(cls, session: Session, base_url: str,
-               epoch: Callable[[float], float]) -> Driver:
-        return _CurlDriver(session, base_url)
+    def driver(cls, session: Session, base_url: str, epoch: Callable[[float], float],
+               tls: ClientTls | None = None) -> Driver:
+        return _CurlDriver(session, base_url, tls)
 
     @classmethod
     def versions(cls) -> dict[str, str]:
@@ -60,15 +61,17 @@ class Curl(ClientKind):
         return {"curl": words[1] if len(words) > 1 else "?"}
 
 
-def _argv(requests: list[Request], base_url: str, http10: bool) -> list[str]:
+def _argv(requests: list[Request], base_url: str, http10: bool,
+          tls: ClientTls | None = None) -> list[str]:
     argv = ["curl", "--no-progress-meter", "-v", "--trace-time"]
+    tls_words = tls.curl_arguments() if tls is not None else []
     for i, request in enumerate(requests):
         if i:
             argv.append("--next")
         argv += ["-o", "/dev/null", "-w", WRITE_OUT,
                  "--http1.0" if http10 else "--http1.1",
                  "--connect-timeout", f"{REQUEST_TIMEOUT[0]:g}",
-                 "--max-time", f"{REQUEST_TIMEOUT[0] + REQUEST_TIMEOUT[1]:g}"]
+                 "--max-time", f"{REQUEST_TIMEOUT[0] + REQUEST_TIMEOUT[1]:g}", *tls_words]
         if request.method == "HEAD":
             argv.append("--head")  # -X HEAD would wait for a body that never comes
         elif request.method != "GET":
@@ -165,9 +168,9 @@ def _transfers(stderr: str, day: datetime.date, started: float,
 
 
 class _CurlDriver(Driver):
-    def __init__(self, session: Session, base_url: str) -> None:
+    def __init__(self, session: Session, base_url: str, tls: ClientTls | None) -> None:
         super().__init__()
-        self.session, self.base_url = session, base_url
+        self.session, self.base_url, self.tls = session, base_url, tls
 
     def send(self, request: Request, planned_at: float) -> RequestRecord:
         return self.send_many([request], planned_at)[0]
@@ -175,9 +178,13 @@ class _CurlDriver(Driver):
     def send_many(self, requests: list[Request], planned_at: float) -> list[RequestRecord]:
         started = time.time()
         day = datetime.datetime.fromtimestamp(started, datetime.UTC).date()
+        # SSLKEYLOGFILE: curl (OpenSSL) writes its TLS secrets there
+        keylog = self.tls.curl_environment() if self.tls is not None else {}
         done = subprocess.run(_argv(requests, self.base_url,
-                                    self.session.options.get("http_version") == "1.0"),
-                              capture_output=True, text=True, env={**os.environ, "TZ": "UTC"},
+                                    self.session.options.get("http_version") == "1.0",
+                                    self.tls),
+                              capture_output=True, text=True,
+                              env={**os.environ, "TZ": "UTC", **keylog},
                               stdin=subprocess.DEVNULL)
         ended = time.time()
         self.closes.append(CloseRecord(self.session.name, ended, False))  # curl exited

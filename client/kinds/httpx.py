@@ -13,6 +13,7 @@ from kalab.kinds import ClientKind, CloseRecord, Driver, RequestRecord, seconds
 from kalab.spec import Scalar
 
 if TYPE_CHECKING:
+    from kalab.certs import ClientTls
     from kalab.scenario import Request, Session
 
 
@@ -31,9 +32,9 @@ class Httpx(ClientKind):
     }
 
     @classmethod
-    def driver(cls, session: Session, base_url: str,
-               epoch: Callable[[float], float]) -> Driver:
-        return _HttpxDriver(session, base_url)
+    def driver(cls, session: Session, base_url: str, epoch: Callable[[float], float],
+               tls: ClientTls | None = None) -> Driver:
+        return _HttpxDriver(session, base_url, tls)
 
     @classmethod
     def versions(cls) -> dict[str, str]:
@@ -80,7 +81,7 @@ def _port(stream: Any) -> int | None:
 
 
 class _HttpxDriver(Driver):
-    def __init__(self, session: Session, base_url: str) -> None:
+    def __init__(self, session: Session, base_url: str, tls: ClientTls | None) -> None:
         import httpx
 
         super().__init__()
@@ -89,7 +90,9 @@ class _HttpxDriver(Driver):
         self.expiry = float(session.keepalive_expiry)
         limits = httpx.Limits(keepalive_expiry=self.expiry)
         # The limits go on the transport: a Client given a transport ignores its own.
-        transport = httpx.HTTPTransport(limits=limits, retries=session.retries)
+        # verify: the run's CA alone, through a context that writes the key log
+        transport = httpx.HTTPTransport(limits=limits, retries=session.retries,
+                                        verify=tls.context() if tls is not None else True)
         self.client = httpx.Client(transport=transport, timeout=httpx.Timeout(
             REQUEST_TIMEOUT[1], connect=REQUEST_TIMEOUT[0]))
         self.pooled_since: float | None = None  # when the last response left a pooled connection

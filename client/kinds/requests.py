@@ -20,6 +20,7 @@ from kalab.spec import Node, Scalar
 if TYPE_CHECKING:
     import requests as requests_lib
 
+    from kalab.certs import ClientTls
     from kalab.scenario import Request, Session
 
 
@@ -56,9 +57,9 @@ class Requests(ClientKind):
                        "session: false (no connection is ever reused)")
 
     @classmethod
-    def driver(cls, session: Session, base_url: str,
-               epoch: Callable[[float], float]) -> Driver:
-        return _RequestsDriver(session, base_url)
+    def driver(cls, session: Session, base_url: str, epoch: Callable[[float], float],
+               tls: ClientTls | None = None) -> Driver:
+        return _RequestsDriver(session, base_url, tls)
 
     @classmethod
     def versions(cls) -> dict[str, str]:
@@ -68,9 +69,10 @@ class Requests(ClientKind):
         return {"requests": requests.__version__, "urllib3": urllib3.__version__}
 
 
-def make_session(session: Session) -> requests_lib.Session:
+def make_session(session: Session, tls: ClientTls | None = None) -> requests_lib.Session:
     """A requests.Session as the scenario's session asks: its retries, its HTTP version,
-    its stale check, its TCP keep-alive."""
+    its stale check, its TCP keep-alive; with ``tls``, HTTPS trusting the run's CA alone
+    (``verify``), through an SSL context that writes the key log."""
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
@@ -82,33 +84,36 @@ def make_session(session: Session) -> requests_lib.Session:
             options = _urllib3.socket_options(session)
             if options is not None:
                 kwargs["socket_options"] = options  # urllib3 sets them on each socket
+            if tls is not None:
+                kwargs["ssl_context"] = tls.context()
             super().init_poolmanager(*args, **kwargs)
-            pool = _urllib3.pool_class(session)
-            if pool is not None:
-                self.poolmanager.pool_classes_by_scheme = {
-                    **self.poolmanager.pool_classes_by_scheme, "http": pool}
+            self.poolmanager.pool_classes_by_scheme = {
+                **self.poolmanager.pool_classes_by_scheme, **_urllib3.pool_classes(session)}
 
     http = requests.Session()
-    if session.retries or _urllib3.pool_class(session) is not None \
-            or session.tcp_keepalive is not None:
+    if tls is not None:
+        http.verify = str(tls.ca)  # the run's CA alone, not certifi's bundle
+    if session.retries or _urllib3.pool_classes(session) \
+            or session.tcp_keepalive is not None or tls is not None:
         # Retry(total=N) retries only idempotent methods, as RFC 9110 section 9.2.2 asks.
-        http.mount("http://", ScenarioAdapter(max_retries=Retry(
-            total=session.retries, backoff_factor=0) if session.retries else 0))
+        adapter = ScenarioAdapter(max_retries=Retry(
+            total=session.retries, backoff_factor=0) if session.retries else 0)
+        http.mount("https://" if tls is not None else "http://", adapter)
     return http
 
 
 class _RequestsDriver(Driver):
-    def __init__(self, session: Session, base_url: str) -> None:
+    def __init__(self, session: Session, base_url: str, tls: ClientTls | None) -> None:
         super().__init__()
-        self.session, self.base_url = session, base_url
+        self.session, self.base_url, self.tls = session, base_url, tls
         # Without a Session (``session: false``) each request makes its own.
-        self.http = make_session(session) if session.use_session else None
+        self.http = make_session(session, tls) if session.use_session else None
 
     def send(self, request: Request, planned_at: float) -> RequestRecord:
         if self.http is None:
             # as requests.get() sends it: on a Session of its own, closed once the
             # response is read, so its connection is new and the client closes it at once
-            with make_session(self.session) as http:
+            with make_session(self.session, self.tls) as http:
                 record = self._send(http, request, planned_at)
             self.closes.append(CloseRecord(self.session.name, time.time(), False))
             return record

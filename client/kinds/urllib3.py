@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from client.kinds._shared import (
     HTTP_VERSION,
@@ -17,6 +17,7 @@ from client.kinds._shared import (
 from kalab.kinds import ClientKind, CloseRecord, Driver, RequestRecord
 
 if TYPE_CHECKING:
+    from kalab.certs import ClientTls
     from kalab.scenario import Request, Session
 
 
@@ -35,9 +36,9 @@ class Urllib3(ClientKind):
     }
 
     @classmethod
-    def driver(cls, session: Session, base_url: str,
-               epoch: Callable[[float], float]) -> Driver:
-        return _PoolDriver(session, base_url)
+    def driver(cls, session: Session, base_url: str, epoch: Callable[[float], float],
+               tls: ClientTls | None = None) -> Driver:
+        return _PoolDriver(session, base_url, tls)
 
     @classmethod
     def versions(cls) -> dict[str, str]:
@@ -47,22 +48,22 @@ class Urllib3(ClientKind):
 
 
 class _PoolDriver(Driver):
-    def __init__(self, session: Session, base_url: str) -> None:
+    def __init__(self, session: Session, base_url: str, tls: ClientTls | None) -> None:
         import urllib3
 
         from client.kinds import _urllib3
 
         super().__init__()
         self.session, self.base_url = session, base_url
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         options = _urllib3.socket_options(session)
         if options is not None:
             kwargs["socket_options"] = options  # urllib3 sets them on each socket
+        if tls is not None:
+            kwargs["ssl_context"] = tls.context()  # the run's CA alone; the key log
         self.pool = urllib3.PoolManager(**kwargs)
-        pool = _urllib3.pool_class(session)
-        if pool is not None:
-            self.pool.pool_classes_by_scheme = {**self.pool.pool_classes_by_scheme,
-                                                "http": pool}
+        self.pool.pool_classes_by_scheme = {**self.pool.pool_classes_by_scheme,
+                                            **_urllib3.pool_classes(session)}
 
     def send(self, request: Request, planned_at: float) -> RequestRecord:
         import urllib3

@@ -315,10 +315,7 @@ def _engine(report: Report, run: EngineRun, scale: float) -> EngineView:
             ladder.height = TOP + BOTTOM
         ladders.append(ladder)
     cap = run.capture
-    drops = "unknown" if cap.kernel_drops is None else str(cap.kernel_drops)
-    server = visible(f"server {run.version or '?'} on {run.listen or '?'}; captured "
-                     f"{cap.packets} packets on {cap.interface or '?'} (kernel drops: "
-                     f"{drops}); times in seconds from the first SYN")
+    server = visible(summary.capture_line(run))
     notes = [("disagreement", f"belief vs wire: {d}") for d in run.disagreements]
     notes += [("impairment", f"link impaired: {i}") for i in cap.impairments]
     notes += [("engine", f"the engine logged: {line}") for line in run.engine_log]

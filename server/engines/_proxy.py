@@ -11,6 +11,7 @@ from kalab.kinds import EngineKind, Fail, Launch, upstream_port
 from kalab.spec import Node, Record, Scalar, Spec
 
 if TYPE_CHECKING:
+    from kalab.certs import ServerTls
     from kalab.scenario import Engine
 
 UPSTREAM_HOST = "127.0.0.1"  # loopback only: the capture sees the client's side alone
@@ -66,18 +67,20 @@ class ProxyKind(EngineKind):
 
     @classmethod
     def launch(cls, engine: Engine, host: str, port: int, upstream: int, folder: Path,
-               scratch: Path) -> list[Launch]:
-        """The proxy's own processes (after the engine behind it is up)."""
+               scratch: Path, tls: ServerTls | None) -> list[Launch]:
+        """The proxy's own processes (after the engine behind it is up), serving HTTPS
+        with ``tls``."""
         raise NotImplementedError
 
     @classmethod
     def plan(cls, engine: Engine, app: str | AppFile, host: str, port: int,  # type: ignore[override]
-             folder: Path, scratch: Path) -> list[Launch]:
+             folder: Path, scratch: Path, tls: ServerTls | None = None) -> list[Launch]:
         from server.engines import plan
 
+        # TLS ends at the proxy: the engine behind it speaks plain HTTP on loopback.
         behind = upstream_port(port)
         upstream = plan(cls.behind(engine), app, UPSTREAM_HOST, behind, folder, scratch)
-        return [*upstream, *cls.launch(engine, host, port, behind, folder, scratch)]
+        return [*upstream, *cls.launch(engine, host, port, behind, folder, scratch, tls)]
 
     @classmethod
     def proxy_version(cls) -> str:

@@ -12,6 +12,7 @@ from kalab.kinds import EngineKind, Launch, whole_seconds
 from kalab.spec import Scalar
 
 if TYPE_CHECKING:
+    from kalab.certs import ServerTls
     from kalab.scenario import Engine
 
 MODULES = Path("/usr/lib/apache2/modules")  # Debian's
@@ -48,12 +49,13 @@ class Apache(EngineKind):
 
     @classmethod
     def plan(cls, engine: Engine, app: str, host: str, port: int, folder: Path,
-             scratch: Path) -> list[Launch]:
+             scratch: Path, tls: ServerTls | None = None) -> list[Launch]:
         conf = folder / "apache.conf"
-        conf.write_text(apache_conf(engine, host, port, folder, scratch), encoding="utf-8")
+        conf.write_text(apache_conf(engine, host, port, folder, scratch, tls),
+                        encoding="utf-8")
         # -X would serve from one process without the MPM's children: not as people run it
         return [Launch(["apache2", "-f", str(conf), "-DFOREGROUND"], host, port,
-                       {WSGI_APP_VARIABLE: app})]
+                       {WSGI_APP_VARIABLE: app}, tls_ca=tls and tls.ca)]
 
     @classmethod
     def version(cls, engine: Engine) -> str:
@@ -63,13 +65,26 @@ class Apache(EngineKind):
         return f"{server} with mod_wsgi (Python {wsgi[-1].split('-')[-1] if wsgi else '?'})"
 
 
-def apache_conf(engine: Engine, host: str, port: int, folder: Path, scratch: Path) -> str:
-    """Apache on host:port alone, its logs in ``folder``, its runtime files in ``scratch``."""
+def apache_conf(engine: Engine, host: str, port: int, folder: Path, scratch: Path,
+                tls: ServerTls | None = None) -> str:
+    """Apache on host:port alone, its logs in ``folder``, its runtime files in ``scratch``;
+    with ``tls``, mod_ssl serves HTTPS (Apache reads the key as root, before it becomes
+    UNPRIVILEGED)."""
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    ssl = f"""LoadModule ssl_module {MODULES}/mod_ssl.so
+SSLEngine on
+SSLCertificateFile {tls.cert}
+SSLCertificateKeyFile {tls.key}
+SSLProtocol -all +TLSv1.2 +TLSv1.3
+LoadModule socache_shmcb_module {MODULES}/mod_socache_shmcb.so
+SSLSessionCache shmcb:{scratch}/ssl_scache(512000)
+""" if tls is not None else ""
+    # with TLS, a name the certificate holds (`kalab.certs.server_names`): else mod_ssl warns
+    name = "localhost" if tls is not None else "kalab"
     user = f"User {UNPRIVILEGED}\nGroup nogroup" if os.geteuid() == 0 else ""
     return f"""# kalab's own Apache: nothing of Debian's /etc/apache2 is read.
 ServerRoot {folder}
-ServerName kalab
+ServerName {name}
 DefaultRuntimeDir {scratch}
 PidFile {scratch}/apache.pid
 Listen {listen}
@@ -92,7 +107,7 @@ Timeout 60
 KeepAlive {"On" if engine.keepalive else "Off"}
 KeepAliveTimeout {engine.keep_alive_timeout}
 MaxKeepAliveRequests {engine.max_keep_alive_requests}
-WSGIPythonPath {PROJECT}
+{ssl}WSGIPythonPath {PROJECT}
 # Finalising the interpreter at stop hangs the child until Apache kills it (10 s).
 WSGIDestroyInterpreter Off
 WSGIScriptAlias / {SCRIPT}

@@ -12,6 +12,7 @@ from kalab.kinds import EngineKind, Fail, Launch, addr, seconds
 from kalab.spec import Node, Scalar
 
 if TYPE_CHECKING:
+    from kalab.certs import ServerTls
     from kalab.scenario import Engine
 
 WORKERS = ("sync", "gthread")
@@ -56,7 +57,7 @@ class Gunicorn(EngineKind):
 
     @classmethod
     def plan(cls, engine: Engine, app: str, host: str, port: int, folder: Path,
-             scratch: Path) -> list[Launch]:
+             scratch: Path, tls: ServerTls | None = None) -> list[Launch]:
         argv = [sys.executable, "-m", "gunicorn", "--bind", addr(host, port), "--workers", "1",
                 "--worker-class", engine.worker, "--access-logfile", "-", "--error-logfile",
                 "-", "--log-level", "info"]
@@ -66,7 +67,9 @@ class Gunicorn(EngineKind):
             argv += ["--max-requests", str(engine.max_requests)]
         if _has_setting("control_socket_disable"):
             argv.append("--no-control-socket")  # gunicorn >= 24 opens one under $HOME otherwise
-        return [Launch([*argv, app], host, port)]
+        if tls is not None:
+            argv += ["--certfile", str(tls.cert), "--keyfile", str(tls.key)]
+        return [Launch([*argv, app], host, port, tls_ca=tls and tls.ca)]
 
     @classmethod
     def version(cls, engine: Engine) -> str:

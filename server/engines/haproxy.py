@@ -12,6 +12,7 @@ from server.engines._proxy import UPSTREAM_HOST, ProxyKind
 from server.engines.gunicorn import Gunicorn
 
 if TYPE_CHECKING:
+    from kalab.certs import ServerTls
     from kalab.scenario import Engine
 
 REUSE = ("never", "safe", "aggressive", "always")
@@ -53,11 +54,12 @@ class Haproxy(ProxyKind):
 
     @classmethod
     def launch(cls, engine: Engine, host: str, port: int, upstream: int, folder: Path,
-               scratch: Path) -> list[Launch]:
+               scratch: Path, tls: ServerTls | None) -> list[Launch]:
         conf = folder / "haproxy.cfg"
-        conf.write_text(haproxy_conf(engine, host, port, upstream), encoding="utf-8")
+        conf.write_text(haproxy_conf(engine, host, port, upstream, tls), encoding="utf-8")
         # -db: in the foreground, no daemon; its log goes to standard output
-        return [Launch(["haproxy", "-f", str(conf), "-db"], host, port)]
+        return [Launch(["haproxy", "-f", str(conf), "-db"], host, port,
+                       tls_ca=tls and tls.ca)]
 
     @classmethod
     def proxy_version(cls) -> str:
@@ -70,8 +72,11 @@ def _ms(value: float) -> str:
     return f"{round(value * 1000)}ms"
 
 
-def haproxy_conf(engine: Engine, host: str, port: int, upstream: int) -> str:
-    """One frontend on host:port, one backend: the engine behind, on loopback."""
+def haproxy_conf(engine: Engine, host: str, port: int, upstream: int,
+                 tls: ServerTls | None = None) -> str:
+    """One frontend on host:port, one backend: the engine behind, on loopback; with
+    ``tls``, the frontend serves HTTPS (its certificate and key in one file)."""
+    ssl = f" ssl crt {tls.bundle}" if tls is not None else ""
     keep = (f"    timeout http-keep-alive {_ms(engine.timeout_http_keep_alive)}\n"
             if engine.timeout_http_keep_alive is not None else "")
     return f"""# kalab's own HAProxy: one frontend, one backend, logs to standard output.
@@ -89,7 +94,7 @@ defaults
 {keep}    http-reuse {engine.http_reuse}
 
 frontend lab
-    bind {addr(host, port)}
+    bind {addr(host, port)}{ssl}
     default_backend app
 
 backend app

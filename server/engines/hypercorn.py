@@ -11,6 +11,7 @@ from kalab.apps import WSGI_APP_VARIABLE
 from kalab.kinds import EngineKind, Launch, addr, whole_seconds
 
 if TYPE_CHECKING:
+    from kalab.certs import ServerTls
     from kalab.scenario import Engine
 
 
@@ -33,11 +34,14 @@ class Hypercorn(EngineKind):
 
     @classmethod
     def plan(cls, engine: Engine, app: str, host: str, port: int, folder: Path,
-             scratch: Path) -> list[Launch]:
-        return [Launch([sys.executable, "-m", "hypercorn", "--bind", addr(host, port),
-                        "--workers", "1", "--keep-alive", str(engine.keep_alive_timeout),
-                        "--access-logfile", "-", "--error-logfile", "-",
-                        "server.asgi_app:app"], host, port, {WSGI_APP_VARIABLE: app})]
+             scratch: Path, tls: ServerTls | None = None) -> list[Launch]:
+        argv = [sys.executable, "-m", "hypercorn", "--bind", addr(host, port), "--workers",
+                "1", "--keep-alive", str(engine.keep_alive_timeout), "--access-logfile", "-",
+                "--error-logfile", "-"]
+        if tls is not None:
+            argv += ["--certfile", str(tls.cert), "--keyfile", str(tls.key)]
+        return [Launch([*argv, "server.asgi_app:app"], host, port, {WSGI_APP_VARIABLE: app},
+                       tls_ca=tls and tls.ca)]
 
     @classmethod
     def version(cls, engine: Engine) -> str:

@@ -14,6 +14,7 @@ from server.engines._proxy import UPSTREAM_HOST, ProxyKind
 from server.engines.gunicorn import Gunicorn
 
 if TYPE_CHECKING:
+    from kalab.certs import ServerTls
     from kalab.scenario import Engine
 
 
@@ -69,12 +70,12 @@ class Nginx(ProxyKind):
 
     @classmethod
     def launch(cls, engine: Engine, host: str, port: int, upstream: int, folder: Path,
-               scratch: Path) -> list[Launch]:
+               scratch: Path, tls: ServerTls | None) -> list[Launch]:
         conf = folder / "nginx.conf"
-        conf.write_text(nginx_conf(engine, host, port, upstream, folder, scratch),
+        conf.write_text(nginx_conf(engine, host, port, upstream, folder, scratch, tls),
                         encoding="utf-8")
         return [Launch(["nginx", "-p", str(folder), "-c", str(conf), "-g", "daemon off;"],
-                       host, port)]
+                       host, port, tls_ca=tls and tls.ca)]
 
     @classmethod
     def proxy_version(cls) -> str:
@@ -83,8 +84,13 @@ class Nginx(ProxyKind):
 
 
 def nginx_conf(engine: Engine, host: str, port: int, upstream_port: int, folder: Path,
-               scratch: Path) -> str:
-    """A reverse proxy with the scenario's keep-alive settings, everything in ``folder``."""
+               scratch: Path, tls: ServerTls | None = None) -> str:
+    """A reverse proxy with the scenario's keep-alive settings, everything in ``folder``;
+    with ``tls``, HTTPS on the client's side (TLS 1.2 and 1.3: the client chooses)."""
+    ssl = (f"""
+        ssl_certificate {tls.cert};
+        ssl_certificate_key {tls.key};
+        ssl_protocols TLSv1.2 TLSv1.3;""" if tls is not None else "")
     header = f" {engine.keepalive_header:g}s" if engine.keepalive_header is not None else ""
     pool = (f"keepalive {engine.upstream_keepalive};\n"
             f"        keepalive_timeout {engine.upstream_keepalive_timeout:g}s;"
@@ -112,7 +118,7 @@ http {{
         {pool}
     }}
     server {{
-        listen {addr(host, port)};
+        listen {addr(host, port)}{" ssl" if tls is not None else ""};{ssl}
         location / {{
             proxy_pass http://app;
             {upstream_http}

@@ -11,6 +11,7 @@ from kalab.apps import WSGI_APP_VARIABLE
 from kalab.kinds import EngineKind, Launch, whole_seconds
 
 if TYPE_CHECKING:
+    from kalab.certs import ServerTls
     from kalab.scenario import Engine
 
 
@@ -33,12 +34,15 @@ class Uvicorn(EngineKind):
 
     @classmethod
     def plan(cls, engine: Engine, app: str, host: str, port: int, folder: Path,
-             scratch: Path) -> list[Launch]:
+             scratch: Path, tls: ServerTls | None = None) -> list[Launch]:
         # h11, not httptools: the same HTTP parser wherever the lab runs
-        return [Launch([sys.executable, "-m", "uvicorn", "--host", host, "--port", str(port),
-                        "--http", "h11", "--timeout-keep-alive",
-                        str(engine.timeout_keep_alive), "--no-server-header",
-                        "server.asgi_app:app"], host, port, {WSGI_APP_VARIABLE: app})]
+        argv = [sys.executable, "-m", "uvicorn", "--host", host, "--port", str(port),
+                "--http", "h11", "--timeout-keep-alive", str(engine.timeout_keep_alive),
+                "--no-server-header"]
+        if tls is not None:
+            argv += ["--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]
+        return [Launch([*argv, "server.asgi_app:app"], host, port, {WSGI_APP_VARIABLE: app},
+                       tls_ca=tls and tls.ca)]
 
     @classmethod
     def version(cls, engine: Engine) -> str:

@@ -10,6 +10,7 @@ from kalab.kinds import EngineKind, Launch, addr, whole_seconds
 from kalab.spec import Scalar
 
 if TYPE_CHECKING:
+    from kalab.certs import ServerTls
     from kalab.scenario import Engine
 
 PROJECT = Path(__file__).resolve().parents[2]  # the plugin's Python imports kalab and server here
@@ -30,6 +31,9 @@ class Uwsgi(EngineKind):
                           "kept-alive connection holds one)", 4, 1, 1024),
     }
 
+    # --http11-socket has no TLS (uWSGI's HTTPS is its HTTP router's, another process)
+    serves_tls = False
+
     @classmethod
     def describe(cls, engine: Engine) -> str:
         socket = "--http11-socket" if engine.http11 else "--http-socket"
@@ -37,7 +41,7 @@ class Uwsgi(EngineKind):
 
     @classmethod
     def plan(cls, engine: Engine, app: str, host: str, port: int, folder: Path,
-             scratch: Path) -> list[Launch]:
+             scratch: Path, tls: ServerTls | None = None) -> list[Launch]:
         socket = "--http11-socket" if engine.http11 else "--http-socket"
         return [Launch(["uwsgi", "--plugin", "python3", socket, addr(host, port),
                         "--master", "--processes", "1", "--threads", str(engine.threads),

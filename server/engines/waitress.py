@@ -11,6 +11,7 @@ from kalab.kinds import EngineKind, Launch, addr, whole_seconds
 from kalab.spec import Scalar
 
 if TYPE_CHECKING:
+    from kalab.certs import ServerTls
     from kalab.scenario import Engine
 
 
@@ -30,6 +31,8 @@ class Waitress(EngineKind):
         "threads": Scalar("integer", "waitress --threads", 4, 1, 1024),
     }
 
+    serves_tls = False  # waitress speaks plain HTTP only (TLS ends in a proxy in front of it)
+
     @classmethod
     def describe(cls, engine: Engine) -> str:
         return (f"waitress, channel_timeout {engine.channel_timeout:g}s checked every "
@@ -37,7 +40,7 @@ class Waitress(EngineKind):
 
     @classmethod
     def plan(cls, engine: Engine, app: str, host: str, port: int, folder: Path,
-             scratch: Path) -> list[Launch]:
+             scratch: Path, tls: ServerTls | None = None) -> list[Launch]:
         return [Launch([sys.executable, "-m", "waitress", f"--listen={addr(host, port)}",
                         f"--threads={engine.threads}",
                         f"--channel-timeout={int(engine.channel_timeout)}",

@@ -12,6 +12,7 @@ from kalab.kinds import EngineKind, Launch
 from kalab.spec import Scalar
 
 if TYPE_CHECKING:
+    from kalab.certs import ServerTls
     from kalab.scenario import Engine
 
 
@@ -37,10 +38,12 @@ class Werkzeug(EngineKind):
 
     @classmethod
     def plan(cls, engine: Engine, app: str, host: str, port: int, folder: Path,
-             scratch: Path) -> list[Launch]:
+             scratch: Path, tls: ServerTls | None = None) -> list[Launch]:
         threading = "threaded" if engine.threaded else "unthreaded"
+        # app.run(ssl_context=(cert, key)) with a certificate
+        certificate = [str(tls.cert), str(tls.key)] if tls is not None else []
         return [Launch([sys.executable, "-m", "server.werkzeug_engine", app, host, str(port),
-                        threading], host, port)]
+                        threading, *certificate], host, port, tls_ca=tls and tls.ca)]
 
     @classmethod
     def version(cls, engine: Engine) -> str:
