@@ -83,6 +83,17 @@ def test_each_point_is_the_scenario_with_the_param_at_that_value():
     assert first.sweep.requests == ("requests.2", "httpx.2", "no-check.2")
 
 
+def test_a_sweep_may_move_an_engine_s_keep_alive_or_a_link_s_delay():
+    scenario = parse(
+        "sessions: [{steps: [get: /, sleep: 3, get: /]}]\n"
+        "engines: [{engine: gunicorn, worker: gthread, keep_alive: '${ka}'}]\n"
+        "link: {server_to_client: {delay_ms: '${ka * 10}'}}\n"
+        "sweep: {param: ka, between: [1, 5], step: 2}\n", "ka.yaml", point=2)
+    assert scenario.sweep.values == (1, 3, 5)
+    assert scenario.engines[0].keep_alive == 5
+    assert scenario.link["server_to_client"].delay_ms == 50
+
+
 BAD = {
     "the engines' own claims": (
         "engines: [{engine: werkzeug, expect: [connections: 1]}]\n"
