@@ -74,7 +74,7 @@ def run_engines(scenario: Scenario, args: argparse.Namespace, host: str,
         if records["interrupted"]:  # the records so far are kept; the run is over
             raise KeyboardInterrupt
         (folder / handoff.CLIENT_DONE).touch()
-    handoff.linger_until_observer_done(args.run_dir)
+    handoff.linger_until_observer_done(args.run_dir, args.engine)
     handoff.stay_until_stopped(args.stay)
     return 0
 

@@ -39,16 +39,25 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a scenario: server, client and observer (or "
                          "its sessions against --target URL)",
-                         description="Run every engine of a scenario in turn, capture the "
-                         "wire, and check the scenario's expectations against it; with "
-                         "--target URL, run its sessions against a server the lab did not "
-                         "start instead.")
+                         description="Run every engine of a scenario, capture the wire, "
+                         "and check the scenario's expectations against it; with --target "
+                         "URL, run its sessions against a server the lab did not start "
+                         "instead. On the netns runtime the engines go at once, each in its "
+                         "own pair of namespaces with its own addresses and its own capture; "
+                         "on local and compose (one loopback, one compose project) they go in "
+                         "turn. A scenario with a sweep: (netns only) runs its trials, a few "
+                         "at once, and reports the share of each outcome per point, with "
+                         "charts.")
     run.add_argument("scenario", type=Path, help="scenario file, e.g. lab.yaml")
     run.add_argument("--runtime", choices=("netns", "local", "compose"), default=None,
                      help="netns: server and client in network namespaces joined by a veth "
                      "(default); local: everything on this host's loopback; compose: one "
                      "container per role with docker compose (KALAB_BASE_IMAGE picks the "
                      "base image)")
+    run.add_argument("--serial", action="store_true",
+                     help="run the engines in turn, in the scenario's order, in one pair "
+                     "of namespaces (netns runs them at once otherwise; local and compose "
+                     "always run them in turn)")
     run.add_argument("--results", type=Path, default=None,
                      help="folder for the report and pcaps: new, or empty (default: a new "
                      "results/NAME-TIME-ID, with results/latest pointing at it)")
@@ -228,18 +237,40 @@ def _error(message: str, code: int) -> int:
     return code
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _load(path: Path, student: str | None):  # noqa: ANN202 - a Scenario
+    """The scenario; a sweep's is checked at every point (each is a scenario of its own:
+    a value may break a bound that the first keeps). ScenarioError names the point."""
     from kalab.course.lab import written
     from kalab.scenario import ScenarioError, load
 
+    scenario = load(path, student)
+    if scenario.sweep is not None:
+        for point, value in enumerate(scenario.sweep.param.values[1:], 1):
+            try:
+                load(path, student, point)
+            except ScenarioError as exc:
+                raise ScenarioError(exc.file, exc.line, exc.where, f"{exc.message} (at the "
+                                    f"sweep's point {scenario.sweep.param.name} = "
+                                    f"{written(value)})") from None
+    return scenario
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from kalab.course.lab import written
+    from kalab.scenario import ScenarioError
+
     try:
-        scenario = load(args.scenario, args.student)
+        scenario = _load(args.scenario, args.student)
     except ScenarioError as exc:
         return _error(str(exc), Exit.BAD_INPUT)
     summary = (f"{args.scenario}: ok: {len(scenario.engines)} engine(s) "
                f"({', '.join(e.name for e in scenario.engines)}), {len(scenario.requests)} "
                f"request(s) in {len(scenario.sessions)} session(s), "
                f"{sum(len(e.expect) for e in scenario.engines)} expectation(s)")
+    if scenario.sweep is not None:
+        plan = scenario.sweep
+        summary += (f", a sweep of {plan.param.name} over {len(plan.values)} point(s) x "
+                    f"{plan.trials} trial(s), {len(plan.expect)} claim(s) on it")
     course = scenario.course
     if course is not None:
         summary += f", {len(course.questions)} question(s)"
@@ -299,7 +330,7 @@ def _targeted(args: argparse.Namespace):  # noqa: ANN202 - a Scenario
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kalab.scenario import ScenarioError, load
+    from kalab.scenario import ScenarioError
 
     given = [option for option, *_ in TARGET_BOUNDS if getattr(args, _dest(option)) is not None]
     if args.target is None and (given or args.expectations_of is not None):
@@ -310,7 +341,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             scenario = _targeted(args)
             args.runtime = "target"
         else:
-            scenario = load(args.scenario, args.student)
+            scenario = _load(args.scenario, args.student)
             args.runtime = args.runtime or "netns"
     except (ScenarioError, ValueError) as exc:
         return _error(str(exc), Exit.BAD_INPUT)
@@ -319,6 +350,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The containers see the scenario file alone, not the folder beside it.
         return _error(f"{args.scenario}: app: your own app file needs --runtime netns or "
                       "local (the containers have only the project's apps)", Exit.BAD_INPUT)
+    if scenario.sweep is not None and (args.runtime != "netns" or args.serial):
+        return _error(f"{args.scenario}: sweep: a sweep runs on --runtime netns, its engines "
+                      "at once (not --serial, not --target)", Exit.BAD_INPUT)
     if scenario.link and args.runtime == "local":
         return _error(f"{args.scenario}: link: impairments need --runtime netns or compose "
                       "(impairing the host's loopback would slow everything on it)",
@@ -350,9 +384,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _error(f"--results: {exc}", Exit.BAD_INPUT)
     console = summary.make_console(stderr=args.json)
     try:  # the live line (a terminal only) reads the roles' files: none under compose
-        with progress.shown(console, scenario,
-                            None if args.runtime == "compose" else results) as say:
-            report = lab.run(scenario, args.runtime, results, state, say)
+        with progress.shown(console, scenario,  # a sweep says how many trials are done
+                            None if args.runtime == "compose" or scenario.sweep else results,
+                            lab.goes_at_once(args.runtime, args.serial)) as say:
+            report = lab.run(scenario, args.runtime, results, state, say, args.serial)
     except lab.LabError as exc:
         return _error(str(exc), Exit.LAB_ERROR)
     except lab.Interrupted as stopped:
@@ -371,9 +406,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(report_mod.to_json(report))
     else:
         summary.render(report, console)
+        captures = f"pcaps: {', '.join(str(results / r.capture.pcap) for r in report.runs)}" \
+            if report.sweep is None else f"each trial's report and pcaps: {results / 'trials'}"
         console.print(f"report: {results / 'report.json'} (to read: "
-                      f"{results / 'report.html'}); pcaps: "
-                      f"{', '.join(str(results / r.capture.pcap) for r in report.runs)}")
+                      f"{results / 'report.html'}); {captures}")
     return report.exit_code
 
 

@@ -17,7 +17,10 @@ for the file that says its turn has come:
 
 and at the very end the observer writes the report and ``observer.done``;
 the server and the client stay until then (under compose the first
-container to exit ends the others). So the capture always starts before
+container to exit ends the others). Roles given one engine (``--engine``,
+as `kalab run` starts them when the engines go at once, each trio in its
+own namespaces) write and wait for ENGINE/observer.done instead: each
+trio ends on its own, and `kalab run` writes the report. So the capture always starts before
 the server and the client, and stops before the server does (an engine's
 shutdown is never taken for a keep-alive close). A role that cannot go on
 writes ENGINE/ROLE.failed with the reason; every wait sees it and gives up
@@ -126,10 +129,17 @@ def wait_for(path: Path, timeout: float, alive: Callable[[], bool] | None = None
         time.sleep(0.02)
 
 
-def linger_until_observer_done(run_dir: Path, timeout: float = 120.0) -> None:
-    """Keep a finished role alive until the observer has written the report."""
+def observer_done(run_dir: Path, engine: str | None) -> Path:
+    """The file that says the observer is over: in the run folder when it observes every
+    engine, in the engine's folder when it was given one (``--engine``)."""
+    return run_dir / OBSERVER_DONE if engine is None else run_dir / engine / OBSERVER_DONE
+
+
+def linger_until_observer_done(run_dir: Path, engine: str | None,
+                               timeout: float = 120.0) -> None:
+    """Keep a finished role alive until its observer is over (`observer_done`)."""
     try:
-        wait_for(run_dir / OBSERVER_DONE, timeout, what="the observer's report")
+        wait_for(observer_done(run_dir, engine), timeout, what="the observer's report")
     except Aborted:
         pass
 
@@ -206,20 +216,35 @@ def link_latest(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def phase_reached(run_dir: Path, engines: list[Engine], roles_started: bool = True) -> str:
-    """How far a run had got (one of `PHASES`), from the files its roles left."""
+def engine_phase(folder: Path) -> str | None:
+    """How far one engine's turn had got ("capture start", "server start" or "scenario"),
+    from the files in its folder; None once its capture is closed."""
+    if (folder / CAPTURE_STATS).exists():
+        return None
+    if (folder / SERVER_READY).exists():
+        return "scenario"
+    if (folder / OBSERVER_READY).exists():
+        return "server start"
+    return "capture start"
+
+
+def phase_reached(run_dir: Path, engines: list[Engine], roles_started: bool = True,
+                  at_once: bool = False) -> str:
+    """How far a run had got (one of `PHASES`), from the files its roles left.
+
+    Engines in turn: the phase of the first engine not done, "between engines" when
+    it has not begun but an engine before it has. Engines at once (``at_once``): the
+    phase of the engine furthest behind; there is no "between engines"."""
     if not roles_started:
         return "setup"
-    for index, engine in enumerate(engines):
-        folder = run_dir / engine.name
-        if (folder / CAPTURE_STATS).exists():
-            continue
-        if (folder / SERVER_READY).exists():
-            return "scenario"
-        if (folder / OBSERVER_READY).exists():
-            return "server start"
-        return "capture start" if index == 0 else "between engines"
-    return "report writing"
+    going = [(index, phase) for index, engine in enumerate(engines)
+             if (phase := engine_phase(run_dir / engine.name)) is not None]
+    if not going:
+        return "report writing"
+    if at_once:
+        return min((phase for _, phase in going), key=PHASES.index)
+    index, phase = going[0]
+    return "between engines" if phase == "capture start" and index > 0 else phase
 
 
 def engines_to_run(scenario: Scenario, name: str | None) -> list[Engine]:
@@ -255,7 +280,7 @@ def parse_role(parser: argparse.ArgumentParser, argv: list[str] | None,
 
     args = parser.parse_args(argv)
     try:
-        scenario = load(args.scenario, args.student or None)
+        scenario = load(args.scenario, args.student or None, args.sweep_point)
     except ScenarioError as exc:
         print(f"kalab {role}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -280,6 +305,8 @@ def role_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--student", default="", metavar="ID",
                         help="a lab's student: its params are drawn for this ID, as "
                         "`kalab run --student` drew them (empty: the defaults)")
+    parser.add_argument("--sweep-point", type=int, default=None, metavar="N",
+                        help="a sweep's scenario at its point N (from 0; default: the first)")
     parser.add_argument("--stay", action="store_true",
                         help="after the run, wait until stopped (SIGTERM) instead of "
                         "ending: a Kubernetes Deployment's pod must not end")

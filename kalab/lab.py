@@ -8,6 +8,14 @@ writes the report and exits with the verdict. A scenario `targeted` at a
 server the lab did not start (`kalab.target`) runs its roles on this host
 (`kalab.runtime.target`), bounded by the target's ``max_seconds``.
 
+On the netns runtime the engines go at once: each engine gets its own pair
+of namespaces with its own addresses (`kalab.runtime.netns`) and its own
+observer, server and client, given that one engine (``--engine``); once
+every observer is over, the report is written here from the engines'
+folders, the same report as engines in turn give. ``serial`` (and the
+local and compose runtimes, whose engines share one loopback or one
+project) keeps the engines in turn, one trio of roles walking them all.
+
 Whatever happens (an error, Ctrl-C, SIGTERM), every process is stopped and
 the runtime's namespaces removed before this returns or raises, with
 further signals only noted while that goes on (`kalab.lifeline`); the run's
@@ -22,26 +30,32 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 from kalab import evidence, handoff, lifeline, render
 from kalab import report as report_mod
+from kalab import sweep as sweep_mod
 from kalab.exitcodes import BY_VERDICT
 from kalab.report import Report
 from kalab.runtime.clean import remove_recorded, still_there
 from kalab.runtime.compose import ComposeError, ComposeLab, docker_problem
 from kalab.runtime.local import LocalLab
 from kalab.runtime.netns import NetnsLab
-from kalab.runtime.node import Process
+from kalab.runtime.node import Process, stop_all
 from kalab.runtime.state import RunState
 from kalab.runtime.target import TargetLab
-from kalab.scenario import Scenario
+from kalab.scenario import Engine, Scenario, load
 from kalab.target import server_of
 
 RUNTIMES = {"netns": NetnsLab, "local": LocalLab}
+AT_ONCE_RUNTIMES = ("netns",)  # where each engine can have a network of its own
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Each role's output when the engines go at once: in the engine's folder, beside the
+# engine's own server.log (which the server role writes there).
+ROLE_LOGS = {"observer": "observer.log", "server": "server-role.log", "client": "client.log"}
 
 
 class LabError(Exception):
@@ -61,9 +75,12 @@ class _Signals:
     """SIGINT and SIGTERM during a run: note the phase the run was in (read off its
     files before stopping the roles changes them), then unwind like Ctrl-C."""
 
-    def __init__(self, scenario: Scenario, results: Path, watch_files: bool) -> None:
+    def __init__(self, scenario: Scenario, results: Path, watch_files: bool,
+                 at_once: bool) -> None:
         self.scenario, self.results, self.watch_files = scenario, results, watch_files
+        self.at_once = at_once
         self.roles_started = False
+        self.reporting = False  # a sweep's: every trial is over, its report is being made
         self.phase: str | None = None
         self.previous: dict[int, object] = {}
 
@@ -81,29 +98,42 @@ class _Signals:
         # land anywhere (inside logging's fork hooks, a finally) and could skip cleanup.
         if self.phase is not None:
             return
-        self.phase = handoff.phase_reached(self.results, list(self.scenario.engines),
-                                           self.roles_started) \
-            if self.watch_files else ("scenario" if self.roles_started else "setup")
+        if self.reporting:
+            self.phase = "report writing"
+        elif self.watch_files:
+            self.phase = handoff.phase_reached(self.results, list(self.scenario.engines),
+                                               self.roles_started, self.at_once)
+        else:
+            self.phase = "scenario" if self.roles_started else "setup"
         raise KeyboardInterrupt
 
 
-def time_limit(scenario: Scenario) -> float:
+def time_limit(scenario: Scenario, at_once: bool = False) -> float:
     target = server_of(scenario)
     if target is not None:  # a server the lab did not start: its own bound, and no more
         return target.max_seconds + handoff.ROLE_START_TIMEOUT
     per_engine = handoff.session_time_limit(scenario) + 2 * handoff.ROLE_START_TIMEOUT
-    return per_engine * len(scenario.engines)
+    return per_engine * (1 if at_once else len(scenario.engines))
+
+
+def goes_at_once(runtime: str, serial: bool) -> bool:
+    """Whether a run on ``runtime`` runs its engines at once (else in turn)."""
+    return runtime in AT_ONCE_RUNTIMES and not serial
 
 
 def run(scenario: Scenario, runtime: str, results: Path, state: RunState,
-        say: Callable[[str], None] = lambda text: None) -> Report:
+        say: Callable[[str], None] = lambda text: None, serial: bool = False) -> Report:
     """Run ``scenario`` into ``results`` (a new folder of the run's own); its report.
+    The engines go at once where the runtime allows (`goes_at_once`), unless ``serial``.
 
     Raises `Interrupted` after a signal (the report is written all the same) and
     `LabError` when the lab could not run.
     """
     started = time.time()
-    signals = _Signals(scenario, results, watch_files=runtime != "compose")
+    at_once = goes_at_once(runtime, serial)
+    # A sweep's phase is not read off files: its engines' folders are the trials'.
+    signals = _Signals(scenario, results, watch_files=runtime != "compose" and
+                       scenario.sweep is None, at_once=at_once)
     interrupted = False
     state.save()
     # The handlers stay until the cleanup has its own: restoring the default SIGINT
@@ -112,6 +142,10 @@ def run(scenario: Scenario, runtime: str, results: Path, state: RunState,
         try:
             if runtime == "compose":
                 _run_compose(scenario, results, state, say)
+            elif scenario.sweep is not None:
+                _run_sweep(scenario, results, state, say, signals, started)
+            elif at_once:
+                _run_at_once(scenario, results, state, say, signals, started)
             else:
                 _run_processes(scenario, runtime, results, state, say, signals)
             report = report_mod.from_dict(handoff.read_json(results / handoff.REPORT))
@@ -152,7 +186,9 @@ def _interrupted_report(scenario: Scenario, runtime: str, results: Path, started
             report = report_mod.from_dict(handoff.read_json(path))
         except (OSError, ValueError, TypeError, KeyError):
             report = None  # half a report: make it again below
-    if report is None:
+    if report is None and scenario.sweep is not None:
+        report = sweep_report(scenario, results, started, interrupted=phase)
+    elif report is None:
         report = evidence.build_report(results, scenario, list(scenario.engines), runtime,
                                        started, label=scenario.file, interrupted=phase)
     else:
@@ -203,7 +239,8 @@ def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunSt
         for node, role in ((lab.server, "server"), (lab.client, "client")):
             processes.append(node.start_role(role, [*common, "--host", lab.server_host],
                                              results / f"{role}.log", PROJECT_ROOT))
-        code = _wait_for_observer(observer, scenario, results, say)
+        (code,) = _wait_for_observers({"all": observer}, scenario, results, say,
+                                      at_once=False)
         if code not in BY_VERDICT.values() or not (results / handoff.REPORT).exists():
             raise LabError(_explain_failure(scenario, results, processes))
     finally:
@@ -213,23 +250,187 @@ def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunSt
             lab.stop()
 
 
-def _wait_for_observer(observer: Process, scenario: Scenario, results: Path,
-                       say: Callable[[str], None]) -> int:
-    """Wait for the observer's verdict, saying which engine is on as they go."""
-    deadline = time.monotonic() + time_limit(scenario)
-    announced: set[str] = set()
-    while True:
+class _Batch:
+    """Every engine of a scenario at once, in ``folder``: per engine a pair of namespaces
+    (numbered ``numbers``, one per engine) and a trio of roles given that engine."""
+
+    def __init__(self, scenario: Scenario, folder: Path, state: RunState, numbers: list[int],
+                 extra: tuple[str, ...] = ()) -> None:
+        self.scenario, self.folder, self.state = scenario, folder, state
+        self.numbers, self.extra = numbers, extra
+        self.labs: list[NetnsLab] = []
+        self.processes: list[Process] = []
+        self.observers: dict[str, Process] = {}
+
+    def make_network(self) -> None:
+        for number in self.numbers:
+            self.labs.append(NetnsLab(self.state, number))  # listed first: stopped even half made
+            self.labs[-1].start()
+
+    def start_roles(self) -> None:
+        common = [str(Path(self.scenario.file).resolve()), "--run-dir",
+                  str(self.folder.resolve()), "--student", self.scenario.student or "",
+                  *self.extra]
+        for lab, engine in zip(self.labs, self.scenario.engines, strict=True):
+            folder = handoff.shared_engine_dir(self.folder, engine)
+            mine = [*common, "--engine", engine.name]
+            observer = lab.observer.start_role(
+                "observer", [*mine, "--interface", lab.capture_interface],
+                folder / ROLE_LOGS["observer"], PROJECT_ROOT)
+            self.observers[engine.name] = observer
+            self.processes.append(observer)
+            for node, role in ((lab.server, "server"), (lab.client, "client")):
+                self.processes.append(node.start_role(role, [*mine, "--host", lab.server_host],
+                                                      folder / ROLE_LOGS[role], PROJECT_ROOT))
+
+    def codes(self) -> list[int] | None:
+        """The observers' exit codes once every one is over; None while one runs."""
+        if any(observer.alive() for observer in self.observers.values()):
+            return None
+        return [observer.wait(0) for observer in self.observers.values()]
+
+    def stop(self) -> None:
+        """Stop the roles, remove the namespaces; what is gone leaves the run's record."""
+        stop_all(list(reversed(self.processes)))
+        for lab in self.labs:
+            lab.stop()
+        names = [ns for lab in self.labs for ns in (lab.server_ns, lab.client_ns)]
+        pids = [process.pid for process in self.processes]
+        if not still_there({"namespaces": names, "pids": [[pid, 0] for pid in pids]}):
+            self.state.release(names, pids)
+
+
+def _run_at_once(scenario: Scenario, results: Path, state: RunState,
+                 say: Callable[[str], None], signals: _Signals, started: float) -> None:
+    """Every engine at once, each in its own pair of namespaces with its own observer,
+    server and client; the report written here once every observer is over."""
+    batch = _Batch(scenario, results, state, list(range(len(scenario.engines))))
+    try:
+        batch.make_network()
+        signals.roles_started = True  # from here on the run folder tells the phase
+        batch.start_roles()
+        codes = _wait_for_observers(batch.observers, scenario, results, say, at_once=True)
+        record = evidence.build_report(results, scenario, list(scenario.engines), "netns",
+                                       started, label=scenario.file)
+        render.publish(record, results)
+        if any(code != 0 for code in codes):
+            raise LabError(_explain_failure(scenario, results, batch.processes))
+    finally:
+        with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):
+            batch.stop()
+
+
+def _run_sweep(scenario: Scenario, results: Path, state: RunState,
+               say: Callable[[str], None], signals: _Signals, started: float) -> None:
+    """A sweep's trials (`kalab.sweep`), at most ``at_once`` at a time, each a batch of
+    every engine at once in its own folder with its own report; then the sweep's report."""
+    plan = scenario.sweep
+    assert plan is not None
+    count = len(scenario.engines)
+    waiting = deque((point, trial) for point in range(len(plan.values))
+                    for trial in range(plan.trials))
+    planned = len(waiting)
+    free = deque(range(plan.at_once))  # a slot's pairs are numbered slot * engines + n
+    running: dict[int, tuple[_Batch, float, float]] = {}  # slot: batch, start, deadline
+    finished = 0
+    try:
+        while waiting or running:
+            while waiting and free:
+                slot = free.popleft()
+                point, trial = waiting.popleft()
+                folder = sweep_mod.trial_folder(results, point, trial)
+                folder.mkdir(parents=True)
+                at_point = load(scenario.file, scenario.student, point)
+                batch = _Batch(at_point, folder, state,
+                               [slot * count + n for n in range(count)],
+                               ("--sweep-point", str(point)))
+                running[slot] = (batch, time.time(),
+                                 time.monotonic() + time_limit(at_point, at_once=True))
+                batch.make_network()
+                signals.roles_started = True
+                batch.start_roles()
+            for slot, (batch, begun, deadline) in list(running.items()):
+                codes = batch.codes()
+                if codes is None and time.monotonic() < deadline:
+                    continue
+                if codes is None:
+                    raise LabError(f"{batch.folder}: the trial took longer than "
+                                   f"{time_limit(batch.scenario, at_once=True):.0f} s")
+                with lifeline.deferred_signals() as seen:  # a trial stops whole
+                    batch.stop()
+                    del running[slot]
+                free.append(slot)
+                if seen:  # now it may unwind the sweep
+                    signal.raise_signal(seen[0])
+                record = evidence.build_report(batch.folder, batch.scenario,
+                                               list(batch.scenario.engines), "netns", begun,
+                                               label=scenario.file)
+                report_mod.write(record, batch.folder)
+                if any(code != 0 for code in codes):
+                    raise LabError(_explain_failure(batch.scenario, batch.folder,
+                                                    batch.processes))
+                finished += 1
+                if finished % max(1, planned // 10) == 0 or finished == planned:
+                    say(f"{finished} of {planned} trials done")
+            time.sleep(0.05)
+        signals.reporting = True
+        render.publish(sweep_report(scenario, results, started), results)
+    finally:
+        with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):
+            for batch, _, _ in running.values():
+                batch.stop()
+
+
+def sweep_report(scenario: Scenario, results: Path, started: float,
+                 interrupted: str | None = None) -> Report:
+    """A sweep's report from the trials' reports in ``results`` (those that finished)."""
+    plan = scenario.sweep
+    assert plan is not None
+    trials = []
+    for path in sorted((results / "trials").glob("*/report.json")):
         try:
-            return observer.wait(0.2)
-        except subprocess.TimeoutExpired:
-            pass
+            point = int(path.parent.name.split("-", 1)[0]) - 1
+            trials.append((point, f"trials/{path.parent.name}",
+                           report_mod.from_dict(handoff.read_json(path))))
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # half written when a signal came: not counted
+    clients = {r.ref: s.client for s in scenario.sessions for r in s.requests}
+    sweep, verdict = sweep_mod.result(plan, clients, tuple(e.name for e in scenario.engines),
+                                      trials, len(plan.values) * plan.trials)
+    record = Report(schema=report_mod.SCHEMA, scenario=scenario.file, name=scenario.name,
+                    runtime="netns", started_at=started, finished_at=time.time(), runs=[],
+                    verdict=verdict, exit_code=BY_VERDICT[verdict],
+                    student=scenario.student, sweep=sweep)
+    if interrupted is not None:
+        evidence.mark_interrupted(record, interrupted)
+    return record
+
+
+def _wait_for_observers(observers: dict[str, Process], scenario: Scenario, results: Path,
+                        say: Callable[[str], None], at_once: bool) -> list[int]:
+    """Wait until every observer is over, saying which engines are on as they come up;
+    their exit codes."""
+    limit = time_limit(scenario, at_once)
+    deadline = time.monotonic() + limit
+    announced: set[str] = set()
+    codes: dict[str, int] = {}
+    while True:
+        for name, observer in observers.items():
+            if name not in codes and not observer.alive():
+                codes[name] = observer.wait(0)
+        if len(codes) == len(observers):
+            return [codes[name] for name in observers]
+        time.sleep(0.1)
         for engine in scenario.engines:
-            ready = handoff.engine_dir(results, engine) / handoff.SERVER_READY
-            if engine.name not in announced and ready.exists():
+            if engine.name not in announced and _is_up(results, engine):
                 announced.add(engine.name)
                 say(f"{engine.name}: {engine.describe()} is up; the client is running")
         if time.monotonic() > deadline:
-            raise LabError(f"the run took longer than {time_limit(scenario):.0f} s")
+            raise LabError(f"the run took longer than {limit:.0f} s")
+
+
+def _is_up(results: Path, engine: Engine) -> bool:
+    return (handoff.engine_dir(results, engine) / handoff.SERVER_READY).exists()
 
 
 def _explain_failure(scenario: Scenario, results: Path, processes: list[Process]) -> str:

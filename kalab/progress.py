@@ -32,8 +32,10 @@ REFRESH_PER_SECOND = 4
 class RunProgress:
     """The status of a run as its files show it; a rich renderable that redraws itself."""
 
-    def __init__(self, scenario: Scenario, results: Path | None, console: Console) -> None:
+    def __init__(self, scenario: Scenario, results: Path | None, console: Console,
+                 at_once: bool = False) -> None:
         self.scenario, self.results, self.console = scenario, results, console
+        self.at_once = at_once
         self.started = time.monotonic()
         self.message = "starting the lab"
         self.spinner = Spinner("dots", style="cyan")
@@ -50,13 +52,19 @@ class RunProgress:
         if self.results is None:  # under compose the files appear only at the end
             return f"{self.message} ({elapsed})"
         engines = self.scenario.engines
-        for index, engine in enumerate(engines, 1):
-            folder = handoff.engine_dir(self.results, engine)
-            if (folder / handoff.CAPTURE_STATS).exists():
-                continue
-            head = f"{engine.name} ({index}/{len(engines)})"
-            return f"{head}: {self._engine_step(folder, engine.describe(), now)} ({elapsed})"
-        return f"analysing the captures and writing the report ({elapsed})"
+        going = [(index, engine) for index, engine in enumerate(engines, 1)
+                 if not (handoff.engine_dir(self.results, engine) /
+                         handoff.CAPTURE_STATS).exists()]
+        if not going:
+            return f"analysing the captures and writing the report ({elapsed})"
+        index, engine = going[0]
+        step = self._engine_step(handoff.engine_dir(self.results, engine), engine.describe(),
+                                 now)
+        if self.at_once and len(engines) > 1:  # the engine furthest behind speaks for all
+            done = len(engines) - len(going)
+            return (f"{len(engines)} engines at once, {done} done; {engine.name}: {step} "
+                    f"({elapsed})")
+        return f"{engine.name} ({index}/{len(engines)}): {step} ({elapsed})"
 
     def _engine_step(self, folder: Path, description: str, now: float) -> str:
         if not (folder / handoff.OBSERVER_READY).exists():
@@ -91,8 +99,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def shown(console: Console, scenario: Scenario,
-          results: Path | None) -> Iterator[Callable[[str], None]]:
+def shown(console: Console, scenario: Scenario, results: Path | None,
+          at_once: bool = False) -> Iterator[Callable[[str], None]]:
     """Show the run's progress while the block runs; yields the `say` for `kalab.lab.run`.
 
     Quiet (a `say` that prints nothing, no live line) unless ``console`` is a
@@ -101,7 +109,7 @@ def shown(console: Console, scenario: Scenario,
     if not console.is_terminal:
         yield lambda text: None
         return
-    progress = RunProgress(scenario, results, console)
+    progress = RunProgress(scenario, results, console, at_once)
     with Live(progress, console=console, refresh_per_second=REFRESH_PER_SECOND,
               transient=True):
         yield progress.say

@@ -359,7 +359,8 @@ class ExpectationResult:
     """One expectation from the scenario, checked against the wire."""
 
     claim: str = doc("The sentence being checked (the scenario's `claim`).")
-    kind: str = doc("`connections`, `same_connection`, `new_connection`, `close`, `status`.")
+    kind: str = doc("`connections`, `same_connection`, `new_connection`, `close`, `status`, "
+                    "`story`; `sweep` for a sweep's claims.")
     line: int = doc("Line of the scenario file where it is stated.")
     passed: bool = doc("True when the wire agrees.")
     observed: str = doc("What the wire showed, in words.")
@@ -440,6 +441,67 @@ class ProbeResult:
 
 
 @dataclass
+class SweepPoint:
+    """At one point of a sweep, for one engine and one counted request: how its trials
+    ended (`kalab.sweep`)."""
+
+    value: float = doc("The swept param's value at this point.")
+    engine: str = doc("The engine.")
+    request: str = doc("The counted request's reference (`2`, `httpx.2`).")
+    client: str = doc("The client kind of the request's session (`requests`, `httpx`...).")
+    trials: int = doc("The trials run at this point (those a signal cut short not counted).")
+    counts: dict[str, int] = doc(
+        "Trials per outcome, outcomes with none left out. The request's first try's story: "
+        "`new`, `reused`, `replaced dropped connection`, `raced the FIN`, `unanswered`, or "
+        "`not sent` (it never reached the wire); and, counted beside the story, `error` (the "
+        "client ended with an error) and `retried` (the client tried it again: `REF~1`...).")
+    shares: dict[str, float] = doc("`counts` divided by `trials`, to four places.")
+
+
+@dataclass
+class SweepEngine:
+    """One engine's timeouts over all the trials of a sweep: the chart's marks."""
+
+    engine: str = doc("The engine.")
+    advertised_timeout: float | None = doc("The `Keep-Alive: timeout=` it advertised most "
+                                           "often; null when it advertised none.", None)
+    enforced_timeout: float | None = doc("The median idle time after which it closed a "
+                                         "connection that had carried a request, itself; "
+                                         "null when it never did.", None)
+    enforced_low: float | None = doc("The shortest such idle time.", None)
+    enforced_high: float | None = doc("The longest such idle time.", None)
+
+
+@dataclass
+class Sweep:
+    """A sweep (`kalab.sweep`): the scenario at many values of one param, several trials
+    each; the share of each outcome per point, engine and counted request."""
+
+    param: str = doc("The swept param (`${NAME}` in the scenario).")
+    values: list[float] = doc("The points, in order.")
+    trials: int = doc("Trials per point, as planned.")
+    at_once: int = doc("Trials that ran at once at most.")
+    requests: list[str] = doc("The counted requests.")
+    planned_trials: int = doc("Points times trials: the trials the sweep planned.")
+    trial_reports: list[str] = doc("Each trial's own report, relative to the run's folder "
+                                   "(`trials/POINT-TRIAL/report.json`, from 1): the raw "
+                                   "records every count comes from.")
+    doubtful_trials: list[str] = doc("Trials whose report is `inconclusive` or "
+                                     "`interrupted` (their folders): they are counted, and "
+                                     "make the sweep's verdict `inconclusive`.", factory=list)
+    engines: list[SweepEngine] = doc("Each engine's advertised and enforced timeouts.",
+                                     factory=list)
+    points: list[SweepPoint] = doc("Per point, engine and counted request, in that order.",
+                                   factory=list)
+    expectations: list[ExpectationResult] = doc("The sweep's claims (kind `sweep`), each "
+                                                "with its result.", factory=list)
+    send_lags: dict[str, list[float]] = doc(
+        "Per request of the scenario (its reference; a retry's tries left out), its "
+        "`send_lag` in every trial, in seconds: how faithfully the client kept the "
+        "scenario's timing (a counted request's lag moves it off its point).", factory=dict)
+
+
+@dataclass
 class TargetServer:
     """The server a `kalab run --target URL SCENARIO` ran the scenario's sessions against:
     one the lab did not start (`kalab.target`). Its turn is the run of a pseudo-engine
@@ -503,6 +565,9 @@ class Report:
                                  factory=dict)
     probe: ProbeResult | None = doc("What `kalab probe` measured (runtime `probe`); null "
                                     "for every other run.", None)
+    sweep: Sweep | None = doc("A sweep's points and claims (`kalab.sweep`); null for a run "
+                              "that is not a sweep. A sweep's `runs` is empty: each trial "
+                              "has its own report.", None)
     target: TargetServer | None = doc("The server a `kalab run --target` ran against "
                                       "(runtime `target`); null for every other run.", None)
 
@@ -830,7 +895,14 @@ def from_dict(data: dict[str, Any]) -> Report:
         runs.append(EngineRun(**run))
     probe = ProbeResult(**data["probe"]) if data.get("probe") else None
     target = TargetServer(**data["target"]) if data.get("target") else None
-    return Report(**{**data, "runs": runs, "probe": probe, "target": target})
+    sweep = None
+    if data.get("sweep"):
+        sweep = dict(data["sweep"])
+        sweep["engines"] = [SweepEngine(**e) for e in sweep["engines"]]
+        sweep["points"] = [SweepPoint(**p) for p in sweep["points"]]
+        sweep["expectations"] = [ExpectationResult(**e) for e in sweep["expectations"]]
+        sweep = Sweep(**sweep)
+    return Report(**{**data, "runs": runs, "probe": probe, "target": target, "sweep": sweep})
 
 
 def _connection_from_1(record: dict[str, Any]) -> dict[str, Any]:

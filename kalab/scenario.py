@@ -31,7 +31,8 @@ A scenario is:
   runtimes: `server.user_app`). The model keeps a project app as its
   ``module:attribute`` string and a file as an `AppFile` (absolute path,
   attribute);
-- ``engines``: the servers to run in turn, each with its own ``expect`` list;
+- ``engines``: the servers to run (at once on the netns runtime, each in
+  namespaces of its own; in turn elsewhere), each with its own ``expect`` list;
 - ``sessions``: the clients, run concurrently, each a list of ``steps``;
 - ``course`` (a lab's, optional): ``title``, ``teaches``, ``look_for`` and
   ``read_first`` (Markdown), ``params`` drawn per student (``{choose: [2,
@@ -177,6 +178,9 @@ from kalab.spec import (
     scalar_value,
     tree,
 )
+from kalab.sweep import SWEEP, SweepPlan
+from kalab.sweep import build as build_sweep
+from kalab.sweep import read_param as read_sweep_param
 
 DEFAULT_APP = PROJECT_APPS[0]  # the tutorial's app
 # The kinds, from their own modules (`kalab.kinds`): server/engines/, client/kinds/.
@@ -414,7 +418,7 @@ TLS = OneOf((
     }, required=("version",)),
 ), "serve HTTPS: true, or {version: \"1.2\"} to choose the TLS version (default false)",
     "true, false or {version: \"1.2\" or \"1.3\"}", False)
-SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) to run "
+SCENARIO = Record("a kalab scenario: engines to run, sessions (clients) to run "
                   "against each, and what the wire must show", {
     "name": dataclasses.replace(NAME, doc="the scenario's name, the start of its results "
                                 "folder (default: the file's name, made a name): " + NAME_RULE),
@@ -424,11 +428,12 @@ SCENARIO = Record("a kalab scenario: engines to run in turn, sessions (clients) 
     "app": APP,
     "port": Scalar("integer", "the TCP port the server listens on", 5000, 1, 65535),
     "tls": TLS,
-    "engines": ListOf(ENGINE, "the servers to run in turn, each with its own expectations",
-                      MAX_ENGINES),
+    "engines": ListOf(ENGINE, "the servers to run (at once on netns), each with its own "
+                      "expectations", MAX_ENGINES),
     "sessions": ListOf(SESSION, "the clients, run concurrently", MAX_SESSIONS),
     "link": LINK,
     "course": COURSE,
+    "sweep": SWEEP,
 }, required=("engines", "sessions"))
 
 
@@ -637,6 +642,8 @@ class Scenario:
     student: str | None = None  # whose params these are; None: the defaults
     params: dict[str, Value] = field(default_factory=dict)  # each param's value, as used
     tls: Tls | None = None  # None: plain HTTP
+    sweep: SweepPlan | None = None  # a sweep's plan (`kalab.sweep`)
+    point: int | None = None  # the sweep's point this load is at (from 0); None: the first
 
     def engine(self, name: str) -> Engine:
         for engine in self.engines:
@@ -656,13 +663,17 @@ class _Checker(Checker):
     """Checks the tree against the scenario's specs (`Checker`), then builds the model
     from it and checks what the specs cannot say."""
 
-    def scenario(self, root: Node, student: str | None = None) -> Scenario:
+    def scenario(self, root: Node, student: str | None = None,
+                 point: int | None = None) -> Scenario:
         if student is not None:
             try:
                 course_lab.check_student(student)
             except ValueError as exc:
                 raise ScenarioError(self.file, None, "student", str(exc)) from None
         params, values = self._draw(root, student)
+        swept = self._sweep_param(root, params, point)
+        if swept is not None:
+            values = {swept.name: swept.values[point or 0]}
         course_lab.substitute(self, root, values)
         self.check(SCENARIO, root, "")
         top = root.value
@@ -700,6 +711,16 @@ class _Checker(Checker):
             if link["upstream_to_proxy"].rate:
                 raise self.fail(upstream, "link.upstream_to_proxy.rate",
                                 "not on the upstream (a rate would slow all of the loopback)")
+        sweep = None
+        if swept is not None:
+            for i, engine in enumerate(engines):
+                if engine.expect:
+                    node = top["engines"].value[i].value["expect"]
+                    raise self.fail(node, f"engines[{i}].expect", "a sweep's claims are about "
+                                    "shares of trials: write them in sweep.expect")
+            firsts = {s.requests[0].ref for s in sessions if s.requests}
+            sweep = build_sweep(self, top["sweep"], swept, refs, firsts,
+                                tuple(e.name for e in engines))
         course = None
         if "course" in top:
             # at most a connection per try: a request and each of its retries
@@ -716,7 +737,26 @@ class _Checker(Checker):
                                     f"{engine.kind} cannot serve TLS, and the scenario says "
                                     f"tls (the engines that can: {can})")
         return Scenario(self.file, name, description, app, port, engines, tuple(sessions), link,
-                        course, student, values, tls)
+                        course, student, values, tls, sweep, point)
+
+    def _sweep_param(self, root: Node, params: dict[str, Param],
+                     point: int | None) -> Param | None:
+        """The sweep's param, read before the rest as a lab's params are; ``point`` must be
+        one of its points."""
+        top = root.value if isinstance(root.value, dict) else {}
+        if "sweep" not in top:
+            if point is not None:
+                raise ScenarioError(self.file, None, "sweep", "a sweep point was given, but "
+                                    "the scenario has no sweep:")
+            return None
+        if params:
+            raise self.fail(top["sweep"], "sweep", "a sweep cannot go with a lab's "
+                            "course.params: one or the other")
+        swept = read_sweep_param(self, top["sweep"])
+        if point is not None and not 0 <= point < len(swept.values):
+            raise ScenarioError(self.file, None, "sweep", f"no point {point}: the sweep has "
+                                f"{len(swept.values)} (0 to {len(swept.values) - 1})")
+        return swept
 
     def _tls(self, node: Node) -> Tls | None:
         if node.value is False:
@@ -916,10 +956,12 @@ class _Checker(Checker):
                            idle=idle, tolerance=tolerance, within=within)
 
 
-def load(path: str | os.PathLike[str], student: str | None = None) -> Scenario:
+def load(path: str | os.PathLike[str], student: str | None = None,
+         point: int | None = None) -> Scenario:
     """Read and validate a scenario file, a lab's with ``student``'s params (without one,
-    their defaults); raise ScenarioError on any problem."""
-    return parse(read_text(path), str(path), student)
+    their defaults), a sweep's at ``point`` (without one, the first); raise ScenarioError
+    on any problem."""
+    return parse(read_text(path), str(path), student, point)
 
 
 def document(text: str, file: str = "<scenario>") -> Any:
@@ -929,13 +971,15 @@ def document(text: str, file: str = "<scenario>") -> Any:
     return root.plain() if root is not None else None
 
 
-def parse(text: str, file: str = "<scenario>", student: str | None = None) -> Scenario:
+def parse(text: str, file: str = "<scenario>", student: str | None = None,
+          point: int | None = None) -> Scenario:
     """Validate a scenario's text, a lab's with ``student``'s params (without one, their
-    defaults); ``file`` names it in errors."""
+    defaults), a sweep's at ``point`` (from 0; without one, the first); ``file`` names
+    it in errors."""
     root = tree(text, file)
     if root is None:
         raise ScenarioError(file, 1, "", "the file is empty")
-    return _Checker(file).scenario(root, student)
+    return _Checker(file).scenario(root, student, point)
 
 
 def expectations(node: Node, where: str, scenario: Scenario, file: str) -> list[Expectation]:

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kalab.render.text import visible
-from kalab.report import Capture, Closing, Connection, EngineRun, HttpRequest, Report
+from kalab.report import Capture, Closing, Connection, EngineRun, HttpRequest, Report, Sweep
 
 
 def esc(text: object) -> str:
@@ -220,6 +220,66 @@ def connections_table(run: EngineRun, zero: float) -> Table:
     return conns
 
 
+SWEEP_COLUMNS = {"new": "new", "reused": "reused", "replaced dropped connection": "replaced",
+                 "raced the FIN": "raced FIN", "unanswered": "unanswered",
+                 "not sent": "not sent", "error": "error", "retried": "retried"}
+
+
+def sweep_tables(sweep: Sweep) -> list[Table]:
+    """Per engine and counted request: each point's share of every outcome."""
+    tables = []
+    for engine in dict.fromkeys(p.engine for p in sweep.points):
+        for request in sweep.requests:
+            points = [p for p in sweep.points if p.engine == engine and p.request == request]
+            client = points[0].client if points else "?"
+            table = Table(title=f"{esc(engine)}, request {esc(request)} ({esc(client)}): "
+                          f"share of the trials", title_justify="left")
+            table.add_column(esc(sweep.param), justify="right")
+            table.add_column("trials", justify="right")
+            for name in SWEEP_COLUMNS.values():
+                table.add_column(name, justify="right")
+            for point in points:
+                table.add_row(f"{point.value:g}", str(point.trials), *(
+                    f"{point.shares[key]:.0%}" if point.shares.get(key) else "-"
+                    for key in SWEEP_COLUMNS))
+            tables.append(table)
+    return tables
+
+
+def sweep_heading(sweep: Sweep) -> str:
+    values = sweep.values
+    return (f"sweep of {sweep.param}: {len(values)} points from {values[0]:g} to "
+            f"{values[-1]:g}, {sweep.trials} trial(s) each, {sweep.at_once} at once")
+
+
+def sweep_notes(sweep: Sweep) -> list[str]:
+    """What the tables do not say: trials run, each engine's timeouts, trials in doubt."""
+    notes = [f"{len(sweep.trial_reports)} of {sweep.planned_trials} trials ran; each one's "
+             "own report: trials/POINT-TRIAL/report.json"]
+    for mark in sweep.engines:
+        said = "none" if mark.advertised_timeout is None else f"{mark.advertised_timeout:g} s"
+        kept = "never closed an idle connection itself" if mark.enforced_timeout is None \
+            else (f"closed idle connections after {mark.enforced_timeout:.3f} s (median; "
+                  f"{mark.enforced_low:.3f} to {mark.enforced_high:.3f} s)")
+        notes.append(f"{mark.engine}: advertised Keep-Alive timeout {said}; {kept}")
+    notes += [f"trial {doubt} is not to be trusted (see its report)"
+              for doubt in sweep.doubtful_trials]
+    return notes
+
+
+def render_sweep(sweep: Sweep, console: Console) -> None:
+    console.rule(f"[bold]{esc(sweep_heading(sweep))}[/]")
+    for table in sweep_tables(sweep):
+        console.print(table)
+    for note in sweep_notes(sweep):
+        console.print(f"  {esc(note)}", soft_wrap=True)
+    for e in sweep.expectations:
+        mark = Text("PASS", style="bold green") if e.passed else Text("FAIL", style="bold red")
+        console.print(mark, Text(f" {visible(e.claim)}"))
+        console.print(Text(f"       wire: {visible(e.observed)}",
+                           style="dim" if e.passed else ""), soft_wrap=True)
+
+
 def as_text(report: Report) -> str:
     """The summary as plain text, for summary.txt beside the report."""
     console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
@@ -287,7 +347,11 @@ def render(report: Report, console: Console | None = None) -> None:
         console.print(f"verdict for {esc(run.engine)}: [bold]{run.verdict}[/]")
     for line in probe_story(report):
         console.print(esc(line), soft_wrap=True)
+    if report.sweep is not None:
+        render_sweep(report.sweep, console)
     refuted = [(run.engine, e) for run in report.runs for e in run.expectations if not e.passed]
+    if report.sweep is not None:
+        refuted += [("sweep", e) for e in report.sweep.expectations if not e.passed]
     if refuted:
         console.print("[bold red]The wire refuted:[/]")
         for engine, e in refuted:

@@ -6,7 +6,8 @@ packets have passed, then close the pcap and write its accounting
 (``capture.json``). With ``--report`` it then analyses every engine's
 capture and writes the run's report (``report.json``) and its views, and
 exits with the verdict's code: 0 pass, 1 fail, 3 inconclusive, 4 a role
-failed, 5 interrupted.
+failed, 5 interrupted. At the end it writes ``observer.done`` (in the engine's
+folder when given ``--engine``), which lets the server and the client end.
 
 On SIGTERM or SIGINT the capture in progress is closed and accounted for,
 and the report is still written for what was captured, marked incomplete
@@ -26,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from kalab import evidence, handoff, impairment, render
+from kalab import handoff, impairment
 from kalab.exitcodes import Exit
 from kalab.scenario import Engine, Scenario, upstream_port
 from kalab.target import TargetEngine
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     # the role now, not after the capture.
     args.results = None if args.results is None else \
         _results_folder(args.results, args.run_name, scenario)
+    handoff.engines_to_run(scenario, args.engine)  # an unknown engine ends the role now
     stop = handoff.StopSignal()
     args.run_dir.mkdir(parents=True, exist_ok=True)
     args.applied = []
@@ -109,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for applied in args.applied:
             applied.close()
-        (args.run_dir / handoff.OBSERVER_DONE).touch()
+        done = handoff.observer_done(args.run_dir, args.engine)
+        if args.engine is not None:
+            handoff.shared_engine_dir(args.run_dir, scenario.engine(args.engine))
+        done.touch()
     if not stop():
         handoff.stay_until_stopped(args.stay)
     return code
@@ -160,6 +165,10 @@ def observe(scenario: Scenario, args: argparse.Namespace, stop: handoff.StopSign
                                 ignore=shutil.ignore_patterns(".scratch-*"))
             except shutil.Error as exc:  # an unreadable file must not cost the report
                 print(f"kalab observer: not copied: {exc}", file=sys.stderr)
+    # Imported only here: an observer of one engine among many (`kalab run` on netns)
+    # writes no report, and starts sooner without the analysis' modules.
+    from kalab import evidence, render
+
     record = evidence.build_report(results, scenario, engines, args.runtime, started,
                                    label=args.scenario_label, interrupted=interrupted)
     render.publish(record, results)

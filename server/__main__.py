@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             handoff.fail(folder, "server", reason)
             print(f"kalab server: {reason}", file=sys.stderr)
             return 1
-    handoff.linger_until_observer_done(args.run_dir)
+    handoff.linger_until_observer_done(args.run_dir, args.engine)
     handoff.stay_until_stopped(args.stay)
     return 0
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,32 @@ def test_every_engine_behaves_as_measured(engines_run):
             assert all(not c["requests"] for c in probes)
 
 
+def test_on_netns_the_engines_go_at_once_each_in_a_network_of_its_own(engines_run):
+    runtime, results, report = engines_run
+    captures = [run["capture"] for run in report["runs"]]
+    listens = [run["listen"] for run in report["runs"]]
+    interfaces = [capture["interface"] for capture in captures]
+    if runtime == "local":  # one loopback: in turn, on the same address
+        assert set(listens) == {"127.0.0.1:5000"} and set(interfaces) == {"lo"}
+        spans = sorted((c["started_at"], c["stopped_at"]) for c in captures)
+        assert all(end <= start for (_, end), (start, _) in pairwise(spans))
+        return
+    # Each engine its own pair of namespaces: its own address, veth and observer ...
+    assert len(set(listens)) == len(listens) == 3, listens
+    assert all(listen.startswith("10.213.") for listen in listens)
+    assert len(set(interfaces)) == len(interfaces), interfaces
+    for run in report["runs"]:  # ... and the client came from its pair's own address
+        server = run["listen"].rsplit(":", 1)[0]
+        last = int(server.rsplit(".", 1)[1])
+        client = f"{server.rsplit('.', 1)[0]}.{last + 1}"
+        assert {c["client"].rsplit(":", 1)[0] for c in run["connections"]} == {client}
+    # ... all at once: every capture was open while every other was.
+    assert max(c["started_at"] for c in captures) < min(c["stopped_at"] for c in captures)
+    for run in report["runs"]:  # each role's output in its engine's folder
+        assert {"observer.log", "server-role.log", "client.log"} <= \
+            {p.name for p in (results / run["engine"]).iterdir()}
+
+
 @pytest.mark.skipif(not tshark_referee.available(), reason="tshark is not installed")
 def test_tshark_agrees_on_every_engine(engines_run):
     _, results, report = engines_run
@@ -77,13 +104,31 @@ def wait_until_client_runs(results: Path, run: subprocess.Popen) -> None:
     time.sleep(0.5)
 
 
+def namespaces_of(folder: Path, candidates: set[str]) -> set[str]:
+    """Those of ``candidates`` where a process of the run in ``folder`` runs (other runs
+    on this machine make and remove namespaces too)."""
+    mine = set()
+    for ns in candidates:
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if str(folder).encode() in cmdline:
+                mine.add(ns)
+    return mine
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_run_removes_everything(tmp_path, sig):
     before = set(lab_namespaces())
     run = start_run(tmp_path)
     try:
         wait_until_client_runs(tmp_path, run)
-        assert set(lab_namespaces()) - before, "the run should have made its namespaces"
+        made = namespaces_of(tmp_path, set(lab_namespaces()) - before)
+        assert len(made) == 4, f"two engines at once: two pairs of namespaces, not {made}"
         run.send_signal(sig)
         _, err = run.communicate(timeout=30)
     finally:
@@ -92,7 +137,7 @@ def test_an_interrupted_run_removes_everything(tmp_path, sig):
             run.wait()
     assert run.returncode == 5, err
     assert "interrupted during scenario" in err and "stopped" in err
-    assert set(lab_namespaces()) == before
+    assert not made & set(lab_namespaces())
     assert not [p for p in role_processes() if str(tmp_path) in p]
 
 

@@ -1,8 +1,9 @@
 """Signals at every phase of a real run: nothing left, and a report that says it was cut short.
 
-Each case starts a real `kalab run` (two engines, netns), waits until the
-run's own files show the phase it aims at, then sends SIGINT, SIGTERM, or
-SIGINT twice (the second during the cleanup). Afterwards nothing of the
+Each case starts a real `kalab run` (two engines, netns; at once, as netns
+runs them, or in turn with --serial), waits until the run's own files show
+the phase it aims at, then sends SIGINT, SIGTERM, or SIGINT twice (the second
+during the cleanup). Afterwards nothing of the
 run may be left (namespaces, role processes, its record under /run/kalab)
 and its report must be marked incomplete with that phase, with exit code 5
 in the report and from the process, and no claim refuted. Independent runs
@@ -52,15 +53,24 @@ engines:
       - connections: 2
 """
 
-# The file whose appearance puts a run in each phase (None: the run folder itself),
-# and how long to wait after it before the signal.
+# The files whose appearance puts a run in each phase (none: the run folder itself),
+# and how long to wait after them before the signal. Engines in turn:
 TRIGGERS = {
-    "setup": (None, 0.3),
-    "capture start": ("observer.log", 0.0),
-    "server start": ("first/observer.ready", 0.0),
-    "scenario": ("first/server.json", 0.5),
-    "between engines": ("first/capture.json", 0.0),
-    "report writing": ("second/capture.json", 0.0),
+    "setup": ((), 0.3),
+    "capture start": (("observer.log",), 0.0),
+    "server start": (("first/observer.ready",), 0.0),
+    "scenario": (("first/server.json",), 0.5),
+    "between engines": (("first/capture.json",), 0.0),
+    "report writing": (("second/capture.json",), 0.0),
+}
+# Engines at once: the run is in the phase of the engine furthest behind (each
+# engine's roles log in its folder), and never between engines.
+AT_ONCE_TRIGGERS = {
+    "setup": ((), 0.3),
+    "capture start": (("first/observer.log",), 0.0),
+    "server start": (("first/observer.ready", "second/observer.ready"), 0.0),
+    "scenario": (("first/server.json", "second/server.json"), 0.5),
+    "report writing": (("first/capture.json", "second/capture.json"), 0.0),
 }
 SIGNALS = {"SIGINT": [signal.SIGINT], "SIGTERM": [signal.SIGTERM],
            "double SIGINT": [signal.SIGINT, signal.SIGINT]}
@@ -72,6 +82,7 @@ class Case:
     phase: str
     signal_name: str
     work: Path
+    serial: bool
     code: int | None = None
     stderr: str = ""
     folder: Path | None = None
@@ -88,13 +99,14 @@ def slow_ip(folder: Path) -> Path:
     return shim
 
 
-def start(work: Path, slow: bool) -> subprocess.Popen:
+def start(work: Path, slow: bool, serial: bool) -> subprocess.Popen:
     (work / "signals.yaml").write_text(SCENARIO)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if slow:
         env["PATH"] = f"{slow_ip(work)}:{env['PATH']}"
-    return subprocess.Popen([*KALAB, "run", "signals.yaml"], cwd=work, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([*KALAB, "run", "signals.yaml", *(["--serial"] if serial else [])],
+                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def run_folder(work: Path) -> Path | None:
@@ -102,12 +114,12 @@ def run_folder(work: Path) -> Path | None:
     return found[0] if found else None
 
 
-def wait_for_phase(work: Path, run: subprocess.Popen, phase: str) -> None:
-    trigger, delay = TRIGGERS[phase]
+def wait_for_phase(work: Path, run: subprocess.Popen, phase: str, serial: bool) -> None:
+    triggers, delay = (TRIGGERS if serial else AT_ONCE_TRIGGERS)[phase]
     deadline = time.monotonic() + 60
     while True:
         folder = run_folder(work)
-        if folder is not None and (trigger is None or (folder / trigger).exists()):
+        if folder is not None and all((folder / name).exists() for name in triggers):
             break
         if run.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"the run never reached {phase}: {run.communicate()}")
@@ -129,9 +141,9 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def interrupt(case: Case) -> Case:
-    run = start(case.work, slow=case.phase == "setup")
+    run = start(case.work, slow=case.phase == "setup", serial=case.serial)
     try:
-        wait_for_phase(case.work, run, case.phase)
+        wait_for_phase(case.work, run, case.phase, case.serial)
         for number, sig in enumerate(SIGNALS[case.signal_name]):
             if number:
                 time.sleep(0.05)  # the second comes during the cleanup
@@ -179,19 +191,23 @@ def check(case: Case) -> list[str]:
     return problems
 
 
-def test_a_signal_at_any_phase_leaves_nothing_and_a_report_that_says_so(tmp_path):
+@pytest.mark.parametrize("serial", [False, True], ids=["at-once", "serial"])
+def test_a_signal_at_any_phase_leaves_nothing_and_a_report_that_says_so(tmp_path, serial):
+    triggers = TRIGGERS if serial else AT_ONCE_TRIGGERS
     cases = []
-    for phase in TRIGGERS:
+    for phase in triggers:
         for name in SIGNALS:
             work = tmp_path / f"{phase.replace(' ', '-')}-{name.replace(' ', '-')}"
             work.mkdir()
-            cases.append(Case(phase, name, work))
+            cases.append(Case(phase, name, work, serial))
     with ThreadPoolExecutor(PARALLEL) as pool:
         done = list(pool.map(interrupt, cases))
+    how = "engines in turn" if serial else "engines at once"
     for name in SIGNALS:
         tried = [c for c in done if c.signal_name == name]
-        tally("Signals during `kalab run`", f"{name} at each of {len(TRIGGERS)} phases "
-              f"({', '.join(TRIGGERS)})", len(tried), sum(not c.problems for c in tried))
+        tally("Signals during `kalab run`", f"{name} at each of {len(triggers)} phases "
+              f"({', '.join(triggers)}), {how}", len(tried),
+              sum(not c.problems for c in tried))
     failed = {f"{c.signal_name} at {c.phase}": c.problems for c in done if c.problems}
     assert not failed, json.dumps(failed, indent=1)
 
@@ -215,10 +231,10 @@ def test_after_sigkill_the_roles_end_and_the_next_run_removes_the_rest(tmp_path)
     run = subprocess.Popen([*KALAB, "run", "signals.yaml"], cwd=work, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_phase(work, run, "scenario")
+        wait_for_phase(work, run, "scenario", serial=False)
         folder = run_folder(work)
-        client_ns = f"kalab-{run_id(folder)}-cli"
-        assert "NFQUEUE" in nfqueue_rules(client_ns)
+        client_namespaces = [f"kalab-{run_id(folder)}-{number}-cli" for number in (0, 1)]
+        assert all("NFQUEUE" in nfqueue_rules(ns) for ns in client_namespaces)
         run.kill()
         run.wait()
     finally:
@@ -231,7 +247,7 @@ def test_after_sigkill_the_roles_end_and_the_next_run_removes_the_rest(tmp_path)
         time.sleep(0.1)
     survived = [p for p in role_processes() if str(folder) in p]
     # The client took its delay line's rules with it; only the namespaces remain.
-    rules_left = "NFQUEUE" in nfqueue_rules(client_ns)
+    rules_left = any("NFQUEUE" in nfqueue_rules(ns) for ns in client_namespaces)
     namespaces_left = [ns for ns in lab_namespaces() if ns.startswith(f"kalab-{run_id(folder)}")]
     nxt = tmp_path / "next"
     nxt.mkdir()

@@ -282,11 +282,13 @@ def read_params(checker: Checker, node: Node) -> dict[str, Param]:
     checker.check(PARAMS, node, "course.params")
     params = {}
     for name, spec in node.value.items():
-        params[name] = _param(checker, name, spec, key_where("course.params", name))
+        params[name] = param(checker, name, spec, key_where("course.params", name))
     return params
 
 
-def _param(checker: Checker, name: str, node: Node, where: str) -> Param:
+def param(checker: Checker, name: str, node: Node, where: str) -> Param:
+    """The param ``name`` of a node already checked against `PARAM`'s choose, between and
+    step (a sweep's too, `kalab.sweep`): its values, checked; ``where`` names it."""
     fields = node.value
     if keyword.iskeyword(name):
         raise checker.fail(node, where, f"{name!r} is a Python keyword: ${{{name}}} could "

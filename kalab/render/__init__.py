@@ -3,7 +3,9 @@
 - ``report.html``: ladder diagrams of every connection, engines side by side,
   and the terminal summary's tables (`kalab.render.html`);
 - ``report.md``: the same content as Markdown (`kalab.render.markdown`);
-- ``junit.xml``: one test case per expectation per engine (`kalab.render.junit`).
+- ``junit.xml``: one test case per expectation per engine (`kalab.render.junit`);
+- ``chart-NAME.png``: a sweep's charts, also inline in report.html
+  (`kalab.render.charts`).
 
 `write_all` writes the three beside report.json; `kalab report DIR` redoes it.
 `publish` writes a run's record itself, summary.txt and the views: what the
@@ -32,15 +34,23 @@ def renderers() -> dict[str, Callable[[Report], str]]:
 
 
 def write_all(report: Report, folder: Path) -> list[Path]:
-    """Write every view of ``report`` into ``folder``, each atomically; their paths."""
+    """Write every view of ``report`` into ``folder``, each atomically; their paths. A
+    sweep's charts (`kalab.render.charts`) are drawn once: inline in report.html, and
+    beside it as chart-NAME.png."""
+    from functools import partial
+
+    from kalab.render import charts
+    from kalab.render.html import render_html
+
+    made = charts.charts(report)
     written = []
-    for name, render in renderers().items():
+    for name, render in {**renderers(), "report.html": partial(render_html, charts=made)}.items():
         path = folder / name
         tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
         tmp.write_text(render(report), encoding="utf-8")
         tmp.replace(path)
         written.append(path)
-    return written
+    return written + charts.write_png(made, folder)
 
 
 def publish(report: Report, folder: Path) -> None:

@@ -167,6 +167,15 @@ class ReportView:
     refuted: list[tuple[str, ExpectationView]]
     interruption: str | None  # where an incomplete run was cut short, in words
     probe: list[str]  # what `kalab probe` measured, a line a finding
+    sweep: SweepView | None = None
+
+
+@dataclass
+class SweepView:
+    heading: str  # the summary's rule: param, points, trials
+    notes: list[str]  # each engine's timeouts, doubtful trials
+    tables: list[TableView]  # per engine and counted request
+    expectations: list[ExpectationView]
 
 
 def _events(conn: Connection, requests: dict[str, HttpRequest]) -> list[Event]:
@@ -348,11 +357,27 @@ def _scale_bar(scale: float) -> tuple[float, str]:
     return 60 * scale, "60 s"
 
 
+def _sweep(report: Report) -> SweepView | None:
+    sweep = report.sweep
+    if sweep is None:
+        return None
+    expectations = [ExpectationView(visible(e.claim), e.kind, e.line, e.passed,
+                                    visible(e.observed), f"{report.scenario}:{e.line}")
+                    for e in sweep.expectations]
+    return SweepView(heading=visible(summary.sweep_heading(sweep)),
+                     notes=[visible(note) for note in summary.sweep_notes(sweep)],
+                     tables=[_table(t) for t in summary.sweep_tables(sweep)],
+                     expectations=expectations)
+
+
 def build(report: Report) -> ReportView:
     """Everything the renderers show, from the record alone."""
     scale = _scale(report)
     engines = [_engine(report, run, scale) for run in report.runs]
+    sweep = _sweep(report)
     refuted = [(e.name, x) for e in engines for x in e.failed]
+    if sweep is not None:
+        refuted += [("sweep", x) for x in sweep.expectations if not x.passed]
     return ReportView(
         report=report, name=visible(report.name),
         scenario=visible(report.scenario or "(no scenario: kalab analyze)"),
@@ -360,4 +385,4 @@ def build(report: Report) -> ReportView:
         duration=report.finished_at - report.started_at, engines=engines, scale=scale,
         scale_bar=_scale_bar(scale), refuted=refuted,
         interruption=visible(summary.interruption(report) or "") or None,
-        probe=[visible(line) for line in summary.probe_story(report)])
+        probe=[visible(line) for line in summary.probe_story(report)], sweep=sweep)

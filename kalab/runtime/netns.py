@@ -4,7 +4,11 @@ compose sidecar shares the server's), a client namespace, one veth between.
     [client ns] veth kl<id>c 10.213.0.2 <---> 10.213.0.1 kl<id>s [server ns]
                                               server role + observer role
 
-The addresses are the lab's own: they exist only inside these namespaces.
+A run whose engines go at once (`kalab.lab`) makes one such pair per engine,
+numbered: ``kalab-<id>-<n>-srv`` and ``-cli``, veth ``kl<id>n<n>s``/``c``, and
+the n-th /30 of 10.213.0.0/16 (engine 0: .0.1 and .0.2, engine 1: .0.5 and
+.0.6, ...). The addresses are the lab's own: they exist only inside these
+namespaces.
 """
 
 from __future__ import annotations
@@ -17,22 +21,37 @@ from kalab.runtime.state import PREFIX, RunState
 
 SERVER_ADDR = "10.213.0.1"
 CLIENT_ADDR = "10.213.0.2"
+PAIRS = 16384  # the /30s in 10.213.0.0/16: how many pairs one run can number
+
+
+def pair_addresses(number: int) -> tuple[str, str]:
+    """The server's and the client's address of pair ``number`` (0 to PAIRS - 1)."""
+    if not 0 <= number < PAIRS:
+        raise ValueError(f"pair {number}: 0 to {PAIRS - 1}")
+    base = 4 * number
+    third, fourth = divmod(base, 256)
+    return f"10.213.{third}.{fourth + 1}", f"10.213.{third}.{fourth + 2}"
 
 
 class NetnsLab:
     name = "netns"
 
-    def __init__(self, state: RunState) -> None:
+    def __init__(self, state: RunState, number: int | None = None) -> None:
+        """The run's one pair of namespaces, or (``number``) its numbered pair."""
         rid = state.run_id
         self.state = state
-        self.server_ns, self.client_ns = f"{PREFIX}{rid}-srv", f"{PREFIX}{rid}-cli"
-        self.server_if = f"kl{rid}s"
-        self.link = VethLink(self.server_if, self.server_ns, SERVER_ADDR,
-                             f"kl{rid}c", self.client_ns, CLIENT_ADDR)
+        tag = rid if number is None else f"{rid}-{number}"
+        self.server_ns, self.client_ns = f"{PREFIX}{tag}-srv", f"{PREFIX}{tag}-cli"
+        end = f"kl{rid}" if number is None else f"kl{rid}n{number}"  # at most 15 characters
+        server_addr, client_addr = (SERVER_ADDR, CLIENT_ADDR) if number is None \
+            else pair_addresses(number)
+        self.server_if = f"{end}s"
+        self.link = VethLink(self.server_if, self.server_ns, server_addr,
+                             f"{end}c", self.client_ns, client_addr)
         self.server = Node("server", state, self.server_ns)
         self.client = Node("client", state, self.client_ns)
         self.observer = self.server  # the sidecar: the server's network, its interface
-        self.server_host = SERVER_ADDR
+        self.server_host = server_addr
         self.capture_interface = self.server_if
 
     def start(self) -> None:

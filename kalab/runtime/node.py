@@ -34,6 +34,11 @@ class Process:
     def wait(self, timeout: float) -> int:
         return self.popen.wait(timeout)
 
+    def terminate(self) -> None:
+        """SIGTERM the process group, if the process still runs (`stop` waits for it)."""
+        if self.popen.poll() is None:
+            _signal_group(self.popen.pid, signal.SIGTERM)
+
     def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM the process group, SIGKILL it after ``grace`` seconds."""
         if self.popen.poll() is None:
@@ -52,6 +57,16 @@ class Process:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def stop_all(processes: list[Process], grace: float = 5.0) -> None:
+    """Stop ``processes`` together: SIGTERM to each in the order given, then each waited
+    for within one shared ``grace`` before its SIGKILL."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.stop(max(0.0, deadline - time.monotonic()))
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -58,7 +58,16 @@ class RunState:
         tmp.replace(self.path)
 
     def add_namespace(self, name: str) -> None:
-        self.namespaces.append(name)
+        if name not in self.namespaces:  # a sweep makes a pair again once it is gone
+            self.namespaces.append(name)
+        self.save()
+
+    def release(self, namespaces: list[str], pids: list[int]) -> None:
+        """Forget namespaces and processes the run has removed already (a sweep's finished
+        trials), so that the record stays the size of what runs now."""
+        gone = set(pids)
+        self.namespaces = [ns for ns in self.namespaces if ns not in namespaces]
+        self.pids = [item for item in self.pids if item[0] not in gone]
         self.save()
 
     def add_pid(self, pid: int) -> None:
