@@ -306,10 +306,15 @@ def _per_connection(where: Target, limits: Limits, budget: Budget, found: Findin
         counts.append(_carried(where, limits, budget, keylog))
         if len(counts) >= 2 and counts[-1] == counts[-2]:
             break
-    found.requests_per_connection, found.requests_limited = counts[-1]
+    agreed = len(counts) >= 2 and counts[-1] == counts[-2]
+    # No two in a row agreed (a server restarting under load cuts more than one short):
+    # the most any connection carried is the nearest to what one can carry.
+    found.requests_per_connection, found.requests_limited = \
+        counts[-1] if agreed else max(counts)
     if len(set(counts)) > 1:
         found.notes.append("connections carried " + ", ".join(str(c) for c, _ in counts)
-                           + " requests: the last is reported")
+                           + " requests: " + ("the last two agreed" if agreed
+                                              else "none agreed; the most is reported"))
     if not found.requests_limited:
         found.notes.append(f"one connection carried all {counts[-1][0]} requests tried")
 

@@ -52,8 +52,10 @@ from typing import Any
 from kalab.course import lab as course_lab
 from kalab.course.lab import NUMBER, PARAM_NAME, Param
 from kalab.report import (
+    Closing,
     ExpectationResult,
     Report,
+    Side,
     Sweep,
     SweepEngine,
     SweepPoint,
@@ -325,7 +327,8 @@ def engine_marks(engines: tuple[str, ...], trials: list[tuple[int, Report]]) -> 
                 advertised.update(r.advertised_timeout for r in run.requests
                                   if r.advertised_timeout is not None)
                 idle += [c.idle_before_close for c in run.connections
-                         if c.closed_by == "server" and c.idle_before_close is not None
+                         if c.closed_by == Side.SERVER and c.closed_with == Closing.FIN
+                         and c.idle_before_close is not None
                          and c.requests]
         out.append(SweepEngine(
             engine=engine,

@@ -107,3 +107,22 @@ def test_the_probe_s_bounds_are_bounded(tmp_path, option, value):
                            "--no-capture"], cwd=ROOT, capture_output=True, text=True,
                           timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 2 and option in done.stderr
+
+
+@pytest.mark.parametrize("carried,reported,note", [
+    ([(4, True), (4, True)], 4, None),
+    ([(2, True), (4, True), (4, True)], 4, "the last two agreed"),
+    ([(2, True), (4, True), (1, True)], 4, "none agreed; the most is reported"),
+])
+def test_requests_per_connection_is_what_connections_agree_on_or_the_most_one_carried(
+        monkeypatch, carried, reported, note):
+    """A limit counted over a server's life (gunicorn --max-requests) cuts connections
+    short; under load a restart can cut two, so the one carried in full is reported."""
+    from kalab import probe as probe_mod
+
+    tries = iter(carried)
+    monkeypatch.setattr(probe_mod, "_carried", lambda *args: next(tries))
+    found = probe_mod.Findings()
+    probe_mod._per_connection(None, probe_mod.Limits(), None, found, None)
+    assert (found.requests_per_connection, found.requests_limited) == (reported, True)
+    assert (note is None and not found.notes) or note in found.notes[0]

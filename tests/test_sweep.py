@@ -26,6 +26,7 @@ from reliability import tally
 
 from kalab import report as report_mod
 from kalab import sweep as sweep_mod
+from kalab.exitcodes import BY_VERDICT
 from kalab.render import charts
 from kalab.report import Capture, EngineRun, HttpRequest, Report
 from kalab.runtime.state import STATE_DIR
@@ -273,7 +274,7 @@ def synthetic_sweep() -> Report:
                                       [(p, f"trials/{p}", r) for p, r in trials], 10)
     return Report(schema=report_mod.SCHEMA, scenario="s", name="s", runtime="netns",
                   started_at=0, finished_at=1, runs=[], verdict=verdict,
-                  exit_code=report_mod.EXIT_CODES[verdict], sweep=sweep)
+                  exit_code=BY_VERDICT[verdict], sweep=sweep)
 
 
 def test_the_shares_chart_has_one_mark_per_point_for_each_outcome(tmp_path):
