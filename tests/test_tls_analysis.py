@@ -432,3 +432,42 @@ def _pcap(folder: Path, wire: list[tuple[str, bytes]], times: list[float]) -> Pa
     wrpcap(str(pcap), frames(wire, times, [("client", times[-1] + 0.01),
                                            ("server", times[-1] + 0.011)]))
     return pcap
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_hostile_bytes_after_a_client_hello_never_raise(pki, tmp_path, seed):
+    """Real records cut anywhere, shuffled a little, cut by a snap length, then garbage:
+    the analyzer answers with records, never an exception, and never more requests
+    than the client sent."""
+    import random
+
+    rng = random.Random(seed)
+    wire, _, keys = memory_connection(pki, tmp_path, rng.choice(["1.2", "1.3"]), 2, 0.1)
+    if seed % 3 == 0:
+        wire = [*wire[:rng.randrange(1, len(wire))], (rng.choice(["client", "server"]),
+                                                        rng.randbytes(rng.randrange(1, 300)))]
+    seq = {"client": 1001, "server": 5001}
+    fed = [Segment(T0, *CLIENT, *SERVER, 0x02, 1000), Segment(T0, *SERVER, *CLIENT, 0x12, 5000)]
+    at = T0
+    for side, data in wire:
+        src, dst = (CLIENT, SERVER) if side == "client" else (SERVER, CLIENT)
+        pos = 0
+        while pos < len(data):
+            size = rng.choice([1, 2, 5, 7, 100, 1400])
+            piece = data[pos:pos + size]
+            cut = rng.randrange(len(piece)) if seed % 4 == 1 and rng.random() < 0.1 else 0
+            at += 0.001
+            fed.append(Segment(at, *src, *dst, 0x18, seq[side], 0, piece[:len(piece) - cut],
+                               cut))
+            seq[side] += len(piece)
+            pos += size
+    head, tail = fed[:3], fed[3:]
+    if seed % 5 == 2:  # some segments a little out of order
+        for k in range(0, len(tail) - 1, 7):
+            tail[k], tail[k + 1] = tail[k + 1], tail[k]
+    fed = head + tail + [Segment(at + 1, *CLIENT, *SERVER, 0x11, seq["client"])]
+    for keylog in (None, KeyLog(keys)):
+        analyzer = Analyzer({443}, keylog)
+        analyzer.feed_all(fed)
+        (conn,), requests = analyzer.finish()
+        assert conn.tls is not None and len(requests) <= 2 + (seed % 3 == 0)
