@@ -37,6 +37,19 @@ oldest unanswered request; a 1xx response answers nothing. Message bodies
 are framed by Content-Length, chunked coding, or the close of the
 connection, as RFC 9112 section 6 says.
 
+TLS. A connection whose client opens with a TLS handshake (`kalab.tls.looks_like_tls`
+on its first bytes, the server having sent none) is HTTPS: each direction's in-order
+bytes go through the connection's `kalab.tls.TlsConnection` (`_TlsSide`), given the
+Analyzer's key log. Whatever application data it decrypts goes on to the same HTTP/1.x
+parsers, with the capture times of the segments that carried it, so a decrypted
+connection's requests are read exactly as plain HTTP's. Without its keys, its requests
+are the exchanges inferred from its records (a burst of client records, then the
+server's: `HttpRequest.inferred`), made when the records are finished. Either way its
+idle time runs from its last application data (TLS's own records are data to TCP, not
+to HTTP), and `Connection.tls` says what the records showed. A connection that does not
+open with a ClientHello pays nothing for this: its first bytes are looked at once
+(`_FirstBytes`), then go straight to the parsers.
+
 Numbers from the wire are taken only within bounds, and their digits are
 checked before int() or float() sees them (both accept signs, underscores,
 "inf"; int() refuses more than 4,300 digits). Leading zeros aside:
@@ -64,7 +77,15 @@ from enum import StrEnum
 from operator import attrgetter
 from typing import NamedTuple
 
-from kalab.report import Closing, Connection, ConnState, HttpRequest, Side
+from kalab.report import Closing, Connection, ConnState, HttpRequest, Side, Tls
+from kalab.tls import (
+    DECRYPT_FAILED,
+    DECRYPT_ON,
+    Alert,
+    KeyLog,
+    TlsConnection,
+    looks_like_tls,
+)
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 SEQ_MOD = 1 << 32
@@ -188,7 +209,7 @@ _CONNECTION_FIELDS = ("id", "client", "server", "syn_at", "syn_retransmits", "es
                       "complete", "gaps", "enforced_minus_advertised", "keepalive_probes",
                       "history", "conn_state", "completeness", "client_bytes", "server_bytes",
                       "close_announced_by", "closed_as_announced", "keep_alive_max_kept",
-                      "truncated", "first_seen_at")
+                      "truncated", "first_seen_at", "tls")
 
 
 def _check_positions() -> None:
@@ -518,6 +539,115 @@ _ENDED.mode = "dead"
 _WHITESPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips
 
 
+_TLS_HANDSHAKE = 22  # a TLS record's first byte when it holds a handshake (a ClientHello)
+_TLS_SNIFF = 6  # bytes `looks_like_tls` needs to judge a record header and its message type
+_HTTP_ALPN = (None, "http/1.1", "http/1.0")  # what the HTTP/1.x parser may read
+
+
+class _FirstBytes:
+    """A connection's first client bytes, until they tell a TLS handshake from anything
+    else: then they, and every later byte of both directions, go where they told
+    (`_Conn.request_stream` and `response_stream` are set, so this object stands in the
+    way only of calls already under way). Plain HTTP goes straight to the parsers;
+    TLS through a `_TlsSide` each way. It is TLS only if the server has sent nothing
+    before: a client that speaks first opens TLS."""
+
+    __slots__ = ("conn", "keylog", "held", "to")
+
+    def __init__(self, conn: _Conn, keylog: KeyLog | None) -> None:
+        self.conn, self.keylog = conn, keylog
+        self.held: list[tuple[bytes, float]] = []  # bytes too few to tell yet
+        self.to: _MessageStream | _TlsSide | None = None
+
+    def feed(self, data: bytes, ts: float) -> None:
+        to = self.to
+        if to is not None:
+            to.feed(data, ts)
+            return
+        if not data:
+            return
+        held = self.held
+        held.append((data, ts))
+        first = data if len(held) == 1 else b"".join(chunk for chunk, _ in held)
+        if len(first) < _TLS_SNIFF and first[0] == _TLS_HANDSHAKE:
+            return  # a TLS record header perhaps: wait for the bytes that tell
+        self._decide(first)
+
+    def _decide(self, first: bytes) -> _MessageStream | _TlsSide:
+        conn = self.conn
+        responses = conn.response_parser
+        if looks_like_tls(first) and responses.base == 0 and not responses.buf:
+            conn.tls = TlsConnection(self.keylog)
+            to = conn.request_stream = _TlsSide(conn, "client", conn.request_parser)
+            conn.response_stream = _TlsSide(conn, "server", responses)
+        else:
+            to = conn.request_stream = conn.request_parser
+        self.to = to
+        held, self.held = self.held, []
+        for data, ts in held:
+            to.feed(data, ts)
+        return to
+
+    def skip(self, n: int) -> None:
+        to = self.to or self._decide(b"".join(chunk for chunk, _ in self.held))
+        to.skip(n)
+
+    def close(self) -> None:
+        to = self.to or self._decide(b"".join(chunk for chunk, _ in self.held))
+        to.close()
+
+
+class _TlsSide:
+    """One direction of a TLS connection: its bytes through the connection's
+    `TlsConnection`, the application data it decrypts on to that direction's HTTP/1.x
+    parser (as plain HTTP's bytes go), when the protocol chosen is HTTP/1.x. Keeps
+    `_Conn.app_data_before_end`, where the idle time starts. Bytes the capture cut
+    (`skip`) end the reading of TLS records in this direction: a record cut is lost."""
+
+    __slots__ = ("conn", "side", "http", "direction", "cut")
+
+    def __init__(self, conn: _Conn, side: str, http: _MessageStream) -> None:
+        self.conn, self.side, self.http = conn, side, http
+        tls = conn.tls
+        self.direction = tls.client if side == "client" else tls.server
+        self.cut = False
+
+    def feed(self, data: bytes, ts: float) -> None:
+        if self.cut:
+            return
+        conn = self.conn
+        tls = conn.tls
+        plain = tls.feed(self.side, data, ts)
+        if plain and tls.alpn in _HTTP_ALPN:
+            http = self.http
+            for chunk, at in plain:
+                http.feed(chunk, at)
+        at = self.direction.last_app_data_at
+        if at is not None and (conn.end_at is None or at <= conn.end_at):
+            before = conn.app_data_before_end
+            if before is None or at > before:
+                conn.app_data_before_end = at
+
+    def skip(self, n: int) -> None:
+        self.cut = self.conn.tls_cut = True
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _alert(alert: Alert) -> str:
+    """A TLS alert as `Tls.alerts` says it."""
+    if alert.description is None:
+        return f"{alert.side} encrypted"
+    level = {1: "warning", 2: "fatal"}.get(alert.level, f"level_{alert.level}")
+    return f"{alert.side} {level} {alert.name}"
+
+
+def _http_read(tls: TlsConnection) -> bool:
+    """Whether a TLS connection's requests were read (decrypted HTTP/1.x), not inferred."""
+    return tls.decryption in (DECRYPT_ON, DECRYPT_FAILED) and tls.alpn in _HTTP_ALPN
+
+
 def _header_block(block: bytes) -> _Headers:
     """A header block not met before, parsed and remembered."""
     headers = _Headers(block)
@@ -622,12 +752,13 @@ class _Conn:
                  "client_state", "server_state", "closed",
                  "established_at", "up", "down", "first_fin", "second_fin_at", "rst",
                  "last_data_at", "last_data_before_end", "end_at", "requests", "unanswered",
-                 "request_stream", "response_stream", "keepalive_probes",
+                 "request_stream", "response_stream", "request_parser", "response_parser",
+                 "tls", "tls_cut", "app_data_before_end", "keepalive_probes",
                  "history", "completeness", "truncated", "unpaired_from", "responses_lost",
                  "requests_lost_from")
 
     def __init__(self, number: int, client: tuple[str, int], server: tuple[str, int],
-                 ts: float, syn_seq: int | None) -> None:
+                 ts: float, syn_seq: int | None, keylog: KeyLog | None = None) -> None:
         self.number = number
         self.client, self.server = client, server
         self.first_seen_at = ts
@@ -651,10 +782,18 @@ class _Conn:
         self.end_at: float | None = None  # the first FIN or RST, whichever came first
         self.requests: list[HttpRequest] = []
         self.unanswered: list[HttpRequest] = []
-        self.request_stream = _MessageStream(self._on_request_head, self._on_request_end,
+        # The HTTP parsers of each direction, and where each direction's bytes go: to the
+        # parser, or for TLS through `_TlsSide` to it; the client's first bytes decide
+        # (`_FirstBytes`).
+        self.request_parser = _MessageStream(self._on_request_head, self._on_request_end,
                                              self._on_request_cut, _REQUEST_LINE)
-        self.response_stream = _MessageStream(self._on_response_head, self._on_response_end,
+        self.response_parser = _MessageStream(self._on_response_head, self._on_response_end,
                                               self._on_response_cut, _STATUS_LINE)
+        self.request_stream: _MessageStream | _FirstBytes | _TlsSide = _FirstBytes(self, keylog)
+        self.response_stream: _MessageStream | _TlsSide = self.response_parser
+        self.tls: TlsConnection | None = None  # its TLS, once its first bytes opened it
+        self.tls_cut = False  # the capture cut its TLS records: those after are not read
+        self.app_data_before_end: float | None = None  # TLS: its last application data
         self.keepalive_probes = 0
         self.truncated = 0  # its segments the capture cut at the snap length
         # From this request on, responses cannot be told apart by order: a message the
@@ -675,13 +814,13 @@ class _Conn:
 
     def _on_request_head(self, first: list[str], headers: _Headers,
                          started: float) -> tuple[str, int] | None:
-        partial = self.request_stream.partial
+        partial = self.request_parser.partial
         if partial == _LINE_CUT:  # the method and the target as far as the capture kept it
             if not first[0].isalpha():
                 return None
             first = [first[0], first[1], ""]
         elif len(first) != 3 or not first[2].startswith("HTTP/") or not first[0].isalpha():
-            self.request_stream.mode = "dead"  # not a request line: not HTTP/1.x
+            self.request_parser.mode = "dead"  # not a request line: not HTTP/1.x
             return _NO_BODY
         method, target, version = first
         requests = self.requests
@@ -706,6 +845,44 @@ class _Conn:
             # cut (pipelined in the same segment): the responses will tell.
             if self.requests_lost_from is None:
                 self.requests_lost_from = len(self.requests)
+
+    def infer_requests(self) -> None:
+        """A TLS connection whose requests could not be read: its requests and responses
+        as its records show them (`kalab.tls.InferredExchange`), marked inferred."""
+        tls = self.tls
+        if tls is None or _http_read(tls):
+            return
+        self.requests, self.unanswered = [], []
+        for depth, exchange in enumerate(tls.exchanges, 1):
+            request = HttpRequest("", self.number, depth, depth > 1, None, None, None,
+                                  exchange.request_at)
+            request.response_at = exchange.response_at
+            request.response_end_at = exchange.response_end_at
+            request.inferred = True
+            self.requests.append(request)
+
+    def tls_record(self) -> Tls | None:
+        """Its TLS as the report has it; None for plain text."""
+        tls = self.tls
+        if tls is None:
+            return None
+        notes = list(tls.notes)
+        if self.tls_cut:
+            notes.append("the capture cut its frames: its TLS records from the first cut on "
+                         "are not read")
+        if tls.decryption == DECRYPT_ON and tls.alpn not in _HTTP_ALPN:
+            notes.append(f"its protocol is {tls.alpn}, not HTTP/1.x: its requests are "
+                         "inferred from its records")
+        started, done = tls.handshake_started_at, tls.handshake_done_at
+        notify_at = tls.close_notify_at
+        fin_at = self.first_fin[1] if self.first_fin else None
+        return Tls(tls.version, tls.sni, tls.alpn, tls.alpn_known, tls.cipher_name, started,
+                   done, tls.handshake_done_inferred,
+                   round(done - started, 6) if done is not None and started is not None
+                   else None, tls.close_notify, tls.close_notify_by, notify_at,
+                   round(fin_at - notify_at, 6) if fin_at is not None and notify_at is not None
+                   else None, [_alert(alert) for alert in tls.alerts], tls.decryption,
+                   tls.client.undecrypted_records + tls.server.undecrypted_records, notes)
 
     def _unanswered_in_the_cut(self) -> None:
         """Requests still waiting when the responses were lost in a cut: their answers may
@@ -743,17 +920,17 @@ class _Conn:
         # 5,000 digits, which int() refuses.
         if not version.startswith("HTTP/") or len(code) != 3 or not code.isascii() \
                 or not code.isdigit():
-            if self.response_stream.partial == _LINE_CUT:
+            if self.response_parser.partial == _LINE_CUT:
                 return None  # cut inside its status code: nothing to read
-            self.response_stream.mode = "dead"  # not a status line: not HTTP/1.x
+            self.response_parser.mode = "dead"  # not a status line: not HTTP/1.x
             return _NO_BODY
         status = int(code)
         if 100 <= status < 200:
             return _NO_BODY  # an interim response answers no request
-        if self.response_stream.resynced:
+        if self.response_parser.resynced:
             # Found again after a cut: it answers the one request waiting, if that one came
             # after the answer to the one before it (a client that waits); else who knows.
-            self.response_stream.resynced = False
+            self.response_parser.resynced = False
             waiting = [r for r in self.unanswered if r.sent_at <= started]
             if len(waiting) != 1 or not self._waited(waiting[0]):
                 self._unpair()
@@ -780,7 +957,7 @@ class _Conn:
         request.response_keep_alive = headers.keep_alive
         request.advertised_timeout = headers.timeout
         request.keep_alive_max = headers.max
-        if self.response_stream.partial:
+        if self.response_parser.partial:
             _unknown(request, _RESPONSE_HEADERS)
         return _response_framing(headers, request.method, status)
 
@@ -1060,6 +1237,14 @@ class _Conn:
                 if last_response_at is None or end > last_response_at:
                     last_response_at = end
         quiet_since = self.last_data_before_end or self.established_at
+        tls = self.tls
+        if tls is not None:
+            # TLS's own records (handshake, tickets, alerts) are data to TCP, not to HTTP:
+            # idle since the last application data, or since the handshake ended.
+            done = tls.handshake_done_at
+            quiet_since = self.app_data_before_end or (
+                done if done is not None and (ended_at is None or done <= ended_at)
+                else self.established_at)
         idle = None
         if ended_at is not None and quiet_since is not None and not refused:
             idle = round(ended_at - quiet_since, 6)
@@ -1097,7 +1282,8 @@ class _Conn:
             and advertised is not None else None, self.keepalive_probes, self.history,
             conn_state(self.client_state, self.server_state, client_bytes, server_bytes,
                        self.history).value, self.completeness, client_bytes, server_bytes,
-            _plain(announced), as_announced, kept, self.truncated, self.first_seen_at)
+            _plain(announced), as_announced, kept, self.truncated, self.first_seen_at,
+            self.tls_record())
 
 
 _RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R")  # Zeek's: the client's SYN, then its RST, unanswered
@@ -1291,8 +1477,10 @@ class Analyzer:
     a keep-alive probe, one behind: they must be fed.
     """
 
-    def __init__(self, ports: set[int] | frozenset[int] | None = None) -> None:
+    def __init__(self, ports: set[int] | frozenset[int] | None = None,
+                 keylog: KeyLog | None = None) -> None:
         self.ports = frozenset(ports or ())
+        self.keylog = keylog  # TLS secrets (`kalab.tls.KeyLog`): None, requests inferred
         # Both directions of each four-tuple: (connection, the sender's side).
         self._live: dict[tuple[str, int, str, int], tuple[_Conn, Side]] = {}
         self._all: list[_Conn] = []
@@ -1340,7 +1528,7 @@ class Analyzer:
 
     def _open(self, client: tuple[str, int], server: tuple[str, int], ts: float,
               syn_seq: int | None) -> _Conn:
-        conn = _Conn(len(self._all) + 1, client, server, ts, syn_seq)
+        conn = _Conn(len(self._all) + 1, client, server, ts, syn_seq, self.keylog)
         self._live[(*client, *server)] = (conn, Side.CLIENT)
         self._live[(*server, *client)] = (conn, Side.SERVER)
         self._all.append(conn)
@@ -1358,6 +1546,8 @@ class Analyzer:
                     conn.number = number
                     for request in conn.requests:
                         request.connection = number
+        for conn in kept:
+            conn.infer_requests()
         # By time sent; the sort is stable, so requests sent at the same instant stay in
         # the order they are gathered: by connection, then depth.
         requests = [r for c in kept for r in c.requests]
@@ -1371,8 +1561,9 @@ class Analyzer:
         return {c.server[1] for c in self._all if c.established_at or c.refused}
 
 
-def analyze(segments, ports: set[int] | None = None) -> tuple[list[Connection], list[HttpRequest]]:
+def analyze(segments, ports: set[int] | None = None, keylog: KeyLog | None = None
+            ) -> tuple[list[Connection], list[HttpRequest]]:
     """Run segments through a fresh Analyzer."""
-    analyzer = Analyzer(ports)
+    analyzer = Analyzer(ports, keylog)
     analyzer.feed_all(segments)
     return analyzer.finish()

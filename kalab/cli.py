@@ -12,9 +12,13 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kalab import report as report_mod
 from kalab.exitcodes import BY_VERDICT, Exit, described
+
+if TYPE_CHECKING:
+    from kalab.evidence import RunKeys
 
 # `kalab run --target`'s bounds: (option, type, default, what it bounds), and the range
 # each may be set in (`kalab.target.out_of_bounds`).
@@ -97,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="server port to follow (repeatable; default: every port that "
                          "answered a SYN)")
     analyze.add_argument("--json", action="store_true", help="print the JSON report")
+    analyze.add_argument("--keylog", type=Path, metavar="KEYLOG", default=None,
+                         help="TLS secrets in the NSS key log format (SSLKEYLOGFILE) to "
+                         "decrypt HTTPS with (default: its requests are inferred from its "
+                         "TLS records)")
     analyze.add_argument("--zeek", type=Path, metavar="DIR", default=None,
                          help="also write conn.log and http.log there as Zeek's JSON logs "
                          "(DIR new or empty)")
@@ -421,31 +429,42 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     refused = None if args.zeek is None else zeek.refuse(args.zeek)
     if refused:
         return _error(f"--zeek: {refused}", Exit.BAD_INPUT)
+    keys = None
+    if args.keylog is not None:
+        from kalab import evidence
+
+        keys = evidence.read_keys(args.keylog, f"--keylog {args.keylog}")
+        if keys.problem is not None:
+            return _error(keys.problem, Exit.BAD_INPUT)
     # Records built once and written out: the collector would only walk them again and
     # again and free nothing (a tenth of the time on a big capture).
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _analyze(args)
+        return _analyze(args, keys)
     finally:
         if collecting:
             gc.enable()
 
 
-def _analyze(args: argparse.Namespace) -> int:
+def _analyze(args: argparse.Namespace, keys: RunKeys | None) -> int:
     from kalab import evidence
 
     started = time.time()
     # This process has no other thread: the reading may go to a forked child, on a
     # second core, and so may half of the writing below.
     analysis = evidence.analyze_capture(args.pcap, set(args.port) if args.port else None,
-                                        background=True)
+                                        background=True,
+                                        keylog=None if keys is None else keys.keylog)
     if analysis.error is not None and not analysis.records:
         return _error(str(analysis.error), Exit.BAD_INPUT)  # not a capture at all
     ports = analysis.ports
     capture = _capture_beside(args.pcap)
     capture.problems += evidence.wire_problems(analysis.connections)
     capture.problems += evidence.capture_problems(analysis)
+    if keys is not None:
+        capture.problems += evidence.tls_problems(analysis.connections, analysis.requests,
+                                                   keys)
     capture.snaplen, capture.truncated_frames = analysis.snaplen, analysis.truncated
     verdict = evidence.verdict_of([], capture.problems)
     run = report_mod.EngineRun(

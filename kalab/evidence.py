@@ -55,9 +55,6 @@ class WireAnalysis:
     truncated: int = 0  # records cut at the snap length
     headers_cut: int = 0  # of those, TCP frames cut inside their TCP header
     problems: list[str] = field(default_factory=list)  # what kept it from reading all
-    # False: the requests are where this analysis cannot read them (HTTPS, for now), so
-    # no expectation about them can be judged, for or against
-    readable: bool = True
 
     def cut_short(self) -> str | None:
         """The capture problem a file that could not be read to its end makes, if any."""
@@ -68,13 +65,15 @@ class WireAnalysis:
 
 
 def analyze_capture(path: Path, ports: set[int] | None = None,
-                    background: bool = False) -> WireAnalysis:
+                    background: bool = False, keylog: KeyLog | None = None) -> WireAnalysis:
     """Analyse a pcap or pcapng file; an unreadable record ends the reading, not the report.
 
     ``background``: read the file in a child process while this one analyses (see
-    `SegmentReader.background_batches`); only for a caller without threads.
+    `SegmentReader.background_batches`); only for a caller without threads. ``keylog``:
+    TLS secrets to decrypt HTTPS with (`kalab.tls.KeyLog`); without, its requests are
+    inferred from its records.
     """
-    analyzer = Analyzer(ports)
+    analyzer = Analyzer(ports, keylog)
     reader = SegmentReader(path, ports, skip_acks=True)
     feed_all = analyzer.feed_all
     error = None
@@ -126,58 +125,79 @@ class RunKeys:
 
 
 def run_keys(run_dir: Path) -> RunKeys:
-    """Read the key log in an engine's folder as hostile input: a regular file only (no
-    link followed, no FIFO waited on), at most MAX_KEYLOG_BYTES, its lines judged one by
-    one (`kalab.tls.KeyLog`: a bad line costs only itself)."""
+    """The key log the client wrote in an engine's folder (`read_keys`)."""
     from kalab import handoff
 
-    name = handoff.TLS_KEYLOG
+    return read_keys(run_dir / handoff.TLS_KEYLOG, f"the client's key log {handoff.TLS_KEYLOG}")
+
+
+def read_keys(path: Path, name: str) -> RunKeys:
+    """Read a key log as hostile input: a regular file only (no link followed, no FIFO
+    waited on), at most MAX_KEYLOG_BYTES, its lines judged one by one
+    (`kalab.tls.KeyLog`: a bad line costs only itself). ``name`` says which key log in
+    the problems (`RunKeys.problem`), which start with it."""
     keylog = KeyLog()
     try:
-        fd = os.open(run_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        return RunKeys(name, keylog, f"the client's key log {name} cannot be read "
-                       f"({exc.strerror or exc}): its HTTPS connections cannot be decrypted")
+        return RunKeys(name, keylog, f"{name} cannot be read ({exc.strerror or exc}): its "
+                       "HTTPS connections cannot be decrypted")
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return RunKeys(name, keylog, f"the client's key log {name} is not a regular file")
+            return RunKeys(name, keylog, f"{name} is not a regular file")
         with os.fdopen(os.dup(fd), "rb") as file:
             data = file.read(MAX_KEYLOG_BYTES + 1)
     except OSError as exc:
-        return RunKeys(name, keylog, f"the client's key log {name} cannot be read "
-                       f"({exc.strerror or exc})")
+        return RunKeys(name, keylog, f"{name} cannot be read ({exc.strerror or exc})")
     finally:
         os.close(fd)
     problem = None
     if len(data) > MAX_KEYLOG_BYTES:
         data = data[:data.rfind(b"\n", 0, MAX_KEYLOG_BYTES) + 1]
-        problem = (f"the client's key log {name} is longer than {MAX_KEYLOG_BYTES >> 20} MiB: "
-                   "only its start is read")
+        problem = f"{name} is longer than {MAX_KEYLOG_BYTES >> 20} MiB: only its start is read"
     keylog.add(data)
     if not len(keylog) and problem is None:
-        problem = f"the client's key log {name} holds no TLS secrets"
+        problem = f"{name} holds no TLS secrets"
     return RunKeys(name, keylog, problem)
 
 
 def analyze_run_capture(path: Path, ports: set[int], keys: RunKeys | None) -> WireAnalysis:
     """An engine's capture, with the TLS secrets its client wrote (None: plain HTTP).
 
-    The one place where a run's key log meets the analysis. The Analyzer does not
-    read TLS yet (issue 14: `kalab.tls` is to be wired into it, with this key log); until
-    then the requests of an HTTPS run are inside records it does not read, and the
-    analysis says so among its problems and is not ``readable``: no expectation is
-    judged and the verdict is inconclusive, never a verdict about requests it did not
-    see. What the key log lacked is said too."""
-    analysis = analyze_capture(path, ports)
+    The one place where a run's key log meets the analysis: the Analyzer decrypts each
+    TLS connection whose secrets it holds and reads its HTTP as plain HTTP's. What the
+    key log lacked is said among the problems (`tls_problems`)."""
+    analysis = analyze_capture(path, ports, keylog=None if keys is None else keys.keylog)
     if keys is not None:
-        analysis.readable = False
         if keys.problem is not None:
             analysis.problems.append(keys.problem)
-        analysis.problems.append(
-            f"HTTPS: this analysis does not read TLS yet, so the requests inside the "
-            f"connections are not in this report (the client's key log, {keys.name}, holds "
-            f"the secrets of {len(keys.keylog)} TLS session(s))")
+        analysis.problems += tls_problems(analysis.connections, analysis.requests, keys)
     return analysis
+
+
+def tls_problems(connections: list[Connection], requests: list[HttpRequest],
+                 keys: RunKeys) -> list[str]:
+    """With a key log: the TLS connections whose requests it could not decrypt (they are
+    inferred from their records, and no claim about them can be judged), and those only
+    partly decrypted. A connection that carried no application data (a readiness probe's
+    handshake) is none of them."""
+    inferred = {r.connection for r in requests if r.inferred}
+    unread = [c for c in connections if c.id in inferred]
+    partly = [c for c in connections if c.tls is not None and c.tls.undecrypted_records
+              and c.tls.decryption in ("decrypting", "failed") and c not in unread]
+    problems = []
+    if unread:
+        why = "; ".join(sorted({f"{c.tls.decryption}" + (f": {c.tls.notes[0]}"
+                                                          if c.tls.notes else "")
+                                for c in unread}))
+        problems.append(f"{keys.name} did not decrypt the TLS of connection(s) "
+                        f"{_ids([c.id for c in unread])} ({why}): their requests are only "
+                        "inferred from their records")
+    if partly:
+        problems.append(f"the TLS of connection(s) {_ids([c.id for c in partly])} was only "
+                        f"partly decrypted with {keys.name}: "
+                        + "; ".join(sorted({n for c in partly for n in c.tls.notes[:1]})))
+    return problems
 
 
 def wire_problems(connections: list[Connection]) -> list[str]:
@@ -423,7 +443,7 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
         problems.append("the capture started after the first request was sent")
     # A capture cut short cannot refute anything: what it lacks may be what was claimed.
     results = [check(e, requests, connections) for e in engine.expect] \
-        if capture.complete and analysis.readable else []
+        if capture.complete else []
     verdict = verdict_of(results, problems) if capture.complete else "interrupted"
     return EngineRun(
         engine=engine.name, kind=engine.kind, description=engine.describe(),

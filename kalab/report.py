@@ -141,9 +141,10 @@ class HttpRequest:
     connection: int = doc("`Connection.id` of the connection that carried it.")
     depth: int = doc("1 for the first request on its connection, 2 for the second, ...")
     reused: bool = doc("True when the connection had carried a request before (depth > 1).")
-    method: str = doc("Request method, as sent.")
-    target: str = doc("Request target (path and query), as sent, cut at 200 characters; as "
-                      "far as the capture kept it when `unknown` lists it.")
+    method: str | None = doc("Request method, as sent; null for an `inferred` request.")
+    target: str | None = doc("Request target (path and query), as sent, cut at 200 "
+                             "characters; as far as the capture kept it when `unknown` lists "
+                             "it; null for an `inferred` request.")
     version: str | None = doc("HTTP version of the request line, e.g. `HTTP/1.1`; null when "
                               "the capture cut the line before it.")
     sent_at: float = doc("When the segment with the request line's first byte was seen.")
@@ -206,6 +207,71 @@ class HttpRequest:
                             "(urllib3 found the server's FIN and reconnected), `raced the "
                             "FIN` (sent on a connection the server had already closed), "
                             "`unanswered`; null without client records.", None)
+    inferred: bool = doc(
+        "True when the request was not read but inferred from a TLS connection's records "
+        "(no key log, or none for this connection; see `Connection.tls`): a burst of the "
+        "client's application-data records is a request, the server's burst after it its "
+        "response. Then `method`, `target`, `version`, `status` and the headers are null; "
+        "`sent_at` is when the burst's first record began, `response_at` when the "
+        "server's began, `response_end_at` when its last ended; pipelined requests would "
+        "be one. False for a request read from the wire (in plain text, or decrypted).",
+        False)
+
+
+@dataclass
+class Tls:
+    """What a connection's TLS showed (`kalab.tls`, which reads its records): one per TLS
+    connection, in `Connection.tls`. Times are capture times, as everywhere."""
+
+    version: str | None = doc("The version the server chose: `TLS 1.2`, `TLS 1.3` (or "
+                              "`SSL 3.0`, `TLS 1.0`, `TLS 1.1`, `0x....`); null before its "
+                              "ServerHello.")
+    sni: str | None = doc("The server name the client asked for (the ClientHello's SNI); "
+                          "null without one.")
+    alpn: str | None = doc("The application protocol the server chose (ALPN), e.g. "
+                           "`http/1.1`; null when it chose none, or when it cannot be known "
+                           "(see `alpn_known`).")
+    alpn_known: bool = doc("False when the choice is encrypted and was not decrypted (TLS "
+                           "1.3 says it in EncryptedExtensions), or no ServerHello came.")
+    cipher: str | None = doc("The cipher suite the server chose, by its IANA name "
+                             "(`TLS_AES_128_GCM_SHA256`), or `0x....`.")
+    handshake_started_at: float | None = doc("When the ClientHello was seen.")
+    handshake_done_at: float | None = doc(
+        "When the handshake ended: TLS 1.3, the client's Finished; TLS 1.2, the later "
+        "side's Finished. Null if it never ended.")
+    handshake_inferred: bool = doc(
+        "True when `handshake_done_at` is inferred (TLS 1.3 without keys: the client's "
+        "first encrypted record is taken as its Finished, true unless it sent a "
+        "certificate).")
+    handshake_seconds: float | None = doc("`handshake_done_at - handshake_started_at`.")
+    close_notify: str = doc(
+        "`seen` (a close_notify alert came: `close_notify_by` sent it), `none` (every "
+        "record that could hold one was read, and none did), `unknown` (some could not "
+        "be read: TLS 1.3 without keys hides every alert; TLS 1.2 without keys shows an "
+        "encrypted alert, not which).")
+    close_notify_by: Side | None = doc("`client` or `server`: who sent the first "
+                                       "close_notify; null unless `close_notify` is `seen`.")
+    close_notify_at: float | None = doc("When the first close_notify was seen.")
+    close_notify_before_fin: float | None = doc(
+        "Seconds from `close_notify_at` to the connection's first FIN (`first_fin_at`): "
+        "positive when the close_notify came first, as TLS wants a close to go; negative "
+        "when it came after a FIN. Null without both.")
+    alerts: list[str] = doc(
+        "Every TLS alert seen (the first 64), in order, as `SIDE LEVEL NAME` (`server "
+        "warning close_notify`, `client fatal bad_certificate`); `SIDE encrypted` for one "
+        "whose content was not read (TLS 1.2 without keys shows an alert's record, not "
+        "what it says: at a connection's end it is usually its close_notify). TLS 1.3 "
+        "without keys shows none at all.")
+    decryption: str = doc(
+        "Whether its records were decrypted: `decrypting` (with the key log; every record "
+        "decrypted: its requests are read as in plain HTTP), `no_keylog` (no key log "
+        "given: its requests are `inferred`), `no_keys` (the key log lacks, or "
+        "contradicts, this connection's secrets), `unsupported` (a version or cipher "
+        "suite kalab does not decrypt), `waiting` (a key log, but the two hellos were not "
+        "both seen), `failed` (a record did not decrypt: that direction stopped there).")
+    undecrypted_records: int = doc("Protected records not decrypted, both directions.")
+    notes: list[str] = doc("What kept its TLS from being read whole, in words; empty when "
+                           "nothing did.", factory=list)
 
 
 @dataclass
@@ -315,6 +381,14 @@ class Connection:
         "When its first packet was seen, whatever it carried (its SYN, or on a connection "
         "the capture joined mid-stream its first segment): Zeek's conn.log `ts`. Null in a "
         "report from before it was recorded.", None)
+    tls: Tls | None = doc(
+        "Its TLS, when the client's first bytes opened a TLS handshake (HTTPS); null for "
+        "plain text. Its requests are then read from the decrypted records (with a key "
+        "log that has its secrets), else inferred from the records (`HttpRequest.inferred`); "
+        "`idle_before_close` runs from the last application data, not from TLS's own "
+        "records (handshake, session tickets, alerts), as far as they can be told apart "
+        "(TLS 1.3 without keys cannot tell them: every record after the handshake counts "
+        "as data).", None)
 
 
 @dataclass
@@ -889,7 +963,7 @@ def from_dict(data: dict[str, Any]) -> Report:
     for run in data["runs"]:
         run = dict(run)
         run["capture"] = Capture(**run["capture"])
-        run["connections"] = [Connection(**connection(c)) for c in run["connections"]]
+        run["connections"] = [_connection(connection(c)) for c in run["connections"]]
         run["requests"] = [HttpRequest(**r) for r in run["requests"]]
         run["expectations"] = [ExpectationResult(**e) for e in run["expectations"]]
         runs.append(EngineRun(**run))
@@ -903,6 +977,14 @@ def from_dict(data: dict[str, Any]) -> Report:
         sweep["expectations"] = [ExpectationResult(**e) for e in sweep["expectations"]]
         sweep = Sweep(**sweep)
     return Report(**{**data, "runs": runs, "probe": probe, "target": target, "sweep": sweep})
+
+
+def _connection(record: dict[str, Any]) -> Connection:
+    """A connection from its JSON form; its ``tls`` (absent before it was recorded) too."""
+    tls = record.get("tls")
+    if tls is not None:
+        record = {**record, "tls": Tls(**tls)}
+    return Connection(**record)
 
 
 def _connection_from_1(record: dict[str, Any]) -> dict[str, Any]:

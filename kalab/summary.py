@@ -41,7 +41,7 @@ def connection_story(conn: Connection, requests: Mapping[str, HttpRequest] | Non
     probes), against what its last exchange said: a close announced, else the Keep-Alive
     timeout of its last response; and the Keep-Alive max= countdown. ``requests`` (the
     run's, by id) lets it quote the headers."""
-    what = f"#{conn.id} ({conn.client})"
+    what = f"#{conn.id} ({conn.client}{', ' + tls_name(conn) if conn.tls else ''})"
     if conn.refused:
         return f"{what}: refused (RST to the SYN: nothing listened yet)"
     what += f" carried {', '.join(conn.requests)}" if conn.requests else " carried no request"
@@ -58,7 +58,43 @@ def connection_story(conn: Connection, requests: Mapping[str, HttpRequest] | Non
         closed += (f" ({probes} TCP keep-alive probe{'s' if probes != 1 else ''} on it, "
                    "not data)")
     mine = [requests[ref] for ref in conn.requests if ref in requests] if requests else []
-    return f"{what}: {closed}{_what_it_said(conn, mine)}{_countdown(conn, mine)}"
+    return (f"{what}: {closed}{_tls_close(conn)}{_what_it_said(conn, mine)}"
+            f"{_countdown(conn, mine)}{_inferred(mine)}")
+
+
+def tls_name(conn: Connection) -> str:
+    """A TLS connection's mark: `TLS 1.3`, or `TLS` before its version was seen."""
+    return conn.tls.version or "TLS" if conn.tls else ""
+
+
+def _tls_close(conn: Connection) -> str:
+    """Who sent TLS's close_notify, against the connection's first FIN."""
+    tls = conn.tls
+    if tls is None or conn.closed_by is None:
+        return ""
+    if tls.close_notify == "none":
+        return ", no close_notify"
+    if tls.close_notify != "seen":
+        return ", close_notify unknown (its alerts were not read)"
+    said = f", close_notify by the {tls.close_notify_by}"
+    lead = tls.close_notify_before_fin
+    if lead is not None:
+        said += f" {abs(lead) * 1000:.1f} ms {'before' if lead >= 0 else 'after'} the first FIN"
+    return said
+
+
+def _inferred(requests: list[HttpRequest]) -> str:
+    if any(r.inferred for r in requests):
+        return "; its requests are inferred from its TLS records (not decrypted)"
+    return ""
+
+
+def request_text(request: HttpRequest) -> str:
+    """A request as the tables and ladders show it: its method and target, or for one
+    inferred from TLS records, that it was."""
+    if request.inferred:
+        return "(inferred from TLS records)"
+    return f"{request.method} {request.target}"
 
 
 def _what_it_said(conn: Connection, requests: list[HttpRequest]) -> str:
@@ -186,7 +222,7 @@ def requests_table(run: EngineRun, zero: float) -> Table:
             saw = f"{saw}; port {client['local_port']}".lstrip("; ")
         # Text, not markup: a target like `/a[/]b` comes from the wire.
         requests.add_row(*(Text(visible(cell)) for cell in (
-            r.id, _t(r.sent_at, zero), f"{r.method} {r.target}", f"#{r.connection}",
+            r.id, _t(r.sent_at, zero), request_text(r), f"#{r.connection}",
             f"{r.depth}{' (reused)' if r.reused else ''}", str(r.status or "-"),
             _header(r, "response_connection"), _header(r, "response_keep_alive"),
             r.story or "-", saw)))
@@ -213,7 +249,8 @@ def connections_table(run: EngineRun, zero: float) -> Table:
         if c.closed_with == Closing.RST:
             closer += " (RST)"
         conns.add_row(*(Text(visible(cell)) for cell in (
-            f"#{c.id}", c.client, _t(c.syn_at, zero), label, closer,
+            f"#{c.id}{' ' + tls_name(c) if c.tls else ''}", c.client, _t(c.syn_at, zero),
+            label, closer,
             _t(c.first_fin_at or c.rst_at, zero), _secs(c.idle_before_close),
             "-" if c.advertised_timeout is None else f"{c.advertised_timeout:g} s",
             f"{c.conn_state} {c.history}" if c.conn_state else "-")))

@@ -32,7 +32,8 @@ conn.log fields written:
 - ``conn_state``, ``history``: `Connection.conn_state`, `Connection.history`.
 - ``missed_bytes``: 0 on a connection without gaps.
 
-http.log fields written, one line per request:
+http.log fields written, one line per request read (not for one inferred from TLS
+records: Zeek writes no http.log line for HTTP it cannot read):
 
 - ``ts``: `HttpRequest.sent_at`; ``uid``, ``id.*``: its connection's.
 - ``trans_depth``: `HttpRequest.depth`.
@@ -150,7 +151,7 @@ def records(run: EngineRun) -> tuple[list[dict], list[dict]]:
     by_id = {c.id: c for c in run.connections}
     return ([conn_record(c) for c in run.connections],
             [http_record(r, by_id[r.connection]) for r in run.requests
-             if r.connection in by_id])
+             if r.connection in by_id and not r.inferred])
 
 
 def refuse(folder: Path) -> str | None:

@@ -4,7 +4,8 @@ analysis taking the key log.
 
 tshark is the referee: on the pcap of a real run, with the key log the client
 wrote (``-o tls.keylog_file:``), it must show every request the client sent,
-in TLS 1.2 and in TLS 1.3.
+in TLS 1.2 and in TLS 1.3, and the report, read with the same key log, must
+agree with it as a plain HTTP report does.
 """
 
 from __future__ import annotations
@@ -307,7 +308,7 @@ def https_runs(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.skipif(not tshark_referee.available(), reason="needs tshark")
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
-def test_kalab_run_over_https_leaves_a_key_log_that_tshark_reads(https_runs, version):
+def test_kalab_run_over_https_passes_read_with_the_key_log_as_tshark_reads_it(https_runs, version):
     done, results = https_runs[version]
     report = json.loads((results / "report.json").read_text())
     assert [r["engine"] for r in report["runs"]] == ["gunicorn-gthread-tls", "nginx-tls"], \
@@ -327,8 +328,16 @@ def test_kalab_run_over_https_leaves_a_key_log_that_tshark_reads(https_runs, ver
         assert streams[0] == streams[1] != streams[2]
         # the private key never reaches the results
         assert not list(folder.rglob("*key.pem")) and not list(folder.rglob("*bundle*"))
-        # the report says why it cannot judge the requests yet, and judges nothing
-        assert run["verdict"] == "inconclusive" and run["expectations"] == []
-        assert any("HTTPS: this analysis does not read TLS yet" in p
-                   for p in run["capture"]["problems"])
-    assert done.returncode == 3 and report["verdict"] == "inconclusive"
+        # the report reads the requests through the key log, as plain HTTP's: tshark,
+        # decrypting with the same key log, agrees on connections, requests, depths,
+        # statuses, closes and their times; every expectation is judged, and holds
+        assert tshark_referee.compare(run, pcap, port, folder / handoff.TLS_KEYLOG) == []
+        assert [(r["id"], r["method"], r["status"], r["inferred"]) for r in run["requests"]
+                ] == [(str(n), "GET", 200, False) for n in (1, 2, 3)]
+        assert run["capture"]["problems"] == [] and run["disagreements"] == []
+        assert [c["tls"]["version"] for c in run["connections"] if c["requests"]] == \
+            [f"TLS {version}"] * 2
+        assert all(c["tls"]["decryption"] == "decrypting" for c in run["connections"]
+                   if c["requests"])
+        assert run["verdict"] == "pass" and len(run["expectations"]) == 4
+    assert done.returncode == 0 and report["verdict"] == "pass"

@@ -22,9 +22,8 @@ pytestmark = [requires_lab, pytest.mark.slow]
 
 # lab.yaml and seed-claims.yaml run in the README walkthrough; engines.yaml in
 # test_runtimes; broken-example.yaml is broken on purpose; those below with a
-# test of their own run there (https.yaml in test_https: its report is inconclusive until
-# the analyzer reads TLS; edge-sweep.yaml in test_sweep).
-ELSEWHERE = {"https.yaml", "engines.yaml", "seed-claims.yaml", "broken-example.yaml", "race.yaml",
+# test of their own run there (edge-sweep.yaml in test_sweep).
+ELSEWHERE = {"engines.yaml", "seed-claims.yaml", "broken-example.yaml", "race.yaml",
              "delay-100ms.yaml", "nginx-502.yaml", "tcp-keepalive.yaml", "no-session.yaml",
              "tutorial-more-engines.yaml", "every-client.yaml", "apache-max.yaml",
              "haproxy-chain.yaml", "haproxy-chain-fixed.yaml", "edge-sweep.yaml"}

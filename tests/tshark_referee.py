@@ -58,10 +58,15 @@ def _endpoint(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def streams(pcap: Path, port: int | Iterable[int]) -> dict[int, Stream]:
-    """tcp.stream number -> what tshark saw on it (HTTP decoded on the server ``port``s)."""
+def streams(pcap: Path, port: int | Iterable[int], keylog: Path | None = None
+            ) -> dict[int, Stream]:
+    """tcp.stream number -> what tshark saw on it (HTTP decoded on the server ``port``s;
+    with ``keylog``, TLS there, decrypted with that key log, and the HTTP inside it)."""
     ports = {port} if isinstance(port, int) else set(port)
-    decode = sum((["-d", f"tcp.port=={p},http"] for p in sorted(ports)), [])
+    decode = sum((["-d", f"tcp.port=={p},{'http' if keylog is None else 'tls'}"]
+                  for p in sorted(ports)), [])
+    if keylog is not None:
+        decode += ["-o", f"tls.keylog_file:{keylog}"]
     out = subprocess.run(
         ["tshark", "-r", str(pcap), *decode, "-T", "fields", "-E", "separator=\t",
          "-E", "occurrence=a", "-E", f"aggregator={_AGGREGATOR}",
@@ -163,10 +168,14 @@ def _side(stream: Stream, port: int | None) -> str | None:
     return "client" if port == stream.client_port else "server"
 
 
-def compare(report_run: dict, pcap: Path, port: int | Iterable[int]) -> list[str]:
-    """Every disagreement between a report's engine run and tshark on its pcap."""
+def compare(report_run: dict, pcap: Path, port: int | Iterable[int],
+            keylog: Path | None = None) -> list[str]:
+    """Every disagreement between a report's engine run and tshark on its pcap (with
+    ``keylog``: its HTTPS, as tshark decrypts it with that key log). A request kalab
+    inferred from TLS records (``inferred``, no keys) is compared by its connection,
+    depth and time only: its method, target and status are not known."""
     problems: list[str] = []
-    seen = streams(pcap, port)
+    seen = streams(pcap, port, keylog)
     connections = report_run["connections"]
     if len(seen) != len(connections):
         problems.append(f"connections: kalab {len(connections)}, tshark {len(seen)}")
@@ -209,6 +218,7 @@ def compare(report_run: dict, pcap: Path, port: int | Iterable[int]) -> list[str
         by_connection.setdefault(request["connection"], []).append(request)
     for conn_id, stream in paired.items():
         ours = sorted(by_connection.get(conn_id, []), key=lambda r: r["depth"])
+        inferred = any(r.get("inferred") for r in ours)
         answered = [_said(r) for r in ours if r["status"] is not None]
         theirs = [said + answered[n][len(said):] if n < len(answered) else said
                   for n, said in enumerate(stream.responses)]  # a bare status: its own only
@@ -216,7 +226,7 @@ def compare(report_run: dict, pcap: Path, port: int | Iterable[int]) -> list[str
         # fragment of a header line the cut left, kalab only whole lines.
         theirs = [tuple(UNKNOWN if n < len(answered) and answered[n][k] is UNKNOWN else value
                         for k, value in enumerate(said)) for n, said in enumerate(theirs)]
-        if answered != theirs:
+        if answered != theirs and not inferred:
             problems.append(f"#{conn_id}: responses (status, Connection, Keep-Alive max) "
                             f"{answered}, tshark {theirs}")
         if len(ours) != len(stream.requests):
@@ -224,6 +234,8 @@ def compare(report_run: dict, pcap: Path, port: int | Iterable[int]) -> list[str
                             f"{len(stream.requests)}")
         for depth, (request, (at, method, uri)) in enumerate(
                 zip(ours, stream.requests, strict=False), 1):
+            if request.get("inferred"):
+                method, uri = request["method"], request["target"]  # null: not known
             if (request["depth"], request["method"], request["target"]) != (depth, method, uri):
                 problems.append(f"#{conn_id}: request {request['id']} is {request['method']} "
                                 f"{request['target']} at depth {request['depth']}; tshark has "

@@ -51,7 +51,7 @@ class Event:
     """One arrow of a ladder: a packet (or the first byte of a message) and who sent it."""
 
     at: float  # epoch seconds, as in the report
-    kind: str  # syn, synack, request, response, fin, rst
+    kind: str  # syn, synack, tls (a ClientHello, a close_notify), request, response, fin, rst
     sender: str  # client or server
     label: str  # as drawn (cut to LABEL_CHARS)
     title: str  # the whole text
@@ -195,7 +195,7 @@ def _events(conn: Connection, requests: dict[str, HttpRequest]) -> list[Event]:
         if req is None:
             continue
         answered = req.response_at is not None
-        events.append(event(req.sent_at, "request", "client", f"{req.method} {req.target}",
+        events.append(event(req.sent_at, "request", "client", summary.request_text(req),
                             request=visible(req.id), bad=not answered))
         if answered:
             said = f" \u00b7 Connection: {req.response_connection}" \
@@ -204,6 +204,13 @@ def _events(conn: Connection, requests: dict[str, HttpRequest]) -> list[Event]:
                                 f"{req.status if req.status is not None else '?'}{said}",
                                 request=visible(req.id),
                                 bad=not (req.status and req.status < 400)))
+    tls = conn.tls
+    if tls is not None and tls.handshake_started_at is not None:
+        events.append(event(tls.handshake_started_at, "tls", "client",
+                            f"ClientHello ({summary.tls_name(conn)})"))
+    if tls is not None and tls.close_notify_at is not None and tls.close_notify_by:
+        events.append(event(tls.close_notify_at, "tls", tls.close_notify_by,
+                            f"close_notify ({tls.close_notify_by})"))
     if conn.first_fin_at is not None and conn.first_fin_by:
         events.append(event(conn.first_fin_at, "fin", conn.first_fin_by,
                             f"FIN ({conn.first_fin_by})"))
@@ -212,7 +219,7 @@ def _events(conn: Connection, requests: dict[str, HttpRequest]) -> list[Event]:
             events.append(event(conn.second_fin_at, "fin", other, f"FIN ({other})"))
     if conn.rst_at is not None and conn.rst_by:
         events.append(event(conn.rst_at, "rst", conn.rst_by, f"RST ({conn.rst_by})"))
-    order = {"syn": 0, "synack": 1, "request": 2, "response": 3, "fin": 4, "rst": 5}
+    order = {"syn": 0, "synack": 1, "tls": 2, "request": 3, "response": 4, "fin": 5, "rst": 6}
     events.sort(key=lambda e: (e.at, order[e.kind]))
     return events
 
@@ -306,6 +313,8 @@ def _engine(report: Report, run: EngineRun, scale: float) -> EngineView:
         story = visible(summary.connection_story(conn, requests))
         kind = "probe" if conn.probe and not conn.refused else \
             f"carried {', '.join(conn.requests)}" if conn.requests else "no request"
+        if conn.tls is not None:
+            kind += f" over {summary.tls_name(conn)}"
         ladder = Ladder(conn, visible(f"#{conn.id}: {kind}"), story,
                         _events(conn, requests))
         if ladder.events:
