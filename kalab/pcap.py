@@ -452,9 +452,8 @@ class SegmentReader:
     them). ``skip_acks``: leave out the pure ACKs that change no record: on
     a four-tuple already handed on, where their direction has reached (see
     the module's docstring); a keep-alive probe is handed on. A `PcapError`
-    ends the iteration at the first unreadable byte; everything before it
-    has been handed on, and ``offset`` says where the good part of the file
-    ends.
+    ends the iteration at the first unreadable byte (its ``offset``);
+    everything before it has been handed on.
     """
 
     def __init__(self, path: str | Path, ports: Iterable[int] | None = None,
@@ -465,7 +464,6 @@ class SegmentReader:
         self.records = 0  # records read
         self.segments = 0  # segments handed on
         self.skipped = 0  # pure ACKs left out
-        self.offset = 0  # end of the last record read
         self.truncated = 0  # records the capture cut short of their length on the wire
         self.headers_cut = 0  # of those, TCP frames cut inside their TCP header: unreadable
         self.snaplens: list[int] = []  # the snap length of each file or interface header
@@ -505,7 +503,6 @@ class SegmentReader:
         names = _Names()
         for linktype, ts, buf, start, end, wirelen in _records(self.path, self.snaplens):
             self.records += 1
-            self.offset = end
             # Cut at the snap length: the IP header says how much more there was.
             wire_end = start + wirelen if end - start < wirelen <= _MAX_RECORD else None
             if wire_end is not None:

@@ -144,9 +144,8 @@ class FastSegmentReader(SegmentReader):
                 out.write(data)
         except PcapError as exc:
             error = (str(exc), exc.offset)
-        data = marshal.dumps((self.records, self.segments, self.skipped, self.offset,
-                              self.truncated, self.headers_cut, self.cut_at, self.snaplens,
-                              error))
+        data = marshal.dumps((self.records, self.segments, self.skipped, self.truncated,
+                              self.headers_cut, self.cut_at, self.snaplens, error))
         out.write(_FRAME.pack(True, len(data)))
         out.write(data)
 
@@ -162,7 +161,7 @@ class FastSegmentReader(SegmentReader):
             if not last:
                 yield marshal.loads(data)
                 continue
-            (self.records, self.segments, self.skipped, self.offset, self.truncated,
+            (self.records, self.segments, self.skipped, self.truncated,
              self.headers_cut, self.cut_at, self.snaplens, error) = marshal.loads(data)
             if error is not None:
                 raise PcapError(*error)
@@ -304,10 +303,7 @@ class FastSegmentReader(SegmentReader):
                 batch = []
             raise
         finally:
-            if blocks.pos < pos and blocks.buf is buf:
-                blocks.pos = pos
             self.records, self.segments, self.skipped = records, segments, skipped
             self.truncated, self.headers_cut, self.cut_at = truncated, headers_cut, cut_at
-            self.offset = blocks.offset
 
 
