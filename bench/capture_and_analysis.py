@@ -196,7 +196,7 @@ run = report.EngineRun(engine="capture", kind="unknown", description="", version
                        connections=a.connections, requests=a.requests)
 report.to_json_bytes(report.Report(schema=report.SCHEMA, scenario=None, name="", runtime="",
                                    started_at=0, finished_at=0, runs=[run],
-                                   verdict="observed", exit_code=0), parallel=True)
+                                   verdict="observed", exit_code=0))
 t2 = time.perf_counter()
 print(t1 - t0, t2 - t1, len(a.connections), len(a.requests), a.records, a.skipped)
 """
