@@ -63,6 +63,7 @@ def _new_connection(known: dict[tuple, list], cell: list, flags: int, src: int |
         if other is not None:
             other[1] = False
 
+
 class FastSegmentReader(SegmentReader):
     """`kalab.pcap.SegmentReader`, faster: the same segments, counters and errors (the
     tests compare the two on every kind of file), for the analysis to read with."""
