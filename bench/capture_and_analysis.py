@@ -10,18 +10,24 @@ Run as root from the checkout (a few minutes at most, all on loopback):
    observer role runs it) and tcpdump capture the port side by side; their
    SYN, SYN-ACK, FIN and RST counts (counted by tshark), kernel drops and
    peak memory are compared.
-2. Analysis: a 240,000-packet pcap of 20,000 keep-alive connections
-   (bench/synth.py) is analysed by ``tshark -q -z conv,tcp`` and by
-   ``kalab analyze --json``, each as its own process, in the same run; wall
-   seconds, their ratio and peak memory are printed. The same connections
-   with their response bodies cut into 64-byte segments (520,000 packets)
-   show that memory follows the connections, not the packets. kalab is
-   byte-compiled first, as an installed package is. The report ends by
-   saying whether kalab took at most half tshark's time on the
-   240,000-packet pcap, the target.
+2. Analysis: pcaps of keep-alive connections (bench/synth.py, about 40
+   open at once): 240,000 packets (20,000 connections), the same with the
+   response bodies cut into 64-byte segments (520,000 packets), 2.4 million
+   (200,000 connections) and, with ``--huge``, 24 million (2,000,000
+   connections, about 2.3 GiB). Each is written for its run, at most
+   ``--max-pcap-gib`` and three quarters of the free disk, and removed
+   after it, even on failure or SIGTERM. Each is analysed by ``tshark -q -z
+   conv,tcp``, by ``tshark -Y http`` printing the fields kalab reports, and
+   by ``kalab analyze --json``, each as its own process, taking turns; wall
+   seconds, the ratios and each one's peak RSS are printed. kalab is
+   byte-compiled first, as an installed package is. The report ends with
+   the targets: kalab in at most half tshark's time on the 240,000-packet
+   pcap, and issue 17's (peak RSS at most 256 MB and at most 0.4 of
+   tshark's time on 2.4 and 24 million packets, linear time between them).
 
 Everything it makes goes in a temporary folder, removed at the end
-(``--keep`` keeps it). It prints a Markdown report: bench/RESULTS.md is one.
+(``--keep`` keeps the capture part's pcaps). It prints a Markdown report:
+bench/RESULTS.md is one.
 """
 
 from __future__ import annotations
@@ -196,7 +202,7 @@ run = report.EngineRun(engine="capture", kind="unknown", description="", version
                        connections=a.connections, requests=a.requests)
 report.to_json_bytes(report.Report(schema=report.SCHEMA, scenario=None, name="", runtime="",
                                    started_at=0, finished_at=0, runs=[run],
-                                   verdict="observed", exit_code=0), parallel=True)
+                                   verdict="observed", exit_code=0))
 t2 = time.perf_counter()
 print(t1 - t0, t2 - t1, len(a.connections), len(a.requests), a.records, a.skipped)
 """
@@ -205,76 +211,160 @@ print(t1 - t0, t2 - t1, len(a.connections), len(a.requests), a.records, a.skippe
 _START = "import kalab.cli, kalab.evidence"
 
 
-def analysis_part(work: Path, connections: int) -> list[str]:
-    lines = [f"## Analysis: {connections:,} connections, tshark -q -z conv,tcp vs "
-             "kalab analyze --json", "",
-             "Fastest of three runs each, as separate processes, taking turns (tshark, kalab, "
-             "tshark, ...).", "",
-             "| pcap | packets | size | tshark s | kalab s | kalab / tshark | tshark RSS "
-             "| kalab RSS | kalab exit |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+# tshark as a user would ask it for what kalab reports of each request: its connection
+# (tcp.stream), the request line, the status line, the Connection header and the
+# header lines (Keep-Alive), each HTTP frame's time.
+TSHARK_HTTP = ["-Y", "http", "-T", "fields", "-E", "occurrence=a",
+               *(arg for name in ("frame.time_epoch", "tcp.stream", "http.request.method",
+                                  "http.request.uri", "http.request.version",
+                                  "http.response.code", "http.response.version",
+                                  "http.connection", "http.response.line")
+                 for arg in ("-e", name))]
+# The pcaps: name, connections, segments per response body. The last, 24 million packets
+# (about 2.3 GiB), only with --huge.
+PCAPS = [("big-1.pcap", 20_000, 1), ("big-8.pcap", 20_000, 8), ("big-200k.pcap", 200_000, 1)]
+HUGE = ("huge-2m.pcap", 2_000_000, 1)
+BYTES_PER_PACKET = 101  # synth.py's frames and record headers, on average (240,000: 24 MiB)
+
+
+def room_for(work: Path, packets: int, limit: int) -> str | None:
+    """Why a pcap of about ``packets`` cannot be written in ``work``, or None: at most
+    ``limit`` bytes, and a quarter of the disk's free space left beside it."""
+    size = packets * BYTES_PER_PACKET
+    if size > limit:
+        return f"about {size / 2**30:.1f} GiB, above --max-pcap-gib"
+    free = shutil.disk_usage(work).free
+    if size > free * 0.75:
+        return f"about {size / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB free"
+    return None
+
+
+def analysis_part(work: Path, pcaps: list[tuple[str, int, int]], runs: int,
+                  limit: int) -> list[str]:
+    lines = ["## Analysis: tshark -q -z conv,tcp, tshark -Y http (the fields kalab reports) "
+             "and kalab analyze --json", "",
+             f"Fastest of {runs} runs each, as separate processes, taking turns (conv, http, "
+             "kalab, conv, ...); peak RSS is the child's own (`wait4`). Each pcap is written "
+             "for the run and removed after it; every output goes to /dev/null.", "",
+             "| pcap | packets | connections | size | tshark conv s | tshark http s | kalab s "
+             "| kalab / conv | kalab / http | conv RSS | http RSS | kalab RSS | kalab exit |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
     # Byte-compile kalab first, as installing a package does: this checkout may never
     # have been (PYTHONDONTWRITEBYTECODE), and compiling its modules on every run is not
     # what a user's `kalab` pays.
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "kalab")], check=True)
-    times: list[tuple[float, float]] = []
-    for segments in (1, 8):
-        pcap = work / f"big-{segments}.pcap"
-        packets = synth.write(pcap, connections, segments_per_body=segments)
-        size = pcap.stat().st_size / 2**20
-        (tshark_s, tshark_rss, _), (kalab_s, kalab_rss, code) = timed_side_by_side([
-            (["tshark", "-q", "-z", "conv,tcp", "-r", str(pcap)], None),
-            ([*KALAB, "analyze", str(pcap), "--json"], work / f"report-{segments}.json")])
-        lines.append(f"| {pcap.name} | {packets:,} | {size:.0f} MiB | {tshark_s:.2f} | "
-                     f"{kalab_s:.2f} | {kalab_s / tshark_s:.2f} | {tshark_rss} MiB | "
-                     f"{kalab_rss} MiB | {code} |")
-        times.append((tshark_s, kalab_s))
-    probes = [subprocess.run([sys.executable, "-c", _PROBE, str(work / "big-1.pcap")],
-                             capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
+    results: dict[str, tuple[int, tuple, tuple, tuple]] = {}
+    probe: list[str] = []
+    for name, connections, segments in pcaps:
+        pcap = work / name
+        expected = connections * (10 + 2 * segments)
+        refused = room_for(work, expected, limit)
+        if refused:
+            lines.append(f"| {name} | {expected:,} | {connections:,} | not written: "
+                         f"{refused} | | | | | | | | | |")
+            continue
+        try:
+            packets = synth.write(pcap, connections, segments_per_body=segments)
+            size = pcap.stat().st_size
+            conv, http, kalab = timed_side_by_side([
+                (["tshark", "-q", "-z", "conv,tcp", "-r", str(pcap)], None),
+                (["tshark", "-r", str(pcap), *TSHARK_HTTP], None),
+                ([*KALAB, "analyze", str(pcap), "--json"], None)], runs)
+            if name == PCAPS[0][0]:
+                probe = where_the_time_goes(pcap)
+        finally:
+            pcap.unlink(missing_ok=True)
+        results[name] = (packets, conv, http, kalab)
+        lines.append(f"| {name} | {packets:,} | {connections:,} | {size / 2**20:,.0f} MiB | "
+                     f"{conv[0]:.2f} | {http[0]:.2f} | {kalab[0]:.2f} | "
+                     f"{kalab[0] / conv[0]:.2f} | {kalab[0] / http[0]:.2f} | {conv[1]:,} MiB | "
+                     f"{http[1]:,} MiB | {kalab[1]:,} MiB | {kalab[2]} |")
+    lines += ["", *probe]
+    return [*lines, *verdicts(results), ""]
+
+
+def where_the_time_goes(pcap: Path) -> list[str]:
+    """The probe's split of kalab's time on ``pcap``, in three fresh processes."""
+    probes = [subprocess.run([sys.executable, "-c", _PROBE, str(pcap)], capture_output=True,
+                             text=True, cwd=ROOT, check=True).stdout.split()
               for _ in range(3)]
     out = [f"{min(float(p[0]) for p in probes):.2f}", f"{min(float(p[1]) for p in probes):.2f}",
            *probes[0][2:]]
     start_s, _, _ = timed([sys.executable, "-c", _START])
-    tshark_s, kalab_s = times[0]
-    ratio = kalab_s / tshark_s
-    lines += ["", "Where kalab's time goes on big-1.pcap (three fresh processes, the fastest "
-              f"time of each part): reading (in a second process, alongside) and analysing to the "
-              f"records {out[0]} s; writing them as JSON (the connections in a forked helper, "
-              f"alongside) {out[1]} s; Python's start and imports {start_s:.2f} s. "
-              f"{int(out[2]):,} connections, {int(out[3]):,} requests, {int(out[4]):,} "
-              f"records of which {int(out[5]):,} pure ACKs left out.", ""]
-    if ratio <= 0.5:
-        lines.append(f"The target, kalab in at most half tshark's time on the 240,000-packet "
-                     f"pcap, is met here (ratio {ratio:.2f}).")
-    else:
-        lines.append(f"The target, kalab in at most half tshark's time on the 240,000-packet "
-                     f"pcap, is NOT met here: kalab took {kalab_s:.2f} s where half of "
-                     f"tshark's {tshark_s:.2f} s is {tshark_s / 2:.2f} s (ratio "
-                     f"{ratio:.2f}).")
-    return [*lines, ""]
+    return [f"Where kalab's time goes on {pcap.name} (three fresh processes, the fastest "
+            "time of each part): reading (in a second process, alongside) and analysing to "
+            f"the records {out[0]} s; writing them as JSON {out[1]} s; Python's start and "
+            f"imports {start_s:.2f} s. {int(out[2]):,} connections, {int(out[3]):,} "
+            f"requests, {int(out[4]):,} records of which {int(out[5]):,} pure ACKs left "
+            "out.", ""]
+
+
+def verdicts(results: dict[str, tuple[int, tuple, tuple, tuple]]) -> list[str]:
+    """The targets: kalab in at most half tshark conv's time on the 240,000-packet pcap
+    (met before issue 17), and issue 17's: peak RSS at most 256 MB and at most 0.4 of
+    tshark conv's time on the 2.4- and 24-million-packet pcaps, the 24-million one at
+    most 10.5 times the 2.4-million one."""
+    lines = []
+
+    def said(target: str, met: bool, how: str) -> None:
+        lines.append(f"- {target}: {'met' if met else 'NOT met'} ({how}).")
+
+    if PCAPS[0][0] in results:
+        _, conv, _, kalab = results[PCAPS[0][0]]
+        said("kalab in at most half tshark conv's time on the 240,000-packet pcap",
+             kalab[0] <= conv[0] / 2, f"ratio {kalab[0] / conv[0]:.2f}")
+    for name in (PCAPS[2][0], HUGE[0]):
+        if name in results:
+            packets, conv, _, kalab = results[name]
+            said(f"peak RSS at most 256 MB on {packets:,} packets (issue 17)",
+                 kalab[1] * 2**20 <= 256e6, f"{kalab[1]:,} MiB")
+            said(f"at most 0.4 of tshark conv's time on {packets:,} packets (issue 17)",
+                 kalab[0] <= 0.4 * conv[0], f"ratio {kalab[0] / conv[0]:.2f}")
+    if PCAPS[2][0] in results and HUGE[0] in results:
+        growth = results[HUGE[0]][3][0] / results[PCAPS[2][0]][3][0]
+        said("24 million packets in at most 10.5 times the time of 2.4 million (issue 17)",
+             growth <= 10.5, f"{growth:.1f} times")
+    return ["Targets:", "", *lines] if lines else []
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=8000, help="burst size")
     parser.add_argument("--rate", type=float, default=4000, help="burst connections a second")
-    parser.add_argument("--big", type=int, default=20_000, help="connections in the big pcap")
+    parser.add_argument("--huge", action="store_true",
+                        help="also the 24-million-packet pcap (2,000,000 connections, about "
+                        "2.3 GiB on disk for its run; minutes of both cores)")
+    parser.add_argument("--only", action="append", metavar="PCAP",
+                        help="analyse only this pcap (by name: " + ", ".join(
+                            n for n, _, _ in (*PCAPS, HUGE)) + "); repeatable")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each analysis")
+    parser.add_argument("--max-pcap-gib", type=float, default=4.0,
+                        help="the largest pcap written (default 4)")
+    parser.add_argument("--no-capture", action="store_true", help="skip the capture part")
     parser.add_argument("--output", type=Path, help="also write the report here")
-    parser.add_argument("--keep", action="store_true", help="keep the pcaps")
+    parser.add_argument("--keep", action="store_true", help="keep the capture part's pcaps")
     args = parser.parse_args()
     for tool in ("tcpdump", "tshark"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed")
+    pcaps = [p for p in (*PCAPS, *([HUGE] if args.huge else [])) if not args.only
+             or p[0] in args.only]
     work = Path(tempfile.mkdtemp(prefix="kalab-bench-"))
+    # A signal to stop still removes the pcaps (a huge one is gigabytes): through `finally`.
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, lambda signum, _: sys.exit(128 + signum))
     try:
         lines = ["# Benchmark: capture beside tcpdump, analysis beside tshark", "",
                  f"`bench/capture_and_analysis.py`, {time.strftime('%Y-%m-%d %H:%M %Z')}.", "",
                  *machine(), ""]
-        if os.geteuid() == 0:
+        if args.no_capture:
+            pass
+        elif os.geteuid() == 0:
             lines += capture_part(work, args.connections, args.rate)
         else:
             lines += ["## Capture: skipped (needs root)", ""]
-        lines += analysis_part(work, args.big)
+        lines += analysis_part(work, pcaps, args.runs, int(args.max_pcap_gib * 2**30))
     finally:
         if args.keep:
             print(f"pcaps kept in {work}", file=sys.stderr)

@@ -452,7 +452,7 @@ def _analyze(args: argparse.Namespace, keys: RunKeys | None) -> int:
 
     started = time.time()
     # This process has no other thread: the reading may go to a forked child, on a
-    # second core, and so may half of the writing below.
+    # second core.
     analysis = evidence.analyze_capture(args.pcap, set(args.port) if args.port else None,
                                         background=True,
                                         keylog=None if keys is None else keys.keylog)
@@ -489,7 +489,7 @@ def _analyze(args: argparse.Namespace, keys: RunKeys | None) -> int:
             return _error(f"--zeek: {exc}", Exit.BAD_INPUT)
     if args.json:
         sys.stdout.flush()
-        report_mod.write_json(report, sys.stdout.buffer, parallel=True)
+        report_mod.write_json(report, sys.stdout.buffer)
         sys.stdout.buffer.write(b"\n")
     else:
         from kalab import summary

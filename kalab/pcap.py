@@ -23,9 +23,11 @@ that started late it may be the only sign that the connection existed.
 Memory is the block buffer plus one entry per direction of a four-tuple; it
 does not grow with the packet count.
 
-`SegmentReader.background_batches` does the reading in a forked child
-process, which sends the decoded batches down a pipe: on two cores, the
-reading of a big file then costs the analysis next to nothing.
+`SegmentReader` is the reference: every format, a frame at a time, each
+step said once. The analysis reads with `kalab.pcap_fast.FastSegmentReader`,
+which hands on the same segments (tests/test_pcap_fast.py compares the two)
+in less time: a classic pcap decoded in one hand-inlined loop, the reading
+done in a second process.
 
 Every length and time in a file is checked before it is used, for a file
 from a stranger is hostile: a record or block longer than 4 MiB (whatever
@@ -41,8 +43,6 @@ Writes classic microsecond pcap, which tcpdump and tshark open.
 from __future__ import annotations
 
 import ipaddress
-import marshal
-import os
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -73,11 +73,9 @@ _LATEST = 253402300800.0
 _MAX_TSRESOL_DECIMAL, _MAX_TSRESOL_BINARY = 19, 63
 _BLOCK = 1 << 20
 _BATCH = 2048  # segments handed on at a time
-_BACKGROUND_MIN_SIZE = 4 << 20  # bytes of file below which a reading process costs more
-_FRAME = struct.Struct("<?I")  # a background reader's message: last?, length
 _AF_INET6 = (10, 24, 28, 30)  # Linux, OpenBSD, FreeBSD, macOS
-_NO_FRAME = (None, 0, 0)
 _SEQ_MASK, _SEQ_HALF = 0xFFFFFFFF, 0x80000000
+_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 
 # (header length, offset of the big-endian ethertype) for the cooked link types.
 _COOKED = {LINKTYPE_LINUX_SLL: (16, 14), LINKTYPE_LINUX_SLL2: (20, 0)}
@@ -89,8 +87,6 @@ _PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 _IPV4_TCP = struct.Struct("!2xH2xH1xB2xII")  # total length, fragment, protocol, src, dst
 _TCP = struct.Struct("!HHIIBB")  # ports, seq, ack, data offset, flags
-# An IPv4 header of 20 bytes and the TCP header after it, from the total length on.
-_ETH_IPV4_TCP = struct.Struct("!2xH2xH1xB2xIIHHIIBB")
 
 
 class PcapError(Exception):
@@ -207,11 +203,6 @@ class _Names(dict):
     def __missing__(self, raw: int | bytes) -> str:
         name = self[raw] = _address(raw)
         return name
-
-
-# Segment's own constructor is a Python function around this: called directly, one call
-# less for each of hundreds of thousands of segments.
-_new_segment = tuple.__new__
 
 
 def decode_ip(ts: float, packet: bytes, offset: int = 0) -> Segment | None:
@@ -407,42 +398,72 @@ def read_frames(path: str | Path) -> Iterator[tuple[int, float, bytes]]:
         yield linktype, ts, buf[start:end]
 
 
-def _new_connection(known: dict[tuple, list], cell: list, flags: int, src: int | bytes,
-                    sport: int, dst: int | bytes, dport: int) -> None:
-    """A SYN: its direction's next pure ACK is the first of a connection again, and so,
-    for a SYN without ACK (a new connection), is the other direction's."""
-    cell[1] = False
-    if not flags & 0x10:
-        other = known.get((dst, dport, src, sport))
-        if other is not None:
-            other[1] = False
+class _PureAcks:
+    """Which pure ACKs change no record (see the module's docstring), from what each
+    direction of each four-tuple handed on has sent so far."""
+
+    def __init__(self) -> None:
+        # Per direction: where its sequence numbers have reached (None while it has sent
+        # nothing but pure ACKs), and whether it has handed on a pure ACK since its SYN.
+        self.reached: dict[tuple, int | None] = {}
+        self.acked: dict[tuple, bool] = {}
+
+    def changes_nothing(self, src: int | bytes, sport: int, dst: int | bytes, dport: int,
+                        flags: int, seq: int, length: int) -> bool:
+        """Whether this segment (``length``: its payload, kept or cut) can be left out;
+        notes it when it is handed on."""
+        direction, other = (src, sport, dst, dport), (dst, dport, src, sport)
+        moves = bool(length or flags & (_SYN | _FIN | _RST))  # not a pure ACK
+        reach = seq + length + (1 if flags & (_SYN | _FIN) else 0)  # a SYN or FIN takes one
+        if direction not in self.reached:  # its first segment: handed on, whatever it is
+            self.reached[direction], self.acked[direction] = reach, not moves
+            self.reached[other], self.acked[other] = None, False
+            return False
+        reached = self.reached[direction]
+        if moves:
+            # Moved only forward (modulo 2^32), or anywhere by a SYN: a new sequence space.
+            if reached is None or reached == seq or flags & _SYN or _after(reach, reached):
+                self.reached[direction] = reach
+            if flags & _SYN:  # a new connection's first pure ACKs count again, both ways
+                self.acked[direction] = False  # for a SYN-ACK, only its own direction's
+                if not flags & _ACK:
+                    self.acked[other] = False
+            return False
+        if reached is None or reached == seq:
+            if self.acked[direction]:
+                return True
+        elif _after(seq, reached):
+            self.reached[direction] = seq  # past the furthest seen: the capture missed some
+        # else behind it: a keep-alive probe (one behind), or an old duplicate
+        self.acked[direction] = True
+        return False
+
+
+def _after(seq: int, reached: int) -> bool:
+    """Whether sequence number ``seq`` is at or past ``reached``, as TCP compares them."""
+    return (seq - reached) & _SEQ_MASK < _SEQ_HALF
 
 
 class SegmentReader:
-    """The TCP segments of a capture file, in file order.
+    """The TCP segments of a capture file, in file order: the reference reader, a frame
+    at a time. `kalab.pcap_fast.FastSegmentReader` hands on the same, faster.
 
     ``ports``: leave out segments on no such port (the analyzer would ignore
     them). ``skip_acks``: leave out the pure ACKs that change no record: on
     a four-tuple already handed on, where their direction has reached (see
     the module's docstring); a keep-alive probe is handed on. A `PcapError`
-    ends the iteration at the first unreadable byte; everything before it
-    has been handed on, and ``offset`` says where the good part of the file
-    ends. ``fast``: read a classic pcap with `_classic`; False reads every
-    file with `_any`, which must give the same segments (the tests compare
-    the two).
+    ends the iteration at the first unreadable byte (its ``offset``);
+    everything before it has been handed on.
     """
 
     def __init__(self, path: str | Path, ports: Iterable[int] | None = None,
-                 skip_acks: bool = False, fast: bool = True) -> None:
+                 skip_acks: bool = False) -> None:
         self.path = path
         self.ports = frozenset(ports or ())
         self.skip_acks = skip_acks
-        self.fast = fast
-        self._row: type = Segment  # plain tuple in a background reader: marshal writes those
         self.records = 0  # records read
         self.segments = 0  # segments handed on
         self.skipped = 0  # pure ACKs left out
-        self.offset = 0  # end of the last record read
         self.truncated = 0  # records the capture cut short of their length on the wire
         self.headers_cut = 0  # of those, TCP frames cut inside their TCP header: unreadable
         self.snaplens: list[int] = []  # the snap length of each file or interface header
@@ -461,122 +482,27 @@ class SegmentReader:
             yield from batch
 
     def batches(self) -> Iterator[list[Segment]]:
-        """The segments in lists of a few thousand: one generator switch per list, not per
-        segment, and the reading loop stays hot (a third faster than one at a time)."""
-        with open(self.path, "rb") as f:
-            blocks = _Blocks(f)
-            if self.fast and blocks.need(4) and blocks.buf[:4] in _PCAP_MAGIC:
-                yield from self._classic(blocks, blocks.buf[:4])
-                return
-        yield from self._any()
-
-    def background_batches(self) -> Iterator[list[Segment] | list[tuple]]:
-        """`batches`, read by a child process while the caller works on what came before.
-
-        Reading and decoding is a third of the work of an analysis; on a second core
-        it overlaps the rest. The child sends each batch as it is decoded, down a pipe
-        in `marshal` form (plain tuples: a few times cheaper to write and read than the
-        decoding itself), and they come out as plain tuples in `Segment`'s field
-        order, equal to its segments (`Analyzer.feed` takes either); then the
-        counters and the `PcapError` that ended the file, if one did. Without
-        ``os.fork``, for a small file (a fork would cost more than it saves), or if
-        the child dies, the batches are read here, in this process.
-        Only for a caller that has no other threads: a forked child copies one.
-        """
-        try:
-            small = os.path.getsize(self.path) < _BACKGROUND_MIN_SIZE
-        except OSError:
-            small = True
-        if small or not hasattr(os, "fork"):
-            yield from self.batches()
-            return
-        source, sink = os.pipe()
-        try:  # a batch at once in the pipe, not 64 KiB: the two sides wake each other less
-            import fcntl
-
-            fcntl.fcntl(sink, fcntl.F_SETPIPE_SZ, 1 << 20)
-        except (ImportError, AttributeError, OSError):
-            pass  # not Linux, or above the system's limit: the default pipe works as well
-        pid = os.fork()
-        if pid == 0:  # the child: read, send, and leave without running the parent's exits
-            os.close(source)
-            try:
-                with os.fdopen(sink, "wb") as out:
-                    self._send(out)
-            finally:
-                os._exit(0)
-        os.close(sink)
-        received = 0
-        try:
-            with os.fdopen(source, "rb") as pipe:
-                for batch in self._receive(pipe):
-                    received += 1
-                    yield batch
-                return
-        except EOFError:
-            pass  # the child died: read the rest here
-        finally:
-            os.waitpid(pid, 0)  # the pipe is closed: a child still writing stops at once
-        for number, batch in enumerate(self.batches()):
-            if number >= received:
-                yield batch
-
-    def _send(self, out: BinaryIO) -> None:
-        self._row = tuple
-        error = None
-        try:
-            for batch in self.batches():
-                data = marshal.dumps(batch)
-                out.write(_FRAME.pack(False, len(data)))
-                out.write(data)
-        except PcapError as exc:
-            error = (str(exc), exc.offset)
-        data = marshal.dumps((self.records, self.segments, self.skipped, self.offset,
-                              self.truncated, self.headers_cut, self.cut_at, self.snaplens,
-                              error))
-        out.write(_FRAME.pack(True, len(data)))
-        out.write(data)
-
-    def _receive(self, pipe: BinaryIO) -> Iterator[list[tuple]]:
-        while True:
-            header = pipe.read(_FRAME.size)
-            if len(header) < _FRAME.size:
-                raise EOFError
-            last, size = _FRAME.unpack(header)
-            data = pipe.read(size)
-            if len(data) < size:
-                raise EOFError
-            if not last:
-                yield marshal.loads(data)
-                continue
-            (self.records, self.segments, self.skipped, self.offset, self.truncated,
-             self.headers_cut, self.cut_at, self.snaplens, error) = marshal.loads(data)
-            if error is not None:
-                raise PcapError(*error)
-            return
-
-    def _any(self) -> Iterator[list[Segment]]:
-        """Any format, a frame at a time."""
-        ports, skip_acks = self.ports, self.skip_acks
-        # Per direction of each four-tuple handed on: [where its sequence numbers have
-        # reached (None before it has sent anything but pure ACKs), whether it has handed
-        # on a pure ACK since its last SYN].
-        known: dict[tuple, list] = {}
-        reached_at = known.get
-        names = _Names()
+        """The segments in lists of a few thousand (`Analyzer.feed_all` takes them so);
+        before a `PcapError`, the list of what came before it."""
         batch: list[Segment] = []
-        records = _records(self.path, self.snaplens)
-        while True:
-            try:
-                linktype, ts, buf, start, end, wirelen = next(records)
-            except StopIteration:
-                break
-            except PcapError:
-                if batch:
-                    yield batch  # what came before the bad byte, then the error
-                raise
+        try:
+            for segment in self._segments():
+                batch.append(segment)
+                if len(batch) >= _BATCH:
+                    yield batch
+                    batch = []
+        except PcapError:
+            if batch:
+                yield batch
+            raise
+        if batch:
+            yield batch
+
+    def _segments(self) -> Iterator[Segment]:
+        pure_acks = _PureAcks() if self.skip_acks else None
+        names = _Names()
+        for linktype, ts, buf, start, end, wirelen in _records(self.path, self.snaplens):
             self.records += 1
-            self.offset = end
             # Cut at the snap length: the IP header says how much more there was.
             wire_end = start + wirelen if end - start < wirelen <= _MAX_RECORD else None
             if wire_end is not None:
@@ -589,188 +515,16 @@ class SegmentReader:
                     self.headers_cut += 1
                 continue
             src, dst, sport, dport, flags, seq, ack, data, data_end, cut = fields
-            if ports and sport not in ports and dport not in ports:
+            if self.ports and sport not in self.ports and dport not in self.ports:
                 continue
-            # Where this direction has reached (see the module's docstring): a one-item
-            # list per direction, so that moving it costs no second dict lookup.
-            cell = reached_at((src, sport, dst, dport))
-            if cell is None:  # a four-tuple not handed on before: handed on, whatever it is
-                reach = seq + data_end - data + cut if data < data_end else seq + cut
-                if flags & 0x03:
-                    reach += 1  # a SYN or FIN takes a sequence number
-                known[(src, sport, dst, dport)] = [reach, not (data < data_end or cut
-                                                               or flags & 0x07)]
-                known[(dst, dport, src, sport)] = [None, False]
-            elif data < data_end or cut or flags & 0x07:  # data, SYN, FIN or RST: it reaches
-                reach = seq + data_end - data + cut if data < data_end else seq + cut
-                if flags & 0x03:
-                    reach += 1
-                # Left unreduced modulo 2^32 (a sum past it costs an ACK handed on, once in
-                # 4 GiB); moved only forward, or anywhere by a SYN: a new sequence space.
-                reached = cell[0]
-                if reached == seq or reached is None or flags & 0x02 or \
-                        (reach - reached) & _SEQ_MASK < _SEQ_HALF:
-                    cell[0] = reach
-                if flags & 0x02:  # a SYN: a new connection, whose first pure ACKs count
-                    _new_connection(known, cell, flags, src, sport, dst, dport)
-            else:  # a pure ACK
-                reached = cell[0]
-                if reached == seq or reached is None:
-                    if cell[1] and skip_acks:
-                        self.skipped += 1  # it changes no record
-                        continue
-                elif (seq - reached) & _SEQ_MASK < _SEQ_HALF:
-                    cell[0] = seq  # past the furthest seen: the capture missed segments
-                # else behind it: a keep-alive probe (one behind), or an old duplicate
-                cell[1] = True  # its direction's first pure ACK is handed on
+            payload = bytes(buf[data:data_end])
+            if pure_acks is not None and pure_acks.changes_nothing(
+                    src, sport, dst, dport, flags, seq, len(payload) + cut):
+                self.skipped += 1
+                continue
             self.segments += 1
-            batch.append(_new_segment(self._row, (ts, names[src], sport, names[dst], dport,
-                                                  flags, seq, ack, buf[data:data_end], cut)))
-            if len(batch) >= _BATCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    def _classic(self, blocks: _Blocks, magic: bytes) -> Iterator[list[Segment]]:
-        """Classic pcap in one loop: Ethernet, IPv4 and a 20-byte IP header are decoded
-        inline (the usual case), anything else by `_ip_offset` and `_tcp`. It does what
-        `_any` does, about twice as fast."""
-        path = self.path
-        order, unit = _PCAP_MAGIC[magic]
-        if not blocks.need(24):
-            raise PcapError(f"{path}: byte 4: truncated file header", 4)
-        snaplen, linktype = struct.unpack_from(order + "II", blocks.buf, 16)
-        linktype &= 0x0FFFFFFF
-        if linktype not in _SUPPORTED:
-            raise PcapError(f"{path}: byte 20: link type {linktype} is not supported", 20)
-        self.snaplens.append(snaplen)
-        limit = min(max(snaplen, _SNAPLEN), _MAX_RECORD)
-        record = struct.Struct(order + "IIII").unpack_from
-        ipv4_tcp = _ETH_IPV4_TCP.unpack_from
-        new, row = _new_segment, self._row
-        ethernet = linktype == LINKTYPE_ETHERNET
-        ports, skip_acks = self.ports, self.skip_acks
-        known: dict[tuple, list] = {}  # as in `_any`
-        reached_at = known.get
-        names = _Names()
-        records = segments = skipped = truncated = headers_cut = cut_at = 0
-        batch: list[Segment] = []
-        append = batch.append
-        blocks.pos = pos = 24
-        buf = blocks.buf
-        size = len(buf)
-        try:
-            while True:
-                if size - pos < 16:
-                    blocks.pos = pos
-                    if not blocks.need(16):
-                        if blocks.left():
-                            raise PcapError(f"{path}: byte {blocks.offset}: truncated record "
-                                            "header", blocks.offset)
-                        break
-                    buf, pos = blocks.buf, blocks.pos
-                    size = len(buf)
-                sec, frac, caplen, wirelen = record(buf, pos)
-                if caplen > limit:
-                    blocks.pos = pos
-                    raise PcapError(f"{path}: byte {blocks.offset}: record length {caplen} is "
-                                    "corrupt", blocks.offset)
-                start = pos + 16
-                end = start + caplen
-                if end > size:
-                    blocks.pos = pos
-                    if not blocks.need(16 + caplen):
-                        raise PcapError(f"{path}: byte {blocks.offset}: truncated record",
-                                        blocks.offset)
-                    buf, pos = blocks.buf, blocks.pos
-                    size = len(buf)
-                    start = pos + 16
-                    end = start + caplen
-                pos = end
-                records += 1
-                cut_short = caplen < wirelen <= _MAX_RECORD  # at the snap length: see `_any`
-                if cut_short:
-                    truncated += 1
-                    if caplen > cut_at:
-                        cut_at = caplen
-                if ethernet and caplen >= 54 and buf[start + 12] == 8 and buf[start + 13] == 0 \
-                        and buf[start + 14] == 0x45:
-                    total, frag, proto, src, dst, sport, dport, seq, ack, offset, flags = \
-                        ipv4_tcp(buf, start + 14)
-                    if proto != 6 or frag & 0x1FFF or offset < 0x50:
-                        continue
-                    flags &= 0x3F
-                    data = start + 34 + (offset >> 4) * 4
-                    data_end = start + 14 + total if total else \
-                        start + wirelen if cut_short else end
-                    cut = 0
-                    if data_end > end:
-                        if cut_short:
-                            cut = min(data_end, start + wirelen) - max(end, data)
-                            if cut < 0:
-                                cut = 0
-                        data_end = end
-                    elif data_end < start + 54:
-                        continue  # an IP length that ends inside the headers: as `_tcp` does
-                else:
-                    ip = _ip_offset(linktype, buf, start, end)
-                    fields = None if ip is None else \
-                        _tcp(buf, ip, end, start + wirelen if cut_short else None)
-                    if fields is None:
-                        if cut_short and ip is not None and _cut_tcp(buf, ip, end):
-                            headers_cut += 1
-                        continue
-                    src, dst, sport, dport, flags, seq, ack, data, data_end, cut = fields
-                if ports and sport not in ports and dport not in ports:
-                    continue
-                cell = reached_at((src, sport, dst, dport))  # as in `_any`
-                if cell is None:
-                    reach = seq + data_end - data + cut if data < data_end else seq + cut
-                    if flags & 0x03:
-                        reach += 1
-                    known[(src, sport, dst, dport)] = [reach, not (data < data_end or cut
-                                                                   or flags & 0x07)]
-                    known[(dst, dport, src, sport)] = [None, False]
-                elif data < data_end or cut or flags & 0x07:
-                    reach = seq + data_end - data + cut if data < data_end else seq + cut
-                    if flags & 0x03:
-                        reach += 1
-                    reached = cell[0]
-                    if reached == seq or reached is None or flags & 0x02 or \
-                            (reach - reached) & 0xFFFFFFFF < 0x80000000:
-                        cell[0] = reach
-                    if flags & 0x02:
-                        _new_connection(known, cell, flags, src, sport, dst, dport)
-                else:
-                    reached = cell[0]
-                    if reached == seq or reached is None:
-                        if cell[1] and skip_acks:
-                            skipped += 1
-                            continue
-                    elif (seq - reached) & 0xFFFFFFFF < 0x80000000:
-                        cell[0] = seq
-                    cell[1] = True
-                segments += 1
-                append(new(row, (sec + frac * unit, names[src], sport, names[dst], dport,
-                                     flags, seq, ack, buf[data:data_end], cut)))
-                if segments % _BATCH == 0:
-                    yield batch
-                    batch = []
-                    append = batch.append
-            if batch:
-                yield batch
-        except PcapError:
-            if batch:
-                yield batch  # what came before the bad byte, then the error
-                batch = []
-            raise
-        finally:
-            if blocks.pos < pos and blocks.buf is buf:
-                blocks.pos = pos
-            self.records, self.segments, self.skipped = records, segments, skipped
-            self.truncated, self.headers_cut, self.cut_at = truncated, headers_cut, cut_at
-            self.offset = blocks.offset
+            yield Segment(ts, names[src], sport, names[dst], dport, flags, seq, ack, payload,
+                          cut)
 
 
 def read_segments(path: str | Path) -> Iterator[Segment]:

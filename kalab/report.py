@@ -14,15 +14,14 @@ JavaScript's parser and every other strict one want it.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import math
-import os
-import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from kalab import report_fast
 
 SCHEMA = "kalab.report/2"
 # What changed from /1: `Connection.closed_by` is a side (or null) and how it was closed
@@ -661,89 +660,36 @@ def overall_verdict(verdicts: list[str]) -> str:
 def to_json(report: Report) -> str:
     """The report as indented JSON, each connection and request on a line of its own.
 
-    A record is written compactly (no space after ``:`` or ``,``), one a line:
-    a report of 20,000 connections stays a grep away, and is written in a tenth
-    of the time json's indenting encoder (pure Python) takes. The document
-    parses to what `dataclasses.asdict` gives, NaN and infinities as null.
+    A record is written compactly (no space after ``:`` or ``,``, UTF-8 as it
+    is), one a line: a report of 20,000 connections stays a grep away. The
+    document parses to what `dataclasses.asdict` gives, NaN and infinities as
+    null. orjson writes the records where it is installed, the json module
+    otherwise (the same bytes); `kalab.report_fast` writes a whole list of them
+    in one call where it can.
     """
     return to_json_bytes(report).decode()
 
 
-def to_json_bytes(report: Report, parallel: bool = False) -> bytes:
-    """`to_json` in UTF-8, for a file or a pipe: no trip through text and back.
-    ``parallel``: see `write_json`."""
-    return b"".join(_pieces(report, parallel))
+def to_json_bytes(report: Report) -> bytes:
+    """`to_json` in UTF-8, for a file or a pipe: no trip through text and back."""
+    return b"".join(_pieces(report))
 
 
-def write_json(report: Report, stream: BinaryIO, parallel: bool = False) -> None:
-    """Write `to_json_bytes` to ``stream`` piece by piece, never as one copy.
-
-    ``parallel``: the first big list of records is written by a forked child on
-    another core while this process writes the rest (see `_Helper`); only for a
-    caller without threads.
-    """
-    stream.writelines(_pieces(report, parallel))
+def write_json(report: Report, stream: BinaryIO) -> None:
+    """Write `to_json_bytes` to ``stream`` piece by piece, never as one copy."""
+    stream.writelines(_pieces(report))
 
 
-def _pieces(report: Report, parallel: bool = False) -> list[bytes | memoryview]:
+def _pieces(report: Report) -> list[bytes | memoryview]:
     """The document as pieces in order: a report of tens of megabytes is copied once at
     most (by the caller's join or write), not once for each level of nesting."""
-    collecting = gc.isenabled()
-    gc.disable()  # a tree of fresh dicts holds no cycle: collection passes only cost time
-    # One helper at most: it takes one core, and this process keeps the other.
-    helpers: list[_Helper] | None = [] if parallel and hasattr(os, "fork") else None
-    try:
-        out: list[bytes | memoryview] = []
-        _dump(_plain(report), 0, out, helpers)
-        for helper in helpers or ():
-            out[helper.index] = helper.result()
-        return out
-    finally:
-        for helper in helpers or ():
-            helper.close()
-        if collecting:
-            gc.enable()
+    out: list[bytes | memoryview] = []
+    _dump(_plain(report), 0, out)
+    return out
 
 
 _ONE_LINE = (Connection, HttpRequest)
 _SCALARS = (str, int, float, bool, type(None))
-_FIELDS: dict[type, tuple[str, ...]] = {}
-_C_ENCODER = getattr(json.encoder, "c_make_encoder", None)
-if _C_ENCODER is not None:  # one encoder each, not one per call
-    # The last argument, allow_nan, is off: a NaN or an infinity raises (see `_encode`).
-    _ENCODE = _C_ENCODER(None, None, json.encoder.encode_basestring_ascii, None, ": ", ", ",
-                         False, False, False)
-    # Records as orjson writes them: no spaces, UTF-8 as it is.
-    _ENCODE_COMPACT = _C_ENCODER(None, None, json.encoder.encode_basestring, None, ":", ",",
-                                 False, False, False)
-
-    def _strict(value: Any) -> str:
-        return "".join(_ENCODE(value, 0))
-
-    def _strict_compact(value: Any) -> str:
-        return "".join(_ENCODE_COMPACT(value, 0))
-else:  # pragma: no cover - CPython always has the C encoder
-    _strict = json.JSONEncoder(check_circular=False, allow_nan=False).encode
-    _strict_compact = json.JSONEncoder(check_circular=False, ensure_ascii=False,
-                                       separators=(",", ":"), allow_nan=False).encode
-
-
-def _encode(value: Any) -> str:
-    """``value`` as strict JSON. json would write a NaN or an infinity as NaN or Infinity,
-    which strict parsers refuse; they are written as null, as orjson writes them. No
-    report is lost for one, and only a value that has one is walked a second time."""
-    try:
-        return _strict(value)
-    except ValueError:
-        return _strict(finite(value))
-
-
-def _encode_compact(value: Any) -> str:
-    """`_encode`, without spaces and with UTF-8 as it is."""
-    try:
-        return _strict_compact(value)
-    except ValueError:
-        return _strict_compact(finite(value))
 
 
 def finite(value: Any) -> Any:
@@ -757,17 +703,37 @@ def finite(value: Any) -> Any:
         return [finite(item) for item in value]
     return value
 
-try:  # writes records ten times faster than json; not in Debian 12
+
+def _encode(value: Any) -> str:
+    """``value`` as strict JSON, as json writes it in an indented document. json would
+    write a NaN or an infinity as NaN or Infinity, which strict parsers refuse; they are
+    written as null, as orjson writes them."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(finite(value))
+
+
+def _compact(value: Any) -> bytes:
+    """``value`` as strict JSON on one line, as orjson writes it: no spaces, UTF-8 as it
+    is, NaN and infinities as null. orjson where installed; json for what orjson cannot
+    write (a key that is not a string) or where it is not installed."""
+    if orjson is not None:
+        try:
+            return orjson.dumps(value)
+        except TypeError:
+            pass
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        text = json.dumps(finite(value), separators=(",", ":"), ensure_ascii=False)
+    return text.encode()
+
+
+try:  # writes records several times faster than json; not in Debian 12
     import orjson
 except ImportError:  # pragma: no cover - the json module writes the same document
     orjson = None
-
-
-def _names(cls: type) -> tuple[str, ...]:
-    names = _FIELDS.get(cls)
-    if names is None:
-        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
 
 
 def _plain(value: Any) -> Any:
@@ -782,74 +748,38 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {name: _plain(getattr(value, name)) for name in _names(type(value))}
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     return value
 
 
-def _fields(record: Connection | HttpRequest) -> dict[str, Any]:
-    names = _names(type(record))
-    values = vars(record)
-    if tuple(values) != names:  # an attribute set beside the fields: take the fields only
-        values = {name: getattr(record, name) for name in names}
-    return values
-
-
 def _record(record: Connection | HttpRequest) -> bytes:
-    values = _fields(record)
+    """A connection or request on one line: its fields (only those: not an attribute set
+    beside them), in their order."""
+    values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
     try:
-        return _encode_compact(values).encode()
+        return _compact(values)
     except TypeError:  # a value json cannot write as it stands (a dataclass): as asdict would
-        return _encode_compact({name: _plain(value) for name, value in values.items()}).encode()
-
-
-# Where one record ends and the next begins in a compact list. ``{"`` can only open an
-# object (in a string a quote is escaped), so this is found at every boundary between
-# records, which all start with their id, and elsewhere only in an object nested in a
-# record whose first key is "id": the count tells the two cases apart.
-_BOUNDARY = b'},{"id":'
+        return _compact({name: _plain(value) for name, value in values.items()})
 
 
 def _record_lines(records: list[Any], level: int, out: list[bytes | memoryview]) -> None:
-    """A list of connections or requests, one a line, less the closing bracket.
-
-    The whole list is written in one call (orjson's, else json's C encoder) and
-    cut into lines at the boundaries between records: thirty times as fast as a
-    call per record. A nested object that looks like a boundary makes the count
-    wrong, and then each record is written on its own.
-    """
-    kind = type(records[0])
+    """A list of connections or requests, one a line, less the closing bracket."""
     pad = b"\n" + b"  " * (level + 1)
-    fields = len(_names(kind))
-    text = None
-    # The records go to the encoder as they are, so only their fields may be attributes
-    # (`_fields` says why). A NaN or an infinity comes out as null either way: orjson
-    # writes it so, and so does `_encode_compact`.
-    for r in records:
-        if type(r) is not kind or len(vars(r)) != fields:
-            break
-    else:
-        try:
-            text = (orjson.dumps(records) if orjson is not None
-                    else _encode_compact([vars(r) for r in records]).encode())
-        except TypeError:  # what orjson or json cannot write as it stands: a record at a time
-            text = None
-        if text is not None and text.count(_BOUNDARY) != len(records) - 1:
-            text = None
     out.append(b"[" + pad)
-    if text is None:
-        for number, r in enumerate(records):
-            if number:
-                out.append(b"," + pad)
-            if isinstance(r, _ONE_LINE):
-                out.append(_record(r))
-            else:  # a list of records with something else in it
-                _dump(_plain(r), level + 1, out)
-    else:  # less the list's brackets, without copying tens of megabytes to leave them out
-        out.append(memoryview(text.replace(_BOUNDARY, b"}," + pad + b'{"id":'))[1:-1])
+    joined = report_fast.record_lines(records, b"," + pad)
+    if joined is not None:
+        out.append(joined)
+        return
+    for number, r in enumerate(records):
+        if number:
+            out.append(b"," + pad)
+        if isinstance(r, _ONE_LINE):
+            out.append(_record(r))
+        else:  # a list of records with something else in it
+            _dump(_plain(r), level + 1, out)
 
 
-def _dump(value: Any, level: int, out: list[bytes | memoryview],
-          helpers: list[_Helper] | None = None) -> None:
+def _dump(value: Any, level: int, out: list[bytes | memoryview]) -> None:
     if isinstance(value, _ONE_LINE):
         out.append(_record(value))
         return
@@ -859,73 +789,22 @@ def _dump(value: Any, level: int, out: list[bytes | memoryview],
         separator = b"{"
         for k, v in value.items():
             out.append(separator + pad + _encode(_key(k)).encode() + b": ")
-            _dump(v, level + 1, out, helpers)
+            _dump(v, level + 1, out)
             separator = b","
         out.append(end + b"}")
         return
     if isinstance(value, list) and value:
-        if not isinstance(value[0], _ONE_LINE):
+        if isinstance(value[0], _ONE_LINE):
+            _record_lines(value, level, out)
+        else:
             separator = b"["
             for v in value:
                 out.append(separator + pad)
-                _dump(v, level + 1, out, helpers)
+                _dump(v, level + 1, out)
                 separator = b","
-        elif helpers == [] and len(value) >= _HELPED_MIN:
-            helpers.append(_Helper(value, level, len(out)))
-            out.append(b"")  # its bytes, once it has written them
-        else:
-            _record_lines(value, level, out)
         out.append(end + b"]")
         return
     out.append(_encode(value).encode())
-
-
-_HELPED_MIN = 5000  # records in a list below which a helper costs more than it saves
-_LENGTH = struct.Struct("<Q")
-
-
-class _Helper:
-    """A list of records written by a forked child, which sends the bytes down a pipe:
-    a big report's connections and requests are written at once, on two cores. A
-    fork copies nothing until written to, and the child only reads. If the child
-    fails, this process writes the list itself: the document is the same either way."""
-
-    def __init__(self, records: list[Any], level: int, index: int) -> None:
-        self.records, self.level = records, level
-        self.index = index  # where in the pieces its bytes go
-        self.source, sink = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            os.close(self.source)
-            try:
-                out: list[bytes | memoryview] = []
-                _record_lines(records, level, out)
-                with os.fdopen(sink, "wb") as pipe:
-                    pipe.write(_LENGTH.pack(sum(len(piece) for piece in out)))
-                    pipe.writelines(out)
-            finally:
-                os._exit(0)
-        os.close(sink)
-
-    def result(self) -> bytes:
-        with os.fdopen(self.source, "rb") as pipe:
-            self.source = -1
-            header = pipe.read(_LENGTH.size)
-            size = _LENGTH.unpack(header)[0] if len(header) == _LENGTH.size else -1
-            data = pipe.read(size) if size >= 0 else b""
-        if len(data) == size:
-            return data
-        out: list[bytes | memoryview] = []  # the child failed: write the list here
-        _record_lines(self.records, self.level, out)
-        return b"".join(out)
-
-    def close(self) -> None:
-        if self.source >= 0:
-            os.close(self.source)
-            self.source = -1
-        if self.pid:
-            os.waitpid(self.pid, 0)
-            self.pid = 0
 
 
 def _key(key: Any) -> str:

@@ -24,6 +24,7 @@ from scapy.packet import Raw
 from kalab.analyzer import Analyzer, Segment, analyze
 from kalab.evidence import analyze_capture
 from kalab.pcap import PcapWriter, SegmentReader, decode_ip, read_segments
+from kalab.pcap_fast import FastSegmentReader
 
 T0 = 1_700_000_000.0  # a realistic epoch, so float precision is what a real capture has
 PORT = 5000
@@ -1343,8 +1344,8 @@ def test_keepalive_probes_pass_the_reader_that_skips_acks_and_tshark_counts_them
     wire = probing_wire()
     write_pcap(wire, path)
     # A zero-length probe is a pure ACK: the reader that leaves pure ACKs out keeps it.
-    fast = list(SegmentReader(path, skip_acks=True))
-    assert fast == list(SegmentReader(path, skip_acks=True, fast=False))
+    fast = list(FastSegmentReader(path, skip_acks=True))
+    assert fast == list(SegmentReader(path, skip_acks=True))
     assert len(fast) < len(wire.packets)  # the other pure ACKs were left out
     analysis = analyze_capture(path)
     assert (analysis.connections, analysis.requests) == wire.analyze()

@@ -40,6 +40,7 @@ from scapy.packet import Raw
 
 from kalab import cli, evidence
 from kalab.pcap import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, PcapError, SegmentReader
+from kalab.pcap_fast import FastSegmentReader
 
 T0 = 1_700_000_000.0
 ETHERNET, SLL2 = LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2
@@ -223,8 +224,8 @@ def test_absurd_pcapng_clocks_are_corrupt(tmp_path):
 
 
 def read_all(path: Path, fast: bool) -> tuple:
-    """What one of the two classic-pcap readers hands on: segments, error, records."""
-    reader = SegmentReader(path, fast=fast)
+    """What the fast reader or the reference hands on: segments, error, records."""
+    reader = (FastSegmentReader if fast else SegmentReader)(path)
     segments, error = [], None
     try:
         for batch in reader.batches():
@@ -274,14 +275,9 @@ def test_every_way_of_writing_the_report_writes_strict_json(tmp_path, monkeypatc
                              exit_code=0)
     # What the document says, every number JSON cannot write as null.
     expected = json.loads(json.dumps(dataclasses.asdict(document)), parse_constant=lambda _: None)
-    written = {"orjson": report.to_json_bytes(document)}
-    monkeypatch.setattr(report, "_HELPED_MIN", 1)  # the first list of records to a helper
-    written["orjson, helper"] = report.to_json_bytes(document, parallel=True)
-    monkeypatch.setattr(report, "orjson", None)
-    written["json, helper"] = report.to_json_bytes(document, parallel=True)
-    monkeypatch.setattr(report, "_BOUNDARY", b"no such bytes")  # a record at a time
-    written["json, a record at a time"] = report.to_json_bytes(document)
-    monkeypatch.undo()
+    written = {"orjson, a list at a time": report.to_json_bytes(document)}
+    monkeypatch.setattr(report.report_fast, "record_lines", lambda *_: None)
+    written["orjson, a record at a time"] = report.to_json_bytes(document)
     monkeypatch.setattr(report, "orjson", None)
     written["json"] = report.to_json_bytes(document)
     stream = io.BytesIO()  # as report.write and `kalab analyze --json` write it
@@ -832,8 +828,9 @@ def test_empty_and_huge_frames(tmp_path):
 
 @pytest.mark.reliability
 def test_both_classic_readers_read_every_hostile_pcap_alike(tmp_path):
-    # `_classic` decodes the usual frame inline, `_any` every frame with `_tcp`: on a
-    # hostile file too they must hand on the same segments and stop at the same byte.
+    # `FastSegmentReader._classic` decodes the usual frame inline, the reference
+    # `SegmentReader` every frame with `_tcp`: on a hostile file too they must hand on
+    # the same segments and stop at the same byte.
     cases = [case for make in (cut_short, flipped, absurd_lengths, absurd_headers, odd_frames)
              for case in make() if not is_pcapng(case.data)]
     path = tmp_path / "hostile.pcap"

@@ -48,6 +48,7 @@ from kalab.pcap import (
     SegmentReader,
     read_frames,
 )
+from kalab.pcap_fast import FastSegmentReader
 
 T0 = 1_700_000_000.0
 GET = b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -530,8 +531,10 @@ def test_report_json_is_asdict_with_one_record_a_line(tmp_path):
 
 
 def _read(path: Path, **options) -> tuple:
-    """Everything a reader hands on, its counters and the error that ended it."""
-    reader = SegmentReader(path, **{k: v for k, v in options.items() if k != "background"})
+    """Everything a reader hands on, its counters and the error that ended it: the fast
+    one, or the reference with ``fast=False``."""
+    kind = FastSegmentReader if options.pop("fast", True) else SegmentReader
+    reader = kind(path, **{k: v for k, v in options.items() if k != "background"})
     batches, error = [], None
     try:
         for batch in (reader.background_batches() if options.get("background")
@@ -560,9 +563,10 @@ def damaged_captures(tmp_path: Path) -> list[Path]:
 @pytest.mark.parametrize("options", [{}, {"skip_acks": True}, {"skip_acks": True,
                                                                   "ports": {9090}}])
 def test_the_fast_path_and_the_generic_path_read_the_same(tmp_path, options):
-    # `_classic` decodes the usual frame inline and reads the file in one loop; `_any`
-    # reads any format a frame at a time. On every link type, damage included, they
-    # must hand on the same segments, count the same, and stop at the same byte.
+    # `FastSegmentReader._classic` decodes the usual frame inline and reads the file in
+    # one loop; the reference `SegmentReader` reads any format a frame at a time. On
+    # every link type, damage included, they must hand on the same segments, count the
+    # same, and stop at the same byte.
     for path in damaged_captures(tmp_path):
         fast, generic = _read(path, **options), _read(path, fast=False, **options)
         assert [s for b in fast[0] for s in b] == [s for b in generic[0] for s in b], path
@@ -583,27 +587,27 @@ def test_a_big_capture_reads_the_same_either_way(tmp_path, monkeypatch):
 
 
 def test_a_background_reader_hands_on_what_this_process_would(tmp_path, monkeypatch):
-    from kalab import pcap
+    from kalab import pcap_fast
 
-    monkeypatch.setattr(pcap, "_BACKGROUND_MIN_SIZE", 0)  # fork even for a small file
+    monkeypatch.setattr(pcap_fast, "_BACKGROUND_MIN_SIZE", 0)  # fork even for a small file
     for path in damaged_captures(tmp_path):
         for options in ({}, {"skip_acks": True, "ports": {8080}}):
             assert _read(path, background=True, **options) == _read(path, **options), path
 
 
 def test_a_background_reader_that_dies_is_taken_over(tmp_path, monkeypatch):
-    from kalab import pcap
+    from kalab import pcap_fast
 
     def send_one_then_die(reader, out):
         batch = next(reader.batches())
         data = marshal.dumps([tuple(s) for s in batch])
-        out.write(pcap._FRAME.pack(False, len(data)) + data)
+        out.write(pcap_fast._FRAME.pack(False, len(data)) + data)
         out.flush()
         os._exit(1)
 
     path = write(tmp_path / "x.pcap", mixed_capture() * 200)  # several batches
-    monkeypatch.setattr(pcap, "_BACKGROUND_MIN_SIZE", 0)
-    monkeypatch.setattr(pcap.SegmentReader, "_send", send_one_then_die)
+    monkeypatch.setattr(pcap_fast, "_BACKGROUND_MIN_SIZE", 0)
+    monkeypatch.setattr(pcap_fast.FastSegmentReader, "_send", send_one_then_die)
     here = _read(path, skip_acks=True)
     assert len(here[0]) > 1
     assert _read(path, background=True, skip_acks=True) == here
@@ -626,19 +630,14 @@ def test_the_report_is_the_same_however_it_is_written(tmp_path, monkeypatch):
                              exit_code=0)
     run.client_errors = [connections[1], {"error": "refused"}]  # a record among other things
     orjson = report.orjson
-    assert orjson is not None, "the test extra installs orjson"
-    written = {"orjson": report.to_json_bytes(document)}
-    monkeypatch.setattr(report, "_HELPED_MIN", 1)  # the first list of records to a helper
-    written["orjson, helper"] = report.to_json_bytes(document, parallel=True)
-    monkeypatch.undo()
-    # A record at a time: what a nested object that looks like a boundary leads to.
-    monkeypatch.setattr(report, "_BOUNDARY", b"no such bytes")
+    assert orjson is not None, "the project's dependencies install orjson"
+    written = {"orjson, a list at a time": report.to_json_bytes(document)}
+    # The plain writer: a record at a time, as for a list `kalab.report_fast` refuses.
+    monkeypatch.setattr(report.report_fast, "record_lines", lambda *_: None)
     written["orjson, a record at a time"] = report.to_json_bytes(document)
     monkeypatch.setattr(report, "orjson", None)
-    written["json, a record at a time"] = report.to_json_bytes(document)
-    monkeypatch.undo()
-    monkeypatch.setattr(report, "orjson", None)
     written["json"] = report.to_json_bytes(document)
+    monkeypatch.undo()
     assert len(set(written.values())) == 1, written
     assert json.loads(written["json"]) == json.loads(json.dumps(dataclasses.asdict(document)))
     lines = written["json"].decode().splitlines()
@@ -646,9 +645,10 @@ def test_the_report_is_the_same_however_it_is_written(tmp_path, monkeypatch):
         requests) + 1
     # An object nested in a record that starts like a record: written a record at a time.
     requests[2].client = {"tries": [{"id": 1}, {"id": 2}]}
-    assert report._BOUNDARY in report._encode_compact(requests[2].client).encode()
+    assert report.report_fast._BOUNDARY in report._compact(requests[2].client)
     for writer in (orjson, None):
         monkeypatch.setattr(report, "orjson", writer)
+        monkeypatch.setattr(report.report_fast, "orjson", writer)
         text = report.to_json(document)
         assert json.loads(text) == json.loads(json.dumps(dataclasses.asdict(document)))
         assert sum(line.lstrip().startswith('{"id":') for line in text.splitlines()) == len(
@@ -661,11 +661,11 @@ def test_kalab_analyze_of_a_big_capture_says_what_the_plain_path_says(tmp_path, 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
     import synth
 
-    from kalab import pcap
+    from kalab import pcap_fast
 
     path = tmp_path / "big.pcap"
     synth.write(path, 4000)
-    assert path.stat().st_size >= pcap._BACKGROUND_MIN_SIZE
+    assert path.stat().st_size >= pcap_fast._BACKGROUND_MIN_SIZE
     done = run_kalab("analyze", str(path), "--json")
     assert done.returncode == 0, done.stderr
     (run,) = json.loads(done.stdout)["runs"]
@@ -744,8 +744,8 @@ def test_a_capture_cut_at_its_snap_length_loses_nothing(tmp_path, snaplen):
                 assert getattr(request, name) == getattr(whole.requests[0], name) or \
                     name in ("request_body_len", "response_body_len")
     # The two readers agree, and so does a pcapng of the same cut frames.
-    assert list(SegmentReader(cut, skip_acks=True)) == \
-        list(SegmentReader(cut, skip_acks=True, fast=False))
+    assert list(FastSegmentReader(cut, skip_acks=True)) == \
+        list(SegmentReader(cut, skip_acks=True))
     if shutil.which("editcap") is not None:
         ng = tmp_path / f"cut-{snaplen}.pcapng"
         subprocess.run(["editcap", "-F", "pcapng", str(cut), str(ng)], check=True,
