@@ -26,7 +26,7 @@ from typing import Any
 from client.kinds._shared import sleep_until
 from client.progress import ProgressFile, describe
 from kalab.certs import ClientTls
-from kalab.kinds import CloseRecord, RequestRecord, client_kinds
+from kalab.kinds import CloseRecord, Driver, RequestRecord, client_kinds
 from kalab.scenario import Request, Scenario, Session, Step
 from kalab.target import Pace
 
@@ -44,14 +44,22 @@ class SessionRunner:
         self.t0, self.epoch0 = t0, epoch0
         self.records: list[RequestRecord] = []
         self.closes: list[CloseRecord] = []
+        self.driver: Driver | None = None
 
     def epoch(self, mono: float) -> float:
         return self.epoch0 + (mono - self.t0)
 
+    def prepare(self) -> None:
+        """Make the session's client: its library imported, its pool or loop made."""
+        if self.driver is None:
+            self.driver = self.session.kind_class.driver(self.session, self.base_url,
+                                                         self.epoch, self.tls)
+            self.closes = self.driver.closes  # kept as the driver adds to it
+
     def run(self) -> None:
-        driver = self.session.kind_class.driver(self.session, self.base_url, self.epoch,
-                                                self.tls)
-        self.closes = driver.closes  # kept as the driver adds to it
+        self.prepare()
+        driver = self.driver
+        assert driver is not None
         steps = self.session.steps
         last_done = self.t0
         number = 0
@@ -118,13 +126,30 @@ def run_sessions(scenario: Scenario, base_url: str, progress: Path | None = None
     threads = [threading.Thread(target=r.run, name=f"session-{r.session.name}", daemon=True)
                for r in runners]
     interrupted = False
+    started: list[threading.Thread] = []
     try:
+        # Every session's client is made here, one after another, before the clock
+        # starts: imports in several threads at once can deadlock (Debian's urllib3 1.26
+        # imports through six's meta path importer, which takes module locks in the
+        # other order), and an import's time would count as the first request's lag.
+        for runner in runners:
+            try:
+                runner.prepare()
+            except Exception:  # noqa: BLE001 - its thread tries again and says why
+                pass
+        t0, epoch0 = time.monotonic(), time.time()
+        for runner in runners:
+            runner.t0, runner.epoch0 = t0, epoch0
         for thread in threads:
             thread.start()
+            started.append(thread)
         for thread in threads:
             thread.join()
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C: keep what the sessions recorded so far
         interrupted = True
+        for runner, thread in zip(runners, threads, strict=True):
+            if thread not in started and runner.driver is not None:
+                runner.driver.close(False)  # its thread never ran to close it
     records = sorted((rec for r in runners for rec in list(r.records)),
                      key=lambda rec: rec.sent_at)
     return {

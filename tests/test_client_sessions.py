@@ -134,3 +134,35 @@ def test_with_a_session_the_requests_share_one_connection():
     assert len(ports) == 1
     assert [port for port, _ in closed] == list(ports)  # closed once, at the session's end
     assert len(records["closes"]) == 1
+
+
+def test_every_session_s_client_is_made_before_the_clock_starts(monkeypatch):
+    """Made one after another in the calling thread: imports in several session threads
+    at once deadlocked Debian's urllib3 1.26 (six's importer) in a container, and an
+    import's time counted as the first request's send lag."""
+    from client.kinds.requests import Requests
+    from client.kinds.urllib3 import Urllib3
+
+    made: list[tuple[str, float]] = []
+    for kind in (Requests, Urllib3):
+        real = kind.driver.__func__
+
+        def driver(cls, *args, _real=real, **kwargs):
+            made.append((threading.current_thread().name, time.time()))
+            time.sleep(0.2)  # a slow import: it must not count against the plan
+            return _real(cls, *args, **kwargs)
+
+        monkeypatch.setattr(kind, "driver", classmethod(driver))
+    two = parse("""\
+sessions:
+  - {name: a, steps: [get: /]}
+  - {name: b, client: urllib3, steps: [get: /]}
+engines: [{engine: werkzeug}]
+""")
+    with server() as (base, _):
+        records = run_sessions(two, base)
+    assert [name for name, _ in made] == ["MainThread", "MainThread"]
+    assert all(r["status"] == 200 for r in records["requests"])
+    assert records["started_at"] >= made[-1][1] + 0.2
+    # the plan starts when the clients are ready: no import in the send lag
+    assert all(r["sent_at"] - r["planned_at"] < 0.15 for r in records["requests"])
