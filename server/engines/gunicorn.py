@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +72,8 @@ class Gunicorn(EngineKind):
 
     @classmethod
     def version(cls, engine: Engine) -> str:
+        from importlib import metadata  # only here: roles that never ask start faster
+
         return f"gunicorn {metadata.version('gunicorn')}"
 
 

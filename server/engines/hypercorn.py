@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +44,8 @@ class Hypercorn(EngineKind):
 
     @classmethod
     def version(cls, engine: Engine) -> str:
+        from importlib import metadata  # only here: roles that never ask start faster
+
         return (f"Hypercorn {metadata.version('hypercorn')} (h11 {metadata.version('h11')}, "
                 f"asgiref {metadata.version('asgiref')})")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +47,8 @@ class Waitress(EngineKind):
 
     @classmethod
     def version(cls, engine: Engine) -> str:
+        from importlib import metadata  # only here: roles that never ask start faster
+
         return f"waitress {metadata.version('waitress')}"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +46,8 @@ class Werkzeug(EngineKind):
 
     @classmethod
     def version(cls, engine: Engine) -> str:
+        from importlib import metadata  # only here: roles that never ask start faster
+
         return f"Werkzeug {metadata.version('werkzeug')} (Flask {metadata.version('flask')})"
 
 
