@@ -80,4 +80,4 @@ def run_engines(scenario: Scenario, args: argparse.Namespace, host: str,
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    handoff.exit_role(main())

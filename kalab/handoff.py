@@ -44,7 +44,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:  # names for annotations: `kalab analyze` loads without the scenario
     from kalab.scenario import Engine, Scenario
@@ -133,6 +133,15 @@ def observer_done(run_dir: Path, engine: str | None) -> Path:
     """The file that says the observer is over: in the run folder when it observes every
     engine, in the engine's folder when it was given one (``--engine``)."""
     return run_dir / OBSERVER_DONE if engine is None else run_dir / engine / OBSERVER_DONE
+
+
+def exit_role(code: int) -> NoReturn:
+    """End a role once its main has returned: everything it writes is written and closed
+    by then. The interpreter's teardown (50-80 ms of freeing modules per role, times 21
+    roles ending together on two cores when seven engines run at once) is skipped."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def linger_until_observer_done(run_dir: Path, engine: str | None,

@@ -194,4 +194,4 @@ def _results_folder(parent: Path, name: str, scenario: Scenario) -> Path:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    handoff.exit_role(main())
