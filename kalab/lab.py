@@ -55,6 +55,7 @@ AT_ONCE_RUNTIMES = ("netns",)  # where each engine can have a network of its own
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Each role's output when the engines go at once: in the engine's folder, beside the
 # engine's own server.log (which the server role writes there).
+OBSERVER_EXIT_GRACE = 10.0  # seconds an observer may take to exit once it is done
 ROLE_LOGS = {"observer": "observer.log", "server": "server-role.log", "client": "client.log"}
 
 
@@ -271,23 +272,45 @@ class _Batch:
         common = [str(Path(self.scenario.file).resolve()), "--run-dir",
                   str(self.folder.resolve()), "--student", self.scenario.student or "",
                   *self.extra]
-        for lab, engine in zip(self.labs, self.scenario.engines, strict=True):
+        pairs = list(zip(self.labs, self.scenario.engines, strict=True))
+        # Every observer first: the servers wait for theirs, and the clients for their
+        # servers, so the observers' start is the one every engine waits on.
+        for lab, engine in pairs:
             folder = handoff.shared_engine_dir(self.folder, engine)
-            mine = [*common, "--engine", engine.name]
             observer = lab.observer.start_role(
-                "observer", [*mine, "--interface", lab.capture_interface],
+                "observer", [*common, "--engine", engine.name,
+                             "--interface", lab.capture_interface],
                 folder / ROLE_LOGS["observer"], PROJECT_ROOT)
             self.observers[engine.name] = observer
             self.processes.append(observer)
-            for node, role in ((lab.server, "server"), (lab.client, "client")):
-                self.processes.append(node.start_role(role, [*mine, "--host", lab.server_host],
-                                                      folder / ROLE_LOGS[role], PROJECT_ROOT))
+        for role in ("server", "client"):
+            for lab, engine in pairs:
+                node = lab.server if role == "server" else lab.client
+                self.processes.append(node.start_role(
+                    role, [*common, "--engine", engine.name, "--host", lab.server_host],
+                    handoff.engine_dir(self.folder, engine) / ROLE_LOGS[role], PROJECT_ROOT))
 
     def codes(self) -> list[int] | None:
         """The observers' exit codes once every one is over; None while one runs."""
         if any(observer.alive() for observer in self.observers.values()):
             return None
         return [observer.wait(0) for observer in self.observers.values()]
+
+    def done_files(self) -> dict[str, Path]:
+        """Each engine's observer.done: its observer has written all it writes."""
+        return {name: handoff.observer_done(self.folder, name) for name in self.observers}
+
+    def exit_codes(self, grace: float) -> list[int | None]:
+        """The observers' exit codes, each waited for within one shared ``grace``; None
+        for one still running then."""
+        deadline = time.monotonic() + grace
+        codes: list[int | None] = []
+        for observer in self.observers.values():
+            try:
+                codes.append(observer.wait(max(0.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                codes.append(None)
+        return codes
 
     def stop(self) -> None:
         """Stop the roles, remove the namespaces; what is gone leaves the run's record."""
@@ -309,12 +332,21 @@ def _run_at_once(scenario: Scenario, results: Path, state: RunState,
         batch.make_network()
         signals.roles_started = True  # from here on the run folder tells the phase
         batch.start_roles()
-        codes = _wait_for_observers(batch.observers, scenario, results, say, at_once=True)
+        # An observer is over once its observer.done is there: the report is written while
+        # the roles exit (seven interpreters and engines ending at once take a while).
+        _wait_for_observers(batch.observers, scenario, results, say, at_once=True,
+                            done=batch.done_files())
         record = evidence.build_report(results, scenario, list(scenario.engines), "netns",
                                        started, label=scenario.file)
         render.publish(record, results)
+        codes = batch.exit_codes(grace=OBSERVER_EXIT_GRACE)
         if any(code != 0 for code in codes):
-            raise LabError(_explain_failure(scenario, results, batch.processes))
+            stuck = [name for name, code in zip(batch.observers, codes, strict=True)
+                     if code is None]
+            raise LabError(_explain_failure(scenario, results, batch.processes)
+                           + "".join(f"\n{name}: its observer did not exit "
+                                     f"{OBSERVER_EXIT_GRACE:g} s after it was done"
+                                     for name in stuck))
     finally:
         with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):
             batch.stop()
@@ -407,17 +439,20 @@ def sweep_report(scenario: Scenario, results: Path, started: float,
 
 
 def _wait_for_observers(observers: dict[str, Process], scenario: Scenario, results: Path,
-                        say: Callable[[str], None], at_once: bool) -> list[int]:
-    """Wait until every observer is over, saying which engines are on as they come up;
-    their exit codes."""
+                        say: Callable[[str], None], at_once: bool,
+                        done: dict[str, Path] | None = None) -> list[int | None]:
+    """Wait until every observer is over (it exited, or its file in ``done`` is there),
+    saying which engines are on as they come up; their exit codes (None: not yet)."""
     limit = time_limit(scenario, at_once)
     deadline = time.monotonic() + limit
     announced: set[str] = set()
-    codes: dict[str, int] = {}
+    codes: dict[str, int | None] = {}
     while True:
         for name, observer in observers.items():
             if name not in codes and not observer.alive():
                 codes[name] = observer.wait(0)
+            elif name not in codes and done is not None and done[name].exists():
+                codes[name] = None
         if len(codes) == len(observers):
             return [codes[name] for name in observers]
         time.sleep(0.1)
