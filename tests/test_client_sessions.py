@@ -166,3 +166,26 @@ engines: [{engine: werkzeug}]
     assert records["started_at"] >= made[-1][1] + 0.2
     # the plan starts when the clients are ready: no import in the send lag
     assert all(r["sent_at"] - r["planned_at"] < 0.15 for r in records["requests"])
+
+
+def test_no_client_goes_through_a_proxy_the_environment_names(monkeypatch):
+    """The lab's clients talk to the lab's server: a proxy set where kalab runs (nothing
+    listens at this one) is not theirs."""
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                 "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    kinds = parse("""\
+sessions:
+  - {name: requests, steps: [get: /]}
+  - {name: urllib3, client: urllib3, steps: [get: /]}
+  - {name: httpx, client: httpx, steps: [get: /]}
+  - {name: aiohttp, client: aiohttp, steps: [get: /]}
+  - {name: curl, client: curl, steps: [get: /]}
+engines: [{engine: werkzeug}]
+""")
+    with server() as (base, _):
+        records = run_sessions(kinds, base.replace("127.0.0.1", "localhost"))
+    assert {r["session"]: (r["status"], r["error"]) for r in records["requests"]} == {
+        name: (200, None) for name in ("requests", "urllib3", "httpx", "aiohttp", "curl")}

@@ -4,7 +4,6 @@ sleeps)."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -50,6 +49,8 @@ class Aiohttp(ClientKind):
 class _AiohttpDriver(Driver):
     def __init__(self, session: Session, base_url: str, tls: ClientTls | None) -> None:
         super().__init__()
+        import asyncio  # here: the other kinds' sessions do without its import
+
         self.session, self.base_url, self.tls = session, base_url, tls
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True,
@@ -61,6 +62,8 @@ class _AiohttpDriver(Driver):
         self.client = self._call(self._client())
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        import asyncio
+
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     async def _client(self) -> Any:

@@ -93,7 +93,8 @@ class _HttpxDriver(Driver):
         # verify: the run's CA alone, through a context that writes the key log
         transport = httpx.HTTPTransport(limits=limits, retries=session.retries,
                                         verify=tls.context() if tls is not None else True)
-        self.client = httpx.Client(transport=transport, timeout=httpx.Timeout(
+        # trust_env=False: the lab's server directly, whatever proxy the environment names
+        self.client = httpx.Client(transport=transport, trust_env=False, timeout=httpx.Timeout(
             REQUEST_TIMEOUT[1], connect=REQUEST_TIMEOUT[0]))
         self.pooled_since: float | None = None  # when the last response left a pooled connection
 
