@@ -31,22 +31,57 @@ def describe(step: Step) -> str:
 
 
 class ProgressFile:
-    """Each session's current step, shared by the session threads of one client."""
+    """Each session's current step, shared by the session threads of one client.
+
+    A step only notes itself; a writer thread of its own writes the file, at most every
+    `INTERVAL` seconds (the display redraws about as often). The session threads never
+    wait on the file system: a write before each request was part of its send lag.
+    """
+
+    INTERVAL = 0.1
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the sessions' entries
+        self.write_lock = threading.Lock()  # one writer: write_json's temporary name is per process
         self.sessions: dict[str, dict[str, Any]] = {}
+        self.dirty = False
+        self.wake = threading.Event()
+        self.writer: threading.Thread | None = None
 
     def step(self, session: str, number: int, steps: int, doing: str,
              until: float | None = None) -> None:
         if self.path is None:
             return
-        with self.lock:  # one writer at a time: write_json's temporary name is per process
+        with self.lock:
             self.sessions[session] = {"step": number, "steps": steps, "doing": doing,
                                       "until": until}
+            self.dirty = True
+            if self.writer is None:
+                self.writer = threading.Thread(target=self._write_loop, daemon=True,
+                                               name="progress-file")
+                self.writer.start()
+        self.wake.set()
+
+    def flush(self) -> None:
+        """Write what the sessions noted since the last write, now."""
+        if self.path is None:
+            return
+        with self.write_lock:
+            with self.lock:
+                if not self.dirty:
+                    return
+                data = {"sessions": {name: dict(entry) for name, entry in self.sessions.items()},
+                        "updated_at": time.time()}
+                self.dirty = False
             try:
-                handoff.write_json(self.path, {"sessions": self.sessions,
-                                               "updated_at": time.time()})
+                handoff.write_json(self.path, data)
             except OSError:
                 pass  # a display aid: never worth failing the client for
+
+    def _write_loop(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            self.flush()
+            time.sleep(self.INTERVAL)

@@ -91,6 +91,7 @@ class SessionRunner:
                     last_done = time.monotonic()
         finally:
             driver.close(False)
+            self.progress.flush()  # the last step is on file when the session is over
 
     def _show(self, number: int, step: Step, last_done: float) -> None:
         until = None
