@@ -54,6 +54,10 @@ def run_engines(scenario: Scenario, args: argparse.Namespace, host: str,
         try:
             handoff.wait_for(folder / handoff.SERVER_READY, 2 * handoff.ROLE_START_TIMEOUT,
                              what="the server")
+            if args.together:  # every engine's sessions from one start
+                handoff.wait_for(args.run_dir / handoff.ENGINES_READY,
+                                 2 * handoff.ROLE_START_TIMEOUT, what="the other engines",
+                                 failures_in=folder)
         except handoff.Aborted as exc:
             handoff.fail(folder, "client", str(exc))
             print(f"kalab client: {engine.name}: {exc}", file=sys.stderr)

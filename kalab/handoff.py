@@ -20,7 +20,10 @@ the server and the client stay until then (under compose the first
 container to exit ends the others). Roles given one engine (``--engine``,
 as `kalab run` starts them when the engines go at once, each trio in its
 own namespaces) write and wait for ENGINE/observer.done instead: each
-trio ends on its own, and `kalab run` writes the report. So the capture always starts before
+trio ends on its own, and `kalab run` writes the report. Given ``--together`` too, the
+client also waits for ``engines.ready`` in the run folder, which `kalab run` writes once
+every engine's server is up (or has failed): the engines' sessions share one start, and
+none runs while another engine is still starting. So the capture always starts before
 the server and the client, and stops before the server does (an engine's
 shutdown is never taken for a keep-alive close). A role that cannot go on
 writes ENGINE/ROLE.failed with the reason; every wait sees it and gives up
@@ -66,6 +69,7 @@ TLS_CERT = "tls-cert.pem"
 TLS_KEYLOG = "tls-keys.log"
 OBSERVER_DONE = "observer.done"  # in the run folder itself: the run is over
 TARGET = "target.json"  # in the run folder itself: the server of a `kalab run --target`
+ENGINES_READY = "engines.ready"  # in the run folder itself: every engine is up (--together)
 
 # Where a run can be cut short, in the order a run passes them (an engine at a
 # time from "capture start" to "between engines"); `phase_reached` reads them off
@@ -112,12 +116,15 @@ def fail(folder: Path, role: str, reason: str) -> None:
 
 
 def wait_for(path: Path, timeout: float, alive: Callable[[], bool] | None = None,
-             what: str = "", stop: Callable[[], bool] | None = None) -> None:
-    """Wait until ``path`` exists; give up if a role failed, ``alive()`` or ``stop()`` says so."""
+             what: str = "", stop: Callable[[], bool] | None = None,
+             failures_in: Path | None = None) -> None:
+    """Wait until ``path`` exists; give up if a role failed (in ``failures_in``, by default
+    ``path``'s folder), ``alive()`` or ``stop()`` says so."""
     deadline = time.monotonic() + timeout
     what = what or path.name
+    watched = failures_in or path.parent
     while not path.exists():
-        failed = failures(path.parent) if path.parent.is_dir() else []
+        failed = failures(watched) if watched.is_dir() else []
         if failed:
             raise Aborted(f"waiting for {what}: {'; '.join(failed)}")
         if alive is not None and not alive():
@@ -323,6 +330,9 @@ def role_arguments(description: str) -> argparse.ArgumentParser:
                         help="run against a server the lab did not start, the one "
                         f"RUN_DIR/{TARGET} names (written by `kalab run --target`): the "
                         "scenario's engines are not started")
+    parser.add_argument("--together", action="store_true",
+                        help=f"with --engine, engines at once: the client starts once "
+                        f"RUN_DIR/{ENGINES_READY} says every engine is up")
     parser.add_argument("--shared-volume", action="store_true",
                         help="--run-dir is a volume every run of a compose project shares: "
                         "the observer makes this run's folder in it, the server takes the "

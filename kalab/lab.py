@@ -271,7 +271,7 @@ class _Batch:
     def start_roles(self) -> None:
         common = [str(Path(self.scenario.file).resolve()), "--run-dir",
                   str(self.folder.resolve()), "--student", self.scenario.student or "",
-                  *self.extra]
+                  "--together", *self.extra]
         pairs = list(zip(self.labs, self.scenario.engines, strict=True))
         # Every observer first: the servers wait for theirs, and the clients for their
         # servers, so the observers' start is the one every engine waits on.
@@ -290,8 +290,21 @@ class _Batch:
                     role, [*common, "--engine", engine.name, "--host", lab.server_host],
                     handoff.engine_dir(self.folder, engine) / ROLE_LOGS[role], PROJECT_ROOT))
 
+    def release_when_up(self) -> None:
+        """Write ``engines.ready`` once every engine's server is up or a role of it has
+        failed: the clients (``--together``) start their sessions then, all at once."""
+        ready = self.folder / handoff.ENGINES_READY
+        if ready.exists():
+            return
+        for engine in self.scenario.engines:
+            folder = handoff.engine_dir(self.folder, engine)
+            if not (folder / handoff.SERVER_READY).exists() and not handoff.failures(folder):
+                return
+        ready.touch()
+
     def codes(self) -> list[int] | None:
         """The observers' exit codes once every one is over; None while one runs."""
+        self.release_when_up()
         if any(observer.alive() for observer in self.observers.values()):
             return None
         return [observer.wait(0) for observer in self.observers.values()]
@@ -335,7 +348,7 @@ def _run_at_once(scenario: Scenario, results: Path, state: RunState,
         # An observer is over once its observer.done is there: the report is written while
         # the roles exit (seven interpreters and engines ending at once take a while).
         _wait_for_observers(batch.observers, scenario, results, say, at_once=True,
-                            done=batch.done_files())
+                            done=batch.done_files(), each_poll=batch.release_when_up)
         record = evidence.build_report(results, scenario, list(scenario.engines), "netns",
                                        started, label=scenario.file)
         render.publish(record, results)
@@ -440,7 +453,8 @@ def sweep_report(scenario: Scenario, results: Path, started: float,
 
 def _wait_for_observers(observers: dict[str, Process], scenario: Scenario, results: Path,
                         say: Callable[[str], None], at_once: bool,
-                        done: dict[str, Path] | None = None) -> list[int | None]:
+                        done: dict[str, Path] | None = None,
+                        each_poll: Callable[[], None] | None = None) -> list[int | None]:
     """Wait until every observer is over (it exited, or its file in ``done`` is there),
     saying which engines are on as they come up; their exit codes (None: not yet)."""
     limit = time_limit(scenario, at_once)
@@ -448,6 +462,8 @@ def _wait_for_observers(observers: dict[str, Process], scenario: Scenario, resul
     announced: set[str] = set()
     codes: dict[str, int | None] = {}
     while True:
+        if each_poll is not None:
+            each_poll()
         for name, observer in observers.items():
             if name not in codes and not observer.alive():
                 codes[name] = observer.wait(0)
@@ -455,7 +471,7 @@ def _wait_for_observers(observers: dict[str, Process], scenario: Scenario, resul
                 codes[name] = None
         if len(codes) == len(observers):
             return [codes[name] for name in observers]
-        time.sleep(0.1)
+        time.sleep(0.05)
         for engine in scenario.engines:
             if engine.name not in announced and _is_up(results, engine):
                 announced.add(engine.name)
