@@ -189,3 +189,14 @@ engines: [{engine: werkzeug}]
         records = run_sessions(kinds, base.replace("127.0.0.1", "localhost"))
     assert {r["session"]: (r["status"], r["error"]) for r in records["requests"]} == {
         name: (200, None) for name in ("requests", "urllib3", "httpx", "aiohttp", "curl")}
+
+
+def test_sleep_until_never_wakes_before_its_target():
+    from client.kinds._shared import sleep_until
+
+    late = []
+    for gap in (0.0001, 0.0004, 0.003, 0.01):
+        target = time.monotonic() + gap
+        sleep_until(target)
+        late.append(time.monotonic() - target)
+    assert all(0 <= lag < 0.05 for lag in late), late  # early never; late only when loaded
