@@ -426,7 +426,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from kalab import zeek
 
     if not args.pcap.is_file():
-        return _error(f"{args.pcap}: no such file", Exit.BAD_INPUT)
+        what = "not a regular file" if args.pcap.exists() else "no such file"
+        return _error(f"{args.pcap}: {what}", Exit.BAD_INPUT)
     refused = None if args.zeek is None else zeek.refuse(args.zeek)
     if refused:
         return _error(f"--zeek: {refused}", Exit.BAD_INPUT)

@@ -881,3 +881,13 @@ def test_a_sample_through_the_real_command(tmp_path):
     tally(AREA, "a sample of all the above through the real command, with and without "
           "--json", len(sample), len(sample) - len(failures))
     assert not failures, "\n".join(failures[:8])
+
+
+@pytest.mark.parametrize(("given", "said"), [("/dev/null", "not a regular file"),
+                                             (".", "not a regular file"),
+                                             ("absent.pcap", "no such file")])
+def test_kalab_analyze_says_what_is_wrong_with_a_path_that_is_no_pcap(tmp_path, given, said):
+    path = given if given.startswith("/") else str(tmp_path / given)
+    done = run_kalab("analyze", path)
+    assert done.returncode == 2
+    assert done.stderr == f"kalab: {path}: {said}\n"
