@@ -40,11 +40,12 @@ from kalab import report as report_mod
 from kalab import sweep as sweep_mod
 from kalab.exitcodes import BY_VERDICT
 from kalab.report import Report
+from kalab.runtime import forkserver
 from kalab.runtime.clean import remove_recorded, still_there
 from kalab.runtime.compose import ComposeError, ComposeLab, docker_problem
 from kalab.runtime.local import LocalLab
 from kalab.runtime.netns import NetnsLab
-from kalab.runtime.node import Process, stop_all
+from kalab.runtime.node import Node, Process, stop_all
 from kalab.runtime.state import RunState
 from kalab.runtime.target import TargetLab
 from kalab.scenario import Engine, Scenario, load
@@ -256,9 +257,11 @@ class _Batch:
     (numbered ``numbers``, one per engine) and a trio of roles given that engine."""
 
     def __init__(self, scenario: Scenario, folder: Path, state: RunState, numbers: list[int],
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (),
+                 forks: forkserver.RoleForkServer | None = None) -> None:
+        """``forks``: start the roles from this fork server (the fast way), not by exec."""
         self.scenario, self.folder, self.state = scenario, folder, state
-        self.numbers, self.extra = numbers, extra
+        self.numbers, self.extra, self.forks = numbers, extra, forks
         self.labs: list[NetnsLab] = []
         self.processes: list[Process] = []
         self.observers: dict[str, Process] = {}
@@ -277,18 +280,23 @@ class _Batch:
         # servers, so the observers' start is the one every engine waits on.
         for lab, engine in pairs:
             folder = handoff.shared_engine_dir(self.folder, engine)
-            observer = lab.observer.start_role(
-                "observer", [*common, "--engine", engine.name,
-                             "--interface", lab.capture_interface],
-                folder / ROLE_LOGS["observer"], PROJECT_ROOT)
+            observer = self._start(lab.observer, "observer",
+                                   [*common, "--engine", engine.name,
+                                    "--interface", lab.capture_interface],
+                                   folder / ROLE_LOGS["observer"])
             self.observers[engine.name] = observer
             self.processes.append(observer)
         for role in ("server", "client"):
             for lab, engine in pairs:
                 node = lab.server if role == "server" else lab.client
-                self.processes.append(node.start_role(
-                    role, [*common, "--engine", engine.name, "--host", lab.server_host],
-                    handoff.engine_dir(self.folder, engine) / ROLE_LOGS[role], PROJECT_ROOT))
+                self.processes.append(self._start(
+                    node, role, [*common, "--engine", engine.name, "--host", lab.server_host],
+                    handoff.engine_dir(self.folder, engine) / ROLE_LOGS[role]))
+
+    def _start(self, node: Node, role: str, args: list[str], log: Path) -> Process:
+        if self.forks is not None:
+            return self.forks.start_role(node, role, args, log, PROJECT_ROOT)
+        return node.start_role(role, args, log, PROJECT_ROOT)
 
     def release_when_up(self) -> None:
         """Write ``engines.ready`` once every engine's server is up or a role of it has
@@ -341,7 +349,9 @@ def _run_at_once(scenario: Scenario, results: Path, state: RunState,
     """Every engine at once, each in its own pair of namespaces with its own observer,
     server and client; the report written here once every observer is over."""
     batch = _Batch(scenario, results, state, list(range(len(scenario.engines))))
+    forks = None
     try:
+        batch.forks = forks = _role_forks(state, results)  # it warms while the network is made
         batch.make_network()
         signals.roles_started = True  # from here on the run folder tells the phase
         batch.start_roles()
@@ -363,6 +373,15 @@ def _run_at_once(scenario: Scenario, results: Path, state: RunState,
     finally:
         with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):
             batch.stop()
+            if forks is not None:
+                forks.close()
+
+
+def _role_forks(state: RunState, folder: Path) -> forkserver.RoleForkServer | None:
+    """The run's role fork server (`kalab.runtime.forkserver`), unless KALAB_ROLES=exec."""
+    if not forkserver.wanted():
+        return None
+    return forkserver.RoleForkServer(state, PROJECT_ROOT, folder / forkserver.LOG)
 
 
 def _run_sweep(scenario: Scenario, results: Path, state: RunState,
@@ -378,7 +397,9 @@ def _run_sweep(scenario: Scenario, results: Path, state: RunState,
     free = deque(range(plan.at_once))  # a slot's pairs are numbered slot * engines + n
     running: dict[int, tuple[_Batch, float, float]] = {}  # slot: batch, start, deadline
     finished = 0
+    forks = None
     try:
+        forks = _role_forks(state, results)  # every trial's roles forked from it
         while waiting or running:
             while waiting and free:
                 slot = free.popleft()
@@ -388,7 +409,7 @@ def _run_sweep(scenario: Scenario, results: Path, state: RunState,
                 at_point = load(scenario.file, scenario.student, point)
                 batch = _Batch(at_point, folder, state,
                                [slot * count + n for n in range(count)],
-                               ("--sweep-point", str(point)))
+                               ("--sweep-point", str(point)), forks)
                 running[slot] = (batch, time.time(),
                                  time.monotonic() + time_limit(at_point, at_once=True))
                 batch.make_network()
@@ -424,6 +445,8 @@ def _run_sweep(scenario: Scenario, results: Path, state: RunState,
         with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):
             for batch, _, _ in running.values():
                 batch.stop()
+            if forks is not None:
+                forks.close()
 
 
 def sweep_report(scenario: Scenario, results: Path, started: float,

@@ -27,8 +27,13 @@ def lab_namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.startswith("kalab-")]
 
 
+# A role, exec'd or forked (kalab.runtime.forkserver names its forks alike), or the fork
+# server itself.
+ROLE_PATTERN = "-m (server|client|observer|kalab.runtime.forkserver) "
+
+
 def role_processes() -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "--", "-m (server|client|observer) "],
+    out = subprocess.run(["pgrep", "-af", "--", ROLE_PATTERN],
                          capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if line.strip()]
 

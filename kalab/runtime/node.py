@@ -88,7 +88,7 @@ class Node:
     def start_role(self, role: str, args: list[str], log: Path, cwd: Path) -> Process:
         """Start ``python -m ROLE ARGS`` here, its output to ``log``."""
         argv = [*self.prefix(), sys.executable, "-m", role, *args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": _pythonpath(cwd)}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath(cwd)}
         with open(log, "ab") as out:
             popen = spawn(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
                           start_new_session=True, stdin=subprocess.DEVNULL)
@@ -97,7 +97,7 @@ class Node:
         return Process(f"{self.name}:{role}", popen, log)
 
 
-def _pythonpath(root: Path) -> str:
+def pythonpath(root: Path) -> str:
     # The roles are packages at the project's top level; keep them importable
     # whether the project is installed or run from a checkout.
     current = os.environ.get("PYTHONPATH")
