@@ -32,8 +32,12 @@ def make(lab: str) -> tuple[bool, str]:
     fresh, reference = folder / "reference.new", folder / "reference"
     if fresh.exists():
         return False, f"{lab}: {fresh} is in the way (a run cut short?): remove it first"
-    done = subprocess.run([sys.executable, "-m", "kalab.cli", "run", str(folder / "lab.yaml"),
-                           "--results", str(fresh)], cwd=ROOT, capture_output=True, text=True)
+    # Paths from the project's top, so the reference names its lab as a clone sees it, not
+    # the folder of whoever made it.
+    done = subprocess.run([sys.executable, "-m", "kalab.cli", "run",
+                           str((folder / "lab.yaml").relative_to(ROOT)),
+                           "--results", str(fresh.relative_to(ROOT))], cwd=ROOT,
+                          capture_output=True, text=True)
     if done.returncode != 0:
         return False, (f"{lab}: the run exited {done.returncode}; {reference} is unchanged:"
                        f"\n{done.stderr[-2000:]}")
