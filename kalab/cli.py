@@ -346,6 +346,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _error(f"{(given or ['--expectations-of'])[0]}: only with --target",
                       Exit.BAD_INPUT)
     try:
+        from kalab.runtime import forkserver
+
+        forkserver.wanted()  # a wrong KALAB_ROLES is refused before anything starts
         if args.target is not None:
             scenario = _targeted(args)
             args.runtime = "target"

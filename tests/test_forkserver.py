@@ -120,3 +120,11 @@ def test_when_the_fork_server_goes_its_roles_go_too(tmp_path, forks):
     server.popen.kill()  # as when kalab is killed: the kernel kills the fork server
     assert role.wait(10) == -15  # its PDEATHSIG
     assert not [p for p in role_processes() if str(role.pid) in p.split()[0]]
+
+
+def test_kalab_run_refuses_a_kalab_roles_it_does_not_know(tmp_path):
+    (tmp_path / "forked.yaml").write_text(SCENARIO)
+    done = run_kalab("run", "forked.yaml", cwd=tmp_path, env={"KALAB_ROLES": "spawn"})
+    assert done.returncode == 2
+    assert done.stderr.startswith("kalab: KALAB_ROLES='spawn': fork or exec")
+    assert not (tmp_path / "results").exists()  # nothing started

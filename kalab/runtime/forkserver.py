@@ -68,9 +68,17 @@ class ForkServerError(RuntimeError):
     pass
 
 
+WAYS = ("fork", "exec")
+
+
 def wanted() -> bool:
-    """Fork the roles (the default), unless KALAB_ROLES=exec asks for the reference way."""
-    return os.environ.get("KALAB_ROLES", "fork") != "exec"
+    """Fork the roles (the default), unless KALAB_ROLES=exec asks for the reference way;
+    ValueError for any other value."""
+    way = os.environ.get("KALAB_ROLES", "fork")
+    if way not in WAYS:
+        raise ValueError(f"KALAB_ROLES={way!r}: {' or '.join(WAYS)} (the roles of engines "
+                         "at once forked from one process, or each exec'd)")
+    return way == "fork"
 
 
 class ForkedChild:
