@@ -17,7 +17,7 @@ import sys
 
 from client.sessions import run_sessions
 from kalab import handoff, impairment, lifeline
-from kalab.certs import client_tls
+from kalab.certs import ClientTls, client_tls
 from kalab.scenario import Scenario
 from kalab.target import Pace, TargetEngine, parse
 
@@ -64,8 +64,12 @@ def run_engines(scenario: Scenario, args: argparse.Namespace, host: str,
             return 1
         if isinstance(engine, TargetEngine):  # a server the lab did not start: paced
             target = engine.server
+            # Over HTTPS: this host's CAs or the one given, and the run's key log.
+            tls = ClientTls(args.run_dir / handoff.TARGET_CA if target.ca else None,
+                            folder / handoff.TLS_KEYLOG, scenario.tls.version) \
+                if scenario.tls is not None else None
             records = run_sessions(scenario, parse(target.url).origin,
-                                   folder / handoff.CLIENT_PROGRESS,
+                                   folder / handoff.CLIENT_PROGRESS, tls=tls,
                                    pace=Pace(target.rate, target.burst))
         else:
             tls = client_tls(folder, scenario.tls.version) if scenario.tls is not None \

@@ -51,16 +51,19 @@ class ServerTls:
 
 @dataclass(frozen=True)
 class ClientTls:
-    """What a client needs for HTTPS: the CA to trust, the key log to write, the one TLS
-    version to offer (None: the client's own range, TLS 1.2 to 1.3)."""
+    """What a client needs for HTTPS: the CA to trust (None: this host's trusted CAs, for
+    a server the lab did not start), the key log to write, the one TLS version to offer
+    (None: the client's own range, TLS 1.2 to 1.3)."""
 
-    ca: Path
+    ca: Path | None
     keylog: Path
     version: str | None = None
 
     def context(self) -> ssl.SSLContext:
-        """A verifying context that trusts the run's CA only and writes the key log."""
-        context = ssl.create_default_context(cafile=str(self.ca))  # CERT_REQUIRED, names
+        """A verifying context that trusts the CA only (or this host's) and writes the key
+        log."""
+        # CERT_REQUIRED and the host's name checked, whichever CA
+        context = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.version is not None:
             context.minimum_version = context.maximum_version = _SSL_VERSIONS[self.version]
@@ -70,7 +73,7 @@ class ClientTls:
     def curl_arguments(self) -> list[str]:
         """curl's words for the same: the CA, and the version (the key log is its
         environment's SSLKEYLOGFILE, `curl_environment`)."""
-        argv = ["--cacert", str(self.ca)]
+        argv = ["--cacert", str(self.ca)] if self.ca is not None else []
         if self.version == "1.2":
             argv += ["--tlsv1.2", "--tls-max", "1.2"]
         elif self.version == "1.3":

@@ -83,7 +83,13 @@ def _parser() -> argparse.ArgumentParser:
         "expectations are checked is the scenario's only one with any, or the one "
         "--expectations-of names.")
     target.add_argument("--target", metavar="URL", default=None,
-                        help="the server's root, e.g. http://10.0.0.5:8000/")
+                        help="the server's root, e.g. http://10.0.0.5:8000/ or "
+                        "https://api.example.test/ (over HTTPS the clients write their "
+                        "TLS secrets to the run's key log, and the report reads the "
+                        "requests with it)")
+    target.add_argument("--target-ca", metavar="FILE", type=Path, default=None,
+                        help="with an https:// target: trust these PEM certificates "
+                        "instead of this host's CAs (the server's own CA)")
     target.add_argument("--expectations-of", metavar="ENGINE", default=None,
                         help="check this engine's expectations against the target")
     for option, kind, default, words in TARGET_BOUNDS:
@@ -316,6 +322,8 @@ def _targeted(args: argparse.Namespace):  # noqa: ANN202 - a Scenario
         raise ValueError("--runtime: a run against --target has its own: the roles on this "
                          "host, the capture on the way to the target")
     where = target.for_run(args.target)
+    if args.target_ca is not None:
+        target.check_ca(args.target_ca, where.url)
     bounds = {}
     for option, _, default, _ in TARGET_BOUNDS:
         value = getattr(args, _dest(option))
@@ -335,16 +343,18 @@ def _targeted(args: argparse.Namespace):  # noqa: ANN202 - a Scenario
         url=where.url, address=address, port=where.port, interface=interface,
         engines_ignored=[e.name for e in scenario.engines], expectations_of=expectations_of,
         max_requests=int(bounds["--max-requests"]), max_seconds=bounds["--max-seconds"],
-        rate=bounds["--rate"], burst=int(bounds["--burst"])))
+        rate=bounds["--rate"], burst=int(bounds["--burst"]),
+        ca=str(args.target_ca.resolve()) if args.target_ca is not None else None))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kalab.scenario import ScenarioError
 
     given = [option for option, *_ in TARGET_BOUNDS if getattr(args, _dest(option)) is not None]
-    if args.target is None and (given or args.expectations_of is not None):
-        return _error(f"{(given or ['--expectations-of'])[0]}: only with --target",
-                      Exit.BAD_INPUT)
+    given += [option for option, value in (("--expectations-of", args.expectations_of),
+                                           ("--target-ca", args.target_ca)) if value is not None]
+    if args.target is None and given:
+        return _error(f"{given[0]}: only with --target", Exit.BAD_INPUT)
     try:
         from kalab.runtime import forkserver
 

@@ -69,6 +69,7 @@ TLS_CERT = "tls-cert.pem"
 TLS_KEYLOG = "tls-keys.log"
 OBSERVER_DONE = "observer.done"  # in the run folder itself: the run is over
 TARGET = "target.json"  # in the run folder itself: the server of a `kalab run --target`
+TARGET_CA = "target-ca.pem"  # in the run folder itself: the CA of `kalab run --target-ca`
 ENGINES_READY = "engines.ready"  # in the run folder itself: every engine is up (--together)
 
 # Where a run can be cut short, in the order a run passes them (an engine at a

@@ -26,6 +26,7 @@ incomplete with the phase it had reached (`Interrupted`).
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,6 +232,8 @@ def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunSt
                   "--student", scenario.student or ""]
         if target is not None:  # every role reads the target from the run folder
             handoff.write_json(results / handoff.TARGET, asdict(target))
+            if target.ca is not None:  # the CA the clients trust, kept with the run
+                shutil.copyfile(target.ca, results / handoff.TARGET_CA)
             common.append("--target")
         signals.roles_started = True  # from here on the run folder tells the phase
         observer = lab.observer.start_role(

@@ -580,7 +580,9 @@ class TargetServer:
     one the lab did not start (`kalab.target`). Its turn is the run of a pseudo-engine
     named `target` (kind `target`), captured on the client's side of the wire."""
 
-    url: str = doc("The URL given (only `http://`: the lab reads requests off the wire).")
+    url: str = doc("The URL given: the server's root, `http://` or `https://` (over HTTPS "
+                   "the client writes its TLS secrets to the run's key log, and the "
+                   "requests are read off the wire with it).")
     address: str = doc("The address the URL's host resolved to when the run started; the "
                        "capture takes only packets to and from it (`Capture.filter`).")
     port: int = doc("The server's TCP port, from the URL (the scenario's `port` is not "
@@ -599,6 +601,9 @@ class TargetServer:
     rate: float = doc("Requests a second at most, all sessions together; a request held "
                       "back shows as its `send_lag`.")
     burst: int = doc("Requests that may leave at once before `rate` holds them back.")
+    ca: str | None = doc("With an `https://` URL, the CA file the clients trusted "
+                         "(`--target-ca`, copied into the run folder as `target-ca.pem`); "
+                         "null: this host's trusted CAs (or an `http://` URL).", default=None)
 
 
 @dataclass

@@ -17,9 +17,11 @@ they share, and what they must never do differently:
   this host's packets to it leave by (`locate`), captured there as the
   client's side of the wire, that address and port only.
 
-A run takes more: an ``http://`` URL of the server's root (`for_run`: the
-lab reads requests off the wire, and the scenario's paths are sent as they
-are), a scenario whose requests and planned time fit the bounds
+A run takes more: the URL of the server's root (`for_run`: the scenario's
+paths are sent as they are; over ``https://`` the clients verify the server
+against this host's CAs or the one ``--target-ca`` gives, `check_ca`, and
+write their TLS secrets to the run's key log, which the analysis reads the
+requests off the wire with), a scenario whose requests and planned time fit the bounds
 (`check_bounded`), and one engine whose expectations apply
 (`whose_expectations`); its engines are then replaced by the pseudo-engine
 ``target`` (`targeted`).
@@ -31,6 +33,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -167,10 +170,6 @@ class TargetEngine:
 def for_run(url: str) -> Target:
     """`parse`, and what a run against the target needs besides: ValueError otherwise."""
     where = parse(url)
-    if where.scheme != "http":
-        raise ValueError(f"{url!r}: a run reads the requests off the wire, and does not "
-                         "decrypt TLS: give an http:// URL (`kalab probe` measures https:// "
-                         "servers)")
     if where.path != "/":
         raise ValueError(f"{url!r}: the scenario's paths are sent as they are: give the "
                          f"server's root, {where.origin}/")
@@ -212,11 +211,39 @@ def check_bounded(scenario: Scenario, max_requests: int, max_seconds: float) -> 
 
 def targeted(scenario: Scenario, server: TargetServer) -> Scenario:
     """``scenario`` as it runs against ``server``: one `TargetEngine` for its engines (with
-    the expectations of the engine ``server`` names), the target's port, no link."""
+    the expectations of the engine ``server`` names), the target's port, no link, and TLS
+    as the URL says (the scenario's TLS version kept, if it names one)."""
+    from kalab.scenario import Tls
+
     expect = scenario.engine(server.expectations_of).expect \
         if server.expectations_of is not None else ()
-    return replace(scenario, port=server.port, link={},
+    tls = None
+    if urlsplit(server.url).scheme == "https":
+        tls = Tls(scenario.tls.version if scenario.tls is not None else None)
+    return replace(scenario, port=server.port, link={}, tls=tls,
                    engines=(TargetEngine(server, expect),))  # type: ignore[arg-type]
+
+
+CA_LIMIT = 1 << 20  # a CA file of more is refused: certificates are a few KB
+
+
+def check_ca(path: Path, url: str) -> None:
+    """``--target-ca``: a readable file of PEM certificates, for an https:// URL only;
+    ValueError otherwise."""
+    import ssl
+
+    if urlsplit(url).scheme != "https":
+        raise ValueError(f"--target-ca: only with an https:// URL, not {url!r}")
+    try:
+        if not path.is_file():
+            raise ValueError(f"--target-ca {path}: "
+                             + ("not a regular file" if path.exists() else "no such file"))
+        if path.stat().st_size > CA_LIMIT:
+            raise ValueError(f"--target-ca {path}: more than {CA_LIMIT} bytes")
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--target-ca {path}: not a file of PEM certificates "
+                         f"({type(exc).__name__})") from None
 
 
 def server_of(scenario: Scenario) -> TargetServer | None:

@@ -11,6 +11,7 @@ namespaces is ever addressed. The namespaces are not named like the lab's (`kala
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from conftest import KALAB, ROOT
 
+from kalab.certs import make_server_tls
+from kalab.handoff import TLS_CA
 from kalab.scenario import parse
 from server.__main__ import stop_engine
 from server.engines import plan
@@ -32,10 +35,11 @@ def ip(*args: str) -> None:
 
 @contextmanager
 def served(name: str, engine_yaml: str, number: int, prefix: str = "kprobe",
-           path: str = "/keep-alive") -> Iterator[tuple[str, str]]:
+           path: str = "/keep-alive", tls_ca: Path | None = None) -> Iterator[tuple[str, str]]:
     """The engine ``engine_yaml`` (a scenario's engine, as YAML) in a server namespace of
     its own, 10.215.NUMBER.1, namespaces and veth ends named after ``prefix`` and
-    ``number``; (client namespace, URL of ``path``)."""
+    ``number``; (client namespace, URL of ``path``). With ``tls_ca``, over HTTPS with a
+    certificate from a CA of its own (`kalab.certs`), that CA written there."""
     server_ns, client_ns = f"{prefix}{number}-{os.getpid()}-s", \
         f"{prefix}{number}-{os.getpid()}-c"
     veth = f"{prefix[:5]}{number}"
@@ -56,7 +60,11 @@ def served(name: str, engine_yaml: str, number: int, prefix: str = "kprobe",
             ip("-n", ns, "link", "set", "lo", "up")
         folder = Path(scratch.name)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        for launch in plan(engine, "server.app:app", address, PORT, folder, folder):
+        tls = None
+        if tls_ca is not None:
+            tls = make_server_tls(folder, folder, address, [])
+            shutil.copyfile(folder / TLS_CA, tls_ca)
+        for launch in plan(engine, "server.app:app", address, PORT, folder, folder, tls):
             child = subprocess.Popen(["ip", "netns", "exec", server_ns, *launch.argv],
                                      cwd=ROOT, env={**env, **launch.env},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -68,7 +76,7 @@ def served(name: str, engine_yaml: str, number: int, prefix: str = "kprobe",
                      ".close(); break\n"
                      "    except OSError: time.sleep(0.05)\n", launch.host, str(launch.port)]
             subprocess.run(ready, check=True, timeout=30)
-        yield client_ns, f"http://{address}:{PORT}{path}"
+        yield client_ns, f"{'https' if tls else 'http'}://{address}:{PORT}{path}"
     finally:
         for child in reversed(children):
             stop_engine(child)

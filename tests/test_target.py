@@ -125,6 +125,53 @@ def test_a_target_run_shows_what_the_lab_s_own_run_of_that_engine_shows(tmp_path
     assert closed == pytest.approx(lab_closed, abs=0.1)
 
 
+@requires_lab
+@pytest.mark.slow
+@pytest.mark.skipif(not available(), reason="needs tshark")
+def test_an_https_target_is_read_off_the_wire_with_the_clients_key_log(tmp_path):
+    """gunicorn over HTTPS with a CA of the test's own, given as --target-ca: the clients
+    verify the server against it, write their TLS secrets, and the report reads every
+    request (none inferred) as tshark does with that key log."""
+    scenario = tmp_path / "gthread-2.yaml"
+    scenario.write_text(SCENARIO)
+    ca = tmp_path / "their-ca.pem"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+    with served("target", ENGINE, 32, prefix="ktls", path="/", tls_ca=ca) as (client_ns, url):
+        assert url.startswith("https://")
+        done = subprocess.run(["ip", "netns", "exec", client_ns, *KALAB, "run", "--target",
+                               url, "--target-ca", str(ca), str(scenario), "--results",
+                               str(tmp_path / "target")], cwd=ROOT, capture_output=True,
+                              text=True, env=env, timeout=300)
+        # Without the CA the server's certificate is refused: the clients never skip it.
+        (tmp_path / "nothing.yaml").write_text(
+            "sessions: [{steps: [get: /keep-alive]}]\n"
+            "engines: [{engine: gunicorn, worker: gthread, expect: [{status: 200}]}]\n")
+        unverified = subprocess.run(["ip", "netns", "exec", client_ns, *KALAB, "run",
+                                     "--target", url, str(tmp_path / "nothing.yaml"),
+                                     "--results", str(tmp_path / "unverified")], cwd=ROOT,
+                                    capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    results = tmp_path / "target"
+    report = json.loads((results / "report.json").read_text())
+    assert report["target"]["ca"] == str(ca)
+    assert (results / "target-ca.pem").read_bytes() == ca.read_bytes()
+    (run,) = report["runs"]
+    assert all(e["passed"] for e in run["expectations"]) and len(run["expectations"]) == 6
+    assert [r["id"] for r in run["requests"]] == ["1", "2", "3"]
+    assert not any(r["inferred"] for r in run["requests"])
+    assert all(c["tls"] for c in run["connections"])
+    keylog = results / "target" / "tls-keys.log"
+    assert keylog.stat().st_size > 0
+    assert compare(run, results / "target" / "capture.pcap", PORT, keylog) == []
+    assert shape(run) == ([(["1", "2"], "server", "server"), (["3"], "client", "client")],
+                          [("1", 1, 1), ("2", 1, 2), ("3", 2, 1)])
+    assert unverified.returncode == 1, unverified.stdout[-3000:] + unverified.stderr
+    (failed,) = json.loads((tmp_path / "unverified" / "report.json").read_text())["runs"]
+    assert failed["client_errors"] and all(
+        "CERTIFICATE_VERIFY_FAILED" in json.dumps(e) for e in failed["client_errors"]), \
+        failed["client_errors"]
+
+
 def refused(tmp_path: Path, *args: str, scenario: str = SCENARIO) -> str:
     """`kalab run` with ``args``: it must exit 2 with one line, having made nothing."""
     path = tmp_path / "scenario.yaml"
@@ -143,13 +190,30 @@ def refused(tmp_path: Path, *args: str, scenario: str = SCENARIO) -> str:
     ("file:///etc/passwd", "only an explicit http:// or https://"),
     ("10.215.31.1:5000", "only an explicit http:// or https://"),
     ("//10.215.31.1:5000/", "only an explicit http:// or https://"),
-    ("https://10.215.31.1/", "does not decrypt TLS"),
     ("http://10.215.31.1:5000/keep-alive", "give the server's root"),
     ("http://user:pw@10.215.31.1/", "no credentials"),
     ("http://10.215.31.1:99999/", "the port is not a number"),
 ])
 def test_only_an_http_url_of_a_server_s_root_is_a_target(tmp_path, url, words):
     assert words in refused(tmp_path, "--target", url)
+
+
+@pytest.mark.parametrize("url,ca,words", [
+    ("http://10.215.31.1:5000/", "ca.pem", "--target-ca: only with an https:// URL"),
+    ("https://10.215.31.1:5000/", "absent.pem", "absent.pem: no such file"),
+    ("https://10.215.31.1:5000/", "/dev/null", "/dev/null: not a regular file"),
+    ("https://10.215.31.1:5000/", "junk.pem", "junk.pem: not a file of PEM certificates"),
+    ("https://10.215.31.1:5000/", "binary.pem", "binary.pem: not a file of PEM certificates"),
+    ("https://10.215.31.1:5000/", "huge.pem", "huge.pem: more than 1048576 bytes"),
+])
+def test_a_target_ca_is_a_file_of_pem_certificates_for_an_https_target(tmp_path, url, ca,
+                                                                       words):
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    (tmp_path / "binary.pem").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "huge.pem").write_bytes(b"A" * (1 << 20 | 1))
+    path = ca if ca.startswith("/") else str(tmp_path / ca)
+    assert words in refused(tmp_path, "--target", url, "--target-ca", path)
 
 
 def test_a_scenario_that_could_send_more_than_the_bound_is_refused(tmp_path):
@@ -181,7 +245,8 @@ def test_a_target_run_s_bounds_are_bounded(tmp_path, args, words):
     assert words in refused(tmp_path, "--target", "http://10.215.31.1:5000/", *args)
 
 
-@pytest.mark.parametrize("option", ["--max-requests", "--rate", "--expectations-of"])
+@pytest.mark.parametrize("option", ["--max-requests", "--rate", "--expectations-of",
+                                    "--target-ca"])
 def test_the_target_options_go_with_a_target_only(tmp_path, option):
     assert f"{option}: only with --target" in refused(tmp_path, option, "5")
 

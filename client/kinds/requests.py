@@ -94,7 +94,7 @@ def make_session(session: Session, tls: ClientTls | None = None) -> requests_lib
     # The lab's server, directly: proxy and .netrc settings in the environment of whoever
     # runs kalab are not the scenario's (and reading them cost 0.4 ms of every send).
     http.trust_env = False
-    if tls is not None:
+    if tls is not None and tls.ca is not None:
         http.verify = str(tls.ca)  # the run's CA alone, not certifi's bundle
     if session.retries or _urllib3.pool_classes(session) \
             or session.tcp_keepalive is not None or tls is not None:
