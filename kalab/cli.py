@@ -418,7 +418,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             handoff.link_latest(results)
         left = (f"could not remove {', '.join(stopped.left)}: run `kalab clean`"
                 if stopped.left else "everything the run started has been stopped")
-        print(f"kalab: interrupted during {report.phase}; {left}; the report of what was "
+        cut = f"{stopped.why}: stopped" if stopped.why else "interrupted"
+        print(f"kalab: {cut} during {report.phase}; {left}; the report of what was "
               f"captured: {results / 'report.json'} (exit {report.exit_code})",
               file=sys.stderr)
         return report.exit_code

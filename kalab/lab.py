@@ -65,13 +65,19 @@ class LabError(Exception):
     """A run that could not be carried out (not a verdict about the wire)."""
 
 
-class Interrupted(Exception):
-    """The run was cut short by a signal: its report (marked incomplete) and what of the
-    run could not be removed (empty when nothing was left)."""
+class TimedOut(LabError):
+    """The run went past its time limit (`time_limit`): the lab stops it, as a signal
+    would, and its report says so."""
 
-    def __init__(self, report: Report, left: list[str]) -> None:
+
+class Interrupted(Exception):
+    """The run was cut short by a signal, or by the lab at its time limit (``why``): its
+    report (marked incomplete) and what of the run could not be removed (empty when
+    nothing was left)."""
+
+    def __init__(self, report: Report, left: list[str], why: str | None = None) -> None:
         super().__init__(f"interrupted during {report.phase}")
-        self.report, self.left = report, left
+        self.report, self.left, self.why = report, left, why
 
 
 class _Signals:
@@ -101,6 +107,13 @@ class _Signals:
         # land anywhere (inside logging's fork hooks, a finally) and could skip cleanup.
         if self.phase is not None:
             return
+        self.note_phase()
+        raise KeyboardInterrupt
+
+    def note_phase(self) -> None:
+        """The phase the run is in, read off its files (before the roles are stopped)."""
+        if self.phase is not None:
+            return
         if self.reporting:
             self.phase = "report writing"
         elif self.watch_files:
@@ -108,7 +121,6 @@ class _Signals:
                                                self.roles_started, self.at_once)
         else:
             self.phase = "scenario" if self.roles_started else "setup"
-        raise KeyboardInterrupt
 
 
 def time_limit(scenario: Scenario, at_once: bool = False) -> float:
@@ -138,6 +150,7 @@ def run(scenario: Scenario, runtime: str, results: Path, state: RunState,
     signals = _Signals(scenario, results, watch_files=runtime != "compose" and
                        scenario.sweep is None, at_once=at_once)
     interrupted = False
+    why = None  # the lab's own reason to cut the run short, if it was not a signal
     state.save()
     # The handlers stay until the cleanup has its own: restoring the default SIGINT
     # between the two would let a second Ctrl-C cut the cleanup short.
@@ -154,14 +167,16 @@ def run(scenario: Scenario, runtime: str, results: Path, state: RunState,
             report = report_mod.from_dict(handoff.read_json(results / handoff.REPORT))
         except KeyboardInterrupt:
             interrupted = True
+        except TimedOut as exc:
+            interrupted, why = True, str(exc)
         finally:
             with lifeline.deferred_signals(lambda sig: say("still cleaning up; please wait")):
                 left = _finish(state)
                 if interrupted:
                     report = _interrupted_report(scenario, runtime, results, started,
-                                                 signals.phase or "setup")
+                                                 signals.phase or "setup", why)
     if interrupted:
-        raise Interrupted(report, left)
+        raise Interrupted(report, left, why)
     if left:
         print(f"kalab: could not remove {', '.join(left)}: run `kalab clean`", file=sys.stderr)
     return report
@@ -179,9 +194,10 @@ def _finish(state: RunState) -> list[str]:
 
 
 def _interrupted_report(scenario: Scenario, runtime: str, results: Path, started: float,
-                        phase: str) -> Report:
-    """The report of a run cut short at ``phase``: the observer's, if it wrote one, marked
-    incomplete; else one made here from what the roles left. Written with its views."""
+                        phase: str, why: str | None = None) -> Report:
+    """The report of a run cut short at ``phase`` (by the lab itself: ``why``): the
+    observer's, if it wrote one, marked incomplete; else one made here from what the roles
+    left. Written with its views."""
     path = results / handoff.REPORT
     report = None
     if path.exists():
@@ -196,6 +212,9 @@ def _interrupted_report(scenario: Scenario, runtime: str, results: Path, started
                                        started, label=scenario.file, interrupted=phase)
     else:
         evidence.mark_interrupted(report, phase)
+    if why is not None:
+        for engine_run in report.runs:
+            engine_run.capture.problems.append(f"the lab stopped the run: {why}")
     render.publish(report, results)
     return report
 
@@ -244,8 +263,12 @@ def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunSt
         for node, role in ((lab.server, "server"), (lab.client, "client")):
             processes.append(node.start_role(role, [*common, "--host", lab.server_host],
                                              results / f"{role}.log", PROJECT_ROOT))
-        (code,) = _wait_for_observers({"all": observer}, scenario, results, say,
-                                      at_once=False)
+        try:
+            (code,) = _wait_for_observers({"all": observer}, scenario, results, say,
+                                          at_once=False)
+        except TimedOut:
+            signals.note_phase()  # now: stopping the roles changes their files
+            raise
         if code not in BY_VERDICT.values() or not (results / handoff.REPORT).exists():
             raise LabError(_explain_failure(scenario, results, processes))
     finally:
@@ -360,8 +383,12 @@ def _run_at_once(scenario: Scenario, results: Path, state: RunState,
         batch.start_roles()
         # An observer is over once its observer.done is there: the report is written while
         # the roles exit (seven interpreters and engines ending at once take a while).
-        _wait_for_observers(batch.observers, scenario, results, say, at_once=True,
-                            done=batch.done_files(), each_poll=batch.release_when_up)
+        try:
+            _wait_for_observers(batch.observers, scenario, results, say, at_once=True,
+                                done=batch.done_files(), each_poll=batch.release_when_up)
+        except TimedOut:
+            signals.note_phase()  # now: stopping the roles changes their files
+            raise
         record = evidence.build_report(results, scenario, list(scenario.engines), "netns",
                                        started, label=scenario.file)
         render.publish(record, results)
@@ -503,7 +530,7 @@ def _wait_for_observers(observers: dict[str, Process], scenario: Scenario, resul
                 announced.add(engine.name)
                 say(f"{engine.name}: {engine.describe()} is up; the client is running")
         if time.monotonic() > deadline:
-            raise LabError(f"the run took longer than {limit:.0f} s")
+            raise TimedOut(f"the run took longer than {limit:.0f} s")
 
 
 def _is_up(results: Path, engine: Engine) -> bool:

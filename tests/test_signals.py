@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -307,3 +308,31 @@ def test_a_run_writes_nothing_beside_the_results_folder_it_was_given(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert [p.name for p in outside.iterdir()] == ["run"]  # no `latest` beside it
+
+
+@pytest.mark.parametrize("serial", [False, True], ids=["at-once", "serial"])
+def test_a_run_past_its_time_limit_is_stopped_and_its_report_says_so(tmp_path, serial):
+    """The lab's own time limit cuts a run short as a signal does: the roles stopped,
+    nothing left, a report that says the run was stopped and why (exit 5), not exit 4
+    and no report. The limit is made 10 s here (in a run's own process) for a session
+    that would sleep 60 s."""
+    (tmp_path / "signals.yaml").write_text(SCENARIO.replace("sleep: 1.5", "sleep: 60"))
+    harness = ("import sys\nfrom kalab import lab\nlab.time_limit = lambda *args: 10.0\n"
+               "from kalab.cli import main\nsys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", harness, "run", "signals.yaml",
+                           *(["--serial"] if serial else [])], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 5, done.stderr
+    assert "kalab: the run took longer than 10 s: stopped during scenario;" in done.stderr
+    assert "Traceback" not in done.stderr
+    folder = run_folder(tmp_path)
+    assert folder is not None and leftovers(folder) == []
+    report = json.loads((folder / "report.json").read_text())
+    assert (report["verdict"], report["complete"], report["phase"], report["exit_code"]) == \
+        ("interrupted", False, "scenario", 5)
+    assert report["runs"]
+    for run in report["runs"]:
+        assert "the lab stopped the run: the run took longer than 10 s" in \
+            run["capture"]["problems"]
+        assert run["verdict"] == "interrupted" and not run["expectations"]
