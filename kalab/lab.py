@@ -321,7 +321,10 @@ class _Batch:
 
     def _start(self, node: Node, role: str, args: list[str], log: Path) -> Process:
         if self.forks is not None:
-            return self.forks.start_role(node, role, args, log, PROJECT_ROOT)
+            try:
+                return self.forks.start_role(node, role, args, log, PROJECT_ROOT)
+            except forkserver.ForkServerError as exc:
+                raise LabError(str(exc)) from None
         return node.start_role(role, args, log, PROJECT_ROOT)
 
     def release_when_up(self) -> None:
