@@ -156,7 +156,9 @@ def _parser() -> argparse.ArgumentParser:
         "re-analysed from the run's pcaps (a report.json that does not match its pcaps is "
         "flagged), and write junit.xml and Gradescope's results.json. With --class, grade "
         "every student folder in SUBMISSIONS (answers plus a run folder) and write a class "
-        "summary (class.csv, class.html). Exit 0: all right; 1: some wrong; 2: bad input.")
+        "summary (class.csv, class.html). Exit 0: all right; 1: some wrong; 3: flagged, a "
+        "grader must look (the report does not match its pcaps, the run was not a pass, or "
+        "it does not answer a question), whatever the score; 2: bad input.")
     grade.add_argument("answers", type=Path, nargs="?",
                        help="the answers file (YAML or JSON); its `lab:` names the lab")
     grade.add_argument("run", type=Path, nargs="?",
@@ -668,6 +670,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
                                     + "".join(f"; FLAGGED: {f}" for f in s.grade.flags)
                                     if s.grade else f"not graded: {s.error}"))
         print(f"wrote {out / 'class.csv'} and {out / 'class.html'}")
+        if any(s.grade and s.grade.flags for s in submissions):
+            return Exit.INCONCLUSIVE
         return 0 if all(s.grade and s.grade.all_right for s in submissions) else 1
     if args.answers is None:
         return _error("give an answers file (and its run folder), or --class SUBMISSIONS",
@@ -691,6 +695,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
         + "\n", encoding="utf-8")
     print(f"score: {grade.score:g} of {grade.max_score:g}; wrote {out / 'junit.xml'} and "
           f"{out / 'results.json'}")
+    if grade.flags:  # a score a grader must look at is no verdict for a script
+        return Exit.INCONCLUSIVE
     return 0 if grade.all_right else 1
 
 

@@ -162,6 +162,7 @@ def test_two_students_get_different_labs_and_keys(runs, tmp_path):
     code, results, out = grade(my_key, theirs, tmp_path / "g2")
     assert results["score"] < results["max_score"]
     assert "FLAGGED" in out  # ada's answers on another student's run
+    assert code == 3  # flagged: a grader must look, whatever the score
 
 
 def test_a_report_edited_to_change_who_closed_is_flagged(runs, tmp_path):
@@ -178,6 +179,7 @@ def test_a_report_edited_to_change_who_closed_is_flagged(runs, tmp_path):
            "say 'server'" in out
     assert results["score"] == results["max_score"]  # graded on the pcap, not the edit
     assert "FLAGGED" in results["output"]
+    assert code == 3  # all right, but not to be trusted without a look
 
 
 def test_a_whole_class_is_graded_at_once(runs, tmp_path):
