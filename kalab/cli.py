@@ -77,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
         "the scenario's engines, which are not started (the report says so, in its "
         "`target` field): the roles run on this host, nothing listens, and the observer "
         "captures the client's side of the wire on the interface that leads to the "
-        "server. Only an explicit http://HOST[:PORT]/ URL (the scenario's paths are sent "
-        "as they are); a scenario with a link: is refused, and so is one that could send "
+        "server. Only an explicit http:// or https://HOST[:PORT]/ URL of the server's root "
+        "(the scenario's paths are sent as they are; over HTTPS the server's certificate "
+        "is always verified); a scenario with a link: is refused, and so is one that could send "
         "more requests, or plan more time, than the bounds below allow. The engine whose "
         "expectations are checked is the scenario's only one with any, or the one "
         "--expectations-of names.")
