@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from kalab import lifeline
-from kalab.runtime.node import Node, Process, pythonpath
-from kalab.runtime.state import RunState
+from kalab.runtime.node import Node, Process, role_environment
+from kalab.runtime.state import RunState, is_running
 
 # What the roles import before they do anything (the client's default kind, requests,
 # included): imported once here, shared by every fork. Not the roles' __main__ modules:
@@ -108,11 +108,11 @@ class RoleForkServer:
         """Start the fork server; its own trouble (an import that failed) goes to ``log``."""
         self.state = state
         self.ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath(cwd)}
         with theirs, open(log, "ab") as out:
             self.popen = lifeline.spawn([sys.executable, "-m", "kalab.runtime.forkserver",
                                          str(theirs.fileno())], pass_fds=(theirs.fileno(),),
-                                        cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                        cwd=cwd, env=role_environment(cwd),
+                                        stdin=subprocess.DEVNULL,
                                         stdout=out, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         self.log = log
@@ -162,8 +162,7 @@ class RoleForkServer:
         # Absolute: the fork server's working folder is not kalab's.
         request = {"role": role, "args": args, "netns": node.netns,
                    "log": os.path.abspath(log), "cwd": os.path.abspath(cwd),
-                   "env": {**os.environ, "PYTHONUNBUFFERED": "1",
-                           "PYTHONPATH": pythonpath(cwd)}}
+                   "env": role_environment(cwd)}
         self.ours.send(json.dumps(request).encode())
         with self.changed:
             self.changed.wait_for(lambda: self.replies or self.lost, timeout=30)
@@ -182,7 +181,7 @@ class RoleForkServer:
             if pid in self.exits:
                 return self.exits[pid]
             # Gone with the fork server: SIGTERM'd by the kernel, as it asked.
-            return -signal.SIGTERM if self.lost and not _running(pid) else None
+            return -signal.SIGTERM if self.lost and not is_running(pid, None) else None
 
     def wait_exit(self, pid: int, timeout: float | None) -> int | None:
         with self.changed:
@@ -214,16 +213,6 @@ class RoleForkServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ------------------------------------------------------------------ the fork server

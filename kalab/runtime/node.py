@@ -88,13 +88,18 @@ class Node:
     def start_role(self, role: str, args: list[str], log: Path, cwd: Path) -> Process:
         """Start ``python -m ROLE ARGS`` here, its output to ``log``."""
         argv = [*self.prefix(), sys.executable, "-m", role, *args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath(cwd)}
         with open(log, "ab") as out:
-            popen = spawn(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+            popen = spawn(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                          env=role_environment(cwd),
                           start_new_session=True, stdin=subprocess.DEVNULL)
         self.state.add_pid(popen.pid)
         time.sleep(0)  # let the child get going before the caller polls its files
         return Process(f"{self.name}:{role}", popen, log)
+
+
+def role_environment(root: Path) -> dict[str, str]:
+    """A role's environment: this one's, its output unbuffered, the project importable."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath(root)}
 
 
 def pythonpath(root: Path) -> str:
