@@ -128,3 +128,29 @@ def test_kalab_run_refuses_a_kalab_roles_it_does_not_know(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("kalab: KALAB_ROLES='spawn': fork or exec")
     assert not (tmp_path / "results").exists()  # nothing started
+
+
+def test_kalab_clean_knows_the_fork_server_and_what_it_forked(tmp_path, forks):
+    """`kalab clean` kills only the lab's processes a dead run recorded: the fork server,
+    and a role by the one title its fork has (python -m ROLE ARGS, not separate
+    arguments; the naming itself is tested above); another module is not one."""
+    from kalab.runtime.clean import _is_role
+
+    server, host = forks
+    other = server.start_role(host, "timeit", ["-n", "1", "import time; time.sleep(30)"],
+                              tmp_path / "timeit.log", tmp_path)
+    titled = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time\nfrom setproctitle import setproctitle\n"
+                               "setproctitle(sys.argv[1])\nprint(flush=True)\ntime.sleep(30)",
+                               f"{sys.executable} -m observer scenario.yaml --engine x"],
+                              stdout=subprocess.PIPE)
+    try:
+        titled.stdout.readline()  # its title is set
+        assert _is_role(server.popen.pid)
+        assert _is_role(titled.pid)
+        assert not _is_role(other.pid)
+        assert not _is_role(os.getpid())
+    finally:
+        titled.kill()
+        titled.wait()
+        other.stop(grace=5)

@@ -18,14 +18,21 @@ import subprocess
 from kalab.runtime.netns import remove_namespace
 from kalab.runtime.state import PREFIX, is_running, owner_alive, recorded_pids, saved_states
 
+# The lab's processes, by the module they run: the roles, and the fork server of engines
+# at once (`kalab.runtime.forkserver`).
+LAB_MODULES = (b"server", b"client", b"observer", b"kalab.runtime.forkserver")
+
 
 def _is_role(pid: int) -> bool:
+    """Whether ``pid`` runs ``python -m`` one of `LAB_MODULES`: its arguments apart, as
+    exec'd, or in one title, as the fork server names a role it forked (setproctitle)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            parts = cmdline.read().split(b"\0")
+            words = cmdline.read().replace(b"\0", b" ").split()
     except OSError:
         return False
-    return any(part in (b"server", b"client", b"observer") for part in parts)
+    return any(flag == b"-m" and module in LAB_MODULES
+               for flag, module in zip(words, words[1:], strict=False))
 
 
 def lab_namespaces() -> list[str]:
