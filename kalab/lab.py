@@ -55,9 +55,9 @@ from kalab.target import server_of
 RUNTIMES = {"netns": NetnsLab, "local": LocalLab}
 AT_ONCE_RUNTIMES = ("netns",)  # where each engine can have a network of its own
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+OBSERVER_EXIT_GRACE = 10.0  # seconds an observer may take to exit once it is done
 # Each role's output when the engines go at once: in the engine's folder, beside the
 # engine's own server.log (which the server role writes there).
-OBSERVER_EXIT_GRACE = 10.0  # seconds an observer may take to exit once it is done
 ROLE_LOGS = {"observer": "observer.log", "server": "server-role.log", "client": "client.log"}
 
 
@@ -263,12 +263,8 @@ def _run_processes(scenario: Scenario, runtime: str, results: Path, state: RunSt
         for node, role in ((lab.server, "server"), (lab.client, "client")):
             processes.append(node.start_role(role, [*common, "--host", lab.server_host],
                                              results / f"{role}.log", PROJECT_ROOT))
-        try:
-            (code,) = _wait_for_observers({"all": observer}, scenario, results, say,
-                                          at_once=False)
-        except TimedOut:
-            signals.note_phase()  # now: stopping the roles changes their files
-            raise
+        (code,) = _wait_for_observers({"all": observer}, scenario, results, say, signals,
+                                      at_once=False)
         if code not in BY_VERDICT.values() or not (results / handoff.REPORT).exists():
             raise LabError(_explain_failure(scenario, results, processes))
     finally:
@@ -386,12 +382,8 @@ def _run_at_once(scenario: Scenario, results: Path, state: RunState,
         batch.start_roles()
         # An observer is over once its observer.done is there: the report is written while
         # the roles exit (seven interpreters and engines ending at once take a while).
-        try:
-            _wait_for_observers(batch.observers, scenario, results, say, at_once=True,
-                                done=batch.done_files(), each_poll=batch.release_when_up)
-        except TimedOut:
-            signals.note_phase()  # now: stopping the roles changes their files
-            raise
+        _wait_for_observers(batch.observers, scenario, results, say, signals, at_once=True,
+                            done=batch.done_files(), each_poll=batch.release_when_up)
         record = evidence.build_report(results, scenario, list(scenario.engines), "netns",
                                        started, label=scenario.file)
         render.publish(record, results)
@@ -508,11 +500,12 @@ def sweep_report(scenario: Scenario, results: Path, started: float,
 
 
 def _wait_for_observers(observers: dict[str, Process], scenario: Scenario, results: Path,
-                        say: Callable[[str], None], at_once: bool,
+                        say: Callable[[str], None], signals: _Signals, at_once: bool,
                         done: dict[str, Path] | None = None,
                         each_poll: Callable[[], None] | None = None) -> list[int | None]:
     """Wait until every observer is over (it exited, or its file in ``done`` is there),
-    saying which engines are on as they come up; their exit codes (None: not yet)."""
+    saying which engines are on as they come up; their exit codes (None: not yet).
+    `TimedOut` past the run's time limit, the phase noted in ``signals`` first."""
     limit = time_limit(scenario, at_once)
     deadline = time.monotonic() + limit
     announced: set[str] = set()
@@ -533,6 +526,7 @@ def _wait_for_observers(observers: dict[str, Process], scenario: Scenario, resul
                 announced.add(engine.name)
                 say(f"{engine.name}: {engine.describe()} is up; the client is running")
         if time.monotonic() > deadline:
+            signals.note_phase()  # now: stopping the roles changes their files
             raise TimedOut(f"the run took longer than {limit:.0f} s")
 
 
