@@ -71,6 +71,7 @@ incomplete connection cannot conclude.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import fields
 from enum import StrEnum
@@ -755,13 +756,18 @@ class _Conn:
                  "request_stream", "response_stream", "request_parser", "response_parser",
                  "tls", "tls_cut", "app_data_before_end", "keepalive_probes",
                  "history", "completeness", "truncated", "unpaired_from", "responses_lost",
-                 "requests_lost_from")
+                 "requests_lost_from", "last_seen_at", "quiet_mark", "final")
 
     def __init__(self, number: int, client: tuple[str, int], server: tuple[str, int],
                  ts: float, syn_seq: int | None, keylog: KeyLog | None = None) -> None:
         self.number = number
         self.client, self.server = client, server
         self.first_seen_at = ts
+        # Its latest segment; the `last_seen_at` a look found quiet past its bound (a second
+        # look makes it final); its record handed out (`Analyzer`).
+        self.last_seen_at = ts
+        self.quiet_mark: float | None = None
+        self.final = False
         self.syn_at = ts if syn_seq is not None else None
         self.syn_isn = syn_seq
         self.syn_retransmits = 0
@@ -996,6 +1002,12 @@ class _Conn:
             self.closed = (side, Closing.FIN if moved[0] is Tcp.CLOSED else Closing.RST, ts, peer)
             if self.end_at is None or ts < self.end_at:
                 self.end_at = ts
+
+    @property
+    def over(self) -> bool:
+        """Nothing later but a stray segment can change it: a RST ended it, or both sides
+        closed with every byte in (`_release`), every request answered that could be."""
+        return self.rst is not None or self.request_stream is _ENDED
 
     @property
     def refused(self) -> bool:
@@ -1457,12 +1469,51 @@ def _response_framing(headers: _Headers, method: str, status: int) -> tuple[str,
     return headers.framing or _UNTIL_CLOSE
 
 
+# When a connection's record is final (Zeek's bounds, in capture time): once it is over
+# (a RST, or both FINs with every byte in: `_Conn.over`), after this long without a segment
+# (Zeek's ``tcp_close_delay``: a retransmitted FIN or a last RST may still come) ...
+CLOSE_LINGER = 5.0
+# ... and otherwise after this long without a segment (longer than any keep-alive timeout
+# or TCP keep-alive probe interval the lab sets; Zeek's ``tcp_inactivity_timeout`` is 5 min).
+# A segment after that on its four-tuple starts a new connection, as one whose SYN was not
+# seen.
+IDLE_BOUND = 3600.0
+# Segments between two looks for quiet connections. A connection is quiet past its bound
+# when two looks in a row found it so with no segment of its own between them: one
+# segment with a wild capture time (a corrupt record) makes nothing final.
+SWEEP_EVERY = 1024
+
+
+class Finished(NamedTuple):
+    """A connection whose record is final, as `Analyzer.finished` hands it out.
+
+    Its numbers are provisional until `assemble` has seen them all: ``connection.id`` is
+    its place among the connections seen, the requests' ``id`` are empty and
+    ``connection.requests`` holds as many empty ids.
+    """
+
+    connection: Connection
+    requests: list[HttpRequest]
+    syn_seen: bool  # its SYN was seen: `assemble` keeps it only if its server port answered
+    server_port: int
+
+
 class Analyzer:
-    """Feed segments in capture order; `finish` returns the records.
+    """Feed segments in capture order; `finished` hands out the records that are final,
+    `finish` the rest at the end of the capture.
+
+    A connection's record is final when no later segment could change it: it is
+    over (a RST, or both FINs with every byte in) and has been quiet for
+    ``close_linger`` seconds, or it has been quiet for ``idle_bound`` seconds, in
+    capture time (`CLOSE_LINGER`, `IDLE_BOUND`; None: only at the end), or a new
+    SYN took its four-tuple. Every ``sweep_every`` segments (`SWEEP_EVERY`) the
+    Analyzer looks; it then forgets what is final: memory follows the connections
+    open, not those the capture ever had. `assemble` numbers what was handed out
+    as `finish` returns it.
 
     ``ports``: the server ports to follow. With none, every connection is
-    followed and the SYN's receiver is taken as the server; `finish` then
-    reports the connections to ports that answered a SYN (with SYN-ACK or
+    followed and the SYN's receiver is taken as the server; `assemble` then
+    keeps the connections to ports that answered a SYN (with SYN-ACK or
     RST), and those whose SYN was not seen (which make a run inconclusive).
 
     A pure ACK (no payload, no SYN, FIN or RST) on a four-tuple already fed
@@ -1478,13 +1529,22 @@ class Analyzer:
     """
 
     def __init__(self, ports: set[int] | frozenset[int] | None = None,
-                 keylog: KeyLog | None = None) -> None:
+                 keylog: KeyLog | None = None, close_linger: float | None = CLOSE_LINGER,
+                 idle_bound: float | None = IDLE_BOUND, sweep_every: int = SWEEP_EVERY
+                 ) -> None:
         self.ports = frozenset(ports or ())
         self.keylog = keylog  # TLS secrets (`kalab.tls.KeyLog`): None, requests inferred
-        # Both directions of each four-tuple: (connection, the sender's side).
+        self.close_linger, self.idle_bound = close_linger, idle_bound
+        self.sweep_every = sweep_every
+        # Both directions of each four-tuple open: (connection, the sender's side).
         self._live: dict[tuple[str, int, str, int], tuple[_Conn, Side]] = {}
-        self._all: list[_Conn] = []
+        self._opened = 0  # connections seen so far
+        self._going: dict[int, _Conn] = {}  # not over yet, by number
+        self._over: deque[_Conn] = deque()  # over, in the order a look found them so
+        self._fed = 0  # segments since the last look
+        self._finished: list[Finished] = []  # final, not handed out yet
         self._servers: set[int] = set()  # ports that have answered a SYN so far
+        self._answered: set[int] = set()  # of final connections, server ports that answered
 
     def feed(self, seg: Segment | tuple) -> None:
         """One segment: a `Segment`, or a plain tuple of its fields in its order."""
@@ -1494,13 +1554,16 @@ class Analyzer:
         """Segments in capture order, as `feed` takes them: a reader's batch at a time
         saves a call per segment on a big capture."""
         ports, live = self.ports, self._live
+        fed = 0
         for ts, src, sport, dst, dport, flags, seq, _, payload, cut in segments:
+            fed += 1
             if ports and sport not in ports and dport not in ports:
                 continue
             entry = live.get((src, sport, dst, dport))
             if flags & SYN and not flags & ACK:
                 if entry is not None and entry[1] is Side.CLIENT and entry[0].syn_isn == seq:
                     entry[0].syn_retransmits += 1
+                    entry[0].last_seen_at = ts
                 else:
                     self._open((src, sport), (dst, dport), ts, seq)  # new, or its port reused
                 continue
@@ -1513,10 +1576,65 @@ class Analyzer:
                     conn.history = "^"  # Zeek's mark: the first packet's sender is not the client
             else:
                 conn, side = entry
+                conn.last_seen_at = ts
             conn.take(ts, flags, seq, payload, side, cut)
             if flags & (SYN | RST) and side is Side.SERVER and (
                     conn.established_at is not None or conn.refused):
                 self._servers.add(sport)
+        self._fed += fed
+        if fed and self._fed >= self.sweep_every:
+            self._sweep(ts)
+
+    def finished(self) -> list[Finished]:
+        """The records final since the last call, in the order they became final."""
+        done, self._finished = self._finished, []
+        return done
+
+    def _sweep(self, now: float) -> None:
+        """A look at the time of the last segment: what is quiet past its bound at two
+        looks in a row is final (see the class)."""
+        self._fed = 0
+        linger, idle, over = self.close_linger, self.idle_bound, self._over
+        going = {}
+        for conn in self._going.values():
+            if conn.final:
+                continue
+            if linger is not None and conn.over:
+                over.append(conn)
+                continue
+            if idle is not None and now - conn.last_seen_at > idle:
+                self._look(conn)
+            if not conn.final:
+                going[conn.number] = conn
+        self._going = going
+        for conn in over:  # in the order they were found over: the quiet ones first
+            if not conn.final:
+                if now - conn.last_seen_at <= linger:
+                    break
+                self._look(conn)
+        while over and over[0].final:
+            over.popleft()
+
+    def _look(self, conn: _Conn) -> None:
+        """It is quiet past its bound: final if the last look found it so too, with no
+        segment of its own since; else marked for the next."""
+        if conn.quiet_mark == conn.last_seen_at:
+            self._final(conn)
+        else:
+            conn.quiet_mark = conn.last_seen_at
+
+    def _final(self, conn: _Conn) -> None:
+        """Its record, handed out (`finished`), and the connection forgotten."""
+        for key in ((*conn.client, *conn.server), (*conn.server, *conn.client)):
+            entry = self._live.get(key)
+            if entry is not None and entry[0] is conn:
+                del self._live[key]
+        conn.final = True
+        if conn.established_at is not None or conn.refused:
+            self._answered.add(conn.server[1])
+        conn.infer_requests()
+        self._finished.append(Finished(conn.record(), conn.requests, conn.syn_at is not None,
+                                       conn.server[1]))
 
     def _is_server(self, port: int, other: int) -> bool:
         """For a connection first seen mid-stream: is ``port`` (the sender's) the server's?"""
@@ -1528,37 +1646,58 @@ class Analyzer:
 
     def _open(self, client: tuple[str, int], server: tuple[str, int], ts: float,
               syn_seq: int | None) -> _Conn:
-        conn = _Conn(len(self._all) + 1, client, server, ts, syn_seq, self.keylog)
+        for key in ((*client, *server), (*server, *client)):
+            entry = self._live.get(key)
+            if entry is not None:
+                self._final(entry[0])  # its four-tuple taken: nothing can reach it now
+        self._opened += 1
+        conn = _Conn(self._opened, client, server, ts, syn_seq, self.keylog)
         self._live[(*client, *server)] = (conn, Side.CLIENT)
         self._live[(*server, *client)] = (conn, Side.SERVER)
-        self._all.append(conn)
+        self._going[conn.number] = conn
         return conn
 
     def finish(self) -> tuple[list[Connection], list[HttpRequest]]:
-        """The records: connections in order seen, requests in order sent (named w1, w2...)."""
-        kept = self._all
-        servers = self.server_ports()
-        if not self.ports and servers:
-            # Nobody answered these SYNs: not a server of this capture.
-            kept = [c for c in kept if c.syn_at is None or c.server[1] in servers]
-            if len(kept) < len(self._all):
-                for number, conn in enumerate(kept, 1):
-                    conn.number = number
-                    for request in conn.requests:
-                        request.connection = number
-        for conn in kept:
-            conn.infer_requests()
-        # By time sent; the sort is stable, so requests sent at the same instant stay in
-        # the order they are gathered: by connection, then depth.
-        requests = [r for c in kept for r in c.requests]
-        requests.sort(key=attrgetter("sent_at"))
-        for number, request in enumerate(requests, 1):
-            request.id = f"w{number}"
-        return [c.record() for c in kept], requests
+        """The end of the capture: the records not handed out yet, numbered (`assemble`).
+        For a capture fed whole without a call to `finished`: all of them."""
+        self.end()
+        return assemble(self.finished(), self.ports, self.server_ports())
+
+    def end(self) -> None:
+        """The end of the capture: every connection still open is final (`finished`)."""
+        for conn in sorted({id(c): c for c, _ in self._live.values()}.values(),
+                           key=attrgetter("number")):
+            self._final(conn)
+        self._going, self._over = {}, deque()
 
     def server_ports(self) -> set[int]:
         """Ports that answered a SYN (with SYN-ACK or RST): the servers seen."""
-        return {c.server[1] for c in self._all if c.established_at or c.refused}
+        return self._answered | {c.server[1] for c, _ in self._live.values()
+                                 if c.established_at or c.refused}
+
+
+def assemble(finished: Iterable[Finished], ports: set[int] | frozenset[int],
+             servers: set[int]) -> tuple[list[Connection], list[HttpRequest]]:
+    """Every final record of a capture, numbered: connections in order seen, requests in
+    order sent (named w1, w2...). ``ports``: those the Analyzer followed; ``servers``:
+    its `Analyzer.server_ports` at the end."""
+    kept = sorted(finished, key=lambda f: f.connection.id)
+    if not ports and servers:
+        # Nobody answered these SYNs: not a server of this capture.
+        kept = [f for f in kept if not f.syn_seen or f.server_port in servers]
+    for number, done in enumerate(kept, 1):
+        done.connection.id = number
+        for request in done.requests:
+            request.connection = number
+    # By time sent; the sort is stable, so requests sent at the same instant stay in
+    # the order they are gathered: by connection, then depth.
+    requests = [r for f in kept for r in f.requests]
+    requests.sort(key=attrgetter("sent_at"))
+    for number, request in enumerate(requests, 1):
+        request.id = f"w{number}"
+    for done in kept:
+        done.connection.requests = [r.id for r in done.requests]
+    return [f.connection for f in kept], requests
 
 
 def analyze(segments, ports: set[int] | None = None, keylog: KeyLog | None = None

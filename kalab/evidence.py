@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kalab.analyzer import Analyzer
+from kalab.analyzer import Analyzer, assemble
 from kalab.exitcodes import BY_VERDICT
 from kalab.pcap import PcapError
 from kalab.pcap_fast import FastSegmentReader
@@ -77,7 +77,8 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
     """
     analyzer = Analyzer(ports, keylog)
     reader = FastSegmentReader(path, ports, skip_acks=True)
-    feed_all = analyzer.feed_all
+    feed_all, finished = analyzer.feed_all, analyzer.finished
+    final = []  # the records handed out as their connections end
     error = None
     # Hundreds of thousands of small objects and hardly a cycle among them: the
     # collector's passes would cost a fifth of the analysis and free nothing.
@@ -87,9 +88,12 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
         try:
             for batch in reader.background_batches() if background else reader.batches():
                 feed_all(batch)
+                final += finished()
         except PcapError as exc:
             error = exc
-        connections, requests = analyzer.finish()
+        analyzer.end()
+        connections, requests = assemble(final + finished(), analyzer.ports,
+                                         analyzer.server_ports())
     finally:
         if collecting:
             gc.enable()

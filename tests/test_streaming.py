@@ -1,0 +1,155 @@
+"""Streaming analysis: records handed out as connections end equal the records made at the end.
+
+The reference is an `Analyzer` without bounds (``close_linger=None, idle_bound=None``):
+nothing is final before the end of the capture, as before streaming. The streaming one
+looks after every segment (``sweep_every=1``) and makes an over connection final at once
+(``close_linger=0``): the harshest setting a capture file can meet. On every capture the
+tests have (the course's reference runs, the hostile corpus), both must write the same
+records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import test_hostile_pcaps as hostile
+from scapy.layers.inet import IP, TCP
+from test_pcap_formats import T0, conversation, write
+
+from kalab import evidence
+from kalab.analyzer import Analyzer, Segment, assemble
+from kalab.pcap import PcapError
+from kalab.pcap_fast import FastSegmentReader
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def segments(path: Path) -> list:
+    """What `kalab analyze` feeds: the fast reader's segments, up to a bad record."""
+    fed = []
+    try:
+        for batch in FastSegmentReader(path, None, skip_acks=True).batches():
+            fed += batch
+    except PcapError:
+        pass
+    return fed
+
+
+def as_json(records: tuple[list, list]) -> str:
+    connections, requests = records
+    return json.dumps([[dataclasses.asdict(c) for c in connections],
+                       [dataclasses.asdict(r) for r in requests]], default=str)
+
+
+def whole(fed: list) -> tuple[list, list]:
+    analyzer = Analyzer(close_linger=None, idle_bound=None)
+    analyzer.feed_all(fed)
+    return analyzer.finish()
+
+
+def streamed(fed: list, **bounds) -> tuple[tuple[list, list], int, int]:
+    """The records handed out segment by segment, then at the end; how many were handed
+    out before the end; the most connections held at once."""
+    analyzer = Analyzer(**{"close_linger": 0, "sweep_every": 1, **bounds})
+    final, held = [], 0
+    for seg in fed:
+        analyzer.feed(seg)
+        final += analyzer.finished()
+        held = max(held, len({conn for conn, _ in analyzer._live.values()}))
+    early = len(final)
+    analyzer.end()
+    final += analyzer.finished()
+    return assemble(final, analyzer.ports, analyzer.server_ports()), early, held
+
+
+COURSE = sorted(ROOT.glob("course/*/reference/*/capture.pcap"))
+
+
+def test_the_course_captures_stream_to_the_same_records():
+    assert len(COURSE) >= 10
+    early = 0
+    for path in COURSE:
+        fed = segments(path)
+        records, handed, _ = streamed(fed)
+        assert as_json(records) == as_json(whole(fed)), path
+        early += handed
+        # What `kalab analyze` reads with its own batches and default bounds: the same.
+        analysis = evidence.analyze_capture(path)
+        assert as_json((analysis.connections, analysis.requests)) == as_json(whole(fed)), path
+    assert early >= len(COURSE)  # records did go out before the end: the test can fail
+
+
+@pytest.mark.reliability
+def test_the_hostile_corpus_streams_to_the_same_records(tmp_path):
+    cases = [(name, data) for name, (data, _) in hostile.bases().items()]
+    for make in (hostile.cut_short, hostile.flipped, hostile.absurd_lengths,
+                 hostile.absurd_headers, hostile.huge_numbers, hostile.nan_ish,
+                 hostile.odd_bytes, hostile.odd_frames):
+        cases += [(case.name, case.data) for case in make()]
+    path = tmp_path / "hostile.pcap"
+    differ, early = [], 0
+    for name, data in cases:
+        path.write_bytes(data)
+        # Each file holds one connection: two segments of another, a second apart, after
+        # its last let the looks find it over (or quiet) before the end.
+        fed = segments(path)
+        last = max((seg.ts for seg in fed), default=T0)
+        fed += [Segment(last + n, "192.0.2.1", 1, "192.0.2.2", 2, 0x10, 0, 0, b"", 0)
+                for n in (1, 2)]
+        records, handed, _ = streamed(fed)
+        early += handed
+        if as_json(records) != as_json(whole(fed)):
+            differ.append(name)
+    assert not differ, f"{len(differ)} of {len(cases)} differ: {differ[:8]}"
+    # Many files are cut before their connection is over: still, records did go out early.
+    assert early >= len(cases) // 3
+
+
+def test_memory_follows_the_open_connections(tmp_path):
+    # 60 keep-alive connections one after another, a few open at once.
+    packets = sorted((p for n in range(60) for p in conversation(
+        "10.0.0.1", "10.0.0.2", 40000 + n, 8080, T0 + 0.5 * n, ["a", "b"])),
+        key=lambda p: p[0])
+    fed = segments(write(tmp_path / "x.pcap", packets))
+    records, early, held = streamed(fed)
+    assert as_json(records) == as_json(whole(fed))
+    assert len(records[0]) == 60 and len(records[1]) == 120
+    assert early >= 57 and held <= 4, (early, held)
+    # At the default bounds (5 s after the close), fed in batches as `kalab analyze` does.
+    analyzer, final, held = Analyzer(sweep_every=64), [], 0
+    for start in range(0, len(fed), 64):
+        analyzer.feed_all(fed[start:start + 64])
+        final += analyzer.finished()
+        held = max(held, len({conn for conn, _ in analyzer._live.values()}))
+    # One connection ends every 0.5 s and a look comes every 64 segments (2 s): a
+    # connection is final 5 s after its end and two looks, 7.5 to 9.5 s. Those of the last
+    # 9.5 s are still held, and those open: about 22.
+    assert len(final) >= 40 and held <= 24, (len(final), held)
+
+
+def test_one_wild_capture_time_makes_nothing_final(tmp_path):
+    # A corrupt record 10^7 seconds ahead, in the middle of a keep-alive connection.
+    packets = conversation("10.0.0.1", "10.0.0.2", 40000, 8080, T0, ["a", "b", "c"])
+    stray = IP(src="10.0.0.9", dst="10.0.0.2") / TCP(sport=1234, dport=8080, flags="A")
+    packets.insert(7, (T0 + 1e7, stray))
+    fed = segments(write(tmp_path / "x.pcap", packets))
+    (connections, requests), _, _ = streamed(fed)
+    assert as_json((connections, requests)) == as_json(whole(fed))
+    assert [c.requests for c in connections] == [["w1", "w2", "w3"], []]
+
+
+def test_a_connection_quiet_past_the_idle_bound_goes_on_as_a_new_one(tmp_path):
+    # The bound the report states, at 0.2 s: the keep-alive probes come 0.3 s after the
+    # last request, with the other connection's segments between them.
+    packets = sorted(conversation("10.0.0.1", "10.0.0.2", 40000, 8080, T0, ["a", "b"])
+                     + conversation("10.0.0.1", "10.0.0.2", 40001, 8080, T0, ["c"]),
+                     key=lambda p: p[0])
+    fed = segments(write(tmp_path / "x.pcap", packets))
+    (connections, _), _, _ = streamed(fed, idle_bound=0.2)
+    assert len(whole(fed)[0]) == 2
+    assert len(connections) > 2
+    assert [c.syn_at is not None for c in connections[:2]] == [True, True]
+    assert all(c.syn_at is None and not c.complete for c in connections[2:])
