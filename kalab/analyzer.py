@@ -1225,7 +1225,9 @@ class _Conn:
         up, down = self.up, self.down
         if up.pending or down.pending or up.short_of_fin() or down.short_of_fin():
             return
+        # The parsers hold this connection (their callbacks): let them go with the streams.
         self.request_stream = self.response_stream = _ENDED
+        self.request_parser = self.response_parser = _ENDED
         self._unanswered_in_the_cut()
         self.unanswered = []
 
@@ -1635,6 +1637,10 @@ class Analyzer:
         conn.infer_requests()
         self._finished.append(Finished(conn.record(), conn.requests, conn.syn_at is not None,
                                        conn.server[1]))
+        # Its parsers and streams hold it (their callbacks): without them, it goes as soon
+        # as the caller lets its record go, with no wait for the cycle collector.
+        conn.request_stream = conn.response_stream = _ENDED
+        conn.request_parser = conn.response_parser = _ENDED
 
     def _is_server(self, port: int, other: int) -> bool:
         """For a connection first seen mid-stream: is ``port`` (the sender's) the server's?"""

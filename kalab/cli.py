@@ -473,7 +473,7 @@ def _analyze(args: argparse.Namespace, keys: RunKeys | None) -> int:
     # This process has no other thread: the reading may go to a forked child, on a
     # second core.
     analysis = evidence.analyze_capture(args.pcap, set(args.port) if args.port else None,
-                                        background=True,
+                                        background=True, spool=True,
                                         keylog=None if keys is None else keys.keylog)
     if analysis.error is not None and not analysis.records:
         return _error(str(analysis.error), Exit.BAD_INPUT)  # not a capture at all

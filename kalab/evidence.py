@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kalab.analyzer import Analyzer, assemble
+from kalab.analyzer import Analyzer, Finished, assemble
 from kalab.exitcodes import BY_VERDICT
 from kalab.pcap import PcapError
 from kalab.pcap_fast import FastSegmentReader
@@ -28,9 +28,11 @@ from kalab.report import (
     EngineRun,
     ExpectationResult,
     HttpRequest,
+    Records,
     Report,
     overall_verdict,
 )
+from kalab.spool import Spool
 from kalab.tls import KeyLog
 
 if TYPE_CHECKING:  # `kalab analyze` needs no scenario: it loads without yaml and the lab
@@ -46,8 +48,8 @@ JOIN_SLACK = 0.002
 class WireAnalysis:
     """What a capture file shows, and how much of the file could be read."""
 
-    connections: list[Connection]
-    requests: list[HttpRequest]
+    connections: list[Connection] | Records  # Records: read back from its spool
+    requests: list[HttpRequest] | Records
     ports: set[int]  # the server ports followed: those asked for, else those that answered
     error: PcapError | None = None  # why the file ends early; what came before is above
     records: int = 0  # records read
@@ -66,7 +68,8 @@ class WireAnalysis:
 
 
 def analyze_capture(path: Path, ports: set[int] | None = None,
-                    background: bool = False, keylog: KeyLog | None = None) -> WireAnalysis:
+                    background: bool = False, keylog: KeyLog | None = None,
+                    spool: bool = False) -> WireAnalysis:
     """Analyse a pcap or pcapng file; an unreadable record ends the reading, not the report.
 
     The file is read by `FastSegmentReader` (the same segments as the reference
@@ -74,11 +77,14 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
     while this one analyses (see `FastSegmentReader.background_batches`); only for a
     caller without threads. ``keylog``: TLS secrets to decrypt HTTPS with
     (`kalab.tls.KeyLog`); without, its requests are inferred from its records.
+    ``spool``: each record goes to a temporary file as its connection becomes final
+    (`kalab.spool`), and the connections and requests are read back from it each time
+    they are walked (`kalab.report.Records`): memory follows the connections open.
     """
     analyzer = Analyzer(ports, keylog)
     reader = FastSegmentReader(path, ports, skip_acks=True)
     feed_all, finished = analyzer.feed_all, analyzer.finished
-    final = []  # the records handed out as their connections end
+    final: Spool | list[Finished] = Spool() if spool else []  # the records as they come
     error = None
     # Hundreds of thousands of small objects and hardly a cycle among them: the
     # collector's passes would cost a fifth of the analysis and free nothing.
@@ -88,12 +94,14 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
         try:
             for batch in reader.background_batches() if background else reader.batches():
                 feed_all(batch)
-                final += finished()
+                final.extend(finished())
         except PcapError as exc:
             error = exc
         analyzer.end()
-        connections, requests = assemble(final + finished(), analyzer.ports,
-                                         analyzer.server_ports())
+        final.extend(finished())
+        servers = analyzer.server_ports()
+        connections, requests = final.records(analyzer.ports, servers) \
+            if isinstance(final, Spool) else assemble(final, analyzer.ports, servers)
     finally:
         if collecting:
             gc.enable()

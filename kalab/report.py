@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -681,8 +683,18 @@ def to_json_bytes(report: Report) -> bytes:
 
 
 def write_json(report: Report, stream: BinaryIO) -> None:
-    """Write `to_json_bytes` to ``stream`` piece by piece, never as one copy."""
-    stream.writelines(_pieces(report))
+    """Write `to_json_bytes` to ``stream`` piece by piece as they are made, never as one
+    copy: records read back from disk (`Records`) pass through memory a chunk at a time."""
+    _dump(_plain(report), 0, _Writing(stream))
+
+
+class _Writing:
+    """A stream taking pieces as `_dump` gives them to a list."""
+
+    __slots__ = ("append",)
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.append = stream.write
 
 
 def _pieces(report: Report) -> list[bytes | memoryview]:
@@ -693,7 +705,32 @@ def _pieces(report: Report) -> list[bytes | memoryview]:
     return out
 
 
+class Records(Sequence):
+    """Connections or requests read back each time they are walked (`kalab.spool`):
+    what the writer and the views walk as they walk a list of records, in the order
+    ``walk`` gives them."""
+
+    def __init__(self, length: int, walk: Callable[[], Iterable[Any]]) -> None:
+        self._length, self._walk = length, walk
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._walk())
+
+    def __getitem__(self, index: int) -> Any:  # type: ignore[override]  # no slices
+        if not -self._length <= index < self._length:
+            raise IndexError(index)
+        index %= self._length
+        for number, record in enumerate(self):
+            if number == index:
+                return record
+        raise IndexError(index)
+
+
 _ONE_LINE = (Connection, HttpRequest)
+_CHUNK = 4096  # records of a `Records` written at once
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -746,6 +783,8 @@ def _plain(value: Any) -> Any:
     connections and requests are left for `_dump` to write on one line."""
     if type(value) in _SCALARS or isinstance(value, _ONE_LINE):
         return value
+    if isinstance(value, Records):
+        return value if value else []  # read back as they are written
     if isinstance(value, list) and value and isinstance(value[0], _ONE_LINE):
         return value  # records, left as they are: `_record_lines` looks at each
     if isinstance(value, (list, tuple)):
@@ -767,10 +806,25 @@ def _record(record: Connection | HttpRequest) -> bytes:
         return _compact({name: _plain(value) for name, value in values.items()})
 
 
-def _record_lines(records: list[Any], level: int, out: list[bytes | memoryview]) -> None:
-    """A list of connections or requests, one a line, less the closing bracket."""
+def _record_lines(records: list[Any] | Records, level: int,
+                  out: list[bytes | memoryview]) -> None:
+    """A list of connections or requests, one a line, less the closing bracket: a
+    `Records` a chunk at a time."""
     pad = b"\n" + b"  " * (level + 1)
     out.append(b"[" + pad)
+    if isinstance(records, list):
+        _some_lines(records, level, out)
+        return
+    walked, separator = iter(records), b""
+    while chunk := list(islice(walked, _CHUNK)):
+        if separator:
+            out.append(separator)
+        _some_lines(chunk, level, out)
+        separator = b"," + pad
+
+
+def _some_lines(records: list[Any], level: int, out: list[bytes | memoryview]) -> None:
+    pad = b"\n" + b"  " * (level + 1)
     joined = report_fast.record_lines(records, b"," + pad)
     if joined is not None:
         out.append(joined)
@@ -798,8 +852,8 @@ def _dump(value: Any, level: int, out: list[bytes | memoryview]) -> None:
             separator = b","
         out.append(end + b"}")
         return
-    if isinstance(value, list) and value:
-        if isinstance(value[0], _ONE_LINE):
+    if isinstance(value, (list, Records)) and value:
+        if isinstance(value, Records) or isinstance(value[0], _ONE_LINE):
             _record_lines(value, level, out)
         else:
             separator = b"["

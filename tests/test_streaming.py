@@ -11,6 +11,7 @@ records.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -19,10 +20,11 @@ import test_hostile_pcaps as hostile
 from scapy.layers.inet import IP, TCP
 from test_pcap_formats import T0, conversation, write
 
-from kalab import evidence
+from kalab import evidence, report
 from kalab.analyzer import Analyzer, Segment, assemble
 from kalab.pcap import PcapError
 from kalab.pcap_fast import FastSegmentReader
+from kalab.report import Records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +67,16 @@ def streamed(fed: list, **bounds) -> tuple[tuple[list, list], int, int]:
     return assemble(final, analyzer.ports, analyzer.server_ports()), early, held
 
 
+def report_of(analysis: evidence.WireAnalysis) -> report.Report:
+    run = report.EngineRun(
+        engine="capture", kind="unknown", description="", version=None, listen=None,
+        options={}, capture=report.Capture(pcap="capture.pcap"),
+        connections=analysis.connections, requests=analysis.requests, verdict="observed")
+    return report.Report(schema=report.SCHEMA, scenario=None, name="capture",
+                         runtime="analyze", started_at=0.0, finished_at=0.0, runs=[run],
+                         verdict="observed", exit_code=0)
+
+
 COURSE = sorted(ROOT.glob("course/*/reference/*/capture.pcap"))
 
 
@@ -76,9 +88,17 @@ def test_the_course_captures_stream_to_the_same_records():
         records, handed, _ = streamed(fed)
         assert as_json(records) == as_json(whole(fed)), path
         early += handed
-        # What `kalab analyze` reads with its own batches and default bounds: the same.
-        analysis = evidence.analyze_capture(path)
-        assert as_json((analysis.connections, analysis.requests)) == as_json(whole(fed)), path
+        # What `kalab analyze` reads with its own batches and default bounds, the records
+        # kept in lists or spooled to disk and read back: the same, and the same report.
+        kept = evidence.analyze_capture(path)
+        assert as_json((kept.connections, kept.requests)) == as_json(whole(fed)), path
+        spooled = evidence.analyze_capture(path, spool=True)
+        assert isinstance(spooled.connections, Records)
+        assert as_json((list(spooled.connections), list(spooled.requests))) == \
+            as_json(whole(fed)), path
+        written = io.BytesIO()
+        report.write_json(report_of(spooled), written)
+        assert written.getvalue() == report.to_json_bytes(report_of(kept)), path
     assert early >= len(COURSE)  # records did go out before the end: the test can fail
 
 
