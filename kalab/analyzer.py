@@ -5,7 +5,11 @@ Theory of operation
 This module is sans-IO, in the manner of h11: it is fed `Segment` values (one
 decoded TCP segment each, with its capture time) through `Analyzer.feed`, or a
 batch at a time through `Analyzer.feed_all`, and answers with `Connection` and
-`HttpRequest` records from `Analyzer.finish`.
+`HttpRequest` records: `Analyzer.finished` hands out those of the connections
+that have become final (over, or quiet past a stated bound) and forgets them,
+`Analyzer.finish` the rest at the end, and `assemble` numbers them all as the
+report has them. Where the records go meanwhile is the caller's business
+(`kalab.spool` writes them to disk).
 It knows nothing of sockets, capture, pcap files, namespaces or Docker; the
 pcap reader and the observer decode frames into segments and feed them here.
 
