@@ -485,6 +485,7 @@ def _analyze(args: argparse.Namespace, keys: RunKeys | None) -> int:
         capture.problems += evidence.tls_problems(analysis.connections, analysis.requests,
                                                    keys)
     capture.snaplen, capture.truncated_frames = analysis.snaplen, analysis.truncated
+    capture.close_linger, capture.idle_bound = analysis.close_linger, analysis.idle_bound
     verdict = evidence.verdict_of([], capture.problems)
     run = report_mod.EngineRun(
         engine="capture", kind="unknown", description=f"{args.pcap.name}, server port(s) "

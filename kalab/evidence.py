@@ -58,6 +58,8 @@ class WireAnalysis:
     truncated: int = 0  # records cut at the snap length
     headers_cut: int = 0  # of those, TCP frames cut inside their TCP header
     problems: list[str] = field(default_factory=list)  # what kept it from reading all
+    close_linger: float | None = None  # the Analyzer's bounds (`Capture.close_linger`)
+    idle_bound: float | None = None
 
     def cut_short(self) -> str | None:
         """The capture problem a file that could not be read to its end makes, if any."""
@@ -107,7 +109,8 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
             gc.enable()
     return WireAnalysis(connections, requests, set(ports or analyzer.server_ports()), error,
                         reader.records, reader.skipped, reader.snaplen, reader.truncated,
-                        reader.headers_cut)
+                        reader.headers_cut, close_linger=analyzer.close_linger,
+                        idle_bound=analyzer.idle_bound)
 
 
 def capture_problems(analysis: WireAnalysis) -> list[str]:
@@ -451,7 +454,8 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
                       packets=stats["packets"], duplicates_dropped=stats["duplicates_dropped"],
                       kernel_drops=stats["kernel_drops"], problems=problems,
                       impairments=impairments, complete=stats.get("complete", True),
-                      snaplen=analysis.snaplen, truncated_frames=analysis.truncated)
+                      snaplen=analysis.snaplen, truncated_frames=analysis.truncated,
+                      close_linger=analysis.close_linger, idle_bound=analysis.idle_bound)
     first_request = min((r["sent_at"] for r in client.get("requests", [])), default=None)
     if first_request is not None and capture.started_at > first_request:
         problems.append("the capture started after the first request was sent")

@@ -421,6 +421,16 @@ class Capture:
                          "and its last packets had passed (a run cut short by a signal or a "
                          "failing role): the engine's expectations are then not checked.",
                          True)
+    close_linger: float | None = doc(
+        "Seconds of capture time a connection that is over (a RST, or both FINs with every "
+        "byte in) waits for late segments before its record is final and written "
+        "(`kalab.analyzer.CLOSE_LINGER`, Zeek's `tcp_close_delay`); null in a report made "
+        "before records were written as connections ended.", None)
+    idle_bound: float | None = doc(
+        "Seconds of capture time without a segment after which a connection's record is "
+        "final though it is not over; a later segment on its four-tuple starts a new "
+        "connection, its SYN not seen (`kalab.analyzer.IDLE_BOUND`); null as for "
+        "`close_linger`.", None)
     impairments: list[str] = doc(
         "Link impairments in force for this engine (`kalab/impairment.py`), one line per "
         "direction and mechanism, e.g. `server_to_client: delay 100ms by the user-space "
