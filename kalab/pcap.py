@@ -20,8 +20,17 @@ moves forward (sequence numbers compared as TCP does, modulo 2^32), so a
 retransmission never brings it back to where a probe would sit. The first
 segment of a four-tuple is always handed on, even a pure ACK: for a capture
 that started late it may be the only sign that the connection existed.
-Memory is the block buffer plus one entry per direction of a four-tuple; it
-does not grow with the packet count.
+
+Memory is the block buffer plus one entry per direction of a four-tuple
+followed, at most `TUPLES_FOLLOWED` directions: when the table is full it is
+emptied, and the four-tuples seen after that are followed afresh, cautiously.
+A direction first seen after the table was emptied may have sent anything
+before (the analyzer may know where it has reached, the reader no longer
+does), so every pure ACK it sends is handed on until it sends a SYN, which
+starts a sequence space the reader knows. Leaving out fewer pure ACKs changes
+no record (the analyzer reads them all without ``skip_acks``), so forgetting
+is always safe; a capture with fewer four-tuples than the bound is read as if
+there were none.
 
 `SegmentReader` is the reference: every format, a frame at a time, each
 step said once. The analysis reads with `kalab.pcap_fast.FastSegmentReader`,
@@ -198,11 +207,17 @@ def _address(raw: int | bytes) -> str:
 
 class _Names(dict):
     """Addresses as the analyzer names them, each formatted the first time it is seen: a
-    capture has few hosts and many packets, and a subscript is cheaper than a call."""
+    capture has few hosts and many packets, and a subscript is cheaper than a call. At
+    most `NAMES_KEPT` (then emptied): a capture may also have millions of hosts."""
 
     def __missing__(self, raw: int | bytes) -> str:
+        if len(self) >= NAMES_KEPT:
+            self.clear()
         name = self[raw] = _address(raw)
         return name
+
+
+NAMES_KEPT = 1 << 16
 
 
 def decode_ip(ts: float, packet: bytes, offset: int = 0) -> Segment | None:
@@ -398,15 +413,26 @@ def read_frames(path: str | Path) -> Iterator[tuple[int, float, bytes]]:
         yield linktype, ts, buf[start:end]
 
 
+# Directions of four-tuples the pure-ACK filter follows at most (about 200 bytes each):
+# past it, its table is emptied (see the module's docstring).
+TUPLES_FOLLOWED = 1 << 16
+# Where a direction has reached when it was first seen after the table was emptied: not
+# known until its SYN, and meanwhile every pure ACK of it is handed on.
+UNKNOWN = -1
+
+
 class _PureAcks:
     """Which pure ACKs change no record (see the module's docstring), from what each
     direction of each four-tuple handed on has sent so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         # Per direction: where its sequence numbers have reached (None while it has sent
-        # nothing but pure ACKs), and whether it has handed on a pure ACK since its SYN.
+        # nothing but pure ACKs, UNKNOWN when that cannot be said), and whether it has
+        # handed on a pure ACK since its SYN.
         self.reached: dict[tuple, int | None] = {}
         self.acked: dict[tuple, bool] = {}
+        self.limit = limit
+        self.emptied = False  # the table was full once: new four-tuples are followed afresh
 
     def changes_nothing(self, src: int | bytes, sport: int, dst: int | bytes, dport: int,
                         flags: int, seq: int, length: int) -> bool:
@@ -416,10 +442,19 @@ class _PureAcks:
         moves = bool(length or flags & (_SYN | _FIN | _RST))  # not a pure ACK
         reach = seq + length + (1 if flags & (_SYN | _FIN) else 0)  # a SYN or FIN takes one
         if direction not in self.reached:  # its first segment: handed on, whatever it is
-            self.reached[direction], self.acked[direction] = reach, not moves
-            self.reached[other], self.acked[other] = None, False
+            if len(self.reached) >= self.limit:
+                self.reached, self.acked, self.emptied = {}, {}, True
+            if self.emptied:  # it may have sent anything before: known from its SYN on
+                self.reached[direction] = reach if flags & _SYN else UNKNOWN
+                self.reached[other] = UNKNOWN
+            else:
+                self.reached[direction], self.reached[other] = reach, None
+            self.acked[direction], self.acked[other] = not moves, False
             return False
         reached = self.reached[direction]
+        if reached == UNKNOWN and not flags & _SYN:
+            self.acked[direction] = True
+            return False  # handed on, whatever it is
         if moves:
             # Moved only forward (modulo 2^32), or anywhere by a SYN: a new sequence space.
             if reached is None or reached == seq or flags & _SYN or _after(reach, reached):
@@ -455,6 +490,8 @@ class SegmentReader:
     ends the iteration at the first unreadable byte (its ``offset``);
     everything before it has been handed on.
     """
+
+    tuples_followed = TUPLES_FOLLOWED  # directions the pure-ACK filter follows at most
 
     def __init__(self, path: str | Path, ports: Iterable[int] | None = None,
                  skip_acks: bool = False) -> None:
@@ -499,7 +536,7 @@ class SegmentReader:
             yield batch
 
     def _segments(self) -> Iterator[Segment]:
-        pure_acks = _PureAcks() if self.skip_acks else None
+        pure_acks = _PureAcks(self.tuples_followed) if self.skip_acks else None
         names = _Names()
         for linktype, ts, buf, start, end, wirelen in _records(self.path, self.snaplens):
             self.records += 1

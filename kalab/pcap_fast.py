@@ -35,6 +35,7 @@ from kalab.pcap import (
     _SNAPLEN,
     _SUPPORTED,
     LINKTYPE_ETHERNET,
+    UNKNOWN,
     PcapError,
     SegmentReader,
     _Blocks,
@@ -191,6 +192,7 @@ class FastSegmentReader(SegmentReader):
         # reached, whether it has handed on a pure ACK since its SYN], as in `_PureAcks`.
         known: dict[tuple, list] = {}
         reached_at = known.get
+        followed, emptied = self.tuples_followed, False  # at most; emptied once full
         names = _Names()
         records = segments = skipped = truncated = headers_cut = cut_at = 0
         batch: list[Segment] = []
@@ -267,9 +269,19 @@ class FastSegmentReader(SegmentReader):
                     reach = seq + data_end - data + cut if data < data_end else seq + cut
                     if flags & 0x03:
                         reach += 1
-                    known[(src, sport, dst, dport)] = [reach, not (data < data_end or cut
-                                                                   or flags & 0x07)]
-                    known[(dst, dport, src, sport)] = [None, False]
+                    if len(known) >= followed:
+                        known.clear()
+                        emptied = True
+                    acked = not (data < data_end or cut or flags & 0x07)
+                    if emptied:
+                        known[(src, sport, dst, dport)] = [reach if flags & 0x02 else UNKNOWN,
+                                                           acked]
+                        known[(dst, dport, src, sport)] = [UNKNOWN, False]
+                    else:
+                        known[(src, sport, dst, dport)] = [reach, acked]
+                        known[(dst, dport, src, sport)] = [None, False]
+                elif cell[0] == UNKNOWN and not flags & 0x02:
+                    cell[1] = True  # followed afresh: handed on until its SYN
                 elif data < data_end or cut or flags & 0x07:
                     reach = seq + data_end - data + cut if data < data_end else seq + cut
                     if flags & 0x03:
