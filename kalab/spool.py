@@ -37,8 +37,9 @@ _RUN = 1 << 16  # requests sorted at once; the sorted runs are then merged
 class Spool:
     """Write `Finished` records as they come (`add`); `records` gives them back numbered.
 
-    Per connection it keeps 23 bytes (where its record lies, its place by provisional
-    number, whether its SYN was seen, its server port, where its requests start) and
+    Per connection it keeps 27 bytes (where its record lies and its size, its place by
+    provisional number, whether its SYN was seen, its server port, where its requests
+    start) and
     per request 8 (its time sent), and numbering adds 12 and 8: 2 million connections
     and 4 million requests take about 120 MB.
     """
@@ -46,6 +47,7 @@ class Spool:
     def __init__(self) -> None:
         self._file: BinaryIO = tempfile.TemporaryFile(prefix="kalab-records-")
         self._at = array("q")  # per connection as added: its offset in the file
+        self._record_size = array("I")  # its record's bytes there; its requests follow
         self._where = array("i")  # provisional number - 1 -> its place added
         self._syn = array("b")  # per connection as added: its SYN was seen
         self._port = array("H")  # its server port
@@ -59,9 +61,11 @@ class Spool:
             self.add(done)
 
     def add(self, done: Finished) -> None:
-        """One final record, and its requests, to the file."""
-        blob = pickle.dumps((_CONNECTION(done.connection),
-                             [_REQUEST(r) for r in done.requests]), pickle.HIGHEST_PROTOCOL)
+        """One final record to the file, then its requests: each read alone."""
+        blob = pickle.dumps(_CONNECTION(done.connection), pickle.HIGHEST_PROTOCOL)
+        self._record_size.append(len(blob))
+        if done.requests:
+            blob += pickle.dumps([_REQUEST(r) for r in done.requests], pickle.HIGHEST_PROTOCOL)
         self._file.write(blob)
         number = done.connection.id
         if number > len(self._where):
@@ -102,34 +106,44 @@ class Spool:
         rank = array("i", bytes(4 * len(sent)))  # request added -> its number
         for number, request in enumerate(by_time, 1):
             rank[request] = number
-        reader = _Reader(self._file, self._at, first, final, rank)
+        reader = _Reader(self._file, self._at, self._record_size, first, final, rank)
         return (Records(len(order), lambda: map(reader.connection, order)),
                 Records(len(by_time), lambda: reader.requests(by_time)))
 
 
 class _Reader:
-    """Records back from the spool file, their numbers set."""
+    """Records back from the spool file, their numbers set. A connection's record is read
+    without its requests, a connection's requests without its record."""
 
-    def __init__(self, file: BinaryIO, at: array, first: array, final: array,
-                 rank: array) -> None:
-        self.file, self.at, self.first, self.final, self.rank = file, at, first, final, rank
+    def __init__(self, file: BinaryIO, at: array, record_size: array, first: array,
+                 final: array, rank: array) -> None:
+        self.file, self.at, self.record_size = file, at, record_size
+        self.first, self.final, self.rank = first, final, rank
+        self._pos = -1  # where the file is: no seek for records read in the order written
 
-    def _load(self, place: int) -> tuple[Connection, list[HttpRequest]]:
-        self.file.seek(self.at[place])
-        values, requests = pickle.load(self.file)
-        number = self.final[place]
-        first = self.first[place]
-        made = [HttpRequest(*r) for r in requests]
-        for depth, request in enumerate(made):
-            request.connection = number
-            request.id = f"w{self.rank[first + depth]}"
-        connection = Connection(*values)
-        connection.id = number
-        connection.requests = [r.id for r in made]
-        return connection, made
+    def _load(self, offset: int) -> object:
+        if offset != self._pos:
+            self.file.seek(offset)
+        value = pickle.load(self.file)
+        self._pos = self.file.tell()
+        return value
 
     def connection(self, place: int) -> Connection:
-        return self._load(place)[0]
+        connection = Connection(*self._load(self.at[place]))
+        connection.id = self.final[place]
+        rank = self.rank
+        connection.requests = [f"w{rank[r]}" for r in range(self.first[place],
+                                                             self.first[place + 1])]
+        return connection
+
+    def _requests(self, place: int) -> list[HttpRequest]:
+        """Its requests, which follow its record in the file."""
+        made = [HttpRequest(*r) for r in self._load(self.at[place] + self.record_size[place])]
+        number, first, rank = self.final[place], self.first[place], self.rank
+        for depth, request in enumerate(made):
+            request.connection = number
+            request.id = f"w{rank[first + depth]}"
+        return made
 
     def requests(self, by_time: array) -> Iterator[HttpRequest]:
         recent: dict[int, list[HttpRequest]] = {}
@@ -139,5 +153,5 @@ class _Reader:
             if place not in recent:
                 if len(recent) >= _RECENT:
                     del recent[next(iter(recent))]
-                recent[place] = self._load(place)[1]
+                recent[place] = self._requests(place)
             yield recent[place][request - first[place]]
