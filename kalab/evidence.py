@@ -35,7 +35,10 @@ from kalab.report import (
 from kalab.spool import Spool
 from kalab.tls import KeyLog
 
-if TYPE_CHECKING:  # `kalab analyze` needs no scenario: it loads without yaml and the lab
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    # `kalab analyze` needs no scenario: it loads without yaml and the lab
     from kalab.scenario import Engine, Expectation, Scenario
 
 # A request's first byte reaches the wire after the client read its clock before
@@ -217,13 +220,17 @@ def tls_problems(connections: list[Connection], requests: list[HttpRequest],
     return problems
 
 
-def wire_problems(connections: list[Connection]) -> list[str]:
+def wire_problems(connections: Iterable[Connection]) -> list[str]:
     problems = []
-    late = [c.id for c in connections if c.syn_at is None]
+    late, holes = [], []
+    for c in connections:  # once: a spooled capture's records are read from disk each walk
+        if c.syn_at is None:
+            late.append(c.id)
+        if c.gaps:
+            holes.append(c.id)
     if late:
         problems.append(f"no SYN seen for connection(s) {_ids(late)}: the capture started late "
                         "or lost packets")
-    holes = [c.id for c in connections if c.gaps]
     if holes:
         problems.append(f"bytes missing from connection(s) {_ids(holes)}: the capture lost "
                         "packets")
