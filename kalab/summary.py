@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from itertools import islice
 
 from rich.console import Console
 from rich.markup import escape
@@ -140,9 +141,19 @@ def _countdown(conn: Connection, requests: list[HttpRequest]) -> str:
     return f"; Keep-Alive max={counted or '...'} {held}"
 
 
-def requests_by_id(run: EngineRun) -> dict[str, HttpRequest]:
-    """The run's requests by id, for `connection_story`."""
-    return {r.id: r for r in run.requests}
+def requests_by_id(run: EngineRun, connections: Iterable[Connection] | None = None
+                   ) -> dict[str, HttpRequest]:
+    """The run's requests by id, for `connection_story`: only those of ``connections``
+    when given (a big capture's requests are read from disk, not held)."""
+    if connections is None:
+        return {r.id: r for r in run.requests}
+    wanted = {c.id for c in connections}
+    return {r.id: r for r in run.requests if r.connection in wanted}
+
+
+# Rows of each table, and connection stories, the terminal shows of one engine run; the
+# rest are counted (`kalab analyze --json` and report.json have them all).
+ROWS_SHOWN = 200
 
 
 def truncation(capture: Capture, connections: list[Connection]) -> str | None:
@@ -203,13 +214,14 @@ def probe_story(report: Report) -> list[str]:
     return lines
 
 
-def requests_table(run: EngineRun, zero: float) -> Table:
-    """The requests table: also the one report.html and report.md show."""
+def requests_table(run: EngineRun, zero: float, rows: int | None = None) -> Table:
+    """The requests table: also the one report.html and report.md show. ``rows``: at
+    most so many, and a last row counting the others."""
     requests = Table(title="Requests -> connections", title_justify="left")
     for col in ("req", "sent", "request", "conn", "depth", "status",
                 "response Connection", "Keep-Alive", "story", "client saw"):
         requests.add_column(col)
-    for r in run.requests:
+    for r in islice(run.requests, rows):
         client = r.client or {}
         if r.attempt > 1 or r.id.count("~"):
             saw = f"try {r.attempt}"
@@ -226,7 +238,14 @@ def requests_table(run: EngineRun, zero: float) -> Table:
             f"{r.depth}{' (reused)' if r.reused else ''}", str(r.status or "-"),
             _header(r, "response_connection"), _header(r, "response_keep_alive"),
             r.story or "-", saw)))
+    _more(requests, len(run.requests), rows, "requests")
     return requests
+
+
+def _more(table: Table, count: int, rows: int | None, what: str) -> None:
+    if rows is not None and count > rows:
+        table.caption = f"... and {count - rows:,} more {what}: the JSON report has them all"
+        table.caption_justify = "left"
 
 
 def _header(request: HttpRequest, name: str) -> str:
@@ -237,13 +256,14 @@ def _header(request: HttpRequest, name: str) -> str:
     return "?" if name in (request.unknown or ()) else "-"
 
 
-def connections_table(run: EngineRun, zero: float) -> Table:
-    """The connections table: also the one report.html and report.md show."""
+def connections_table(run: EngineRun, zero: float, rows: int | None = None) -> Table:
+    """The connections table: also the one report.html and report.md show. ``rows``: at
+    most so many, and a last row counting the others."""
     conns = Table(title="Connections -> who closed", title_justify="left")
     for col in ("conn", "client", "SYN", "requests", "closed by", "at",
                 "idle before close", "advertised timeout", "Zeek"):
         conns.add_column(col)
-    for c in run.connections:
+    for c in islice(run.connections, rows):
         label = "probe" if c.probe and not c.refused else ", ".join(c.requests) or "-"
         closer = c.closed_by or "open"
         if c.closed_with == Closing.RST:
@@ -254,6 +274,7 @@ def connections_table(run: EngineRun, zero: float) -> Table:
             _t(c.first_fin_at or c.rst_at, zero), _secs(c.idle_before_close),
             "-" if c.advertised_timeout is None else f"{c.advertised_timeout:g} s",
             f"{c.conn_state} {c.history}" if c.conn_state else "-")))
+    _more(conns, len(run.connections), rows, "connections")
     return conns
 
 
@@ -353,12 +374,16 @@ def render(report: Report, console: Console | None = None) -> None:
         console.rule(f"[bold]{esc(run.engine)}[/]: {esc(run.description)}")
         cap = run.capture
         console.print(esc(capture_line(run)), soft_wrap=True)
-        console.print(requests_table(run, zero))
-        console.print(connections_table(run, zero))
-        by_id = requests_by_id(run)
-        for c in run.connections:
+        console.print(requests_table(run, zero, ROWS_SHOWN))
+        console.print(connections_table(run, zero, ROWS_SHOWN))
+        shown = list(islice(run.connections, ROWS_SHOWN))
+        by_id = requests_by_id(run, shown)
+        for c in shown:
             if not c.probe:
                 console.print(f"  {esc(connection_story(c, by_id))}", soft_wrap=True)
+        if len(run.connections) > ROWS_SHOWN:
+            console.print(f"  ... and {len(run.connections) - ROWS_SHOWN:,} more connections: "
+                          "the JSON report has every record", soft_wrap=True)
         for disagreement in run.disagreements:
             console.print(f"  [yellow]belief vs wire:[/] {esc(disagreement)}", soft_wrap=True)
         for impairment in cap.impairments:

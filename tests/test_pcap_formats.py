@@ -683,6 +683,28 @@ def test_kalab_analyze_of_a_big_capture_says_what_the_plain_path_says(tmp_path, 
         assert partial.stderr.read() == b""
 
 
+def test_kalab_analyze_shows_a_big_capture_s_first_rows_and_counts_the_rest(tmp_path,
+                                                                           monkeypatch):
+    # A terminal of 4,000 connections' rows helps nobody, and held them all in memory.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    import synth
+
+    from kalab.summary import ROWS_SHOWN
+
+    path = tmp_path / "big.pcap"
+    synth.write(path, 4000)
+    done = run_kalab("analyze", str(path))
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert f"... and {8000 - ROWS_SHOWN:,} more requests: the JSON report has them all" in text
+    assert f"... and {4000 - ROWS_SHOWN:,} more connections: the JSON report has them all" \
+        in text
+    stories = re.findall(r"^  #(\d+) \(", text, re.M)
+    assert stories == [str(n) for n in range(1, ROWS_SHOWN + 1)]
+    assert f"#{ROWS_SHOWN} " in text and f"#{ROWS_SHOWN + 1} " not in text
+    assert f"w{ROWS_SHOWN} " in text and f"w{ROWS_SHOWN + 1} " not in text
+
+
 # --- frames cut at a snap length: nothing lost, the rest unknown
 
 
