@@ -26,6 +26,8 @@ from typing import Any, BinaryIO
 from kalab import report_fast
 
 SCHEMA = "kalab.report/2"
+# /2 grows only by fields with defaults (e.g. `Capture.close_linger`, `TargetServer.ca`):
+# every /2 report reads, those written before a field came read it as its default.
 # What changed from /1: `Connection.closed_by` is a side (or null) and how it was closed
 # is `closed_with`, no longer `server-reset`, `refused` or `open`; see `from_dict`.
 SCHEMA_1 = "kalab.report/1"
