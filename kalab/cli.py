@@ -215,14 +215,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What `kalab analyze` made, kept to the end of the process: a big capture's records
-# take a twentieth of the run to free one object at a time, and the operating system
-# frees a process's memory at once (see `console`).
-_LEFT_TO_THE_OS: list[object] = []
-
-
 def console() -> None:
-    """The `kalab` command: `main`, then an exit that leaves `_LEFT_TO_THE_OS` unfreed."""
+    """The `kalab` command: `main`, its exit code, and a quiet end for a closed pipe."""
     try:
         code = main()
     except BrokenPipeError:  # the reader left (`kalab analyze x.pcap --json | head`)
@@ -231,13 +225,6 @@ def console() -> None:
     except KeyboardInterrupt:  # outside a run (which says more itself): nothing was left
         print("kalab: interrupted", file=sys.stderr)
         sys.exit(Exit.INTERRUPTED)
-    if _LEFT_TO_THE_OS:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except OSError:  # a closed pipe: let the usual exit say so
-            sys.exit(code)
-        os._exit(code)
     sys.exit(code)
 
 
@@ -499,7 +486,6 @@ def _analyze(args: argparse.Namespace, keys: RunKeys | None) -> int:
         schema=report_mod.SCHEMA, scenario=None, name=args.pcap.stem, runtime="analyze",
         started_at=started, finished_at=time.time(), runs=[run], verdict=verdict,
         exit_code=exit_code)
-    _LEFT_TO_THE_OS.append(report)
     if args.zeek is not None:
         from kalab import zeek
 

@@ -375,7 +375,6 @@ def kalab_here(path: Path, *flags: str) -> Outcome:
     finally:
         stdout.flush()
         stdout.detach()
-        cli._LEFT_TO_THE_OS.clear()  # kept for the process's exit, which this one is not
     return Outcome(code, out.getvalue(), err.getvalue())
 
 
