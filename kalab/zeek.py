@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +147,43 @@ def http_record(request: HttpRequest, conn: Connection) -> dict[str, Any]:
     return line
 
 
+def lines(run: EngineRun) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each log line of an engine run, as (`CONN_LOG` or `HTTP_LOG`, line): conn.log's in
+    the order connections were seen, http.log's in the order requests were sent.
+
+    One walk of each, side by side: a request's connection is seen before it is sent,
+    so the connections are read up to it, and each is let go once its last request is
+    written. Held at a time: the connections whose requests are not all written yet,
+    not the capture's (a big capture's records are read from disk, `kalab.spool`).
+    """
+    connections = iter(run.connections)
+    waiting: dict[int, list] = {}  # by id: [the connection, its requests not written]
+    for request in run.requests:
+        while request.connection not in waiting:
+            conn = next(connections, None)
+            if conn is None:  # no such connection: nothing to name its request after
+                break
+            yield CONN_LOG, conn_record(conn)
+            if conn.requests:
+                waiting[conn.id] = [conn, len(conn.requests)]
+        held = waiting.get(request.connection)
+        if held is None:
+            continue
+        if not request.inferred:
+            yield HTTP_LOG, http_record(request, held[0])
+        held[1] -= 1
+        if not held[1]:
+            del waiting[request.connection]
+    for conn in connections:
+        yield CONN_LOG, conn_record(conn)
+
+
 def records(run: EngineRun) -> tuple[list[dict], list[dict]]:
     """(conn.log lines, http.log lines) of an engine run."""
-    by_id = {c.id: c for c in run.connections}
-    return ([conn_record(c) for c in run.connections],
-            [http_record(r, by_id[r.connection]) for r in run.requests
-             if r.connection in by_id and not r.inferred])
+    logs: dict[str, list[dict]] = {CONN_LOG: [], HTTP_LOG: []}
+    for log, line in lines(run):
+        logs[log].append(line)
+    return logs[CONN_LOG], logs[HTTP_LOG]
 
 
 def refuse(folder: Path) -> str | None:
@@ -168,7 +200,9 @@ def refuse(folder: Path) -> str | None:
 def write(folder: Path, run: EngineRun) -> None:
     """conn.log and http.log of ``run`` into ``folder`` (new or empty: see `refuse`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, lines in zip((CONN_LOG, HTTP_LOG), records(run), strict=True):
-        with open(folder / name, "x", encoding="utf-8") as out:  # "x": never over a file
-            for line in lines:
-                out.write(json.dumps(line, separators=(",", ":")) + "\n")
+    # "x": never over a file
+    with open(folder / CONN_LOG, "x", encoding="utf-8") as conn_log, \
+            open(folder / HTTP_LOG, "x", encoding="utf-8") as http_log:
+        out = {CONN_LOG: conn_log, HTTP_LOG: http_log}
+        for log, line in lines(run):
+            out[log].write(json.dumps(line, separators=(",", ":")) + "\n")

@@ -180,3 +180,44 @@ def test_a_connection_quiet_past_the_idle_bound_goes_on_as_a_new_one(tmp_path):
     assert len(connections) > 2
     assert [c.syn_at is not None for c in connections[:2]] == [True, True]
     assert all(c.syn_at is None and not c.complete for c in connections[2:])
+
+
+def test_zeek_logs_walk_the_records_once_and_hold_only_connections_with_requests_to_come(
+        tmp_path):
+    # The logs as written before they streamed: every connection by id, each request
+    # named after its own. A request pipelined, inferred TLS ones, and connections
+    # without requests are among the course captures.
+    from kalab import zeek
+
+    pipelined = tmp_path / "pipelined.pcap"
+    pipelined.write_bytes(hostile.bases()["pipelined"][0])
+    for path in [*COURSE, pipelined]:
+        run = report_of(evidence.analyze_capture(path, spool=True)).runs[0]
+        connections, requests = list(run.connections), list(run.requests)
+        by_id = {c.id: c for c in connections}
+        expected = ([zeek.conn_record(c) for c in connections],
+                    [zeek.http_record(r, by_id[r.connection]) for r in requests
+                     if not r.inferred])
+        assert zeek.records(run) == expected, path
+    # Held: 60 connections one after another, 2 requests each, at most a few at a time.
+    packets = sorted((p for n in range(60) for p in conversation(
+        "10.0.0.1", "10.0.0.2", 40000 + n, 8080, T0 + n, [f"a{n}", f"b{n}"])),
+        key=lambda p: p[0])
+    run = report_of(evidence.analyze_capture(write(tmp_path / "seq.pcap", packets),
+                                             spool=True)).runs[0]
+    walked = {"connections": 0, "requests": 0}
+
+    def counting(records: Records, what: str) -> Records:
+        def walk():
+            for record in records:
+                walked[what] += 1
+                yield record
+        return Records(len(records), walk)
+
+    run.connections = counting(run.connections, "connections")
+    run.requests = counting(run.requests, "requests")
+    most = 0
+    for _ in zeek.lines(run):
+        most = max(most, walked["connections"] - walked["requests"] // 2)
+    assert walked == {"connections": 60, "requests": 120}  # each walked once
+    assert most <= 2
