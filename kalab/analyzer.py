@@ -1488,6 +1488,9 @@ IDLE_BOUND = 3600.0
 # when two looks in a row found it so with no segment of its own between them: one
 # segment with a wild capture time (a corrupt record) makes nothing final.
 SWEEP_EVERY = 1024
+# Four-tuples of connections the idle bound made final, kept to tell a later segment there
+# from a capture that started late (a few MB at most).
+IDLE_ENDED_KEPT = 1 << 16
 
 
 class Finished(NamedTuple):
@@ -1551,6 +1554,12 @@ class Analyzer:
         self._finished: list[Finished] = []  # final, not handed out yet
         self._servers: set[int] = set()  # ports that have answered a SYN so far
         self._answered: set[int] = set()  # of final connections, server ports that answered
+        # Four-tuples whose connection the idle bound made final, the latest `IDLE_ENDED_KEPT`
+        # (client, server): a later segment without SYN there goes on a conversation.
+        self._idle_ended: dict[tuple, None] = {}
+        # Connections whose SYN was not seen, opened on such a four-tuple: each is the rest
+        # of a connection the idle bound cut (said among the capture's problems).
+        self.continued_after_idle = 0
 
     def feed(self, seg: Segment | tuple) -> None:
         """One segment: a `Segment`, or a plain tuple of its fields in its order."""
@@ -1610,6 +1619,8 @@ class Analyzer:
                 continue
             if idle is not None and now - conn.last_seen_at > idle:
                 self._look(conn)
+                if conn.final:
+                    self._note_idle_end(conn)
             if not conn.final:
                 going[conn.number] = conn
         self._going = going
@@ -1620,6 +1631,12 @@ class Analyzer:
                 self._look(conn)
         while over and over[0].final:
             over.popleft()
+
+    def _note_idle_end(self, conn: _Conn) -> None:
+        ended = self._idle_ended
+        if len(ended) >= IDLE_ENDED_KEPT:
+            del ended[next(iter(ended))]  # the oldest
+        ended[(*conn.client, *conn.server)] = None
 
     def _look(self, conn: _Conn) -> None:
         """It is quiet past its bound: final if the last look found it so too, with no
@@ -1660,6 +1677,12 @@ class Analyzer:
             entry = self._live.get(key)
             if entry is not None:
                 self._final(entry[0])  # its four-tuple taken: nothing can reach it now
+        if syn_seq is None and self._idle_ended:
+            for key in ((*client, *server), (*server, *client)):
+                if key in self._idle_ended:
+                    del self._idle_ended[key]
+                    self.continued_after_idle += 1
+                    break
         self._opened += 1
         conn = _Conn(self._opened, client, server, ts, syn_seq, self.keylog)
         self._live[(*client, *server)] = (conn, Side.CLIENT)

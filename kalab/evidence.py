@@ -63,6 +63,7 @@ class WireAnalysis:
     problems: list[str] = field(default_factory=list)  # what kept it from reading all
     close_linger: float | None = None  # the Analyzer's bounds (`Capture.close_linger`)
     idle_bound: float | None = None
+    continued_after_idle: int = 0  # `Analyzer.continued_after_idle`
 
     def cut_short(self) -> str | None:
         """The capture problem a file that could not be read to its end makes, if any."""
@@ -113,7 +114,8 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
     return WireAnalysis(connections, requests, set(ports or analyzer.server_ports()), error,
                         reader.records, reader.skipped, reader.snaplen, reader.truncated,
                         reader.headers_cut, close_linger=analyzer.close_linger,
-                        idle_bound=analyzer.idle_bound)
+                        idle_bound=analyzer.idle_bound,
+                        continued_after_idle=analyzer.continued_after_idle)
 
 
 def capture_problems(analysis: WireAnalysis) -> list[str]:
@@ -125,6 +127,11 @@ def capture_problems(analysis: WireAnalysis) -> list[str]:
     if analysis.headers_cut:
         problems.append(f"{analysis.headers_cut} frame(s) were cut inside their TCP header "
                         f"(snap length {analysis.snaplen}): their segments could not be read")
+    if analysis.continued_after_idle:
+        problems.append(f"{analysis.continued_after_idle} connection(s) whose SYN was not seen "
+                        f"go on a conversation that was quiet longer than the analysis' idle "
+                        f"bound ({analysis.idle_bound:g} s) and was ended there: each is "
+                        "reported as two connections")
     return problems
 
 

@@ -11,6 +11,7 @@ records.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 from pathlib import Path
@@ -20,7 +21,7 @@ import test_hostile_pcaps as hostile
 from scapy.layers.inet import IP, TCP
 from test_pcap_formats import T0, conversation, write
 
-from kalab import evidence, report, spool
+from kalab import evidence, pcap_fast, report, spool
 from kalab.analyzer import Analyzer, Segment, assemble
 from kalab.pcap import PcapError
 from kalab.pcap_fast import FastSegmentReader
@@ -180,6 +181,30 @@ def test_a_connection_quiet_past_the_idle_bound_goes_on_as_a_new_one(tmp_path):
     assert len(connections) > 2
     assert [c.syn_at is not None for c in connections[:2]] == [True, True]
     assert all(c.syn_at is None and not c.complete for c in connections[2:])
+
+
+def test_a_conversation_cut_by_the_idle_bound_is_said_to_be_one(tmp_path, monkeypatch):
+    # What `kalab analyze` says of it: not only "no SYN seen" (a capture started late),
+    # but that these connections go on conversations the bound cut.
+    packets = sorted(conversation("10.0.0.1", "10.0.0.2", 40000, 8080, T0, ["a", "b"])
+                     + conversation("10.0.0.1", "10.0.0.2", 40001, 8080, T0, ["c"]),
+                     key=lambda p: p[0])
+    path = write(tmp_path / "x.pcap", packets)
+    monkeypatch.setattr(evidence, "Analyzer", functools.partial(
+        Analyzer, idle_bound=0.2, sweep_every=1))
+    monkeypatch.setattr(pcap_fast, "_BATCH", 1)  # a look after every segment
+    analysis = evidence.analyze_capture(path, spool=True)
+    connections = list(analysis.connections)
+    cut = [c for c in connections if c.syn_at is None]
+    assert cut and analysis.continued_after_idle == len(cut)
+    problems = evidence.capture_problems(analysis)
+    assert f"{len(cut)} connection(s) whose SYN was not seen go on a conversation that was " \
+        "quiet longer than the analysis' idle bound (0.2 s)" in " ".join(problems)
+    # Without the bound nothing is cut, and nothing is said.
+    monkeypatch.setattr(evidence, "Analyzer", functools.partial(Analyzer, idle_bound=None))
+    whole_file = evidence.analyze_capture(path)
+    assert whole_file.continued_after_idle == 0 and len(whole_file.connections) == 2
+    assert not any("idle bound" in p for p in evidence.capture_problems(whole_file))
 
 
 def test_zeek_logs_walk_the_records_once_and_hold_only_connections_with_requests_to_come(
