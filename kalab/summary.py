@@ -238,13 +238,13 @@ def requests_table(run: EngineRun, zero: float, rows: int | None = None) -> Tabl
             f"{r.depth}{' (reused)' if r.reused else ''}", str(r.status or "-"),
             _header(r, "response_connection"), _header(r, "response_keep_alive"),
             r.story or "-", saw)))
-    _more(requests, len(run.requests), rows, "requests")
+    _more(requests, len(run.requests), rows, "more requests")
     return requests
 
 
 def _more(table: Table, count: int, rows: int | None, what: str) -> None:
     if rows is not None and count > rows:
-        table.caption = f"... and {count - rows:,} more {what}: the JSON report has them all"
+        table.caption = f"... and {count - rows:,} {what}: the JSON report has them all"
         table.caption_justify = "left"
 
 
@@ -274,7 +274,7 @@ def connections_table(run: EngineRun, zero: float, rows: int | None = None) -> T
             _t(c.first_fin_at or c.rst_at, zero), _secs(c.idle_before_close),
             "-" if c.advertised_timeout is None else f"{c.advertised_timeout:g} s",
             f"{c.conn_state} {c.history}" if c.conn_state else "-")))
-    _more(conns, len(run.connections), rows, "connections")
+    _more(conns, len(run.connections), rows, "more connections")
     return conns
 
 
