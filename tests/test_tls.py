@@ -453,7 +453,9 @@ class Fed:
 
 def feed_pcap(pcap: Path, port: int, keylog: KeyLog) -> dict[int, Fed]:
     """Every connection to ``port``, by client port. Both directions of a connection on
-    loopback arrive in order: the minimal feed checks it rather than reassembling."""
+    loopback arrive in order: the minimal feed checks it rather than reassembling, and
+    leaves out bytes sent again (on a loaded machine the kernel retransmits even on
+    loopback: CI saw a 169-byte segment again)."""
     fed: dict[int, Fed] = {}
     next_seq: dict[tuple[int, str], int] = {}
     for seg in SegmentReader(pcap, ports=[port]):
@@ -470,14 +472,22 @@ def feed_pcap(pcap: Path, port: int, keylog: KeyLog) -> dict[int, Fed]:
                                            {"client": [], "server": []},
                                            {"client": {}, "server": {}})
         expected = next_seq.get((client_port, side))
-        assert expected == seg.seq, (f"{client_port} {side}: a segment out of order at "
-                                     f"{seg.ts}; this minimal feed does not reassemble")
-        next_seq[(client_port, side)] = (seg.seq + len(seg.payload)) % (1 << 32)
+        assert expected is not None, f"{client_port} {side}: no SYN"
+        again = (expected - seg.seq) % (1 << 32)  # bytes of it already fed
+        payload = seg.payload
+        if 0 < again < 1 << 31:
+            payload = payload[again:]
+            if not payload:
+                continue
+        else:
+            assert again == 0, (f"{client_port} {side}: a segment out of order at "
+                                f"{seg.ts}; this minimal feed does not reassemble")
+        next_seq[(client_port, side)] = (expected + len(payload)) % (1 << 32)
         if side == "client" and not entry.first_client_bytes:
-            entry.first_client_bytes = seg.payload
-        entry.sent[side][seg.ts] = entry.sent[side].get(seg.ts, 0) + len(seg.payload)
-        assert entry.plain.feed(side, seg.payload, seg.ts) == []
-        entry.chunks[side] += entry.keyed.feed(side, seg.payload, seg.ts)
+            entry.first_client_bytes = payload
+        entry.sent[side][seg.ts] = entry.sent[side].get(seg.ts, 0) + len(payload)
+        assert entry.plain.feed(side, payload, seg.ts) == []
+        entry.chunks[side] += entry.keyed.feed(side, payload, seg.ts)
     return fed
 
 
