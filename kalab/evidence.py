@@ -227,21 +227,43 @@ def tls_problems(connections: list[Connection], requests: list[HttpRequest],
     return problems
 
 
+# Connections a capture problem names at most; the others are counted (a capture that
+# started late may have thousands open, and each problem is one line of the report).
+IDS_NAMED = 20
+
+
 def wire_problems(connections: Iterable[Connection]) -> list[str]:
     problems = []
-    late, holes = [], []
+    late, holes = _Named(), _Named()
     for c in connections:  # once: a spooled capture's records are read from disk each walk
         if c.syn_at is None:
-            late.append(c.id)
+            late.add(c.id)
         if c.gaps:
-            holes.append(c.id)
-    if late:
-        problems.append(f"no SYN seen for connection(s) {_ids(late)}: the capture started late "
+            holes.add(c.id)
+    if late.count:
+        problems.append(f"no SYN seen for connection(s) {late}: the capture started late "
                         "or lost packets")
-    if holes:
-        problems.append(f"bytes missing from connection(s) {_ids(holes)}: the capture lost "
+    if holes.count:
+        problems.append(f"bytes missing from connection(s) {holes}: the capture lost "
                         "packets")
     return problems
+
+
+class _Named:
+    """The first `IDS_NAMED` ids added, and how many were added."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.count = 0
+
+    def add(self, value: int) -> None:
+        self.count += 1
+        if self.count <= IDS_NAMED:
+            self.ids.append(value)
+
+    def __str__(self) -> str:
+        more = self.count - len(self.ids)
+        return _ids(self.ids) + (f" and {more:,} more" if more else "")
 
 
 def _ids(values: list[Any]) -> str:

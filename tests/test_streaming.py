@@ -246,3 +246,22 @@ def test_zeek_logs_walk_the_records_once_and_hold_only_connections_with_requests
         most = max(most, walked["connections"] - walked["requests"] // 2)
     assert walked == {"connections": 60, "requests": 120}  # each walked once
     assert most <= 2
+
+
+def test_a_capture_problem_names_20_connections_and_counts_the_rest():
+    # A capture that started late may have thousands of connections without a SYN: the
+    # problem names the first ones, as before, and counts the others.
+    from types import SimpleNamespace
+
+    def made(late: int, holes: int) -> list[str]:
+        return evidence.wire_problems(
+            SimpleNamespace(id=n, syn_at=None if n <= late else T0, gaps=int(n <= holes))
+            for n in range(1, 2001))
+
+    assert made(2, 0) == ["no SYN seen for connection(s) 1, 2: the capture started late "
+                          "or lost packets"]
+    named = ", ".join(str(n) for n in range(1, evidence.IDS_NAMED + 1))
+    assert made(2000, 21) == [
+        f"no SYN seen for connection(s) {named} and 1,980 more: the capture started late "
+        "or lost packets",
+        f"bytes missing from connection(s) {named} and 1 more: the capture lost packets"]
