@@ -1673,12 +1673,13 @@ class Analyzer:
 
     def _open(self, client: tuple[str, int], server: tuple[str, int], ts: float,
               syn_seq: int | None) -> _Conn:
-        for key in ((*client, *server), (*server, *client)):
+        keys = ((*client, *server), (*server, *client))
+        for key in keys:
             entry = self._live.get(key)
             if entry is not None:
                 self._final(entry[0])  # its four-tuple taken: nothing can reach it now
         if syn_seq is None and self._idle_ended:
-            for key in ((*client, *server), (*server, *client)):
+            for key in keys:
                 if key in self._idle_ended:
                     del self._idle_ended[key]
                     self.continued_after_idle += 1

@@ -111,7 +111,7 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
     finally:
         if collecting:
             gc.enable()
-    return WireAnalysis(connections, requests, set(ports or analyzer.server_ports()), error,
+    return WireAnalysis(connections, requests, set(ports or servers), error,
                         reader.records, reader.skipped, reader.snaplen, reader.truncated,
                         reader.headers_cut, close_linger=analyzer.close_linger,
                         idle_bound=analyzer.idle_bound,

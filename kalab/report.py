@@ -820,30 +820,28 @@ def _record(record: Connection | HttpRequest) -> bytes:
 
 def _record_lines(records: list[Any] | Records, level: int,
                   out: list[bytes | memoryview]) -> None:
-    """A list of connections or requests, one a line, less the closing bracket: a
-    `Records` a chunk at a time."""
+    """A list of connections or requests, one a line, less the closing bracket: `_CHUNK`
+    records at a time (a `Records` is read back from disk as it is walked)."""
     pad = b"\n" + b"  " * (level + 1)
     out.append(b"[" + pad)
-    if isinstance(records, list):
-        _some_lines(records, level, out)
-        return
-    walked, separator = iter(records), b""
+    walked, between = iter(records), b"," + pad
+    first = True
     while chunk := list(islice(walked, _CHUNK)):
-        if separator:
-            out.append(separator)
-        _some_lines(chunk, level, out)
-        separator = b"," + pad
+        if not first:
+            out.append(between)
+        _some_lines(chunk, level, between, out)
+        first = False
 
 
-def _some_lines(records: list[Any], level: int, out: list[bytes | memoryview]) -> None:
-    pad = b"\n" + b"  " * (level + 1)
-    joined = report_fast.record_lines(records, b"," + pad)
+def _some_lines(records: list[Any], level: int, between: bytes,
+                out: list[bytes | memoryview]) -> None:
+    joined = report_fast.record_lines(records, between)
     if joined is not None:
         out.append(joined)
         return
     for number, r in enumerate(records):
         if number:
-            out.append(b"," + pad)
+            out.append(between)
         if isinstance(r, _ONE_LINE):
             out.append(_record(r))
         else:  # a list of records with something else in it

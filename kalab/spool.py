@@ -2,15 +2,16 @@
 
 The `Analyzer` hands out each connection's record as it becomes final
 (`kalab.analyzer.Finished`), numbered provisionally. A `Spool` writes each
-one to a temporary file (a pickle of its fields' values and its requests')
-and keeps only what `kalab.analyzer.assemble` needs to number them, in
-arrays of machine numbers: per connection where it lies, its provisional
-number, whether its SYN was seen and its server port; per request its time
-sent. `Spool.records` numbers them exactly as `assemble` does and returns two
-`Records`: sequences that read the connections (in order seen) and the
-requests (in order sent) back from the file each time they are walked,
-their ids set as `assemble` sets them. The report's writer walks them
-(`kalab.report.write_json`), and memory stays with the connections open.
+one to a temporary file (a pickle of its fields' values, then one of its
+requests', each read without the other) and keeps only what
+`kalab.analyzer.assemble` needs to number them, in arrays of machine
+numbers: per connection where it lies, its provisional number, whether its
+SYN was seen and its server port; per request its time sent. `Spool.records`
+numbers them exactly as `assemble` does and returns two `Records`: sequences
+that read the connections (in order seen) and the requests (in order sent)
+back from the file each time they are walked, their ids set as `assemble`
+sets them. The report's writer walks them (`kalab.report.write_json`), and
+memory stays with the connections open.
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ class Spool:
 
     Per connection it keeps 27 bytes (where its record lies and its size, its place by
     provisional number, whether its SYN was seen, its server port, where its requests
-    start) and
-    per request 8 (its time sent), and numbering adds 12 and 8: 2 million connections
-    and 4 million requests take about 120 MB.
+    start) and per request 8 (its time sent), and numbering adds 12 and 8: 2 million
+    connections and 4 million requests take about 120 MB.
     """
 
     def __init__(self) -> None:

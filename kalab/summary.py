@@ -216,7 +216,7 @@ def probe_story(report: Report) -> list[str]:
 
 def requests_table(run: EngineRun, zero: float, rows: int | None = None) -> Table:
     """The requests table: also the one report.html and report.md show. ``rows``: at
-    most so many, and a last row counting the others."""
+    most so many, and a caption counting the others."""
     requests = Table(title="Requests -> connections", title_justify="left")
     for col in ("req", "sent", "request", "conn", "depth", "status",
                 "response Connection", "Keep-Alive", "story", "client saw"):
@@ -258,7 +258,7 @@ def _header(request: HttpRequest, name: str) -> str:
 
 def connections_table(run: EngineRun, zero: float, rows: int | None = None) -> Table:
     """The connections table: also the one report.html and report.md show. ``rows``: at
-    most so many, and a last row counting the others."""
+    most so many, and a caption counting the others."""
     conns = Table(title="Connections -> who closed", title_justify="left")
     for col in ("conn", "client", "SYN", "requests", "closed by", "at",
                 "idle before close", "advertised timeout", "Zeek"):
