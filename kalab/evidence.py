@@ -232,14 +232,19 @@ def tls_problems(connections: list[Connection], requests: list[HttpRequest],
 IDS_NAMED = 20
 
 
-def wire_problems(connections: Iterable[Connection]) -> list[str]:
+def wire_problems(connections: Iterable[Connection] | Records) -> list[str]:
+    """What the connections themselves say against the capture: SYNs or bytes it lacks."""
     problems = []
     late, holes = _Named(), _Named()
-    for c in connections:  # once: a spooled capture's records are read from disk each walk
-        if c.syn_at is None:
-            late.add(c.id)
-        if c.gaps:
-            holes.add(c.id)
+    # Once: a spooled capture's records are read from disk each walk, and its spool knows
+    # what is looked at here without reading them (`Records.seen`).
+    seen = connections.seen if isinstance(connections, Records) else None
+    for number, syn_seen, gaps in ((c.id, c.syn_at is not None, c.gaps) for c in connections) \
+            if seen is None else seen():
+        if not syn_seen:
+            late.add(number)
+        if gaps:
+            holes.add(number)
     if late.count:
         problems.append(f"no SYN seen for connection(s) {late}: the capture started late "
                         "or lost packets")

@@ -720,10 +720,16 @@ def _pieces(report: Report) -> list[bytes | memoryview]:
 class Records(Sequence):
     """Connections or requests read back each time they are walked (`kalab.spool`):
     what the writer and the views walk as they walk a list of records, in the order
-    ``walk`` gives them."""
+    ``walk`` gives them. Walks that need less than whole records, where given:
+    ``lines``, the lines the report writes for them (`record_line`'s bytes), which the
+    writer takes as they are; ``seen``, for connections, each one's ``id``, whether its
+    SYN was seen and whether it has ``gaps``, which `kalab.evidence.wire_problems`
+    looks at."""
 
-    def __init__(self, length: int, walk: Callable[[], Iterable[Any]]) -> None:
-        self._length, self._walk = length, walk
+    def __init__(self, length: int, walk: Callable[[], Iterable[Any]],
+                 lines: Callable[[], Iterable[bytes]] | None = None,
+                 seen: Callable[[], Iterable[tuple[int, bool, bool]]] | None = None) -> None:
+        self._length, self._walk, self.lines, self.seen = length, walk, lines, seen
 
     def __len__(self) -> int:
         return self._length
@@ -808,7 +814,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _record(record: Connection | HttpRequest) -> bytes:
+def record_line(record: Connection | HttpRequest) -> bytes:
     """A connection or request on one line: its fields (only those: not an attribute set
     beside them), in their order."""
     values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
@@ -824,12 +830,16 @@ def _record_lines(records: list[Any] | Records, level: int,
     records at a time (a `Records` is read back from disk as it is walked)."""
     pad = b"\n" + b"  " * (level + 1)
     out.append(b"[" + pad)
-    walked, between = iter(records), b"," + pad
-    first = True
+    between = b"," + pad
+    lines = records.lines if isinstance(records, Records) else None
+    walked, first = iter(records if lines is None else lines()), True
     while chunk := list(islice(walked, _CHUNK)):
         if not first:
             out.append(between)
-        _some_lines(chunk, level, between, out)
+        if lines is None:
+            _some_lines(chunk, level, between, out)
+        else:  # written already, as `record_line` writes them
+            out.append(between.join(chunk))
         first = False
 
 
@@ -843,14 +853,14 @@ def _some_lines(records: list[Any], level: int, between: bytes,
         if number:
             out.append(between)
         if isinstance(r, _ONE_LINE):
-            out.append(_record(r))
+            out.append(record_line(r))
         else:  # a list of records with something else in it
             _dump(_plain(r), level + 1, out)
 
 
 def _dump(value: Any, level: int, out: list[bytes | memoryview]) -> None:
     if isinstance(value, _ONE_LINE):
-        out.append(_record(value))
+        out.append(record_line(value))
         return
     pad = ("\n" + "  " * (level + 1)).encode()
     end = ("\n" + "  " * level).encode()
@@ -911,7 +921,7 @@ def from_dict(data: dict[str, Any]) -> Report:
     for run in data["runs"]:
         run = dict(run)
         run["capture"] = Capture(**run["capture"])
-        run["connections"] = [_connection(connection(c)) for c in run["connections"]]
+        run["connections"] = [connection_from_dict(connection(c)) for c in run["connections"]]
         run["requests"] = [HttpRequest(**r) for r in run["requests"]]
         run["expectations"] = [ExpectationResult(**e) for e in run["expectations"]]
         runs.append(EngineRun(**run))
@@ -927,7 +937,7 @@ def from_dict(data: dict[str, Any]) -> Report:
     return Report(**{**data, "runs": runs, "probe": probe, "target": target, "sweep": sweep})
 
 
-def _connection(record: dict[str, Any]) -> Connection:
+def connection_from_dict(record: dict[str, Any]) -> Connection:
     """A connection from its JSON form; its ``tls`` (absent before it was recorded) too."""
     tls = record.get("tls")
     if tls is not None:

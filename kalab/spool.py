@@ -2,54 +2,90 @@
 
 The `Analyzer` hands out each connection's record as it becomes final
 (`kalab.analyzer.Finished`), numbered provisionally. A `Spool` writes each
-one to a temporary file (a pickle of its fields' values, then one of its
-requests', each read without the other) and keeps only what
-`kalab.analyzer.assemble` needs to number them, in arrays of machine
-numbers: per connection where it lies, its provisional number, whether its
-SYN was seen and its server port; per request its time sent. `Spool.records`
-numbers them exactly as `assemble` does and returns two `Records`: sequences
-that read the connections (in order seen) and the requests (in order sent)
-back from the file each time they are walked, their ids set as `assemble`
-sets them. The report's writer walks them (`kalab.report.write_json`), and
-memory stays with the connections open.
+one to a temporary file as the report will have it, a line of compact JSON
+(`kalab.report_fast.record_line`), then its requests' lines, each read
+without the other. Only the numbers are left out: a connection's line is
+written with ``"id":0`` and ``"requests":[]``, a request's with ``"id":"w0"``
+and ``"connection":0``, and the spool keeps where they are. Besides, it keeps
+only what `kalab.analyzer.assemble` needs to number them, in arrays of
+machine numbers: per connection where it lies, its provisional number,
+whether its SYN was seen and its server port; per request its time sent.
+
+`Spool.records` numbers them exactly as `assemble` does and returns two
+`Records`: sequences that read the connections (in order seen) and the
+requests (in order sent) back from the file each time they are walked. The
+report's writer takes their lines as they are, the numbers put in
+(`Records.lines`: no record is made again); every other walk gets records,
+the lines read as `kalab.report.from_dict` reads a report. Memory stays with
+the connections open.
 """
 
 from __future__ import annotations
 
 import heapq
-import pickle
+import json
 import tempfile
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
-from operator import attrgetter
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from kalab import report_fast
 from kalab.analyzer import Finished
-from kalab.report import Connection, HttpRequest, Records
+from kalab.report import (
+    Connection,
+    HttpRequest,
+    Records,
+    Tls,
+    connection_from_dict,
+    record_line,
+)
 
-_CONNECTION = attrgetter(*(f.name for f in fields(Connection)))
-_REQUEST = attrgetter(*(f.name for f in fields(HttpRequest)))
 _RECENT = 512  # connections whose requests are kept at hand while requests are read
 _RUN = 1 << 16  # requests sorted at once; the sorted runs are then merged
+
+# The numbers a line is written with, and where they are put back. Each record's first
+# fields are its numbers (a connection's id; a request's id, then its connection's), so a
+# line starts with one of these heads. A connection's ``requests`` is found by its key:
+# in compact JSON a quote inside a string is escaped, so `,"requests":[` is a key, and no
+# object nested in a connection has that key.
+_CONNECTION_HEAD = b'{"id":0'
+_REQUEST_HEAD = b'{"id":"w0","connection":0'
+_REQUESTS_KEY = b',"requests":['
+assert [f.name for f in fields(Connection)][0] == "id"
+assert [f.name for f in fields(HttpRequest)][:2] == ["id", "connection"]
+assert "requests" not in {f.name for f in fields(Tls)}
+
+# Per connection, bits of what it is: its line written by json, to be read by json (orjson
+# would make an integer past 64 bits a float); bytes missing from it (`Connection.gaps`).
+_BY_JSON, _GAPS = 1, 2
+
+
+def _loads(line: bytes, how: int) -> Any:
+    if how & _BY_JSON or report_fast.orjson is None:
+        return json.loads(line)
+    return report_fast.orjson.loads(line)
 
 
 class Spool:
     """Write `Finished` records as they come (`add`); `records` gives them back numbered.
 
-    Per connection it keeps 27 bytes (where its record lies and its size, its place by
-    provisional number, whether its SYN was seen, its server port, where its requests
-    start) and per request 8 (its time sent), and numbering adds 12 and 8: 2 million
-    connections and 4 million requests take about 120 MB.
+    Per connection it keeps 28 bytes (where its record lies, its line's size and where
+    its requests go in it, its place by provisional number, whether its SYN was seen,
+    how to read it, its server port, where its requests start) and per request 8 (its
+    time sent), and numbering adds 12 and 8: 2 million connections and 4 million
+    requests take about 120 MB.
     """
 
     def __init__(self) -> None:
         self._file: BinaryIO = tempfile.TemporaryFile(prefix="kalab-records-")
         self._at = array("q")  # per connection as added: its offset in the file
-        self._record_size = array("I")  # its record's bytes there; its requests follow
+        self._line_size = array("I")  # its line's bytes there; its requests' lines follow
+        self._slot = array("I")  # where in its line its requests' ids go
         self._where = array("i")  # provisional number - 1 -> its place added
         self._syn = array("b")  # per connection as added: its SYN was seen
+        self._how = array("b")  # what it is: `_BY_JSON`, `_GAPS`
         self._port = array("H")  # its server port
         self._first = array("i")  # its first request's place among the requests added
         self._sent = array("d")  # per request as added: `HttpRequest.sent_at`
@@ -61,22 +97,37 @@ class Spool:
             self.add(done)
 
     def add(self, done: Finished) -> None:
-        """One final record to the file, then its requests: each read alone."""
-        blob = pickle.dumps(_CONNECTION(done.connection), pickle.HIGHEST_PROTOCOL)
-        self._record_size.append(len(blob))
-        if done.requests:
-            blob += pickle.dumps([_REQUEST(r) for r in done.requests], pickle.HIGHEST_PROTOCOL)
+        """One final record to the file, then its requests' lines: each read alone."""
+        connection, requests = done.connection, done.requests
+        number = connection.id
+        self._sent.extend(r.sent_at for r in requests)
+        # Its own record, about to be dropped: its numbers are put in when read back.
+        connection.id, connection.requests = 0, []
+        how = _GAPS if connection.gaps else 0
+        line = report_fast.record_line(connection)
+        if line is None:
+            line, how = record_line(connection), how | _BY_JSON
+        slot = line.index(_REQUESTS_KEY) + len(_REQUESTS_KEY)
+        lines = [line]
+        for r in requests:
+            r.id, r.connection = "w0", 0
+            fast = report_fast.record_line(r)
+            if fast is None:
+                fast, how = record_line(r), how | _BY_JSON
+            lines.append(fast[len(_REQUEST_HEAD):])
+        blob = b"\n".join(lines)
         self._file.write(blob)
-        number = done.connection.id
         if number > len(self._where):
             self._where.frombytes(bytes(4 * (number - len(self._where))))
         self._where[number - 1] = len(self._at)
         self._at.append(self._size)
+        self._line_size.append(len(line))
+        self._slot.append(slot)
         self._size += len(blob)
         self._syn.append(done.syn_seen)
+        self._how.append(how)
         self._port.append(done.server_port)
-        self._first.append(len(self._sent))
-        self._sent.extend(r.sent_at for r in done.requests)
+        self._first.append(len(self._sent) - len(requests))
 
     def records(self, ports: set[int] | frozenset[int], servers: set[int]
                 ) -> tuple[Records, Records]:
@@ -85,10 +136,11 @@ class Spool:
         ``servers``: its `server_ports`. Called once."""
         self._file.flush()
         self._first.append(len(self._sent))  # where the last one's requests end
+        self._at.append(self._size)  # where the last one's lines end
         first, sent = self._first, self._sent
         keep_all = bool(ports) or not servers
         order = array("i")  # places added, in the order kept connections are numbered
-        final = array("i", bytes(4 * len(self._at)))  # place added -> its number; 0: out
+        final = array("i", bytes(4 * len(self._line_size)))  # place added -> its number; 0: out
         gathered = array("i")  # their requests: by connection, then depth
         for place in self._where:
             if keep_all or not self._syn[place] or self._port[place] in servers:
@@ -106,52 +158,64 @@ class Spool:
         rank = array("i", bytes(4 * len(sent)))  # request added -> its number
         for number, request in enumerate(by_time, 1):
             rank[request] = number
-        reader = _Reader(self._file, self._at, self._record_size, first, final, rank)
-        return (Records(len(order), lambda: map(reader.connection, order)),
-                Records(len(by_time), lambda: reader.requests(by_time)))
+        reader = _Reader(self, final, rank)
+        syn, how = self._syn, self._how
+        return (Records(len(order), lambda: map(reader.connection, order),
+                        lambda: map(reader.connection_line, order),
+                        lambda: ((final[p], bool(syn[p]), bool(how[p] & _GAPS)) for p in order)),
+                Records(len(by_time), lambda: reader.requests(by_time, reader.request_records),
+                        lambda: reader.requests(by_time, reader.request_lines)))
 
 
 class _Reader:
-    """Records back from the spool file, their numbers set. A connection's record is read
-    without its requests, a connection's requests without its record."""
+    """Lines back from the spool file, their numbers put in; records made of them. A
+    connection's line is read without its requests', its requests' without its own."""
 
-    def __init__(self, file: BinaryIO, at: array, record_size: array, first: array,
-                 final: array, rank: array) -> None:
-        self.file, self.at, self.record_size = file, at, record_size
-        self.first, self.final, self.rank = first, final, rank
-        self._pos = -1  # where the file is: no seek for records read in the order written
+    def __init__(self, spool: Spool, final: array, rank: array) -> None:
+        self.file, self.at, self.line_size = spool._file, spool._at, spool._line_size
+        self.slot, self.how, self.first = spool._slot, spool._how, spool._first
+        self.final, self.rank = final, rank
+        self._pos = -1  # where the file is: no seek for lines read in the order written
 
-    def _load(self, offset: int) -> object:
+    def _read(self, offset: int, size: int) -> bytes:
         if offset != self._pos:
             self.file.seek(offset)
-        value = pickle.load(self.file)
-        self._pos = self.file.tell()
-        return value
+        self._pos = offset + size
+        return self.file.read(size)
+
+    def connection_line(self, place: int) -> bytes:
+        line = self._read(self.at[place], self.line_size[place])
+        slot, rank = self.slot[place], self.rank
+        ids = ",".join(f'"w{rank[r]}"' for r in range(self.first[place], self.first[place + 1]))
+        return b"".join((b'{"id":%d' % self.final[place], line[len(_CONNECTION_HEAD):slot],
+                         ids.encode(), line[slot:]))
 
     def connection(self, place: int) -> Connection:
-        connection = Connection(*self._load(self.at[place]))
-        connection.id = self.final[place]
-        rank = self.rank
-        connection.requests = [f"w{rank[r]}" for r in range(self.first[place],
-                                                             self.first[place + 1])]
-        return connection
+        return connection_from_dict(_loads(self.connection_line(place), self.how[place]))
 
-    def _requests(self, place: int) -> list[HttpRequest]:
-        """Its requests, which follow its record in the file."""
-        made = [HttpRequest(*r) for r in self._load(self.at[place] + self.record_size[place])]
+    def request_lines(self, place: int) -> list[bytes]:
+        """Its requests' lines, which follow its own in the file."""
+        if self.first[place] == self.first[place + 1]:
+            return []
+        start = self.at[place] + self.line_size[place] + 1  # after its line and a newline
+        rests = self._read(start, self.at[place + 1] - start).split(b"\n")
         number, first, rank = self.final[place], self.first[place], self.rank
-        for depth, request in enumerate(made):
-            request.connection = number
-            request.id = f"w{rank[first + depth]}"
-        return made
+        return [b'{"id":"w%d","connection":%d' % (rank[first + depth], number) + rest
+                for depth, rest in enumerate(rests)]
 
-    def requests(self, by_time: array) -> Iterator[HttpRequest]:
-        recent: dict[int, list[HttpRequest]] = {}
+    def request_records(self, place: int) -> list[HttpRequest]:
+        how = self.how[place]
+        return [HttpRequest(**_loads(line, how)) for line in self.request_lines(place)]
+
+    def requests(self, by_time: array, made: Callable[[int], list[Any]]) -> Iterator[Any]:
+        """Each request in the order numbered, made by ``made`` from its connection's
+        place: its connection's are made at once and kept while the nearby ones come."""
+        recent: dict[int, list[Any]] = {}
         first = self.first
         for request in by_time:
             place = bisect_right(first, request) - 1  # its connection's place added
             if place not in recent:
                 if len(recent) >= _RECENT:
                     del recent[next(iter(recent))]
-                recent[place] = self._requests(place)
+                recent[place] = made(place)
             yield recent[place][request - first[place]]

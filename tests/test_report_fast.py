@@ -33,7 +33,7 @@ def wire(tmp_path_factory) -> tuple[tuple, tuple]:
 
 
 def plain(items: list) -> bytes:
-    return SEPARATOR.join(report._record(r) for r in items)
+    return SEPARATOR.join(report.record_line(r) for r in items)
 
 
 def test_the_fast_path_writes_ordinary_records_as_the_plain_writer_does(wire):

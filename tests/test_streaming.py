@@ -21,7 +21,7 @@ import test_hostile_pcaps as hostile
 from scapy.layers.inet import IP, TCP
 from test_pcap_formats import T0, conversation, write
 
-from kalab import evidence, pcap_fast, report, spool
+from kalab import evidence, pcap_fast, report, report_fast, spool
 from kalab.analyzer import Analyzer, Segment, assemble
 from kalab.pcap import PcapError
 from kalab.pcap_fast import FastSegmentReader
@@ -107,7 +107,53 @@ def test_the_course_captures_stream_to_the_same_records(tmp_path, monkeypatch):
         written = io.BytesIO()
         report.write_json(report_of(spooled), written)
         assert written.getvalue() == report.to_json_bytes(report_of(kept)), path
+        assert list(spooled.connections.seen()) == seen(kept.connections), path
     assert early >= len(COURSE)  # records did go out before the end: the test can fail
+
+
+def seen(connections: list) -> list[tuple[int, bool, bool]]:
+    """What `Records.seen` gives, from the records themselves."""
+    return [(c.id, c.syn_at is not None, bool(c.gaps)) for c in connections]
+
+
+def spooled_as_kept(path: Path) -> None:
+    """`kalab analyze`'s spool gives back what the lists hold: records, report, problems."""
+    kept, spooled = evidence.analyze_capture(path), evidence.analyze_capture(path, spool=True)
+    assert as_json((list(spooled.connections), list(spooled.requests))) == \
+        as_json((kept.connections, kept.requests))
+    written = io.BytesIO()
+    report.write_json(report_of(spooled), written)
+    assert written.getvalue() == report.to_json_bytes(report_of(kept))
+    assert list(spooled.connections.seen()) == seen(kept.connections)
+    assert evidence.wire_problems(spooled.connections) == \
+        evidence.wire_problems(kept.connections)
+
+
+@pytest.mark.reliability
+def test_the_hostile_corpus_spools_to_the_same_report(tmp_path):
+    # Odd bytes, absurd headers and numbers, holes: written as JSON lines and read back,
+    # each record must be what the lists hold, and its line what the writer writes.
+    path = tmp_path / "hostile.pcap"
+    cases = [(name, data) for name, (data, _) in hostile.bases().items()]
+    for make in (hostile.absurd_headers, hostile.huge_numbers, hostile.nan_ish,
+                 hostile.odd_bytes, hostile.flipped):
+        cases += [(case.name, case.data) for case in make()]
+    gaps = 0
+    for name, data in cases:
+        path.write_bytes(data)
+        try:
+            spooled_as_kept(path)
+        except AssertionError as exc:
+            raise AssertionError(name) from exc
+        gaps += any(c.gaps for c in evidence.analyze_capture(path).connections)
+    assert gaps  # the `Records.seen` of a connection with holes was checked
+
+
+def test_without_orjson_the_spool_writes_and_reads_with_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(report_fast, "orjson", None)
+    monkeypatch.setattr(report, "orjson", None)
+    for path in COURSE[:3]:
+        spooled_as_kept(path)
 
 
 @pytest.mark.reliability
