@@ -1477,7 +1477,8 @@ def _response_framing(headers: _Headers, method: str, status: int) -> tuple[str,
 
 # When a connection's record is final (Zeek's bounds, in capture time): once it is over
 # (a RST, or both FINs with every byte in: `_Conn.over`), after this long without a segment
-# (Zeek's ``tcp_close_delay``: a retransmitted FIN or a last RST may still come) ...
+# (Zeek's ``tcp_close_delay``: a retransmitted FIN or a last RST may still come; one later
+# than that starts a new connection, as one whose SYN was not seen: `Analyzer.after_close`)
 CLOSE_LINGER = 5.0
 # ... and otherwise after this long without a segment (longer than any keep-alive timeout
 # or TCP keep-alive probe interval the lab sets; Zeek's ``tcp_inactivity_timeout`` is 5 min).
@@ -1488,9 +1489,10 @@ IDLE_BOUND = 3600.0
 # when two looks in a row found it so with no segment of its own between them: one
 # segment with a wild capture time (a corrupt record) makes nothing final.
 SWEEP_EVERY = 1024
-# Four-tuples of connections the idle bound made final, kept to tell a later segment there
-# from a capture that started late (a few MB at most).
-IDLE_ENDED_KEPT = 1 << 16
+# Four-tuples of connections made final by a bound (the close linger or the idle bound),
+# the latest this many, kept to tell a later segment there from a capture that started
+# late (a few MB at most).
+ENDED_KEPT = 1 << 16
 
 
 class Finished(NamedTuple):
@@ -1554,12 +1556,16 @@ class Analyzer:
         self._finished: list[Finished] = []  # final, not handed out yet
         self._servers: set[int] = set()  # ports that have answered a SYN so far
         self._answered: set[int] = set()  # of final connections, server ports that answered
-        # Four-tuples whose connection the idle bound made final, the latest `IDLE_ENDED_KEPT`
-        # (client, server): a later segment without SYN there goes on a conversation.
-        self._idle_ended: dict[tuple, None] = {}
-        # Connections whose SYN was not seen, opened on such a four-tuple: each is the rest
-        # of a connection the idle bound cut (said among the capture's problems).
+        # Four-tuples whose connection a bound made final, the latest `ENDED_KEPT` (client,
+        # server), and which bound: a later segment without SYN there is not a capture that
+        # started late.
+        self._ended: dict[tuple, str] = {}
+        # Connections whose SYN was not seen, opened on such a four-tuple (said among the
+        # capture's problems): the rest of a conversation the idle bound cut; segments after
+        # a connection closed and quiet past the close linger (late ones of it, or a new
+        # connection whose SYN the capture lacks).
         self.continued_after_idle = 0
+        self.after_close = 0
 
     def feed(self, seg: Segment | tuple) -> None:
         """One segment: a `Segment`, or a plain tuple of its fields in its order."""
@@ -1620,7 +1626,7 @@ class Analyzer:
             if idle is not None and now - conn.last_seen_at > idle:
                 self._look(conn)
                 if conn.final:
-                    self._note_idle_end(conn)
+                    self._note_end(conn, "idle")
             if not conn.final:
                 going[conn.number] = conn
         self._going = going
@@ -1629,14 +1635,17 @@ class Analyzer:
                 if now - conn.last_seen_at <= linger:
                     break
                 self._look(conn)
+                if conn.final:
+                    self._note_end(conn, "closed")
         while over and over[0].final:
             over.popleft()
 
-    def _note_idle_end(self, conn: _Conn) -> None:
-        ended = self._idle_ended
-        if len(ended) >= IDLE_ENDED_KEPT:
+    def _note_end(self, conn: _Conn, bound: str) -> None:
+        """``conn`` made final by a bound: "idle" or "closed" (the close linger)."""
+        ended = self._ended
+        if len(ended) >= ENDED_KEPT:
             del ended[next(iter(ended))]  # the oldest
-        ended[(*conn.client, *conn.server)] = None
+        ended[(*conn.client, *conn.server)] = bound
 
     def _look(self, conn: _Conn) -> None:
         """It is quiet past its bound: final if the last look found it so too, with no
@@ -1678,11 +1687,14 @@ class Analyzer:
             entry = self._live.get(key)
             if entry is not None:
                 self._final(entry[0])  # its four-tuple taken: nothing can reach it now
-        if syn_seq is None and self._idle_ended:
+        if syn_seq is None and self._ended:
             for key in keys:
-                if key in self._idle_ended:
-                    del self._idle_ended[key]
+                bound = self._ended.pop(key, None)
+                if bound == "idle":
                     self.continued_after_idle += 1
+                elif bound == "closed":
+                    self.after_close += 1
+                if bound is not None:
                     break
         self._opened += 1
         conn = _Conn(self._opened, client, server, ts, syn_seq, self.keylog)

@@ -64,6 +64,7 @@ class WireAnalysis:
     close_linger: float | None = None  # the Analyzer's bounds (`Capture.close_linger`)
     idle_bound: float | None = None
     continued_after_idle: int = 0  # `Analyzer.continued_after_idle`
+    after_close: int = 0  # `Analyzer.after_close`
 
     def cut_short(self) -> str | None:
         """The capture problem a file that could not be read to its end makes, if any."""
@@ -115,7 +116,8 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
                         reader.records, reader.skipped, reader.snaplen, reader.truncated,
                         reader.headers_cut, close_linger=analyzer.close_linger,
                         idle_bound=analyzer.idle_bound,
-                        continued_after_idle=analyzer.continued_after_idle)
+                        continued_after_idle=analyzer.continued_after_idle,
+                        after_close=analyzer.after_close)
 
 
 def capture_problems(analysis: WireAnalysis) -> list[str]:
@@ -132,6 +134,12 @@ def capture_problems(analysis: WireAnalysis) -> list[str]:
                         f"go on a conversation that was quiet longer than the analysis' idle "
                         f"bound ({analysis.idle_bound:g} s) and was ended there: each is "
                         "reported as two connections")
+    if analysis.after_close:
+        problems.append(f"{analysis.after_close} connection(s) whose SYN was not seen came on "
+                        f"the four-tuple of a connection that had closed and been quiet for "
+                        f"the analysis' close linger ({analysis.close_linger:g} s): late "
+                        "segments of it, or a new connection whose SYN the capture lacks; "
+                        "each is reported as a connection of its own")
     return problems
 
 
@@ -235,7 +243,7 @@ IDS_NAMED = 20
 def wire_problems(connections: Iterable[Connection] | Records) -> list[str]:
     """What the connections themselves say against the capture: SYNs or bytes it lacks."""
     problems = []
-    late, holes = _Named(), _Named()
+    late, holes = FirstNamed(), FirstNamed()
     # Once: a spooled capture's records are read from disk each walk, and its spool knows
     # what is looked at here without reading them (`Records.seen`).
     seen = connections.seen if isinstance(connections, Records) else None
@@ -254,8 +262,9 @@ def wire_problems(connections: Iterable[Connection] | Records) -> list[str]:
     return problems
 
 
-class _Named:
-    """The first `IDS_NAMED` ids added, and how many were added."""
+class FirstNamed:
+    """The first `IDS_NAMED` ids added, and how many were added: as a sentence names them,
+    the first ones and a count of the rest."""
 
     def __init__(self) -> None:
         self.ids: list[int] = []

@@ -161,12 +161,17 @@ def truncation(capture: Capture, connections: list[Connection]) -> str | None:
     and what is not known."""
     if not capture.truncated_frames:
         return None
-    cut = [c.id for c in connections if c.truncated]
+    from kalab.evidence import FirstNamed
+
+    cut = FirstNamed()  # a capture with a short snap length may have thousands
+    for c in connections:
+        if c.truncated:
+            cut.add(c.id)
     return (f"{capture.truncated_frames} frame(s) were cut at the snap length "
             f"({capture.snaplen if capture.snaplen is not None else 'unknown'} bytes): no "
             f"packet was lost; requests and responses are counted from the first lines kept, "
             f"and what the cut hid is marked unknown" + (
-                f"; connection(s) {', '.join(map(str, cut))} had segments cut" if cut else ""))
+                f"; connection(s) {cut} had segments cut" if cut.count else ""))
 
 
 def interruption(report: Report) -> str | None:

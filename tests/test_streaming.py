@@ -253,6 +253,34 @@ def test_a_conversation_cut_by_the_idle_bound_is_said_to_be_one(tmp_path, monkey
     assert not any("idle bound" in p for p in evidence.capture_problems(whole_file))
 
 
+def test_a_segment_long_after_the_close_is_said_to_come_after_it(tmp_path, monkeypatch):
+    # A RST long after both FINs, past the close linger (5 s): the closed connection's
+    # record was final; the RST makes a connection of its own, whose missing SYN is not
+    # blamed on a capture that started late only.
+    packets = conversation("10.0.0.1", "10.0.0.2", 40000, 8080, T0, ["a"])
+    last = packets[-1][0]
+    # Another connection's segments first, 6 s on and after: the looks that find the
+    # first one quiet.
+    packets += [(last + 6 + n, p) for n, (_, p) in enumerate(
+        conversation("10.0.0.3", "10.0.0.2", 40001, 8080, T0, ["b"]))]
+    packets.append((packets[-1][0] + 1, IP(src="10.0.0.1", dst="10.0.0.2")
+                    / TCP(sport=40000, dport=8080, flags="R", seq=1)))
+    path = write(tmp_path / "x.pcap", packets)
+    monkeypatch.setattr(evidence, "Analyzer", functools.partial(Analyzer, sweep_every=1))
+    monkeypatch.setattr(pcap_fast, "_BATCH", 1)  # a look after every segment
+    analysis = evidence.analyze_capture(path, spool=True)
+    connections = list(analysis.connections)
+    assert [(c.client, c.syn_at is not None) for c in connections] == [
+        ("10.0.0.1:40000", True), ("10.0.0.3:40001", True), ("10.0.0.1:40000", False)]
+    assert analysis.after_close == 1 and analysis.continued_after_idle == 0
+    assert "1 connection(s) whose SYN was not seen came on the four-tuple of a connection " \
+        "that had closed and been quiet for the analysis' close linger (5 s)" \
+        in " ".join(evidence.capture_problems(analysis))
+    # Read whole, the RST is the closed connection's: one connection, nothing said.
+    whole_file = whole(segments(path))
+    assert [c.client for c in whole_file[0]] == ["10.0.0.1:40000", "10.0.0.3:40001"]
+
+
 def test_zeek_logs_walk_the_records_once_and_hold_only_connections_with_requests_to_come(
         tmp_path):
     # The logs as written before they streamed: every connection by id, each request
@@ -311,3 +339,19 @@ def test_a_capture_problem_names_20_connections_and_counts_the_rest():
         f"no SYN seen for connection(s) {named} and 1,980 more: the capture started late "
         "or lost packets",
         f"bytes missing from connection(s) {named} and 1 more: the capture lost packets"]
+
+
+def test_the_frames_cut_sentence_names_20_connections_and_counts_the_rest():
+    # A capture with a short snap length cuts frames of every connection: the terminal's
+    # sentence names the first ones, like the capture problems.
+    from types import SimpleNamespace
+
+    from kalab.summary import truncation
+
+    capture = report.Capture(pcap="x.pcap", snaplen=96, truncated_frames=3000)
+    sentence = truncation(capture, [SimpleNamespace(id=n, truncated=n % 2) for n in
+                                    range(1, 3001)])
+    named = ", ".join(str(n) for n in range(1, 2 * evidence.IDS_NAMED, 2))
+    assert sentence.endswith(f"; connection(s) {named} and 1,480 more had segments cut")
+    assert truncation(capture, [SimpleNamespace(id=1, truncated=0)]).endswith(
+        "what the cut hid is marked unknown")
