@@ -23,8 +23,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from kalab import report_fast
-
 SCHEMA = "kalab.report/2"
 # /2 grows only by fields with defaults (e.g. `Capture.close_linger`, `TargetServer.ca`):
 # every /2 report reads, those written before a field came read it as its default.
@@ -683,8 +681,7 @@ def to_json(report: Report) -> str:
     is), one a line: a report of 20,000 connections stays a grep away. The
     document parses to what `dataclasses.asdict` gives, NaN and infinities as
     null. orjson writes the records where it is installed, the json module
-    otherwise (the same bytes); `kalab.report_fast` writes a whole list of them
-    in one call where it can.
+    otherwise (the same document: a float below 1e-4 gets an exponent there).
     """
     return to_json_bytes(report).decode()
 
@@ -816,7 +813,13 @@ def _plain(value: Any) -> Any:
 
 def record_line(record: Connection | HttpRequest) -> bytes:
     """A connection or request on one line: its fields (only those: not an attribute set
-    beside them), in their order."""
+    beside them), in their order. orjson writes the record itself where it can (a third
+    of the time of making a dict of it first: big captures have millions)."""
+    if orjson is not None and len(vars(record)) == len(record.__dataclass_fields__):
+        try:
+            return orjson.dumps(record)
+        except TypeError:  # json's turn: an integer past 64 bits, a key not a string
+            pass
     values = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
     try:
         return _compact(values)
@@ -845,10 +848,6 @@ def _record_lines(records: list[Any] | Records, level: int,
 
 def _some_lines(records: list[Any], level: int, between: bytes,
                 out: list[bytes | memoryview]) -> None:
-    joined = report_fast.record_lines(records, between)
-    if joined is not None:
-        out.append(joined)
-        return
     for number, r in enumerate(records):
         if number:
             out.append(between)

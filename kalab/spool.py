@@ -3,7 +3,7 @@
 The `Analyzer` hands out each connection's record as it becomes final
 (`kalab.analyzer.Finished`), numbered provisionally. A `Spool` writes each
 one to a temporary file as the report will have it, a line of compact JSON
-(`kalab.report_fast.record_line`), then its requests' lines, each read
+(`kalab.report.record_line`), then its requests' lines, each read
 without the other. Only the numbers are left out: a connection's line is
 written with ``"id":0`` and ``"requests":[]``, a request's with ``"id":"w0"``
 and ``"connection":0``, and the spool keeps where they are. Besides, it keeps
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
 from typing import Any, BinaryIO
 
-from kalab import report_fast
+from kalab import report
 from kalab.analyzer import Finished
 from kalab.report import (
     Connection,
@@ -57,15 +57,12 @@ assert [f.name for f in fields(Connection)][0] == "id"
 assert [f.name for f in fields(HttpRequest)][:2] == ["id", "connection"]
 assert "requests" not in {f.name for f in fields(Tls)}
 
-# Per connection, bits of what it is: its line written by json, to be read by json (orjson
-# would make an integer past 64 bits a float); bytes missing from it (`Connection.gaps`).
-_BY_JSON, _GAPS = 1, 2
 
 
-def _loads(line: bytes, how: int) -> Any:
-    if how & _BY_JSON or report_fast.orjson is None:
-        return json.loads(line)
-    return report_fast.orjson.loads(line)
+def _loads(line: bytes) -> Any:
+    """A line back as `kalab.report.from_dict` reads it. (orjson would read an integer past
+    64 bits as a float: records have none, every number from the wire is bounded.)"""
+    return json.loads(line) if report.orjson is None else report.orjson.loads(line)
 
 
 class Spool:
@@ -73,7 +70,7 @@ class Spool:
 
     Per connection it keeps 28 bytes (where its record lies, its line's size and where
     its requests go in it, its place by provisional number, whether its SYN was seen,
-    how to read it, its server port, where its requests start) and per request 8 (its
+    whether it has gaps, its server port, where its requests start) and per request 8 (its
     time sent), and numbering adds 12 and 8: 2 million connections and 4 million
     requests take about 120 MB.
     """
@@ -85,7 +82,7 @@ class Spool:
         self._slot = array("I")  # where in its line its requests' ids go
         self._where = array("i")  # provisional number - 1 -> its place added
         self._syn = array("b")  # per connection as added: its SYN was seen
-        self._how = array("b")  # what it is: `_BY_JSON`, `_GAPS`
+        self._gaps = array("b")  # bytes are missing from it (`Connection.gaps`)
         self._port = array("H")  # its server port
         self._first = array("i")  # its first request's place among the requests added
         self._sent = array("d")  # per request as added: `HttpRequest.sent_at`
@@ -103,18 +100,12 @@ class Spool:
         self._sent.extend(r.sent_at for r in requests)
         # Its own record, about to be dropped: its numbers are put in when read back.
         connection.id, connection.requests = 0, []
-        how = _GAPS if connection.gaps else 0
-        line = report_fast.record_line(connection)
-        if line is None:
-            line, how = record_line(connection), how | _BY_JSON
+        line = record_line(connection)
         slot = line.index(_REQUESTS_KEY) + len(_REQUESTS_KEY)
         lines = [line]
         for r in requests:
             r.id, r.connection = "w0", 0
-            fast = report_fast.record_line(r)
-            if fast is None:
-                fast, how = record_line(r), how | _BY_JSON
-            lines.append(fast[len(_REQUEST_HEAD):])
+            lines.append(record_line(r)[len(_REQUEST_HEAD):])
         blob = b"\n".join(lines)
         self._file.write(blob)
         if number > len(self._where):
@@ -125,7 +116,7 @@ class Spool:
         self._slot.append(slot)
         self._size += len(blob)
         self._syn.append(done.syn_seen)
-        self._how.append(how)
+        self._gaps.append(connection.gaps > 0)
         self._port.append(done.server_port)
         self._first.append(len(self._sent) - len(requests))
 
@@ -159,10 +150,10 @@ class Spool:
         for number, request in enumerate(by_time, 1):
             rank[request] = number
         reader = _Reader(self, final, rank)
-        syn, how = self._syn, self._how
+        syn, gaps = self._syn, self._gaps
         return (Records(len(order), lambda: map(reader.connection, order),
                         lambda: map(reader.connection_line, order),
-                        lambda: ((final[p], bool(syn[p]), bool(how[p] & _GAPS)) for p in order)),
+                        lambda: ((final[p], bool(syn[p]), bool(gaps[p])) for p in order)),
                 Records(len(by_time), lambda: reader.requests(by_time, reader.request_records),
                         lambda: reader.requests(by_time, reader.request_lines)))
 
@@ -173,7 +164,7 @@ class _Reader:
 
     def __init__(self, spool: Spool, final: array, rank: array) -> None:
         self.file, self.at, self.line_size = spool._file, spool._at, spool._line_size
-        self.slot, self.how, self.first = spool._slot, spool._how, spool._first
+        self.slot, self.first = spool._slot, spool._first
         self.final, self.rank = final, rank
         self._pos = -1  # where the file is: no seek for lines read in the order written
 
@@ -191,7 +182,7 @@ class _Reader:
                          ids.encode(), line[slot:]))
 
     def connection(self, place: int) -> Connection:
-        return connection_from_dict(_loads(self.connection_line(place), self.how[place]))
+        return connection_from_dict(_loads(self.connection_line(place)))
 
     def request_lines(self, place: int) -> list[bytes]:
         """Its requests' lines, which follow its own in the file."""
@@ -204,8 +195,7 @@ class _Reader:
                 for depth, rest in enumerate(rests)]
 
     def request_records(self, place: int) -> list[HttpRequest]:
-        how = self.how[place]
-        return [HttpRequest(**_loads(line, how)) for line in self.request_lines(place)]
+        return [HttpRequest(**_loads(line)) for line in self.request_lines(place)]
 
     def requests(self, by_time: array, made: Callable[[int], list[Any]]) -> Iterator[Any]:
         """Each request in the order numbered, made by ``made`` from its connection's

@@ -21,7 +21,7 @@ import test_hostile_pcaps as hostile
 from scapy.layers.inet import IP, TCP
 from test_pcap_formats import T0, conversation, write
 
-from kalab import evidence, pcap_fast, report, report_fast, spool
+from kalab import evidence, pcap_fast, report, spool
 from kalab.analyzer import Analyzer, Segment, assemble
 from kalab.pcap import PcapError
 from kalab.pcap_fast import FastSegmentReader
@@ -150,7 +150,6 @@ def test_the_hostile_corpus_spools_to_the_same_report(tmp_path):
 
 
 def test_without_orjson_the_spool_writes_and_reads_with_json(tmp_path, monkeypatch):
-    monkeypatch.setattr(report_fast, "orjson", None)
     monkeypatch.setattr(report, "orjson", None)
     for path in COURSE[:3]:
         spooled_as_kept(path)
