@@ -77,7 +77,6 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import fields
 from enum import StrEnum
 from operator import attrgetter
 from typing import NamedTuple
@@ -202,29 +201,6 @@ def _transitions() -> dict[tuple[Side, Tcp, Tcp, Sent], tuple[Tcp, Tcp]]:
 # (sender, sender's state, peer's state, what it sent) -> (sender's, peer's new states);
 # a case not in it changes nothing. `_Conn.move` is the one place states change.
 TRANSITIONS = _transitions()
-
-# Records are built by position: three times as fast as by keyword, for tens of thousands
-# of them. The order that relies on is checked here, at import, not found wrong in a report.
-_REQUEST_FIELDS = ("id", "connection", "depth", "reused", "method", "target", "version",
-                   "sent_at", "request_connection")
-_CONNECTION_FIELDS = ("id", "client", "server", "syn_at", "syn_retransmits", "established_at",
-                      "refused", "requests", "last_response_at", "last_data_at", "first_fin_by",
-                      "first_fin_at", "second_fin_at", "rst_by", "rst_at", "closed_by",
-                      "closed_with", "idle_before_close", "advertised_timeout", "probe",
-                      "complete", "gaps", "enforced_minus_advertised", "keepalive_probes",
-                      "history", "conn_state", "completeness", "client_bytes", "server_bytes",
-                      "close_announced_by", "closed_as_announced", "keep_alive_max_kept",
-                      "truncated", "first_seen_at", "tls")
-
-
-def _check_positions() -> None:
-    for record_type, names in ((HttpRequest, _REQUEST_FIELDS), (Connection, _CONNECTION_FIELDS)):
-        if tuple(f.name for f in fields(record_type))[:len(names)] != names:
-            raise ImportError(f"kalab.analyzer builds {record_type.__name__} by position and its "
-                              "fields have moved: update _REQUEST_FIELDS or _CONNECTION_FIELDS")
-
-
-_check_positions()
 
 _TIMEOUT = re.compile(rb"timeout\s*=\s*([^\s,;]*)", re.I)  # the parameter's value, whatever it is
 _SECONDS = re.compile(rb"([0-9]+)(?:\.[0-9]+)?")
@@ -834,8 +810,10 @@ class _Conn:
             return _NO_BODY
         method, target, version = first
         requests = self.requests
-        request = HttpRequest("", self.number, len(requests) + 1, bool(requests), method,
-                              target[:200], version or None, started, headers.connection)
+        request = HttpRequest(id="", connection=self.number, depth=len(requests) + 1,
+                              reused=bool(requests), method=method, target=target[:200],
+                              version=version or None, sent_at=started,
+                              request_connection=headers.connection)
         requests.append(request)
         self.unanswered.append(request)
         if partial:
@@ -864,8 +842,9 @@ class _Conn:
             return
         self.requests, self.unanswered = [], []
         for depth, exchange in enumerate(tls.exchanges, 1):
-            request = HttpRequest("", self.number, depth, depth > 1, None, None, None,
-                                  exchange.request_at)
+            request = HttpRequest(id="", connection=self.number, depth=depth,
+                                  reused=depth > 1, method=None, target=None, version=None,
+                                  sent_at=exchange.request_at)
             request.response_at = exchange.response_at
             request.response_end_at = exchange.response_end_at
             request.inferred = True
@@ -886,13 +865,19 @@ class _Conn:
         started, done = tls.handshake_started_at, tls.handshake_done_at
         notify_at = tls.close_notify_at
         fin_at = self.first_fin[1] if self.first_fin else None
-        return Tls(tls.version, tls.sni, tls.alpn, tls.alpn_known, tls.cipher_name, started,
-                   done, tls.handshake_done_inferred,
-                   round(done - started, 6) if done is not None and started is not None
-                   else None, tls.close_notify, tls.close_notify_by, notify_at,
-                   round(fin_at - notify_at, 6) if fin_at is not None and notify_at is not None
-                   else None, [_alert(alert) for alert in tls.alerts], tls.decryption,
-                   tls.client.undecrypted_records + tls.server.undecrypted_records, notes)
+        return Tls(
+            version=tls.version, sni=tls.sni, alpn=tls.alpn, alpn_known=tls.alpn_known,
+            cipher=tls.cipher_name, handshake_started_at=started, handshake_done_at=done,
+            handshake_inferred=tls.handshake_done_inferred,
+            handshake_seconds=round(done - started, 6)
+            if done is not None and started is not None else None,
+            close_notify=tls.close_notify, close_notify_by=tls.close_notify_by,
+            close_notify_at=notify_at,
+            close_notify_before_fin=round(fin_at - notify_at, 6)
+            if fin_at is not None and notify_at is not None else None,
+            alerts=[_alert(alert) for alert in tls.alerts], decryption=tls.decryption,
+            undecrypted_records=tls.client.undecrypted_records
+            + tls.server.undecrypted_records, notes=notes)
 
     def _unanswered_in_the_cut(self) -> None:
         """Requests still waiting when the responses were lost in a cut: their answers may
@@ -1289,19 +1274,27 @@ class _Conn:
                 kept = None
         client_bytes, server_bytes = up.sent_bytes(), down.sent_bytes()
         return Connection(
-            self.number, _fmt(self.client), _fmt(self.server), self.syn_at,
-            self.syn_retransmits, self.established_at, refused,
-            ids, last_response_at, self.last_data_at, _plain(first_fin_by),
-            first_fin_at, self.second_fin_at, _plain(rst_by), rst_at, _plain(closed_by),
-            _plain(closed_with), idle,
-            advertised, not requests, self.syn_at is not None and gaps == 0, gaps,
-            round(idle - advertised, 6) if closed_by is Side.SERVER
-            and closed_with is Closing.FIN and as_announced is False and idle is not None
-            and advertised is not None else None, self.keepalive_probes, self.history,
-            conn_state(self.client_state, self.server_state, client_bytes, server_bytes,
-                       self.history).value, self.completeness, client_bytes, server_bytes,
-            _plain(announced), as_announced, kept, self.truncated, self.first_seen_at,
-            self.tls_record())
+            id=self.number, client=_fmt(self.client), server=_fmt(self.server),
+            syn_at=self.syn_at, syn_retransmits=self.syn_retransmits,
+            established_at=self.established_at, refused=refused, requests=ids,
+            last_response_at=last_response_at, last_data_at=self.last_data_at,
+            first_fin_by=_plain(first_fin_by), first_fin_at=first_fin_at,
+            second_fin_at=self.second_fin_at, rst_by=_plain(rst_by), rst_at=rst_at,
+            closed_by=_plain(closed_by), closed_with=_plain(closed_with),
+            idle_before_close=idle, advertised_timeout=advertised, probe=not requests,
+            complete=self.syn_at is not None and gaps == 0, gaps=gaps,
+            enforced_minus_advertised=round(idle - advertised, 6)
+            if closed_by is Side.SERVER and closed_with is Closing.FIN
+            and as_announced is False and idle is not None and advertised is not None
+            else None,
+            keepalive_probes=self.keepalive_probes, history=self.history,
+            conn_state=conn_state(self.client_state, self.server_state, client_bytes,
+                                  server_bytes, self.history).value,
+            completeness=self.completeness, client_bytes=client_bytes,
+            server_bytes=server_bytes, close_announced_by=_plain(announced),
+            closed_as_announced=as_announced, keep_alive_max_kept=kept,
+            truncated=self.truncated, first_seen_at=self.first_seen_at,
+            tls=self.tls_record())
 
 
 _RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R")  # Zeek's: the client's SYN, then its RST, unanswered
