@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 SCHEMA = "kalab.report/2"
 # /2 grows only by fields with defaults (e.g. `Capture.close_linger`, `TargetServer.ca`):
@@ -714,19 +714,34 @@ def _pieces(report: Report) -> list[bytes | memoryview]:
     return out
 
 
+class Seen(NamedTuple):
+    """A connection at a glance, as a spool keeps it beside the record (`Records.seen`)."""
+
+    id: int  # `Connection.id`
+    syn_seen: bool  # `Connection.syn_at` is not None
+    gaps: bool  # `Connection.gaps` is not 0
+    origin: float | None  # `syn_at`, else `established_at`; None for a probe (no request)
+
+
 class Records(Sequence):
     """Connections or requests read back each time they are walked (`kalab.spool`):
     what the writer and the views walk as they walk a list of records, in the order
-    ``walk`` gives them. Walks that need less than whole records, where given:
-    ``lines``, the lines the report writes for them (`record_line`'s bytes), which the
-    writer takes as they are; ``seen``, for connections, each one's ``id``, whether its
-    SYN was seen and whether it has ``gaps``, which `kalab.evidence.wire_problems`
-    looks at."""
+    ``walk`` gives them (requests: in the order sent, as the report has them).
+
+    Ways to need less than a walk of whole records, where given: ``at``, the record
+    at an index, read alone; ``lines``, the lines the report writes for them
+    (`record_line`'s bytes), which the writer takes as they are; ``seen``, for
+    connections, each one's `Seen`, which the capture's problems
+    (`kalab.evidence.wire_problems`) and the terminal's time origin
+    (`kalab.summary.time_zero`) are made of.
+    """
 
     def __init__(self, length: int, walk: Callable[[], Iterable[Any]],
+                 at: Callable[[int], Any] | None = None,
                  lines: Callable[[], Iterable[bytes]] | None = None,
-                 seen: Callable[[], Iterable[tuple[int, bool, bool]]] | None = None) -> None:
-        self._length, self._walk, self.lines, self.seen = length, walk, lines, seen
+                 seen: Callable[[], Iterable[Seen]] | None = None) -> None:
+        self._length, self._walk, self._at = length, walk, at
+        self.lines, self.seen = lines, seen
 
     def __len__(self) -> int:
         return self._length
@@ -738,6 +753,8 @@ class Records(Sequence):
         if not -self._length <= index < self._length:
             raise IndexError(index)
         index %= self._length
+        if self._at is not None:
+            return self._at(index)
         for number, record in enumerate(self):
             if number == index:
                 return record

@@ -37,12 +37,14 @@ from kalab.report import (
     Connection,
     HttpRequest,
     Records,
+    Seen,
     Tls,
     connection_from_dict,
     record_line,
 )
 
 _RECENT = 512  # connections whose requests are kept at hand while requests are read
+_NONE = float("nan")  # a time that is None, in an array of machine numbers
 _RUN = 1 << 16  # requests sorted at once; the sorted runs are then merged
 
 # The numbers a line is written with, and where they are put back. Each record's first
@@ -68,11 +70,11 @@ def _loads(line: bytes) -> Any:
 class Spool:
     """Write `Finished` records as they come (`add`); `records` gives them back numbered.
 
-    Per connection it keeps 28 bytes (where its record lies, its line's size and where
+    Per connection it keeps 36 bytes (where its record lies, its line's size and where
     its requests go in it, its place by provisional number, whether its SYN was seen,
-    whether it has gaps, its server port, where its requests start) and per request 8 (its
-    time sent), and numbering adds 12 and 8: 2 million connections and 4 million
-    requests take about 120 MB.
+    whether it has gaps, its time origin, its server port, where its requests start) and
+    per request 8 (its time sent), and numbering adds 12 and 8: 2 million connections
+    and 4 million requests take about 135 MB.
     """
 
     def __init__(self) -> None:
@@ -83,6 +85,7 @@ class Spool:
         self._where = array("i")  # provisional number - 1 -> its place added
         self._syn = array("b")  # per connection as added: its SYN was seen
         self._gaps = array("b")  # bytes are missing from it (`Connection.gaps`)
+        self._origin = array("d")  # `Seen.origin`, NaN for None
         self._port = array("H")  # its server port
         self._first = array("i")  # its first request's place among the requests added
         self._sent = array("d")  # per request as added: `HttpRequest.sent_at`
@@ -117,6 +120,8 @@ class Spool:
         self._size += len(blob)
         self._syn.append(done.syn_seen)
         self._gaps.append(connection.gaps > 0)
+        origin = None if connection.probe else connection.syn_at or connection.established_at
+        self._origin.append(_NONE if origin is None else origin)
         self._port.append(done.server_port)
         self._first.append(len(self._sent) - len(requests))
 
@@ -150,12 +155,16 @@ class Spool:
         for number, request in enumerate(by_time, 1):
             rank[request] = number
         reader = _Reader(self, final, rank)
-        syn, gaps = self._syn, self._gaps
+        syn, gaps, origin = self._syn, self._gaps, self._origin
         return (Records(len(order), lambda: map(reader.connection, order),
-                        lambda: map(reader.connection_line, order),
-                        lambda: ((final[p], bool(syn[p]), bool(gaps[p])) for p in order)),
+                        at=lambda index: reader.connection(order[index]),
+                        lines=lambda: map(reader.connection_line, order),
+                        seen=lambda: (Seen(final[p], bool(syn[p]), bool(gaps[p]),
+                                           None if origin[p] != origin[p] else origin[p])
+                                      for p in order)),
                 Records(len(by_time), lambda: reader.requests(by_time, reader.request_records),
-                        lambda: reader.requests(by_time, reader.request_lines)))
+                        at=lambda index: reader.request(by_time[index]),
+                        lines=lambda: reader.requests(by_time, reader.request_lines)))
 
 
 class _Reader:
@@ -196,6 +205,11 @@ class _Reader:
 
     def request_records(self, place: int) -> list[HttpRequest]:
         return [HttpRequest(**_loads(line)) for line in self.request_lines(place)]
+
+    def request(self, request: int) -> HttpRequest:
+        """One request by its place added: its connection's requests are read for it."""
+        place = bisect_right(self.first, request) - 1
+        return self.request_records(place)[request - self.first[place]]
 
     def requests(self, by_time: array, made: Callable[[int], list[Any]]) -> Iterator[Any]:
         """Each request in the order numbered, made by ``made`` from its connection's

@@ -12,7 +12,16 @@ from rich.table import Table
 from rich.text import Text
 
 from kalab.render.text import visible
-from kalab.report import Capture, Closing, Connection, EngineRun, HttpRequest, Report, Sweep
+from kalab.report import (
+    Capture,
+    Closing,
+    Connection,
+    EngineRun,
+    HttpRequest,
+    Records,
+    Report,
+    Sweep,
+)
 
 
 def esc(text: object) -> str:
@@ -30,8 +39,15 @@ def _secs(value: float | None) -> str:
 
 def time_zero(run: EngineRun) -> float:
     """The engine's time origin: its first SYN (or request); every shown time is from it."""
-    times = [c.syn_at or c.established_at for c in run.connections if not c.probe]
-    times += [r.sent_at for r in run.requests]
+    connections, requests = run.connections, run.requests
+    if isinstance(connections, Records) and connections.seen is not None:
+        # A big capture's, read back from disk: what its spool kept beside each record.
+        times = [seen.origin for seen in connections.seen()]
+    else:
+        times = [c.syn_at or c.established_at for c in connections if not c.probe]
+    # Read back from disk, requests come in the order sent: the first is the earliest.
+    times += [r.sent_at for r in (islice(requests, 1) if isinstance(requests, Records)
+                                  else requests)]
     times = [t for t in times if t is not None]
     return min(times) if times else (run.capture.started_at or 0.0)
 
@@ -147,6 +163,18 @@ def requests_by_id(run: EngineRun, connections: Iterable[Connection] | None = No
     when given (a big capture's requests are read from disk, not held)."""
     if connections is None:
         return {r.id: r for r in run.requests}
+    connections = list(connections)
+    if isinstance(run.requests, Records):
+        # Read back from disk, each alone: request wN is the Nth sent (`assemble`).
+        found = {}
+        for ref in (ref for c in connections for ref in c.requests):
+            number = int(ref[1:]) if ref[:1] == "w" and ref[1:].isdigit() else 0
+            request = run.requests[number - 1] if 0 < number <= len(run.requests) else None
+            if request is None or request.id != ref:
+                break  # not numbered so: walk them
+            found[ref] = request
+        else:
+            return found
     wanted = {c.id for c in connections}
     return {r.id: r for r in run.requests if r.connection in wanted}
 
