@@ -247,8 +247,8 @@ def wire_problems(connections: Iterable[Connection] | Records) -> list[str]:
     # Once: a spooled capture's records are read from disk each walk, and its spool knows
     # what is looked at here without reading them (`Records.seen`).
     seen = connections.seen if isinstance(connections, Records) else None
-    for number, syn_seen, gaps, _ in ((c.id, c.syn_at is not None, c.gaps, None)
-                                      for c in connections) if seen is None else seen():
+    for number, syn_seen, gaps in ((c.id, c.syn_at is not None, c.gaps) for c in connections) \
+            if seen is None else seen():
         if not syn_seen:
             late.add(number)
         if gaps:

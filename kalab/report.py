@@ -720,7 +720,6 @@ class Seen(NamedTuple):
     id: int  # `Connection.id`
     syn_seen: bool  # `Connection.syn_at` is not None
     gaps: bool  # `Connection.gaps` is not 0
-    origin: float | None  # `syn_at`, else `established_at`; None for a probe (no request)
 
 
 class Records(Sequence):
@@ -730,18 +729,20 @@ class Records(Sequence):
 
     Ways to need less than a walk of whole records, where given: ``at``, the record
     at an index, read alone; ``lines``, the lines the report writes for them
-    (`record_line`'s bytes), which the writer takes as they are; ``seen``, for
-    connections, each one's `Seen`, which the capture's problems
-    (`kalab.evidence.wire_problems`) and the terminal's time origin
-    (`kalab.summary.time_zero`) are made of.
+    (`record_line`'s bytes), which the writer takes as they are; for connections,
+    ``seen``, each one's `Seen`, which the capture's problems are made of
+    (`kalab.evidence.wire_problems`), and ``origin``, the earliest ``syn_at`` (else
+    ``established_at``) of one that is not a probe, or None: the terminal's time
+    origin (`kalab.summary.time_zero`).
     """
 
     def __init__(self, length: int, walk: Callable[[], Iterable[Any]],
                  at: Callable[[int], Any] | None = None,
                  lines: Callable[[], Iterable[bytes]] | None = None,
-                 seen: Callable[[], Iterable[Seen]] | None = None) -> None:
+                 seen: Callable[[], Iterable[Seen]] | None = None,
+                 origin: Callable[[], float | None] | None = None) -> None:
         self._length, self._walk, self._at = length, walk, at
-        self.lines, self.seen = lines, seen
+        self.lines, self.seen, self.origin = lines, seen, origin
 
     def __len__(self) -> int:
         return self._length

@@ -44,7 +44,6 @@ from kalab.report import (
 )
 
 _RECENT = 512  # connections whose requests are kept at hand while requests are read
-_NONE = float("nan")  # a time that is None, in an array of machine numbers
 _RUN = 1 << 16  # requests sorted at once; the sorted runs are then merged
 
 # The numbers a line is written with, and where they are put back. Each record's first
@@ -70,22 +69,24 @@ def _loads(line: bytes) -> Any:
 class Spool:
     """Write `Finished` records as they come (`add`); `records` gives them back numbered.
 
-    Per connection it keeps 36 bytes (where its record lies, its line's size and where
-    its requests go in it, its place by provisional number, whether its SYN was seen,
-    whether it has gaps, its time origin, its server port, where its requests start) and
-    per request 8 (its time sent), and numbering adds 12 and 8: 2 million connections
-    and 4 million requests take about 135 MB.
+    Per connection it keeps 24 bytes (where its record lies and its line's size, its
+    place by provisional number, whether its SYN was seen and whether it has gaps, its
+    server port, where its requests start) and per request 8 (its time sent), and
+    numbering adds 12 and 8: 2 million connections and 4 million requests take about
+    115 MB.
     """
 
     def __init__(self) -> None:
         self._file: BinaryIO = tempfile.TemporaryFile(prefix="kalab-records-")
         self._at = array("q")  # per connection as added: its offset in the file
         self._line_size = array("I")  # its line's bytes there; its requests' lines follow
-        self._slot = array("I")  # where in its line its requests' ids go
         self._where = array("i")  # provisional number - 1 -> its place added
         self._syn = array("b")  # per connection as added: its SYN was seen
         self._gaps = array("b")  # bytes are missing from it (`Connection.gaps`)
-        self._origin = array("d")  # `Seen.origin`, NaN for None
+        # The earliest time origin (`Records.origin`) of the connections numbering keeps
+        # whatever ports answered, and of the others by their server port.
+        self._origin_kept: float | None = None
+        self._origin_by_port: dict[int, float] = {}
         self._port = array("H")  # its server port
         self._first = array("i")  # its first request's place among the requests added
         self._sent = array("d")  # per request as added: `HttpRequest.sent_at`
@@ -104,7 +105,6 @@ class Spool:
         # Its own record, about to be dropped: its numbers are put in when read back.
         connection.id, connection.requests = 0, []
         line = record_line(connection)
-        slot = line.index(_REQUESTS_KEY) + len(_REQUESTS_KEY)
         lines = [line]
         for r in requests:
             r.id, r.connection = "w0", 0
@@ -116,12 +116,17 @@ class Spool:
         self._where[number - 1] = len(self._at)
         self._at.append(self._size)
         self._line_size.append(len(line))
-        self._slot.append(slot)
         self._size += len(blob)
         self._syn.append(done.syn_seen)
         self._gaps.append(connection.gaps > 0)
         origin = None if connection.probe else connection.syn_at or connection.established_at
-        self._origin.append(_NONE if origin is None else origin)
+        if origin is not None:
+            if done.syn_seen:  # kept only if its server port answered (or ports were given)
+                by_port = self._origin_by_port
+                if origin < by_port.get(done.server_port, origin + 1):
+                    by_port[done.server_port] = origin
+            elif self._origin_kept is None or origin < self._origin_kept:
+                self._origin_kept = origin
         self._port.append(done.server_port)
         self._first.append(len(self._sent) - len(requests))
 
@@ -155,13 +160,17 @@ class Spool:
         for number, request in enumerate(by_time, 1):
             rank[request] = number
         reader = _Reader(self, final, rank)
-        syn, gaps, origin = self._syn, self._gaps, self._origin
+        syn, gaps = self._syn, self._gaps
+        origins = [t for port, t in self._origin_by_port.items() if keep_all or port in servers]
+        if self._origin_kept is not None:
+            origins.append(self._origin_kept)
+        origin = min(origins, default=None)
         return (Records(len(order), lambda: map(reader.connection, order),
                         at=lambda index: reader.connection(order[index]),
                         lines=lambda: map(reader.connection_line, order),
-                        seen=lambda: (Seen(final[p], bool(syn[p]), bool(gaps[p]),
-                                           None if origin[p] != origin[p] else origin[p])
-                                      for p in order)),
+                        seen=lambda: (Seen(final[p], bool(syn[p]), bool(gaps[p]))
+                                      for p in order),
+                        origin=lambda: origin),
                 Records(len(by_time), lambda: reader.requests(by_time, reader.request_records),
                         at=lambda index: reader.request(by_time[index]),
                         lines=lambda: reader.requests(by_time, reader.request_lines)))
@@ -173,7 +182,7 @@ class _Reader:
 
     def __init__(self, spool: Spool, final: array, rank: array) -> None:
         self.file, self.at, self.line_size = spool._file, spool._at, spool._line_size
-        self.slot, self.first = spool._slot, spool._first
+        self.first = spool._first
         self.final, self.rank = final, rank
         self._pos = -1  # where the file is: no seek for lines read in the order written
 
@@ -185,7 +194,7 @@ class _Reader:
 
     def connection_line(self, place: int) -> bytes:
         line = self._read(self.at[place], self.line_size[place])
-        slot, rank = self.slot[place], self.rank
+        slot, rank = line.index(_REQUESTS_KEY) + len(_REQUESTS_KEY), self.rank
         ids = ",".join(f'"w{rank[r]}"' for r in range(self.first[place], self.first[place + 1]))
         return b"".join((b'{"id":%d' % self.final[place], line[len(_CONNECTION_HEAD):slot],
                          ids.encode(), line[slot:]))

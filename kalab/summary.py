@@ -40,9 +40,8 @@ def _secs(value: float | None) -> str:
 def time_zero(run: EngineRun) -> float:
     """The engine's time origin: its first SYN (or request); every shown time is from it."""
     connections, requests = run.connections, run.requests
-    if isinstance(connections, Records) and connections.seen is not None:
-        # A big capture's, read back from disk: what its spool kept beside each record.
-        times = [seen.origin for seen in connections.seen()]
+    if isinstance(connections, Records) and connections.origin is not None:
+        times = [connections.origin()]  # a big capture's, kept by its spool: no walk
     else:
         times = [c.syn_at or c.established_at for c in connections if not c.probe]
     # Read back from disk, requests come in the order sent: the first is the earliest.

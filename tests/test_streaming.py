@@ -107,10 +107,9 @@ def test_the_course_captures_stream_to_the_same_records(tmp_path, monkeypatch):
     assert early >= len(COURSE)  # records did go out before the end: the test can fail
 
 
-def seen(connections: list) -> list[tuple[int, bool, bool, float | None]]:
+def seen(connections: list) -> list[tuple[int, bool, bool]]:
     """What `Records.seen` gives, from the records themselves."""
-    return [(c.id, c.syn_at is not None, bool(c.gaps),
-             None if c.probe else c.syn_at or c.established_at) for c in connections]
+    return [(c.id, c.syn_at is not None, bool(c.gaps)) for c in connections]
 
 
 def spooled_as_kept(path: Path) -> None:
@@ -123,6 +122,9 @@ def spooled_as_kept(path: Path) -> None:
     report.write_json(report_of(spooled), written)
     assert written.getvalue() == report.to_json_bytes(report_of(kept))
     assert list(spooled.connections.seen()) == seen(kept.connections)
+    assert spooled.connections.origin() == min(
+        (c.syn_at or c.established_at for c in kept.connections
+         if not c.probe and (c.syn_at or c.established_at) is not None), default=None)
     assert evidence.wire_problems(spooled.connections) == \
         evidence.wire_problems(kept.connections)
     # The terminal's summary: its time origin and its stories from what the spool kept
@@ -358,3 +360,17 @@ def test_the_frames_cut_sentence_names_20_connections_and_counts_the_rest():
     assert sentence.endswith(f"; connection(s) {named} and 1,480 more had segments cut")
     assert truncation(capture, [SimpleNamespace(id=1, truncated=0)]).endswith(
         "what the cut hid is marked unknown")
+
+
+def test_the_time_origin_leaves_out_what_numbering_leaves_out(tmp_path):
+    # A SYN nobody answered, to a port that is no server of the capture, comes first: the
+    # report leaves its connection out, and the terminal's times start at the next SYN.
+    packets = [(T0, IP(src="10.0.0.9", dst="10.0.0.2") / TCP(sport=5000, dport=9999,
+                                                               flags="S", seq=7))]
+    packets += conversation("10.0.0.1", "10.0.0.2", 40000, 8080, T0 + 1, ["a"])
+    path = write(tmp_path / "x.pcap", packets)
+    spooled_as_kept(path)
+    spooled = evidence.analyze_capture(path, spool=True)
+    assert [c.server for c in spooled.connections] == ["10.0.0.2:8080"]
+    assert spooled.connections.origin() == T0 + 1
+    assert summary.time_zero(report_of(spooled).runs[0]) == T0 + 1
