@@ -103,7 +103,12 @@ def _parser() -> argparse.ArgumentParser:
                              description="Analyse a capture file as the lab does its own: "
                              "pcap or pcapng (tcpdump, dumpcap, Wireshark), Ethernet, Linux "
                              "cooked (SLL, SLL2), loopback or raw IP, IPv4 and IPv6. A file cut "
-                             "short or corrupt is reported up to the bad byte, then exits 2.")
+                             "short or corrupt is reported up to the bad byte, then exits 2. "
+                             "It is read as a stream: a connection's record is final once it "
+                             "is over and 5 s of capture time have passed (or after 3600 s "
+                             "without a segment), and goes to a temporary file in TMPDIR, about "
+                             "as big as the JSON report; memory follows the connections open "
+                             "at once.")
     analyze.add_argument("pcap", type=Path)
     analyze.add_argument("--port", type=int, action="append",
                          help="server port to follow (repeatable; default: every port that "
@@ -455,13 +460,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace, keys: RunKeys | None) -> int:
     from kalab import evidence
+    from kalab.spool import SpoolError
 
     started = time.time()
     # This process has no other thread: the reading may go to a forked child, on a
     # second core.
-    analysis = evidence.analyze_capture(args.pcap, set(args.port) if args.port else None,
-                                        background=True, spool=True,
-                                        keylog=None if keys is None else keys.keylog)
+    try:
+        analysis = evidence.analyze_capture(args.pcap, set(args.port) if args.port else None,
+                                            background=True, spool=True,
+                                            keylog=None if keys is None else keys.keylog)
+    except SpoolError as exc:
+        return _error(f"{exc} (TMPDIR names another folder; it needs about as much room as "
+                      "the JSON report)", Exit.LAB_ERROR)
     if analysis.error is not None and not analysis.records:
         return _error(str(analysis.error), Exit.BAD_INPUT)  # not a capture at all
     ports = analysis.ports

@@ -66,6 +66,16 @@ def _loads(line: bytes) -> Any:
     return json.loads(line) if report.orjson is None else report.orjson.loads(line)
 
 
+class SpoolError(Exception):
+    """The temporary file could not be made or written (a full or missing TMPDIR): the
+    message names its folder and why."""
+
+
+def _failed(exc: OSError) -> SpoolError:
+    return SpoolError(f"the records' temporary file in {tempfile.gettempdir()}: "
+                      f"{exc.strerror or exc}")
+
+
 class Spool:
     """Write `Finished` records as they come (`add`); `records` gives them back numbered.
 
@@ -77,7 +87,10 @@ class Spool:
     """
 
     def __init__(self) -> None:
-        self._file: BinaryIO = tempfile.TemporaryFile(prefix="kalab-records-")
+        try:
+            self._file: BinaryIO = tempfile.TemporaryFile(prefix="kalab-records-")
+        except OSError as exc:
+            raise _failed(exc) from None
         self._at = array("q")  # per connection as added: its offset in the file
         self._line_size = array("I")  # its line's bytes there; its requests' lines follow
         self._where = array("i")  # provisional number - 1 -> its place added
@@ -110,7 +123,10 @@ class Spool:
             r.id, r.connection = "w0", 0
             lines.append(record_line(r)[len(_REQUEST_HEAD):])
         blob = b"\n".join(lines)
-        self._file.write(blob)
+        try:
+            self._file.write(blob)
+        except OSError as exc:
+            raise _failed(exc) from None
         if number > len(self._where):
             self._where.frombytes(bytes(4 * (number - len(self._where))))
         self._where[number - 1] = len(self._at)
@@ -135,7 +151,10 @@ class Spool:
         """The connections and the requests, numbered as `kalab.analyzer.assemble` numbers
         them, once every record is in. ``ports``: those the Analyzer followed;
         ``servers``: its `server_ports`. Called once."""
-        self._file.flush()
+        try:
+            self._file.flush()
+        except OSError as exc:
+            raise _failed(exc) from None
         self._first.append(len(self._sent))  # where the last one's requests end
         self._at.append(self._size)  # where the last one's lines end
         first, sent = self._first, self._sent

@@ -14,6 +14,10 @@ import dataclasses
 import functools
 import io
 import json
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -374,3 +378,26 @@ def test_the_time_origin_leaves_out_what_numbering_leaves_out(tmp_path):
     assert [c.server for c in spooled.connections] == ["10.0.0.2:8080"]
     assert spooled.connections.origin() == T0 + 1
     assert summary.time_zero(report_of(spooled).runs[0]) == T0 + 1
+
+
+def test_a_temporary_file_that_cannot_grow_is_a_one_line_lab_error(tmp_path):
+    # The kernel refuses to let the spool's file grow past 64 KiB (as a full TMPDIR would
+    # refuse it): `kalab analyze` says where and why in one line, exit 4, no traceback.
+    packets = sorted((p for n in range(300) for p in conversation(
+        "10.0.0.1", "10.0.0.2", 30000 + n, 8080, T0 + n, ["a", "b"])), key=lambda p: p[0])
+    path = write(tmp_path / "x.pcap", packets)
+    spool_dir = tmp_path / "tmp"
+    spool_dir.mkdir()
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+
+    done = subprocess.run([sys.executable, "-m", "kalab.cli", "analyze", "--json", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, preexec_fn=small_files,
+                          env={**os.environ, "TMPDIR": str(spool_dir)},
+                          timeout=120)
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.splitlines() == [
+        f"kalab: the records' temporary file in {spool_dir}: File too large (TMPDIR names "
+        "another folder; it needs about as much room as the JSON report)"]
+    assert list(spool_dir.iterdir()) == []  # nothing left behind
