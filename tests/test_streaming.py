@@ -401,3 +401,14 @@ def test_a_temporary_file_that_cannot_grow_is_a_one_line_lab_error(tmp_path):
         f"kalab: the records' temporary file in {spool_dir}: File too large (TMPDIR names "
         "another folder; it needs about as much room as the JSON report)"]
     assert list(spool_dir.iterdir()) == []  # nothing left behind
+
+
+def test_analyze_help_states_the_bounds_the_analyzer_uses(capsys):
+    from kalab import analyzer, cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["analyze", "--help"])
+    words = " ".join(capsys.readouterr().out.split())
+    assert f"is over and {analyzer.CLOSE_LINGER:g} s of capture time have passed" in words
+    assert f"after {analyzer.IDLE_BOUND:g} s without a segment" in words
+    assert "TMPDIR" in words
