@@ -333,9 +333,10 @@ def _targeted(args: argparse.Namespace):  # noqa: ANN202 - a Scenario
                          "not a server it did not start")
     expectations_of = target.whose_expectations(scenario, args.expectations_of)
     target.check_bounded(scenario, int(bounds["--max-requests"]), bounds["--max-seconds"])
-    address, interface = target.locate(where)
+    addresses, interface = target.locate(where)
     return target.targeted(scenario, TargetServer(
-        url=where.url, address=address, port=where.port, interface=interface,
+        url=where.url, address=addresses[0], addresses=addresses, port=where.port,
+        interface=interface,
         engines_ignored=[e.name for e in scenario.engines], expectations_of=expectations_of,
         max_requests=int(bounds["--max-requests"]), max_seconds=bounds["--max-seconds"],
         rate=bounds["--rate"], burst=int(bounds["--burst"]),

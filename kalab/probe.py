@@ -359,11 +359,11 @@ def run(where: Target, limits: Limits, results: Path, capture: bool = True):  # 
         from observer.capture import Capture
 
         try:
-            address, interface = locate(where)
+            addresses, interface = locate(where)
         except ValueError as exc:
             raise ProbeError(str(exc)) from None
         pcap.parent.mkdir()
-        sniffer = Capture(interface, where.port, pcap, host=address)
+        sniffer = Capture(interface, where.port, pcap, hosts=addresses)
         stop = threading.Event()
 
         def read() -> None:

@@ -595,8 +595,8 @@ class TargetServer:
     url: str = doc("The URL given: the server's root, `http://` or `https://` (over HTTPS "
                    "the client writes its TLS secrets to the run's key log, and the "
                    "requests are read off the wire with it).")
-    address: str = doc("The address the URL's host resolved to when the run started; the "
-                       "capture takes only packets to and from it (`Capture.filter`).")
+    address: str = doc("The first address the URL's host resolved to when the run started "
+                       "(of those this host has a route to): the one a client tries first.")
     port: int = doc("The server's TCP port, from the URL (the scenario's `port` is not "
                     "used).")
     interface: str = doc("The interface this host's packets to `address` leave by: where "
@@ -616,6 +616,12 @@ class TargetServer:
     ca: str | None = doc("With an `https://` URL, the CA file the clients trusted "
                          "(`--target-ca`, copied into the run folder as `target-ca.pem`); "
                          "null: this host's trusted CAs (or an `http://` URL).", default=None)
+    addresses: list[str] = doc(
+        "Every address the URL's host resolved to that this host has a route to, `address` "
+        "first, in the order a client tries them (until one answers: `localhost` may be "
+        "`::1`, then `127.0.0.1`): the capture takes packets to and from any of them "
+        "(`Capture.filter`). Empty in reports written before it was recorded: `address` "
+        "alone was captured.", factory=list)
 
 
 @dataclass

@@ -13,9 +13,9 @@ they share, and what they must never do differently:
   ``burst`` at once (`Pace`, a token bucket shared by every thread that
   sends): a scenario's short bursts keep their timing, a flood is spread
   out, and how late each request left is in a run's report (`send_lag`);
-- **where to capture**: the address the host resolves to and the interface
-  this host's packets to it leave by (`locate`), captured there as the
-  client's side of the wire, that address and port only.
+- **where to capture**: the addresses the host resolves to and the interface
+  this host's packets to them leave by (`locate`), captured there as the
+  client's side of the wire, those addresses and that port only.
 
 A run takes more: the URL of the server's root (`for_run`: the scenario's
 paths are sent as they are; over ``https://`` the clients verify the server
@@ -89,19 +89,36 @@ def out_of_bounds(bounds: dict[str, tuple[float, float, float]]) -> str | None:
     return None
 
 
-def locate(where: Target) -> tuple[str, str]:
-    """(the address ``where``'s host resolves to, the interface packets to it leave by);
-    ValueError naming the host when it cannot be resolved or routed to."""
+def locate(where: Target) -> tuple[list[str], str]:
+    """(the addresses ``where``'s host resolves to that this host has a route to, in the
+    order a client tries them; the interface packets to them leave by).
+
+    A client tries each address in turn until one answers (``localhost``: ``::1``, then
+    ``127.0.0.1``, where a server may listen on only one): the capture must see them
+    all, so they must all leave by one interface. An address with no route is left out:
+    no packet leaves for it. ValueError naming the host when it cannot be resolved,
+    none of its addresses can be routed to, or they leave by different interfaces.
+    """
     from kalab.impairment import ImpairmentError, route_interface
 
     try:
-        address = socket.getaddrinfo(where.host, where.port, type=socket.SOCK_STREAM)[0][4][0]
+        found = socket.getaddrinfo(where.host, where.port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise ValueError(f"{where.host}: cannot resolve: {exc.strerror or exc}") from None
-    try:
-        return address, route_interface(address)
-    except ImpairmentError as exc:
-        raise ValueError(str(exc)) from None
+    routes, unroutable = {}, None
+    for address in dict.fromkeys(info[4][0] for info in found):
+        try:
+            routes[address] = route_interface(address)
+        except ImpairmentError as exc:
+            unroutable = unroutable or exc
+    if not routes:
+        raise ValueError(str(unroutable))
+    if len(set(routes.values())) > 1:
+        raise ValueError(f"{where.host}: its addresses leave this host by different interfaces "
+                         f"({', '.join(f'{a} by {i}' for a, i in routes.items())}) and one "
+                         "capture cannot see them all: give one of them in the URL")
+    addresses = list(routes)
+    return addresses, routes[addresses[0]]
 
 
 class Pace:

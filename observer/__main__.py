@@ -41,9 +41,10 @@ def capture_engine(scenario: Scenario, engine: Engine, run_dir: Path, interface:
                    engines: list[Engine]) -> str | None:
     """Capture one engine's turn; the phase the run was in if a signal cut it short."""
     folder = handoff.engine_dir(run_dir, engine)
-    # A server the lab did not start: only its address, not all traffic to its port here.
+    # A server the lab did not start: only its addresses, not all traffic to its port here.
     capture = Capture(interface, scenario.port, folder / handoff.CAPTURE_PCAP,
-                      host=engine.server.address if isinstance(engine, TargetEngine) else None)
+                      hosts=(engine.server.addresses or [engine.server.address])
+                      if isinstance(engine, TargetEngine) else ())
     complete = False
     interrupted = None
     try:

@@ -22,6 +22,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -61,15 +62,17 @@ class Capture:
     """An open capture: `poll` moves frames to the pcap, `close` accounts for them."""
 
     def __init__(self, interface: str, port: int, pcap: Path,
-                 buffer: int = RECEIVE_BUFFER, host: str | None = None) -> None:
-        """Capture TCP ``port`` on ``interface`` into ``pcap``; with ``host``, only to and
-        from that address (a server the lab did not start: other traffic to the same port
-        on this host is not the run's)."""
+                 buffer: int = RECEIVE_BUFFER, hosts: Sequence[str] = ()) -> None:
+        """Capture TCP ``port`` on ``interface`` into ``pcap``; with ``hosts``, only to and
+        from those addresses (a server the lab did not start: other traffic to the same
+        port on this host is not the run's)."""
         # scapy is slow to import: only here, not on every `kalab` start.
         from scapy.arch.linux import L2ListenSocket, get_last_packet_timestamp
         from scapy.layers import l2  # noqa: F401 - registers link types: no "Unable to guess" warning
 
-        self.filter = f"tcp port {port}" + (f" and host {host}" if host else "")
+        either = " or ".join(f"host {host}" for host in hosts)
+        self.filter = f"tcp port {port}" + (
+            "" if not hosts else f" and {either}" if len(hosts) == 1 else f" and ({either})")
         self.sock = L2ListenSocket(iface=interface, filter=self.filter)
         self._kernel_time = get_last_packet_timestamp
         raw = self.sock.ins

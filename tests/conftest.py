@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,15 +52,16 @@ def free_port(low: int, high: int) -> int:
 
 
 @contextmanager
-def capturing(port: int, pcap: Path, linger: float) -> Iterator:
-    """The observer's capture of ``port`` on lo, read in a thread while the body runs.
+def capturing(port: int, pcap: Path, linger: float, hosts: Sequence[str] = ()) -> Iterator:
+    """The observer's capture of ``port`` on lo (to and from ``hosts`` only, if given),
+    read in a thread while the body runs.
 
     On the way out it keeps reading ``linger`` seconds more (the last FINs and
     ACKs), then closes: the yielded capture's ``stats`` are then final.
     """
     from observer.capture import Capture
 
-    capture = Capture("lo", port, pcap)
+    capture = Capture("lo", port, pcap, hosts=hosts)
     stop = threading.Event()
 
     def read() -> None:

@@ -144,3 +144,47 @@ def test_a_capture_that_lost_packets_says_so_and_cannot_conclude(tmp_path):
     capture_record = report["runs"][0]["capture"]
     assert capture_record["kernel_drops"] == stats.kernel_drops
     assert any("the kernel dropped" in p for p in capture_record["problems"])
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+def test_a_target_s_capture_takes_every_address_its_name_resolves_to(tmp_path, monkeypatch):
+    # `localhost` may resolve to ::1, then 127.0.0.1, and a server listen on the second
+    # only: a client is refused on the first and goes on to the next. A target's capture
+    # takes both (`kalab.target.locate`), and nothing else on its port.
+    from kalab import evidence, target
+
+    port = free_port()
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if host == "dual.test":
+            return real("::1", *args, **kwargs) + real("127.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    addresses, interface = target.locate(target.parse(f"http://dual.test:{port}/"))
+    assert (addresses, interface) == (["::1", "127.0.0.1"], "lo")
+    server = Server(port)  # on 127.0.0.1 only
+    pcap = tmp_path / "capture.pcap"
+    try:
+        with capturing(port, pcap, linger=0.5, hosts=addresses) as capture:
+            time.sleep(0.2)
+            for _ in range(3):  # as a client connects: each address in turn until one answers
+                with socket.create_connection(("dual.test", port), timeout=5) as sock:
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    while sock.recv(4096):
+                        pass
+            with pytest.raises(ConnectionRefusedError):  # other addresses: not the target's
+                socket.create_connection(("127.0.0.2", port), timeout=5,
+                                         source_address=("127.0.0.3", 0))
+    finally:
+        server.stop()
+    assert capture.filter == f"tcp port {port} and (host ::1 or host 127.0.0.1)"
+    # tshark, the referee: the SYNs to each address, and none to another.
+    syns = subprocess.run(["tshark", "-r", str(pcap), "-Y", "tcp.flags.syn == 1 && "
+                           "tcp.flags.ack == 0", "-T", "fields", "-e", "ip.dst", "-e",
+                           "ipv6.dst"], capture_output=True, text=True, check=True).stdout
+    assert sorted(line.strip() for line in syns.splitlines()) == ["127.0.0.1"] * 3 + ["::1"] * 3
+    connections = evidence.analyze_capture(pcap).connections
+    assert sorted((c.server, c.refused, c.requests != []) for c in connections) == \
+        [(f"127.0.0.1:{port}", False, True)] * 3 + [(f"[::1]:{port}", True, False)] * 3

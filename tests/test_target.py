@@ -301,3 +301,45 @@ def test_the_readme_s_target_command_is_one_kalab_takes():
         f"{defaults['--max-seconds']:g} s" in words
     assert f"at most {defaults['--rate']:g} a second after a burst of " \
         f"{defaults['--burst']}" in words
+
+
+def test_a_target_is_captured_on_every_address_a_client_may_try(monkeypatch):
+    # What `locate` makes of a name's addresses (the capture itself: test_capture.py).
+    import socket
+
+    from kalab import impairment, target
+
+    answers = {"dual.test": ["::1", "127.0.0.1", "::1"],  # each address once
+               "split.test": ["10.9.0.1", "fd00:9::1"],
+               "partly.test": ["fd00:8::1", "10.8.0.1"],
+               "nowhere.test": ["fd00:7::1"]}
+    routes = {"::1": "lo", "127.0.0.1": "lo", "10.9.0.1": "eth0", "fd00:9::1": "wg0",
+              "10.8.0.1": "eth0"}
+
+    def resolve(host, port, *args, **kwargs):
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (a, port)) for a in answers[host]]
+
+    def route(address):
+        if address not in routes:
+            raise impairment.ImpairmentError(f"no route to {address}: unreachable")
+        return routes[address]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(impairment, "route_interface", route)
+
+    def locate(host):
+        return target.locate(target.parse(f"http://{host}:8080/"))
+
+    assert locate("dual.test") == (["::1", "127.0.0.1"], "lo")
+    # No route, no packet: an address this host cannot send to is not waited for.
+    assert locate("partly.test") == (["10.8.0.1"], "eth0")
+    with pytest.raises(ValueError, match="no route to fd00:7::1"):
+        locate("nowhere.test")
+    # One capture cannot see two interfaces: refused, and the way out said.
+    with pytest.raises(ValueError) as refused:
+        locate("split.test")
+    assert str(refused.value) == (
+        "split.test: its addresses leave this host by different interfaces (10.9.0.1 by "
+        "eth0, fd00:9::1 by wg0) and one capture cannot see them all: give one of them in "
+        "the URL")
