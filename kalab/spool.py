@@ -27,6 +27,7 @@ import json
 import tempfile
 from array import array
 from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import fields
 from typing import Any, BinaryIO
@@ -242,12 +243,12 @@ class _Reader:
     def requests(self, by_time: array, made: Callable[[int], list[Any]]) -> Iterator[Any]:
         """Each request in the order numbered, made by ``made`` from its connection's
         place: its connection's are made at once and kept while the nearby ones come."""
-        recent: dict[int, list[Any]] = {}
+        recent: OrderedDict[int, list[Any]] = OrderedDict()  # the oldest out in O(1)
         first = self.first
         for request in by_time:
             place = bisect_right(first, request) - 1  # its connection's place added
             if place not in recent:
                 if len(recent) >= _RECENT:
-                    del recent[next(iter(recent))]
+                    recent.popitem(last=False)
                 recent[place] = made(place)
             yield recent[place][request - first[place]]
