@@ -733,6 +733,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
                       Exit.LAB_ERROR)
     limits = probe.Limits(max_requests=args.max_requests, max_seconds=args.max_seconds,
                           max_idle=args.max_idle, rate=args.rate)
+    located = None
+    if not args.no_capture:  # where to capture, before anything is made: as `run --target`
+        try:
+            located = target.locate(where)
+        except ValueError as exc:
+            return _error(str(exc), Exit.BAD_INPUT)
     try:
         if args.results is None:
             results = handoff.new_results_folder(
@@ -743,7 +749,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _error(f"--results: {exc}", Exit.BAD_INPUT)
     try:
-        report = probe.run(where, limits, results, capture=not args.no_capture)
+        report = probe.run(where, limits, results, capture=located)
     except probe.ProbeError as exc:
         return _error(f"{args.url}: {exc}", Exit.LAB_ERROR)
     if args.results is None:

@@ -341,27 +341,26 @@ def _carried(where: Target, limits: Limits, budget: Budget,
 LINGER = 0.5  # seconds the capture goes on after the probe: the last FINs and ACKs
 
 
-def run(where: Target, limits: Limits, results: Path, capture: bool = True):  # noqa: ANN201
+def run(where: Target, limits: Limits, results: Path,  # noqa: ANN201
+        capture: tuple[list[str], str] | None = None):
     """Probe ``where`` into the run folder ``results`` (new, made by the caller),
-    capturing its packets when ``capture``; the report, written with its views."""
+    capturing its packets where ``capture`` says (the addresses and the interface
+    `kalab.target.locate` found, before the folder was made); the report, written with
+    its views."""
     import threading
 
     from kalab import evidence, render
     from kalab import report as report_mod
     from kalab.exitcodes import BY_VERDICT
-    from kalab.target import locate
 
     started = time.time()
     keylog = results / "tls-keys.log" if where.scheme == "https" else None
     sniffer = stop = reader = None
     pcap = results / "probe" / "capture.pcap"
-    if capture:
+    if capture is not None:
         from observer.capture import Capture
 
-        try:
-            addresses, interface = locate(where)
-        except ValueError as exc:
-            raise ProbeError(str(exc)) from None
+        addresses, interface = capture
         pcap.parent.mkdir()
         sniffer = Capture(interface, where.port, pcap, hosts=addresses)
         stop = threading.Event()

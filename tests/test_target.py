@@ -343,3 +343,23 @@ def test_a_target_is_captured_on_every_address_a_client_may_try(monkeypatch):
         "split.test: its addresses leave this host by different interfaces (10.9.0.1 by "
         "eth0, fd00:9::1 by wg0) and one capture cannot see them all: give one of them in "
         "the URL")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the probe captures as root only")
+def test_a_probe_of_a_name_that_does_not_resolve_starts_nothing(tmp_path, monkeypatch,
+                                                                 capsys):
+    # As `run --target`: where to capture is found first, and a name that does not
+    # resolve is bad input (exit 2), no results folder made.
+    import socket
+
+    from kalab import cli
+
+    def unknown(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    assert cli.main(["probe", "http://nowhere.test:8080/", "--results",
+                     str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == \
+        "kalab: nowhere.test: cannot resolve: Name or service not known\n"
+    assert not (tmp_path / "r").exists()
