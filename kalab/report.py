@@ -747,8 +747,8 @@ class Records(Sequence):
                  lines: Callable[[], Iterable[bytes]] | None = None,
                  seen: Callable[[], Iterable[Seen]] | None = None,
                  origin: Callable[[], float | None] | None = None) -> None:
-        self._length, self._walk, self._at = length, walk, at
-        self.lines, self.seen, self.origin = lines, seen, origin
+        self._length, self._walk = length, walk
+        self.at, self.lines, self.seen, self.origin = at, lines, seen, origin
 
     def __len__(self) -> int:
         return self._length
@@ -760,8 +760,8 @@ class Records(Sequence):
         if not -self._length <= index < self._length:
             raise IndexError(index)
         index %= self._length
-        if self._at is not None:
-            return self._at(index)
+        if self.at is not None:
+            return self.at(index)
         for number, record in enumerate(self):
             if number == index:
                 return record

@@ -6,10 +6,11 @@ one to a temporary file as the report will have it, a line of compact JSON
 (`kalab.report.record_line`), then its requests' lines, each read
 without the other. Only the numbers are left out: a connection's line is
 written with ``"id":0`` and ``"requests":[]``, a request's with ``"id":"w0"``
-and ``"connection":0``, and the spool keeps where they are. Besides, it keeps
-only what `kalab.analyzer.assemble` needs to number them, in arrays of
-machine numbers: per connection where it lies, its provisional number,
-whether its SYN was seen and its server port; per request its time sent.
+and ``"connection":0``, put in when the line is read. Besides, it keeps only
+what `kalab.analyzer.assemble` needs to number them and what the report's
+problems and time origin need without a walk, in arrays of machine numbers:
+per connection where its lines lie, its provisional number, whether its SYN
+was seen, whether it has gaps and its server port; per request its time sent.
 
 `Spool.records` numbers them exactly as `assemble` does and returns two
 `Records`: sequences that read the connections (in order seen) and the
@@ -58,7 +59,6 @@ _REQUESTS_KEY = b',"requests":['
 assert [f.name for f in fields(Connection)][0] == "id"
 assert [f.name for f in fields(HttpRequest)][:2] == ["id", "connection"]
 assert all(b',"%s":[' % f.name.encode() != _REQUESTS_KEY for f in fields(Tls))
-
 
 
 def _loads(line: bytes) -> Any:
@@ -235,9 +235,13 @@ class _Reader:
     def request_records(self, place: int) -> list[HttpRequest]:
         return [HttpRequest(**_loads(line)) for line in self.request_lines(place)]
 
+    def place_of(self, request: int) -> int:
+        """The place added of the connection a request (by its place added) was on."""
+        return bisect_right(self.first, request) - 1
+
     def request(self, request: int) -> HttpRequest:
         """One request by its place added: its connection's requests are read for it."""
-        place = bisect_right(self.first, request) - 1
+        place = self.place_of(request)
         return self.request_records(place)[request - self.first[place]]
 
     def requests(self, by_time: array, made: Callable[[int], list[Any]]) -> Iterator[Any]:
@@ -246,7 +250,7 @@ class _Reader:
         recent: OrderedDict[int, list[Any]] = OrderedDict()  # the oldest out in O(1)
         first = self.first
         for request in by_time:
-            place = bisect_right(first, request) - 1  # its connection's place added
+            place = self.place_of(request)
             if place not in recent:
                 if len(recent) >= _RECENT:
                     recent.popitem(last=False)

@@ -163,7 +163,7 @@ def requests_by_id(run: EngineRun, connections: Iterable[Connection] | None = No
     if connections is None:
         return {r.id: r for r in run.requests}
     connections = list(connections)
-    if isinstance(run.requests, Records):
+    if isinstance(run.requests, Records) and run.requests.at is not None:
         # Read back from disk, each alone: request wN is the Nth sent (`assemble`).
         found = {}
         for ref in (ref for c in connections for ref in c.requests):

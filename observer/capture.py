@@ -71,8 +71,9 @@ class Capture:
         from scapy.layers import l2  # noqa: F401 - registers link types: no "Unable to guess" warning
 
         either = " or ".join(f"host {host}" for host in hosts)
-        self.filter = f"tcp port {port}" + (
-            "" if not hosts else f" and {either}" if len(hosts) == 1 else f" and ({either})")
+        if len(hosts) > 1:
+            either = f"({either})"
+        self.filter = f"tcp port {port}" + (f" and {either}" if hosts else "")
         self.sock = L2ListenSocket(iface=interface, filter=self.filter)
         self._kernel_time = get_last_packet_timestamp
         raw = self.sock.ins
