@@ -433,7 +433,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from kalab import zeek
+    from kalab import target, zeek
 
     if not args.pcap.is_file():
         what = "not a regular file" if args.pcap.exists() else "no such file"
@@ -441,6 +441,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     refused = None if args.zeek is None else zeek.refuse(args.zeek)
     if refused:
         return _error(f"--zeek: {refused}", Exit.BAD_INPUT)
+    for port in args.port or ():
+        wrong = target.out_of_bounds({"--port": (port, 1, 65535)})
+        if wrong:  # no segment could match: the report would say "observed" of nothing
+            return _error(wrong, Exit.BAD_INPUT)
     keys = None
     if args.keylog is not None:
         from kalab import evidence

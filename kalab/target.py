@@ -73,9 +73,13 @@ def parse(url: str) -> Target:
     if not parts.hostname or parts.username or parts.password:
         raise ValueError(f"{url!r}: a URL with a host and no credentials, please")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port
     except ValueError:
-        raise ValueError(f"{url!r}: the port is not a number from 1 to 65535") from None
+        port = 0  # not a number, or past 65535
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    elif not 1 <= port <= 65535:  # ":0" too: no server listens there, and it is no default
+        raise ValueError(f"{url!r}: the port is not a number from 1 to 65535")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return Target(url, parts.scheme, parts.hostname, port, path)
 

@@ -888,3 +888,14 @@ def test_kalab_analyze_says_what_is_wrong_with_a_path_that_is_no_pcap(tmp_path, 
     done = run_kalab("analyze", path)
     assert done.returncode == 2
     assert done.stderr == f"kalab: {path}: {said}\n"
+
+
+@pytest.mark.parametrize("port", ["0", "-5", "65536", "99999999"])
+def test_kalab_analyze_takes_only_ports_a_segment_can_have(tmp_path, port):
+    """A port no segment can have would match nothing, and the report would say
+    "observed" of an empty capture: it is bad input, said before anything is read."""
+    pcap = tmp_path / "empty.pcap"
+    pcap.write_bytes(b"")  # a regular file, to be refused for its port before it is read
+    done = run_kalab("analyze", str(pcap), "--port", "8000", "--port", port)
+    assert done.returncode == 2
+    assert done.stderr == f"kalab: --port: from 1 to 65535, got {port}\n"

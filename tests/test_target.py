@@ -193,6 +193,8 @@ def refused(tmp_path: Path, *args: str, scenario: str = SCENARIO) -> str:
     ("http://10.215.31.1:5000/keep-alive", "give the server's root"),
     ("http://user:pw@10.215.31.1/", "no credentials"),
     ("http://10.215.31.1:99999/", "the port is not a number"),
+    ("http://10.215.31.1:0/", "the port is not a number"),  # not quietly port 80
+    ("http://10.215.31.1:http/", "the port is not a number"),
 ])
 def test_only_an_http_url_of_a_server_s_root_is_a_target(tmp_path, url, words):
     assert words in refused(tmp_path, "--target", url)
