@@ -17,9 +17,11 @@ Run as root from the checkout (a few minutes at most, all on loopback):
    connections, about 2.3 GiB). Each is written for its run, at most
    ``--max-pcap-gib`` and three quarters of the free disk, and removed
    after it, even on failure or SIGTERM. Each is analysed by ``tshark -q -z
-   conv,tcp``, by ``tshark -Y http`` printing the fields kalab reports, and
-   by ``kalab analyze --json``, each as its own process, taking turns; wall
-   seconds, the ratios and each one's peak RSS are printed. kalab is
+   conv,tcp``, by ``tshark -Y http`` printing the fields kalab reports, by
+   ``kalab analyze --json``, and by bench/floor.py (the floor under any
+   analysis in Python that reads as kalab does: the reading, and each
+   segment looked up once, nothing more), each as its own process, taking
+   turns; wall seconds, the ratios and each one's peak RSS are printed. kalab is
    byte-compiled first, as an installed package is. The report ends with
    the targets: kalab in at most half tshark's time on the 240,000-packet
    pcap, and issue 17's (peak RSS at most 256 MB and at most 0.4 of
@@ -295,9 +297,10 @@ def analysis_part(work: Path, pcaps: list[tuple[str, int, int]], runs: int,
              "Each pcap is written "
              "for the run and removed after it; every output goes to /dev/null.", "",
              "| pcap | packets | connections | size | tshark conv s | tshark http s | kalab s "
-             "| kalab / conv | kalab / http | conv RSS | http RSS | kalab RSS | kalab exit |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-             "| ---: |"]
+             "| kalab / conv | kalab / http | floor s | floor / conv | conv RSS | http RSS "
+             "| kalab RSS | kalab exit |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: | ---: | ---: | ---: |"]
     # Byte-compile kalab first, as installing a package does: this checkout may never
     # have been (PYTHONDONTWRITEBYTECODE), and compiling its modules on every run is not
     # what a user's `kalab` pays.
@@ -310,15 +313,16 @@ def analysis_part(work: Path, pcaps: list[tuple[str, int, int]], runs: int,
         refused = room_for(work, expected, limit)
         if refused:
             lines.append(f"| {name} | {expected:,} | {connections:,} | not written: "
-                         f"{refused} | | | | | | | | | |")
+                         f"{refused} | | | | | | | | | | | |")
             continue
         try:
             packets = synth.write(pcap, connections, segments_per_body=segments)
             size = pcap.stat().st_size
-            conv, http, kalab = timed_side_by_side([
+            conv, http, kalab, floor = timed_side_by_side([
                 (["tshark", "-q", "-z", "conv,tcp", "-r", str(pcap)], None),
                 (["tshark", "-r", str(pcap), *TSHARK_HTTP], None),
-                ([*KALAB, "analyze", str(pcap), "--json"], None)], runs)
+                ([*KALAB, "analyze", str(pcap), "--json"], None),
+                ([sys.executable, str(ROOT / "bench" / "floor.py"), str(pcap)], None)], runs)
             if name == PCAPS[0][0]:
                 probe = where_the_time_goes(pcap)
         finally:
@@ -326,7 +330,8 @@ def analysis_part(work: Path, pcaps: list[tuple[str, int, int]], runs: int,
         results[name] = (packets, conv, http, kalab)
         lines.append(f"| {name} | {packets:,} | {connections:,} | {size / 2**20:,.0f} MiB | "
                      f"{conv[0]:.2f} | {http[0]:.2f} | {kalab[0]:.2f} | "
-                     f"{kalab[0] / conv[0]:.2f} | {kalab[0] / http[0]:.2f} | {conv[1]:,} MiB | "
+                     f"{kalab[0] / conv[0]:.2f} | {kalab[0] / http[0]:.2f} | {floor[0]:.2f} | "
+                     f"{floor[0] / conv[0]:.2f} | {conv[1]:,} MiB | "
                      f"{http[1]:,} MiB | {kalab[1]:,} MiB | {kalab[2]} |")
     lines += ["", *probe]
     return [*lines, *verdicts(results), ""]
