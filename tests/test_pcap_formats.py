@@ -897,3 +897,24 @@ def test_zeek_refuses_a_folder_with_something_in_it(tmp_path, existing):
     assert (target.read_text() if existing == "a file" else
             (target / "conn.log").read_text()) == "mine"
     assert len(list(target.iterdir())) == 1 if target.is_dir() else True
+
+
+def test_the_bench_floor_reads_what_kalab_reads_and_finds_tshark_s_connections(
+        tmp_path, monkeypatch):
+    # bench/floor.py is the floor a time target is set against: it must do the reading
+    # kalab does (in a second process, big enough), and no less, or it is no floor.
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import synth
+
+    from kalab import pcap_fast
+
+    path = tmp_path / "big.pcap"
+    synth.write(path, 4000)
+    assert path.stat().st_size >= pcap_fast._BACKGROUND_MIN_SIZE
+    done = subprocess.run([*KALAB[:1], str(ROOT / "bench" / "floor.py"), str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
+    segments, connections = map(int, done.stdout.split())
+    assert segments == sum(map(len, FastSegmentReader(path, skip_acks=True).batches()))
+    streams = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "tcp.stream"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert connections == len(set(streams)) == 4000
