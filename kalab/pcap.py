@@ -265,16 +265,19 @@ class _Blocks:
 
 def _records(path: str | Path, snaplens: list[int] | None = None) -> Iterator[Record]:
     """The file's records; ``snaplens`` gets the snap length of each header read."""
-    snaplens = [] if snaplens is None else snaplens
     with open(path, "rb") as f:
-        blocks = _Blocks(f)
-        if not blocks.need(4):
-            raise PcapError(f"{path}: byte 0: too short to be a capture file", 0)
-        magic = blocks.buf[:4]
-        if magic == _PCAPNG_MAGIC:
-            yield from _pcapng_records(blocks, path, snaplens)
-        else:
-            yield from _pcap_records(blocks, path, magic, snaplens)
+        yield from _records_of(_Blocks(f), path, [] if snaplens is None else snaplens)
+
+
+def _records_of(blocks: _Blocks, path: str | Path, snaplens: list[int]) -> Iterator[Record]:
+    """`_records` of a file opened as ``blocks`` (``blocks.offset``: how far it is read)."""
+    if not blocks.need(4):
+        raise PcapError(f"{path}: byte 0: too short to be a capture file", 0)
+    magic = blocks.buf[:4]
+    if magic == _PCAPNG_MAGIC:
+        yield from _pcapng_records(blocks, path, snaplens)
+    else:
+        yield from _pcap_records(blocks, path, magic, snaplens)
 
 
 def _pcap_records(blocks: _Blocks, path: str | Path, magic: bytes,
@@ -505,6 +508,9 @@ class SegmentReader:
         self.headers_cut = 0  # of those, TCP frames cut inside their TCP header: unreadable
         self.snaplens: list[int] = []  # the snap length of each file or interface header
         self.cut_at = 0  # the longest captured length of a record cut
+        # Bytes of the file read as far as the last batch handed on (a progress line's).
+        self.position = 0
+        self._blocks: _Blocks | None = None  # the file being read
 
     @property
     def snaplen(self) -> int | None:
@@ -522,23 +528,30 @@ class SegmentReader:
         """The segments in lists of a few thousand (`Analyzer.feed_all` takes them so);
         before a `PcapError`, the list of what came before it."""
         batch: list[Segment] = []
-        try:
-            for segment in self._segments():
-                batch.append(segment)
-                if len(batch) >= _BATCH:
+        with open(self.path, "rb") as f:
+            self._blocks = _Blocks(f)
+            try:
+                for segment in self._segments():
+                    batch.append(segment)
+                    if len(batch) >= _BATCH:
+                        self.position = self._blocks.offset
+                        yield batch
+                        batch = []
+            except PcapError as exc:
+                self.position = exc.offset  # read as far as the bad byte
+                if batch:
                     yield batch
-                    batch = []
-        except PcapError:
+                raise
+            self.position = self._blocks.offset
             if batch:
                 yield batch
-            raise
-        if batch:
-            yield batch
 
     def _segments(self) -> Iterator[Segment]:
         pure_acks = _PureAcks(self.tuples_followed) if self.skip_acks else None
         names = _Names()
-        for linktype, ts, buf, start, end, wirelen in _records(self.path, self.snaplens):
+        assert self._blocks is not None, "read by `batches`, which opens the file"
+        for linktype, ts, buf, start, end, wirelen in _records_of(self._blocks, self.path,
+                                                                   self.snaplens):
             self.records += 1
             # Cut at the snap length: the IP header says how much more there was.
             wire_end = start + wirelen if end - start < wirelen <= _MAX_RECORD else None

@@ -46,7 +46,8 @@ from kalab.pcap import (
 )
 
 _BACKGROUND_MIN_SIZE = 4 << 20  # bytes of file below which a reading process costs more
-_FRAME = struct.Struct("<?I")  # a background reader's message: last?, length
+# A background reader's message: last?, length, and the bytes of the file read so far.
+_FRAME = struct.Struct("<?IQ")
 # An IPv4 header of 20 bytes and the TCP header after it, from the total length on.
 _ETH_IPV4_TCP = struct.Struct("!2xH2xH1xB2xIIHHIIBB")
 # Segment's own constructor is a Python function around this: called directly, one call
@@ -80,7 +81,11 @@ class FastSegmentReader(SegmentReader):
         with open(self.path, "rb") as f:
             blocks = _Blocks(f)
             if blocks.need(4) and blocks.buf[:4] in _PCAP_MAGIC:
-                yield from self._classic(blocks, blocks.buf[:4])
+                try:
+                    yield from self._classic(blocks, blocks.buf[:4])
+                except PcapError as exc:  # one in its file header too
+                    self.position = exc.offset
+                    raise
                 return
         yield from super().batches()
 
@@ -142,13 +147,13 @@ class FastSegmentReader(SegmentReader):
             for batch in self.batches():
                 data = marshal.dumps(batch if type(batch[0]) is tuple else
                                      [tuple(s) for s in batch])  # pcapng: the reference's
-                out.write(_FRAME.pack(False, len(data)))
+                out.write(_FRAME.pack(False, len(data), self.position))
                 out.write(data)
         except PcapError as exc:
             error = (str(exc), exc.offset)
         data = marshal.dumps((self.records, self.segments, self.skipped, self.truncated,
                               self.headers_cut, self.cut_at, self.snaplens, error))
-        out.write(_FRAME.pack(True, len(data)))
+        out.write(_FRAME.pack(True, len(data), self.position))
         out.write(data)
 
     def _receive(self, pipe: BinaryIO) -> Iterator[list[tuple]]:
@@ -156,10 +161,11 @@ class FastSegmentReader(SegmentReader):
             header = pipe.read(_FRAME.size)
             if len(header) < _FRAME.size:
                 raise EOFError
-            last, size = _FRAME.unpack(header)
+            last, size, position = _FRAME.unpack(header)
             data = pipe.read(size)
             if len(data) < size:
                 raise EOFError
+            self.position = position
             if not last:
                 yield marshal.loads(data)
                 continue
@@ -305,12 +311,15 @@ class FastSegmentReader(SegmentReader):
                 append(new(row, (sec + frac * unit, names[src], sport, names[dst], dport,
                                      flags, seq, ack, buf[data:data_end], cut)))
                 if segments % _BATCH == 0:
+                    self.position = blocks.base + pos
                     yield batch
                     batch = []
                     append = batch.append
+            self.position = blocks.offset  # the loop leaves with `blocks.pos` set
             if batch:
                 yield batch
-        except PcapError:
+        except PcapError as exc:
+            self.position = exc.offset  # read as far as the bad byte
             if batch:
                 yield batch  # what came before the bad byte, then the error
                 batch = []

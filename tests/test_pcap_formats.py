@@ -535,14 +535,16 @@ def _read(path: Path, **options) -> tuple:
     one, or the reference with ``fast=False``."""
     kind = FastSegmentReader if options.pop("fast", True) else SegmentReader
     reader = kind(path, **{k: v for k, v in options.items() if k != "background"})
-    batches, error = [], None
+    batches, error, positions = [], None, []
     try:
         for batch in (reader.background_batches() if options.get("background")
                       else reader.batches()):
             batches.append(batch)
+            positions.append(reader.position)
     except PcapError as exc:
         error = (str(exc), exc.offset)
-    return batches, error, reader.records, reader.segments, reader.skipped
+    positions.append(reader.position)  # at the end: the whole file, or where it went bad
+    return batches, error, reader.records, reader.segments, reader.skipped, positions
 
 
 def damaged_captures(tmp_path: Path) -> list[Path]:
@@ -584,6 +586,10 @@ def test_a_big_capture_reads_the_same_either_way(tmp_path, monkeypatch):
         fast, generic = _read(path, **options), _read(path, fast=False, **options)
         assert [s for b in fast[0] for s in b] == [s for b in generic[0] for s in b]
         assert fast[1:] == generic[1:]
+        # How far each batch has read (a progress line's): onwards, to the file's end.
+        positions = fast[5]
+        assert len(positions) > 10 and positions == sorted(positions)
+        assert positions[-1] == path.stat().st_size
 
 
 def test_a_background_reader_hands_on_what_this_process_would(tmp_path, monkeypatch):
@@ -601,7 +607,7 @@ def test_a_background_reader_that_dies_is_taken_over(tmp_path, monkeypatch):
     def send_one_then_die(reader, out):
         batch = next(reader.batches())
         data = marshal.dumps([tuple(s) for s in batch])
-        out.write(pcap_fast._FRAME.pack(False, len(data)) + data)
+        out.write(pcap_fast._FRAME.pack(False, len(data), reader.position) + data)
         out.flush()
         os._exit(1)
 
