@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
                              "is over and 5 s of capture time have passed (or after 3600 s "
                              "without a segment), and goes to a temporary file in TMPDIR, about "
                              "as big as the JSON report; memory follows the connections open "
-                             "at once.")
+                             "at once. On a terminal, stderr shows how far a capture of 16 MiB "
+                             "or more is read.")
     analyze.add_argument("pcap", type=Path)
     analyze.add_argument("--port", type=int, action="append",
                          help="server port to follow (repeatable; default: every port that "
@@ -464,16 +465,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace, keys: RunKeys | None) -> int:
-    from kalab import evidence
+    from rich.console import Console
+
+    from kalab import evidence, progress
     from kalab.spool import SpoolError
 
     started = time.time()
     # This process has no other thread: the reading may go to a forked child, on a
     # second core.
     try:
-        analysis = evidence.analyze_capture(args.pcap, set(args.port) if args.port else None,
-                                            background=True, spool=True,
-                                            keylog=None if keys is None else keys.keylog)
+        with progress.reading(Console(stderr=True), args.pcap) as shown:
+            analysis = evidence.analyze_capture(
+                args.pcap, set(args.port) if args.port else None, background=True,
+                spool=True, keylog=None if keys is None else keys.keylog, progress=shown)
     except SpoolError as exc:
         return _error(f"{exc} (TMPDIR names another folder; it needs about as much room as "
                       "the JSON report)", Exit.LAB_ERROR)

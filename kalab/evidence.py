@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,7 +77,8 @@ class WireAnalysis:
 
 def analyze_capture(path: Path, ports: set[int] | None = None,
                     background: bool = False, keylog: KeyLog | None = None,
-                    spool: bool = False) -> WireAnalysis:
+                    spool: bool = False,
+                    progress: Callable[[int, int], None] | None = None) -> WireAnalysis:
     """Analyse a pcap or pcapng file; an unreadable record ends the reading, not the report.
 
     The file is read by `FastSegmentReader` (the same segments as the reference
@@ -87,6 +89,8 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
     ``spool``: each record goes to a temporary file as its connection becomes final
     (`kalab.spool`), and the connections and requests are read back from it each time
     they are walked (`kalab.report.Records`): memory follows the connections open.
+    ``progress`` is called after each batch of segments with the bytes of the file read
+    so far and the connections whose records are final (`kalab.progress.ReadingProgress`).
     """
     analyzer = Analyzer(ports, keylog)
     reader = FastSegmentReader(path, ports, skip_acks=True)
@@ -99,9 +103,14 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
     gc.disable()
     try:
         try:
+            done = 0
             for batch in reader.background_batches() if background else reader.batches():
                 feed_all(batch)
-                final.extend(finished())
+                now_final = finished()
+                final.extend(now_final)
+                if progress is not None:
+                    done += len(now_final)
+                    progress(reader.position, done)
         except PcapError as exc:
             error = exc
         analyzer.end()

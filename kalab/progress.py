@@ -1,4 +1,5 @@
-"""The live progress line of `kalab run`: which engine, which step, a countdown through sleeps.
+"""The live progress lines: `kalab run`'s (which engine, which step, a countdown through
+sleeps) and `kalab analyze`'s (how much of a big capture is read, `reading`).
 
 The roles are separate processes; what they have reached shows in the run
 folder (`kalab.handoff`): ``observer.ready``, ``server.json``, the
@@ -15,16 +16,25 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.spinner import Spinner
 from rich.text import Text
 
 from kalab import handoff
-from kalab.scenario import Scenario
+
+if TYPE_CHECKING:  # `kalab analyze` uses this module too, and never a scenario
+    from kalab.scenario import Scenario
 
 REFRESH_PER_SECOND = 4
 
@@ -113,3 +123,50 @@ def shown(console: Console, scenario: Scenario, results: Path | None,
     with Live(progress, console=console, refresh_per_second=REFRESH_PER_SECOND,
               transient=True):
         yield progress.say
+
+
+# A capture below this size is read in a second or two: no line for it.
+READING_SHOWN_FROM = 16 << 20
+
+
+class ReadingProgress:
+    """`kalab analyze`'s line while a capture is read: a bar of the file's bytes read, the
+    connections whose records are final, the time left. `update` is the
+    ``progress`` of `kalab.evidence.analyze_capture`; it redraws at most
+    REFRESH_PER_SECOND times a second, from the analysing thread itself: no thread of
+    its own, for the analysis forks its reading process."""
+
+    def __init__(self, progress: Progress, size: int) -> None:
+        self._progress = progress
+        self._task = progress.add_task("reading", total=size, connections=0)
+        self._next = 0.0
+
+    def update(self, position: int, connections: int) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + 1 / REFRESH_PER_SECOND
+        self._progress.update(self._task, completed=position, connections=connections)
+        self._progress.refresh()
+
+
+@contextmanager
+def reading(console: Console, pcap: Path) -> Iterator[Callable[[int, int], None] | None]:
+    """Show how far ``pcap`` is read while the block runs; yields the ``progress`` for
+    `kalab.evidence.analyze_capture`, or None (no line) unless ``console`` is a terminal
+    and the file is at least READING_SHOWN_FROM bytes. The line goes when the block
+    ends, even on an error: the report is printed alone."""
+    try:
+        size = pcap.stat().st_size
+    except OSError:
+        size = 0
+    if not console.is_terminal or size < READING_SHOWN_FROM:
+        yield None
+        return
+    progress = Progress(TextColumn(f"reading {escape(pcap.name)}"), BarColumn(),
+                        DownloadColumn(), TextColumn("{task.fields[connections]:,} connections,"),
+                        TimeRemainingColumn(), TextColumn("left"),
+                        console=console, transient=True, auto_refresh=False,
+                        redirect_stdout=False, redirect_stderr=False)
+    with progress:
+        yield ReadingProgress(progress, size).update

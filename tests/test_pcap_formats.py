@@ -924,3 +924,50 @@ def test_the_bench_floor_reads_what_kalab_reads_and_finds_tshark_s_connections(
     streams = subprocess.run(["tshark", "-r", str(path), "-T", "fields", "-e", "tcp.stream"],
                              capture_output=True, text=True, check=True).stdout.split()
     assert connections == len(set(streams)) == 4000
+
+
+def test_kalab_analyze_shows_on_a_terminal_how_far_a_big_capture_is_read(tmp_path,
+                                                                       monkeypatch):
+    # Minutes of silence over a capture of gigabytes look like a hang. On a terminal,
+    # stderr has a line of the bytes read; it goes before the report, which is whole.
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import pty
+    import select
+
+    import synth
+
+    from kalab.progress import READING_SHOWN_FROM
+
+    path = tmp_path / "big.pcap"
+    synth.write(path, 15000)
+    assert path.stat().st_size >= READING_SHOWN_FROM
+    terminal, its_end = pty.openpty()
+    with subprocess.Popen([*KALAB, "analyze", str(path), "--json"], stdout=subprocess.PIPE,
+                          stderr=its_end, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120",
+                               "TERM": "xterm"}) as analysing:
+        os.close(its_end)
+        report = []
+        reader = threading.Thread(target=lambda: report.append(analysing.stdout.read()))
+        reader.start()
+        shown = b""
+        while select.select([terminal], [], [], 120)[0]:
+            try:
+                data = os.read(terminal, 1 << 16)
+            except OSError:  # EIO: the other end closed with the process
+                break
+            if not data:
+                break
+            shown += data
+        reader.join(120)
+        assert analysing.wait(timeout=120) == 0
+    os.close(terminal)
+    text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", shown).decode()
+    assert f"reading {path.name}" in text
+    assert re.search(r"[0-9.]+/[0-9.]+ MB [0-9,]+ connections, ", text), text[-400:]
+    assert shown.endswith(b"\x1b[2K")  # the line erased: nothing left of it above a summary
+    (run,) = json.loads(report[0])["runs"]
+    assert len(run["connections"]) == 15000
+    # Anything but a terminal (a log, a pipe) gets no line at all.
+    piped = run_kalab("analyze", str(path), "--json")
+    assert piped.returncode == 0 and piped.stderr == ""

@@ -412,3 +412,6 @@ def test_analyze_help_states_the_bounds_the_analyzer_uses(capsys):
     assert f"is over and {analyzer.CLOSE_LINGER:g} s of capture time have passed" in words
     assert f"after {analyzer.IDLE_BOUND:g} s without a segment" in words
     assert "TMPDIR" in words
+    from kalab.progress import READING_SHOWN_FROM
+
+    assert f"how far a capture of {READING_SHOWN_FROM >> 20} MiB or more is read" in words
