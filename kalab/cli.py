@@ -102,14 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="report on any pcap: connections, requests, closes",
                              description="Analyse a capture file as the lab does its own: "
                              "pcap or pcapng (tcpdump, dumpcap, Wireshark), Ethernet, Linux "
-                             "cooked (SLL, SLL2), loopback or raw IP, IPv4 and IPv6. A file cut "
+                             "cooked (SLL, SLL2), loopback or raw IP, IPv4 and IPv6, plain or "
+                             "compressed with gzip, xz or bzip2 (whatever its name; its byte "
+                             "offsets then count decompressed bytes). A file cut "
                              "short or corrupt is reported up to the bad byte, then exits 2. "
                              "It is read as a stream: a connection's record is final once it "
                              "is over and 5 s of capture time have passed (or after 3600 s "
                              "without a segment), and goes to a temporary file in TMPDIR, about "
                              "as big as the JSON report; memory follows the connections open "
                              "at once. On a terminal, stderr shows how far a capture of 16 MiB "
-                             "or more is read.")
+                             "or more (compressed, 2 MiB) is read.")
     analyze.add_argument("pcap", type=Path)
     analyze.add_argument("--port", type=int, action="append",
                          help="server port to follow (repeatable; default: every port that "

@@ -46,16 +46,26 @@ resolution finer than 10^-19 or 2^-63 s, or a record time outside the
 years 1970 to 9999, is a `PcapError` naming the byte where its record or
 block starts; what came before it is handed on as usual.
 
+A file compressed with gzip, xz or bzip2 (known by its first bytes, as tshark
+knows them) is decompressed as it is read (`open_capture`); its offsets count
+its bytes once decompressed, and a stream cut short or corrupt is a
+`PcapError` where its data ends.
+
 Writes classic microsecond pcap, which tcpdump and tshark open.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import ipaddress
+import lzma
 import struct
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from kalab.analyzer import Segment
 
@@ -236,28 +246,105 @@ def decode_ip(ts: float, packet: bytes, offset: int = 0) -> Segment | None:
 Record = tuple[int, float, bytes, int, int, int]
 
 
+# Compressed captures, read as tshark reads them: by their first bytes, whatever their name.
+_COMPRESSIONS: dict[bytes, tuple[str, Callable[[BinaryIO], BinaryIO]]] = {
+    b"\x1f\x8b": ("gzip", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
+    b"\xfd7zXZ\x00": ("xz", lzma.LZMAFile),
+    b"BZh": ("bzip2", bz2.BZ2File),
+}
+# What a compressed stream raises when it is cut short (EOFError) or corrupt.
+_STREAM_ERRORS = (EOFError, OSError, lzma.LZMAError, zlib.error)
+
+
+def compression(path: str | Path) -> str | None:
+    """The compression a capture file is in (gzip, xz or bzip2), from its first bytes;
+    None for a file that is not compressed."""
+    with open(path, "rb") as f:
+        return _compression_of(f.read(6))
+
+
+def _compression_of(head: bytes) -> str | None:
+    for magic, (name, _) in _COMPRESSIONS.items():
+        if head.startswith(magic):
+            return name
+    return None
+
+
+class CaptureFile(NamedTuple):
+    """A capture file open to read (`open_capture`)."""
+
+    data: BinaryIO  # its bytes, decompressed as they are read if it is compressed
+    name: str | Path  # as its errors name it: a compressed one's offsets are decompressed
+    compressed: BinaryIO | None  # the compressed file on disk; None for a plain one
+
+
+@contextmanager
+def open_capture(path: str | Path) -> Iterator[CaptureFile]:
+    """``path`` open to read, decompressed as it is read if it is compressed: offsets in
+    a compressed one (`PcapError.offset`) count its bytes once decompressed, and the
+    name its errors give it says so."""
+    with open(path, "rb") as raw:
+        kind = _compression_of(raw.read(6))
+        raw.seek(0)
+        for name, opener in _COMPRESSIONS.values():
+            if name == kind:
+                with opener(raw) as data:  # leaves ``raw`` open: the outer `with` closes it
+                    yield CaptureFile(data, f"{path} (decompressed)", raw)
+                return
+        yield CaptureFile(raw, path, None)
+
+
 class _Blocks:
     """A file read in large blocks; ``buf[pos:]`` is what is left of the current one."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, path: str | Path = "",
+                 compressed: BinaryIO | None = None) -> None:
         self.f = f
+        self.path = path  # named in the error of a stream that breaks
+        self.compressed = compressed  # the file on disk, when ``f`` decompresses it
         self.buf = b""
         self.pos = 0
         self.base = 0  # file offset of buf[0]
+        self.broken: str | None = None  # why the file's data ended before its end
 
     def need(self, n: int) -> bool:
-        """Make ``n`` bytes available at ``pos``; False when the file ends first."""
+        """Make ``n`` bytes available at ``pos``; False when the file ends first. A
+        compressed file cut short or corrupt is a `PcapError` where its data ends: what
+        came before it is read as usual."""
         if len(self.buf) - self.pos >= n:
             return True
         rest = self.buf[self.pos:]
         self.base += self.pos
-        self.buf = rest + self.f.read(max(_BLOCK, n - len(rest)))
         self.pos = 0
-        return len(self.buf) >= n
+        want = max(_BLOCK, n - len(rest))
+        chunks, have = [rest], 0
+        while have < want and self.broken is None:
+            try:  # read1: a stream that breaks keeps what it gave before (read would not)
+                chunk = self.f.read1(want - have)
+            except _STREAM_ERRORS as exc:
+                self.broken = str(exc) or type(exc).__name__
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            have += len(chunk)
+        self.buf = b"".join(chunks)
+        if len(self.buf) >= n:
+            return True
+        if self.broken is not None:
+            end = self.base + len(self.buf)
+            raise PcapError(f"{self.path}: byte {end}: its data ends there, cut short or "
+                            f"corrupt ({self.broken})", end)
+        return False
 
     @property
     def offset(self) -> int:
         return self.base + self.pos
+
+    def read_so_far(self, offset: int) -> int:
+        """How far the file on disk is read once its data is read up to ``offset``:
+        ``offset`` itself, or for a compressed file its compressed bytes read so far."""
+        return offset if self.compressed is None else self.compressed.tell()
 
     def left(self) -> int:
         return len(self.buf) - self.pos
@@ -265,8 +352,9 @@ class _Blocks:
 
 def _records(path: str | Path, snaplens: list[int] | None = None) -> Iterator[Record]:
     """The file's records; ``snaplens`` gets the snap length of each header read."""
-    with open(path, "rb") as f:
-        yield from _records_of(_Blocks(f), path, [] if snaplens is None else snaplens)
+    with open_capture(path) as capture:
+        yield from _records_of(_Blocks(*capture), capture.name,
+                               [] if snaplens is None else snaplens)
 
 
 def _records_of(blocks: _Blocks, path: str | Path, snaplens: list[int]) -> Iterator[Record]:
@@ -508,7 +596,8 @@ class SegmentReader:
         self.headers_cut = 0  # of those, TCP frames cut inside their TCP header: unreadable
         self.snaplens: list[int] = []  # the snap length of each file or interface header
         self.cut_at = 0  # the longest captured length of a record cut
-        # Bytes of the file read as far as the last batch handed on (a progress line's).
+        # Bytes of the file read as far as the last batch handed on (a progress line's;
+        # of a compressed file, its compressed bytes read so far).
         self.position = 0
         self._blocks: _Blocks | None = None  # the file being read
 
@@ -528,21 +617,21 @@ class SegmentReader:
         """The segments in lists of a few thousand (`Analyzer.feed_all` takes them so);
         before a `PcapError`, the list of what came before it."""
         batch: list[Segment] = []
-        with open(self.path, "rb") as f:
-            self._blocks = _Blocks(f)
+        with open_capture(self.path) as capture:
+            blocks = self._blocks = _Blocks(*capture)
             try:
                 for segment in self._segments():
                     batch.append(segment)
                     if len(batch) >= _BATCH:
-                        self.position = self._blocks.offset
+                        self.position = blocks.read_so_far(blocks.offset)
                         yield batch
                         batch = []
             except PcapError as exc:
-                self.position = exc.offset  # read as far as the bad byte
+                self.position = blocks.read_so_far(exc.offset)  # as far as the bad byte
                 if batch:
                     yield batch
                 raise
-            self.position = self._blocks.offset
+            self.position = blocks.read_so_far(blocks.offset)
             if batch:
                 yield batch
 
@@ -550,8 +639,8 @@ class SegmentReader:
         pure_acks = _PureAcks(self.tuples_followed) if self.skip_acks else None
         names = _Names()
         assert self._blocks is not None, "read by `batches`, which opens the file"
-        for linktype, ts, buf, start, end, wirelen in _records_of(self._blocks, self.path,
-                                                                   self.snaplens):
+        for linktype, ts, buf, start, end, wirelen in _records_of(
+                self._blocks, self._blocks.path, self.snaplens):
             self.records += 1
             # Cut at the snap length: the IP header says how much more there was.
             wire_end = start + wirelen if end - start < wirelen <= _MAX_RECORD else None

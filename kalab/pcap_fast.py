@@ -43,6 +43,8 @@ from kalab.pcap import (
     _ip_offset,
     _Names,
     _tcp,
+    compression,
+    open_capture,
 )
 
 _BACKGROUND_MIN_SIZE = 4 << 20  # bytes of file below which a reading process costs more
@@ -78,13 +80,13 @@ class FastSegmentReader(SegmentReader):
     def batches(self) -> Iterator[list[Segment]]:
         """The segments in lists of a few thousand: one generator switch per list, not per
         segment, and the reading loop stays hot (a third faster than one at a time)."""
-        with open(self.path, "rb") as f:
-            blocks = _Blocks(f)
+        with open_capture(self.path) as capture:
+            blocks = _Blocks(*capture)
             if blocks.need(4) and blocks.buf[:4] in _PCAP_MAGIC:
                 try:
                     yield from self._classic(blocks, blocks.buf[:4])
                 except PcapError as exc:  # one in its file header too
-                    self.position = exc.offset
+                    self.position = blocks.read_so_far(exc.offset)
                     raise
                 return
         yield from super().batches()
@@ -102,8 +104,9 @@ class FastSegmentReader(SegmentReader):
         the child dies, the batches are read here, in this process.
         Only for a caller that has no other threads: a forked child copies one.
         """
-        try:
-            small = os.path.getsize(self.path) < _BACKGROUND_MIN_SIZE
+        try:  # a compressed file is worth it at any size: decompressing is reading too
+            small = os.path.getsize(self.path) < _BACKGROUND_MIN_SIZE and \
+                compression(self.path) is None
         except OSError:
             small = True
         if small or not hasattr(os, "fork"):
@@ -179,7 +182,7 @@ class FastSegmentReader(SegmentReader):
         """Classic pcap in one loop: Ethernet, IPv4 and a 20-byte IP header are decoded
         inline (the usual case), anything else by `_ip_offset` and `_tcp`. It does what
         the reference reader does, about twice as fast."""
-        path = self.path
+        path = blocks.path  # as its errors name it
         order, unit = _PCAP_MAGIC[magic]
         if not blocks.need(24):
             raise PcapError(f"{path}: byte 4: truncated file header", 4)
@@ -311,15 +314,16 @@ class FastSegmentReader(SegmentReader):
                 append(new(row, (sec + frac * unit, names[src], sport, names[dst], dport,
                                      flags, seq, ack, buf[data:data_end], cut)))
                 if segments % _BATCH == 0:
-                    self.position = blocks.base + pos
+                    self.position = blocks.read_so_far(blocks.base + pos)
                     yield batch
                     batch = []
                     append = batch.append
-            self.position = blocks.offset  # the loop leaves with `blocks.pos` set
+            # The loop leaves with `blocks.pos` set.
+            self.position = blocks.read_so_far(blocks.offset)
             if batch:
                 yield batch
         except PcapError as exc:
-            self.position = exc.offset  # read as far as the bad byte
+            self.position = blocks.read_so_far(exc.offset)  # as far as the bad byte
             if batch:
                 yield batch  # what came before the bad byte, then the error
                 batch = []

@@ -32,6 +32,7 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 from kalab import handoff
+from kalab.pcap import compression
 
 if TYPE_CHECKING:  # `kalab analyze` uses this module too, and never a scenario
     from kalab.scenario import Scenario
@@ -125,8 +126,11 @@ def shown(console: Console, scenario: Scenario, results: Path | None,
         yield progress.say
 
 
-# A capture below this size is read in a second or two: no line for it.
+# A capture below this size is read in a second or two: no line for it. A compressed one
+# holds about this many times its size (gzip makes synthetic and real HTTP captures 9 and
+# 5-10 times smaller).
 READING_SHOWN_FROM = 16 << 20
+COMPRESSED_HOLDS = 8
 
 
 class ReadingProgress:
@@ -154,13 +158,15 @@ class ReadingProgress:
 def reading(console: Console, pcap: Path) -> Iterator[Callable[[int, int], None] | None]:
     """Show how far ``pcap`` is read while the block runs; yields the ``progress`` for
     `kalab.evidence.analyze_capture`, or None (no line) unless ``console`` is a terminal
-    and the file is at least READING_SHOWN_FROM bytes. The line goes when the block
-    ends, even on an error: the report is printed alone."""
+    and the file holds at least READING_SHOWN_FROM bytes (a compressed one, about
+    COMPRESSED_HOLDS times its size; its bar counts its compressed bytes). The line goes
+    when the block ends, even on an error: the report is printed alone."""
     try:
         size = pcap.stat().st_size
+        held = size * (COMPRESSED_HOLDS if compression(pcap) else 1)
     except OSError:
-        size = 0
-    if not console.is_terminal or size < READING_SHOWN_FROM:
+        size = held = 0
+    if not console.is_terminal or held < READING_SHOWN_FROM:
         yield None
         return
     progress = Progress(TextColumn(f"reading {escape(pcap.name)}"), BarColumn(),

@@ -10,8 +10,11 @@ tshark. A file cut short or corrupt ends with an error naming the byte, exit
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
+import gzip
 import json
+import lzma
 import marshal
 import os
 import re
@@ -23,6 +26,7 @@ import subprocess
 import threading
 import time
 import tracemalloc
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -559,7 +563,15 @@ def damaged_captures(tmp_path: Path) -> list[Path]:
     corrupt = bytearray(data)
     struct.pack_into("<I", corrupt, 24 + 16 + struct.unpack_from("<I", data, 32)[0] + 8, 1 << 30)
     (tmp_path / "corrupt.pcap").write_bytes(bytes(corrupt))
-    return [*paths, tmp_path / "be.pcap", tmp_path / "cut.pcap", tmp_path / "corrupt.pcap"]
+    # Compressed, as incident captures are kept: whole, and a gzip cut in its middle.
+    (tmp_path / "1.pcap.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "sll.pcap.xz").write_bytes(lzma.compress(paths[1].read_bytes()))
+    (tmp_path / "vlan.pcap.bz2").write_bytes(bz2.compress(paths[-1].read_bytes()))
+    packed = gzip.compress(data)
+    (tmp_path / "cut.pcap.gz").write_bytes(packed[:len(packed) // 2])
+    return [*paths, *(tmp_path / name for name in (
+        "be.pcap", "cut.pcap", "corrupt.pcap", "1.pcap.gz", "sll.pcap.xz", "vlan.pcap.bz2",
+        "cut.pcap.gz"))]
 
 
 @pytest.mark.parametrize("options", [{}, {"skip_acks": True}, {"skip_acks": True,
@@ -971,3 +983,49 @@ def test_kalab_analyze_shows_on_a_terminal_how_far_a_big_capture_is_read(tmp_pat
     # Anything but a terminal (a log, a pipe) gets no line at all.
     piped = run_kalab("analyze", str(path), "--json")
     assert piped.returncode == 0 and piped.stderr == ""
+
+
+@pytest.mark.parametrize(("suffix", "compress"), [("gz", gzip.compress), ("xz", lzma.compress),
+                                                  ("bz2", bz2.compress)])
+def test_a_compressed_capture_is_read_as_the_capture_it_holds(tmp_path, suffix, compress):
+    # Incident captures are kept compressed; tshark reads them so, whatever their name.
+    plain = write(tmp_path / "x.pcap", mixed_capture())
+    packed = tmp_path / f"x.pcap.{suffix}"
+    packed.write_bytes(compress(plain.read_bytes()))
+    assert records(packed) == records(plain)
+    done = run_kalab("analyze", str(packed), "--json")
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout)["runs"]
+    assert len(run["connections"]) == 3 and len(run["requests"]) == 6
+    if suffix == "gz":  # tshark 4.0 reads gzip (not xz or bzip2)
+        assert tshark_referee.compare(run, packed, {8080, 9090}) == []
+
+
+def test_a_compressed_capture_cut_short_is_reported_up_to_where_its_data_ends(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import synth
+
+    plain = tmp_path / "big.pcap"
+    synth.write(plain, 600)
+    packed = gzip.compress(plain.read_bytes())
+    cut = tmp_path / "cut.pcap.gz"
+    cut.write_bytes(packed[:len(packed) // 2])
+    # What a gzip reader can give of it: the capture's first bytes, up to a record's middle.
+    held = zlib.decompressobj(31).decompress(cut.read_bytes())
+    assert 0 < len(held) < plain.stat().st_size
+    before = tmp_path / "before.pcap"
+    before.write_bytes(held)
+    done = run_kalab("analyze", str(cut), "--json")
+    assert done.returncode == 2  # a file cut short: bad input, with the report of what it held
+    assert done.stderr == (f"kalab: {cut} (decompressed): byte {len(held)}: its data ends "
+                           "there, cut short or corrupt (Compressed file ended before the "
+                           "end-of-stream marker was reached)\n")
+    (run,) = json.loads(done.stdout)["runs"]
+    analysis = evidence.analyze_capture(before)  # the same bytes, plainly cut
+    assert analysis.error is not None and analysis.error.offset <= len(held)
+    assert run["connections"] == [dataclasses.asdict(c) for c in analysis.connections]
+    assert run["requests"] == [dataclasses.asdict(r) for r in analysis.requests]
+    assert run["capture"]["problems"][0].startswith(
+        f"the capture file is cut short at byte {len(held)}: the report covers the "
+        f"{analysis.records} record(s) before it")

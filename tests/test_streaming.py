@@ -412,6 +412,7 @@ def test_analyze_help_states_the_bounds_the_analyzer_uses(capsys):
     assert f"is over and {analyzer.CLOSE_LINGER:g} s of capture time have passed" in words
     assert f"after {analyzer.IDLE_BOUND:g} s without a segment" in words
     assert "TMPDIR" in words
-    from kalab.progress import READING_SHOWN_FROM
+    from kalab.progress import COMPRESSED_HOLDS, READING_SHOWN_FROM
 
-    assert f"how far a capture of {READING_SHOWN_FROM >> 20} MiB or more is read" in words
+    assert (f"how far a capture of {READING_SHOWN_FROM >> 20} MiB or more (compressed, "
+            f"{(READING_SHOWN_FROM // COMPRESSED_HOLDS) >> 20} MiB) is read") in words
