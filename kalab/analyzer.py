@@ -1350,6 +1350,19 @@ def close_announced(last_request: HttpRequest | None,
     return None
 
 
+def wire_story(request: HttpRequest, server_fin_at: float | None) -> str:
+    """A request's fate as the wire alone tells it (`HttpRequest.story`, less `replaced
+    dropped connection`, which only the client's word tells): sent after the server's
+    FIN (``server_fin_at``, None when the server sent none) on its connection, `raced
+    the FIN`, a stale pooled connection's request; else with no answer, `unanswered`; else
+    on a connection that had carried one, `reused`; else `new`."""
+    if server_fin_at is not None and request.sent_at > server_fin_at:
+        return "raced the FIN"
+    if request.status is None:  # a reused connection that carried no answer too
+        return "unanswered"
+    return "reused" if request.reused else "new"
+
+
 def max_kept(answered: list[HttpRequest]) -> bool | None:
     """Whether every ``Keep-Alive: max=N`` on a connection held: no more than N requests
     were answered on it after that response. None when no response said max=."""

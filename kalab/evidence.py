@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kalab.analyzer import Analyzer, Finished, assemble
+from kalab.analyzer import Analyzer, Finished, assemble, wire_story
 from kalab.exitcodes import BY_VERDICT
 from kalab.pcap import PcapError
 from kalab.pcap_fast import FastSegmentReader
@@ -366,17 +366,12 @@ def _beliefs(record: dict[str, Any]) -> tuple[bool | None, bool | None]:
 
 
 def _story(request: HttpRequest, connection: Connection, record: dict[str, Any]) -> str:
-    server_fin = connection.first_fin_at if connection.first_fin_by == "server" else None
-    if server_fin is not None and request.sent_at > server_fin:
-        return "raced the FIN"
-    if request.status is None:  # a reused connection that carried no answer too
-        return "unanswered"
-    if request.reused:
-        return "reused"
+    story = wire_story(request, connection.first_fin_at
+                       if connection.first_fin_by == "server" else None)
     # Only on the client's own word: a client that cannot tell (None) is not guessed for.
-    if _beliefs(record)[1] and request.attempt == 1:
+    if story == "new" and _beliefs(record)[1] and request.attempt == 1:
         return "replaced dropped connection"
-    return "new"
+    return story
 
 
 def _disagreements(request: HttpRequest, connection: Connection,
