@@ -1549,9 +1549,12 @@ class Analyzer:
 
     def __init__(self, ports: set[int] | frozenset[int] | None = None,
                  keylog: KeyLog | None = None, close_linger: float | None = CLOSE_LINGER,
-                 idle_bound: float | None = IDLE_BOUND, sweep_every: int = SWEEP_EVERY
-                 ) -> None:
+                 idle_bound: float | None = IDLE_BOUND, sweep_every: int = SWEEP_EVERY,
+                 wire_stories: bool = False) -> None:
         self.ports = frozenset(ports or ())
+        # Each request's story from the wire alone (`wire_story`): for a capture without the
+        # client's records; a run's stories come from the wire and the client together.
+        self.wire_stories = wire_stories
         self.keylog = keylog  # TLS secrets (`kalab.tls.KeyLog`): None, requests inferred
         self.close_linger, self.idle_bound = close_linger, idle_bound
         self.sweep_every = sweep_every
@@ -1676,7 +1679,12 @@ class Analyzer:
         if conn.established_at is not None or conn.refused:
             self._answered.add(conn.server[1])
         conn.infer_requests()
-        self._finished.append(Finished(conn.record(), conn.requests, conn.syn_at is not None,
+        record = conn.record()
+        if self.wire_stories:
+            server_fin_at = record.first_fin_at if record.first_fin_by == Side.SERVER else None
+            for request in conn.requests:
+                request.story = wire_story(request, server_fin_at)
+        self._finished.append(Finished(record, conn.requests, conn.syn_at is not None,
                                        conn.server[1]))
         # Its parsers and streams hold it (their callbacks): without them, it goes as soon
         # as the caller lets its record go, with no wait for the cycle collector.

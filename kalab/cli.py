@@ -479,7 +479,8 @@ def _analyze(args: argparse.Namespace, keys: RunKeys | None) -> int:
         with progress.reading(Console(stderr=True), args.pcap) as shown:
             analysis = evidence.analyze_capture(
                 args.pcap, set(args.port) if args.port else None, background=True,
-                spool=True, keylog=None if keys is None else keys.keylog, progress=shown)
+                spool=True, keylog=None if keys is None else keys.keylog, progress=shown,
+                wire_stories=True)
     except SpoolError as exc:
         return _error(f"{exc} (TMPDIR names another folder; it needs about as much room as "
                       "the JSON report)", Exit.LAB_ERROR)

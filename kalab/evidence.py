@@ -78,7 +78,8 @@ class WireAnalysis:
 def analyze_capture(path: Path, ports: set[int] | None = None,
                     background: bool = False, keylog: KeyLog | None = None,
                     spool: bool = False,
-                    progress: Callable[[int, int], None] | None = None) -> WireAnalysis:
+                    progress: Callable[[int, int], None] | None = None,
+                    wire_stories: bool = False) -> WireAnalysis:
     """Analyse a pcap or pcapng file; an unreadable record ends the reading, not the report.
 
     The file is read by `FastSegmentReader` (the same segments as the reference
@@ -91,8 +92,10 @@ def analyze_capture(path: Path, ports: set[int] | None = None,
     they are walked (`kalab.report.Records`): memory follows the connections open.
     ``progress`` is called after each batch of segments with the bytes of the file read
     so far and the connections whose records are final (`kalab.progress.ReadingProgress`).
+    ``wire_stories``: each request's story from the wire alone, for a capture without the
+    client's records (`kalab.analyzer.wire_story`).
     """
-    analyzer = Analyzer(ports, keylog)
+    analyzer = Analyzer(ports, keylog, wire_stories=wire_stories)
     reader = FastSegmentReader(path, ports, skip_acks=True)
     feed_all, finished = analyzer.feed_all, analyzer.finished
     final: Spool | list[Finished] = Spool() if spool else []  # the records as they come

@@ -206,8 +206,11 @@ class HttpRequest:
                             "`new` (opened its connection), `reused` (went on a connection "
                             "that had carried a request), `replaced dropped connection` "
                             "(urllib3 found the server's FIN and reconnected), `raced the "
-                            "FIN` (sent on a connection the server had already closed), "
-                            "`unanswered`; null without client records.", None)
+                            "FIN` (sent on a connection the server had already closed: a "
+                            "stale pooled connection), `unanswered`. `kalab analyze` tells "
+                            "it from the wire alone (never `replaced dropped connection`, "
+                            "which only the client can tell); null in a run for a request "
+                            "without client records.", None)
     inferred: bool = doc(
         "True when the request was not read but inferred from a TLS connection's records "
         "(no key log, or none for this connection; see `Connection.tls`): a burst of the "

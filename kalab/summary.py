@@ -75,7 +75,17 @@ def connection_story(conn: Connection, requests: Mapping[str, HttpRequest] | Non
                    "not data)")
     mine = [requests[ref] for ref in conn.requests if ref in requests] if requests else []
     return (f"{what}: {closed}{_tls_close(conn)}{_what_it_said(conn, mine)}"
-            f"{_countdown(conn, mine)}{_inferred(mine)}")
+            f"{_countdown(conn, mine)}{_inferred(mine)}{_raced(mine)}")
+
+
+def _raced(requests: list[HttpRequest]) -> str:
+    """The requests sent after the server's FIN: the stale pooled connection's race."""
+    raced = [r.id for r in requests if r.story == "raced the FIN"]
+    if not raced:
+        return ""
+    who = "it" if len(raced) == 1 else "they"
+    return (f"; {', '.join(raced)} left after the server's FIN: {who} raced the close "
+            "(a pooled connection gone stale)")
 
 
 def tls_name(conn: Connection) -> str:

@@ -1029,3 +1029,75 @@ def test_a_compressed_capture_cut_short_is_reported_up_to_where_its_data_ends(tm
     assert run["capture"]["problems"][0].startswith(
         f"the capture file is cut short at byte {len(held)}: the report covers the "
         f"{analysis.records} record(s) before it")
+
+
+def stale_pool_race(start: float) -> list[tuple[float, object]]:
+    """A pooled connection the server closes when idle, and the client's POST that leaves
+    before the client has seen the FIN: answered with a RST (the proxy's 502)."""
+    client, server, cport, sport = "10.0.0.1", "10.0.0.2", 40010, 8080
+
+    def up(flags: str, seq: int, ack: int, data: bytes = b""):
+        return IP(src=client, dst=server) / TCP(sport=cport, dport=sport, flags=flags,
+                                                 seq=seq, ack=ack) / Raw(load=data)
+
+    def down(flags: str, seq: int, ack: int, data: bytes = b""):
+        return IP(src=server, dst=client) / TCP(sport=sport, dport=cport, flags=flags,
+                                                 seq=seq, ack=ack) / Raw(load=data)
+
+    post = b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    first, second = GET % b"a", GET % b"b"
+    c, s, t = 1001, 5001, start
+    packets = [(t, up("S", 1000, 0)), (t + 0.001, down("SA", 5000, 1001)),
+               (t + 0.002, up("A", c, s))]
+    for request, at in ((first, t + 0.01), (second, t + 0.11)):
+        packets += [(at, up("PA", c, s, request)), (at + 0.001, down("PA", s, c + len(request),
+                                                                       OK)),
+                    (at + 0.002, up("A", c + len(request), s + len(OK)))]
+        c, s = c + len(request), s + len(OK)
+    fin_at = t + 5.112  # the server's keep-alive ran out
+    packets += [(fin_at, down("FA", s, c)), (fin_at + 0.0004, up("PA", c, s, post)),
+                (fin_at + 0.0005, down("R", s + 1, 0))]
+    return packets
+
+
+def test_kalab_analyze_tells_each_request_s_story_from_the_wire(tmp_path):
+    # An engineer's own capture has no client records: the wire alone still says which
+    # request went on a connection the server had already closed (a stale pooled one).
+    unanswered = [p for p in conversation("10.0.0.1", "10.0.0.3", 40020, 8080, T0 + 0.3,
+                                          ["u"]) if not (p[1][TCP].sport == 8080
+                                                         and bytes(p[1][TCP].payload)[:4]
+                                                         == b"HTTP")]
+    packets = sorted(stale_pool_race(T0) + conversation("10.0.0.1", "10.0.0.2", 40000, 8080,
+                                                        T0 + 0.2, ["n"]) + unanswered,
+                     key=lambda p: p[0])
+    pcap = write(tmp_path / "race.pcap", packets)
+    done = run_kalab("analyze", str(pcap), "--json")
+    (run,) = json.loads(done.stdout)["runs"]
+    stories = {r["target"]: r["story"] for r in run["requests"]}
+    assert stories == {"/a": "new", "/b": "reused", "/c": "raced the FIN", "/n": "new",
+                       "/u": "unanswered"}
+    # tshark as referee: a request raced the FIN exactly when it left after the server's
+    # FIN on its stream.
+    fields = subprocess.run(
+        ["tshark", "-r", str(pcap), "-d", "tcp.port==8080,http", "-T", "fields", "-E",
+         "separator=\t", "-e", "tcp.stream", "-e", "frame.time_epoch", "-e", "tcp.srcport",
+         "-e", "tcp.flags.fin", "-e", "http.request.uri"],
+        capture_output=True, text=True, check=True).stdout.splitlines()
+    server_fin: dict[str, float] = {}
+    sent: dict[str, tuple[str, float]] = {}
+    for line in fields:
+        stream, at, port, fin, uri = (line.split("\t") + [""] * 5)[:5]
+        if port == "8080" and fin in ("1", "True") and stream not in server_fin:
+            server_fin[stream] = float(at)
+        if uri:
+            sent[uri] = (stream, float(at))
+    raced = {uri for uri, (stream, at) in sent.items()
+             if stream in server_fin and at > server_fin[stream]}
+    assert raced == {t for t, story in stories.items() if story == "raced the FIN"}
+    assert set(sent) == set(stories)
+    text = " ".join(run_kalab("analyze", str(pcap)).stdout.split())
+    assert "raced the FIN" in text and "unanswered" in text
+    assert ("carried w1, w2, w5: reset by the server" in text or
+            "carried w1, w2, w5: closed by the server" in text)
+    assert "w5 left after the server's FIN: it raced the close (a pooled connection gone " \
+        "stale)" in text
