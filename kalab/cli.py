@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                              description="Analyse a capture file as the lab does its own: "
                              "pcap or pcapng (tcpdump, dumpcap, Wireshark), Ethernet, Linux "
                              "cooked (SLL, SLL2), loopback or raw IP, IPv4 and IPv6, plain or "
-                             "compressed with gzip, xz or bzip2 (whatever its name; its byte "
+                             "compressed with gzip or bzip2 (whatever its name; its byte "
                              "offsets then count decompressed bytes). A file cut "
                              "short or corrupt is reported up to the bad byte, then exits 2. "
                              "It is read as a stream: a connection's record is final once it "

@@ -46,10 +46,11 @@ resolution finer than 10^-19 or 2^-63 s, or a record time outside the
 years 1970 to 9999, is a `PcapError` naming the byte where its record or
 block starts; what came before it is handed on as usual.
 
-A file compressed with gzip, xz or bzip2 (known by its first bytes, as tshark
+A file compressed with gzip or bzip2 (known by its first bytes, as tshark
 knows them) is decompressed as it is read (`open_capture`); its offsets count
 its bytes once decompressed, and a stream cut short or corrupt is a
-`PcapError` where its data ends.
+`PcapError` where its data ends. One compressed with xz, zstd or lz4 is
+refused with the command that decompresses it.
 
 Writes classic microsecond pcap, which tcpdump and tshark open.
 """
@@ -59,7 +60,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import ipaddress
-import lzma
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -247,18 +247,23 @@ Record = tuple[int, float, bytes, int, int, int]
 
 
 # Compressed captures, read as tshark reads them: by their first bytes, whatever their name.
+# Both decompress in bounded memory (a 32 KiB window; 900 kB blocks).
 _COMPRESSIONS: dict[bytes, tuple[str, Callable[[BinaryIO], BinaryIO]]] = {
     b"\x1f\x8b": ("gzip", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),
-    b"\xfd7zXZ\x00": ("xz", lzma.LZMAFile),
     b"BZh": ("bzip2", bz2.BZ2File),
 }
+# Compressions known and not read, with the command that undoes each. xz's decoder takes
+# the memory its file's header asks for (up to 4 GiB: a hostile file's to choose), and
+# Python reads neither zstd nor lz4.
+_NOT_READ = {b"\xfd7zXZ\x00": ("xz", "xz -dk"), b"\x28\xb5\x2f\xfd": ("zstd", "zstd -d"),
+             b"\x04\x22\x4d\x18": ("lz4", "lz4 -d")}
 # What a compressed stream raises when it is cut short (EOFError) or corrupt.
-_STREAM_ERRORS = (EOFError, OSError, lzma.LZMAError, zlib.error)
+_STREAM_ERRORS = (EOFError, OSError, zlib.error)
 
 
 def compression(path: str | Path) -> str | None:
-    """The compression a capture file is in (gzip, xz or bzip2), from its first bytes;
-    None for a file that is not compressed."""
+    """The compression a capture file is in that it is read through (gzip or bzip2), from
+    its first bytes; None for any other file."""
     with open(path, "rb") as f:
         return _compression_of(f.read(6))
 
@@ -371,6 +376,10 @@ def _records_of(blocks: _Blocks, path: str | Path, snaplens: list[int]) -> Itera
 def _pcap_records(blocks: _Blocks, path: str | Path, magic: bytes,
                   snaplens: list[int]) -> Iterator[Record]:
     if magic not in _PCAP_MAGIC:
+        for head, (name, command) in _NOT_READ.items():
+            if blocks.buf.startswith(head):
+                raise PcapError(f"{path}: byte 0: compressed with {name}, which is not read: "
+                                f"decompress it first ({command} FILE)", 0)
         raise PcapError(f"{path}: byte 0: not a pcap or pcapng file (magic {magic.hex()})", 0)
     order, unit = _PCAP_MAGIC[magic]
     if not blocks.need(24):
