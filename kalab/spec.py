@@ -253,7 +253,9 @@ def _scalar(event: yaml.ScalarEvent, line: int) -> Any:
     node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
     try:
         return _CONSTRUCT[tag](_CONSTRUCTOR, node)
-    except (ValueError, KeyError):  # !!int abc, !!bool maybe, more digits than int() takes
+    # !!int abc, !!bool maybe, more digits than int() takes; !!int "" (PyYAML reads its
+    # first character unchecked)
+    except (ValueError, KeyError, IndexError):
         raise ValueError(f"{clip(repr(event.value))} is not a valid {_tag(tag)}") from None
 
 
