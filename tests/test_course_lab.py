@@ -310,6 +310,8 @@ REFUSALS = [
          "werkzeug", "course.questions[0].answer.query", "not a query"),
     case("query-no-such-field", "request[4].story", "request[4].stroy", "request[4]",
          "course.questions[2].answer.query", "HttpRequest has no field 'stroy'"),
+    case("query-field-twice", "request[4].story", "request[4].story.story", "request[4]",
+         "course.questions[2].answer.query", "'story' is a value: nothing follows it"),
     case("query-unknown-engine", Q, Q.replace("werkzeug:", "tomcat:"), "tomcat",
          "course.questions[0].answer.query",
          "no engine 'tomcat' in the scenario (engines: werkzeug, gthread)"),

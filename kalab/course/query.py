@@ -90,7 +90,7 @@ def parse(text: str) -> Query:
         raise QueryError(f"connection[N] takes a number from 1, got {key!r}")
     else:
         record: type = HttpRequest if subject == "request" else Connection
-        for step in path:
+        for place, step in enumerate(path, 1):
             if record is HttpRequest and step == "connection":
                 record = Connection
                 continue
@@ -99,7 +99,7 @@ def parse(text: str) -> Query:
             if step not in known:
                 raise QueryError(f"{record.__name__} has no field {step!r} (known: "
                                  f"{', '.join(known)})")
-            if step != path[-1]:
+            if place != len(path):  # by place: `reused.reused` repeats the last name
                 raise QueryError(f"{step!r} is a value: nothing follows it")
         if not path:
             raise QueryError(f"name a field of the {subject}: e.g. {subject}[{key}].status")
