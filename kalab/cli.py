@@ -638,7 +638,7 @@ def _grade_one(answers_file: Path, run: Path | None, lab: str | None):  # noqa: 
     from kalab.course.grade import grade_run
     from kalab.course.lab import reference_run
 
-    name = lab or answers_mod.lab_name(answers_file)
+    name = lab or answers_mod.lab_file(answers_file)
     student = None
     probe = _lab(name)  # the answers are checked against the lab's questions first
     answers = answers_mod.load(answers_file, probe)

@@ -52,6 +52,8 @@ BAD = {
     "an unknown field": ("lab: 05-idle-gap\nscore: 100\n", "unknown field"),
     "a prediction for no engine": ("lab: 05-idle-gap\npredictions: {nginx: []}\n",
                                    "no engine 'nginx'"),
+    "an engine with a line break": ('lab: 05-idle-gap\npredictions: {"a\\nb": []}\n',
+                                    "predictions['a\\nb']: the lab has no engine 'a\\nb'"),
     "a bad prediction": ("lab: 05-idle-gap\npredictions: {gthread: [{connections: -1}]}\n",
                          "connections"),
     "a prediction on no request": ("lab: 05-idle-gap\npredictions: "
@@ -98,6 +100,20 @@ def test_any_answers_either_load_or_are_refused_cleanly(tmp_path_factory, given_
     # Accepted: only known questions, each answered with one scalar.
     assert set(got.answers) <= {q.id for q in LAB.course.questions}
     assert not any(isinstance(value, (list, dict)) for value in got.answers.values())
+
+
+@pytest.mark.parametrize("lab", ["no-such-lab", "README.md", "lab.yaml", "..", "course"])
+def test_the_lab_an_answers_file_names_is_one_of_the_course(tmp_path, lab):
+    # The answers are a student's: their `lab:` names a lab of the course, never a file
+    # to read (README.md and lab.yaml are there, where kalab runs); --lab gives any other.
+    path = tmp_path / "answers.yaml"
+    path.write_text(f"student: ada\nlab: {lab}\n")
+    done = subprocess.run([*KALAB, "grade", str(path), str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"kalab: {path}:2: lab: no lab {lab!r} in the course ({ROOT / 'course'}); for a lab "
+        "of your own, give --lab FILE"] or (lab == ".." and ":2: lab:" in done.stderr)
 
 
 def test_kalab_grade_refuses_a_bad_answers_file_with_exit_2(tmp_path):

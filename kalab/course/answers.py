@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kalab.scenario import Expectation, Scenario, expectations
@@ -36,6 +37,8 @@ from kalab.spec import (
     Record,
     Scalar,
     ScenarioError,
+    clip,
+    key_where,
     read_text,
     tree,
 )
@@ -81,12 +84,20 @@ class Answers:
         return self.run == REFERENCE
 
 
-def lab_name(path: str | os.PathLike[str]) -> str:
-    """The lab an answers file names (to find the lab before checking the rest)."""
+def lab_file(path: str | os.PathLike[str]) -> Path:
+    """The file of the lab an answers file names: by its name, in the project's course
+    only (the file is a student's: its `lab:` is no path to read; a lab of a teacher's
+    own is given beside it, `kalab grade --lab`). ScenarioError on its line otherwise."""
+    from kalab.course.lab import COURSE_DIR, LAB_FILE
+
     root = _root(read_text(path), str(path))
-    checker = Checker(str(path))
-    checker.check(ANSWERS.fields["lab"], root.value["lab"], "lab")
-    return root.value["lab"].value
+    node = root.value["lab"]
+    Checker(str(path)).check(ANSWERS.fields["lab"], node, "lab")
+    named = COURSE_DIR / node.value / LAB_FILE
+    if not named.is_file():
+        raise ScenarioError(str(path), node.line, "lab", f"no lab {node.value!r} in the course "
+                            f"({COURSE_DIR}); for a lab of your own, give --lab FILE")
+    return named
 
 
 def _root(text: str, file: str) -> Node:
@@ -134,10 +145,10 @@ def parse(text: str, file: str, scenario: Scenario) -> Answers:
                                 f"{MAX_PREDICTION_ENGINES} engines")
         engines = {engine.name for engine in scenario.engines}
         for engine, items in node.value.items():
-            where = f"predictions.{engine}"
+            where = key_where("predictions", engine)  # the key is a student's: quoted
             if engine not in engines:
                 raise ScenarioError(file, items.line, where, f"the lab has no engine "
-                                    f"{engine!r} (it has: {', '.join(sorted(engines))})")
+                                    f"{clip(repr(engine))} (it has: {', '.join(sorted(engines))})")
             predictions[engine] = tuple(expectations(items, where, scenario, file))
     student = fields["student"].value if "student" in fields else None
     run = fields["run"].value if "run" in fields else None
