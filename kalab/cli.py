@@ -532,21 +532,22 @@ def _capture_beside(pcap: Path) -> report_mod.Capture:
     """The capture's own accounting when the lab's observer wrote ``pcap`` (its
     capture.json lies beside it): kernel drops then count; else none is known."""
     from kalab import handoff
+    from observer.capture import CaptureStats
 
     capture = report_mod.Capture(pcap=str(pcap))
     stats_path = pcap.parent / handoff.CAPTURE_STATS
-    try:
-        stats = handoff.read_json(stats_path) if stats_path.is_file() else {}
+    try:  # anyone's file: one that is not the observer's is no accounting of this capture
+        stats = CaptureStats.from_dict(handoff.read_json(stats_path)) \
+            if stats_path.is_file() else None
     except (OSError, ValueError):
-        stats = {}
-    if stats.get("pcap") != pcap.name:
+        stats = None
+    if stats is None or stats.pcap != pcap.name:
         return capture
     for name in ("interface", "filter", "started_at", "stopped_at", "packets",
                  "duplicates_dropped", "kernel_drops"):
-        if name in stats:
-            setattr(capture, name, stats[name])
-    capture.problems = list(stats.get("problems", []))
-    if stats.get("complete") is False:
+        setattr(capture, name, getattr(stats, name))
+    capture.problems = list(stats.problems)
+    if not stats.complete:
         capture.complete = False
         capture.problems.append("the capture was cut short: its run was interrupted")
     return capture

@@ -487,8 +487,10 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
     """Build one engine's record from what its roles left in ``run_dir``."""
     from kalab import handoff
     from kalab.delayline import OVERFLOW
+    from observer.capture import CaptureStats
 
-    stats = handoff.read_json(run_dir / handoff.CAPTURE_STATS)
+    # The observer's own file, but a run folder graded may be anyone's: ValueError if not.
+    stats = CaptureStats.from_dict(handoff.read_json(run_dir / handoff.CAPTURE_STATS))
     server = handoff.read_json(run_dir / handoff.SERVER_READY) \
         if (run_dir / handoff.SERVER_READY).exists() else {}
     client = handoff.read_json(run_dir / handoff.CLIENT_RECORDS) \
@@ -496,21 +498,21 @@ def engine_run(run_dir: Path, scenario: Scenario, engine: Engine, pcap_name: str
     keys = run_keys(run_dir) if scenario.tls is not None else None
     analysis = analyze_run_capture(run_dir / handoff.CAPTURE_PCAP, {scenario.port}, keys)
     connections, requests = analysis.connections, analysis.requests
-    problems = list(stats.get("problems", [])) + wire_problems(connections) \
+    problems = list(stats.problems) + wire_problems(connections) \
         + analysis.problems + capture_problems(analysis)
-    if not client.get("requests") and scenario.requests and stats.get("complete", True):
+    if not client.get("requests") and scenario.requests and stats.complete:
         problems.append("the client role left no records")  # cut short, it may have none
     missing, join_problems, disagreements = join_client(requests, connections,
                                                         client.get("requests", []))
     problems += join_problems
-    impairments = stats.get("impairments", []) + client.get("impairments", [])
+    impairments = stats.impairments + client.get("impairments", [])
     problems += [f"the link lost packets it was not told to: {line}" for line in impairments
                  if OVERFLOW in line]
-    capture = Capture(pcap=pcap_name, interface=stats["interface"], filter=stats["filter"],
-                      started_at=stats["started_at"], stopped_at=stats["stopped_at"],
-                      packets=stats["packets"], duplicates_dropped=stats["duplicates_dropped"],
-                      kernel_drops=stats["kernel_drops"], problems=problems,
-                      impairments=impairments, complete=stats.get("complete", True),
+    capture = Capture(pcap=pcap_name, interface=stats.interface, filter=stats.filter,
+                      started_at=stats.started_at, stopped_at=stats.stopped_at,
+                      packets=stats.packets, duplicates_dropped=stats.duplicates_dropped,
+                      kernel_drops=stats.kernel_drops, problems=problems,
+                      impairments=impairments, complete=stats.complete,
                       snaplen=analysis.snaplen, truncated_frames=analysis.truncated,
                       close_linger=analysis.close_linger, idle_bound=analysis.idle_bound)
     first_request = min((r["sent_at"] for r in client.get("requests", [])), default=None)

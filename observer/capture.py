@@ -18,12 +18,13 @@ tcpdump kept them.
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import struct
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from kalab.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapWriter
@@ -56,6 +57,40 @@ class CaptureStats:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> CaptureStats:
+        """Stats as `to_dict` wrote them, read back as hostile input (a run folder, or a
+        capture.json beside a pcap, may come from anyone): ValueError naming the first
+        field that is not what the observer writes. Fields it does not know are left;
+        ``complete`` missing (written before it was) is taken as True."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        values = {}
+        for spec in fields(cls):
+            if spec.name not in data:
+                if spec.name == "complete":
+                    values["complete"] = True
+                elif spec.default is MISSING and spec.default_factory is MISSING:
+                    raise ValueError(f"{spec.name}: missing")
+                continue
+            value = data[spec.name]
+            holds, words = _STATS_KINDS[str(spec.type)]
+            if not holds(value):
+                raise ValueError(f"{spec.name}: not {words}, got {str(value)[:40]!r}")
+            values[spec.name] = value
+        return cls(**values)
+
+
+# What each kind of field of `CaptureStats` may hold, as JSON gives it back.
+_STATS_KINDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int": (lambda v: type(v) is int and v >= 0, "a count"),
+    "float": (lambda v: type(v) in (int, float) and math.isfinite(v), "a time"),
+    "bool": (lambda v: type(v) is bool, "true or false"),
+    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                  "a list of strings"),
+}
 
 
 class Capture:

@@ -73,7 +73,8 @@ def probed_exchange() -> list[tuple[float, bytes]]:
 def run_folder(tmp_path, with_syn=True, kernel_drops=0, impairments=(), frames=None):
     write_pcap(tmp_path / handoff.CAPTURE_PCAP, frames or exchange(with_syn))
     handoff.write_json(tmp_path / handoff.CAPTURE_STATS, {
-        "interface": "test0", "filter": "tcp port 5000", "started_at": T0 - 1,
+        "interface": "test0", "filter": "tcp port 5000", "pcap": handoff.CAPTURE_PCAP,
+        "started_at": T0 - 1,
         "stopped_at": T0 + 1, "packets": 7, "duplicates_dropped": 0,
         "kernel_drops": kernel_drops,
         "problems": [f"the kernel dropped {kernel_drops} packet(s)"] if kernel_drops else [],

@@ -899,3 +899,43 @@ def test_kalab_analyze_takes_only_ports_a_segment_can_have(tmp_path, port):
     done = run_kalab("analyze", str(pcap), "--port", "8000", "--port", port)
     assert done.returncode == 2
     assert done.stderr == f"kalab: --port: from 1 to 65535, got {port}\n"
+
+
+@pytest.mark.parametrize("stats", [
+    [1, 2],
+    {"pcap": "capture.pcap", "complete": False, "problems": None},
+    {"interface": "eth0", "filter": "tcp", "pcap": "capture.pcap", "packets": "many",
+     "started_at": "yesterday", "kernel_drops": [1]},
+    {"interface": "eth0", "filter": "tcp", "pcap": "capture.pcap", "kernel_drops": -5},
+    {"interface": "eth0", "filter": "tcp", "pcap": "capture.pcap", "stopped_at": float("nan")},
+])
+def test_a_capture_json_beside_a_pcap_that_is_not_the_observer_s_is_no_accounting(
+        tmp_path, stats):
+    # capture.json beside a pcap says what the observer counted (kernel drops...); a
+    # stranger's (or a broken) one is read as hostile: ignored, never a traceback, never
+    # a report that breaks its own schema.
+    from observer.capture import CaptureStats
+
+    bench = ROOT / "bench"
+    subprocess.run([str(KALAB[0]), "-c", f"import sys; sys.path.insert(0, {str(bench)!r}); "
+                    f"import synth; synth.write({str(tmp_path / 'capture.pcap')!r}, 3)"],
+                   check=True)
+    (tmp_path / "capture.json").write_text(json.dumps(stats))
+    with pytest.raises(ValueError):
+        CaptureStats.from_dict(stats)
+    done = run_kalab("analyze", str(tmp_path / "capture.pcap"), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    capture = report["runs"][0]["capture"]
+    assert capture["kernel_drops"] is None and capture["packets"] == 0
+    schema = json.loads((ROOT / "schema" / "report.schema.json").read_text())
+    jsonschema.validate(report, schema)
+
+
+def test_the_observer_s_capture_json_reads_back_as_it_was_written():
+    from observer.capture import CaptureStats
+
+    written = CaptureStats("eth0", "tcp port 5000", "capture.pcap", started_at=1.5,
+                           stopped_at=2.0, packets=7, kernel_drops=1, problems=["x"],
+                           complete=True)
+    assert CaptureStats.from_dict(json.loads(json.dumps(written.to_dict()))) == written
