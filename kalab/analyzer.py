@@ -951,7 +951,7 @@ class _Conn:
             self.response_parser.mode = "dead"  # not a status line: not HTTP/1.x
             return _NO_BODY
         status = int(code)
-        if 100 <= status < 200:
+        if 100 <= status < 200 and status != _SWITCHING_PROTOCOLS:
             return _NO_BODY  # an interim response answers no request
         if self.response_parser.resynced:
             # Found again after a cut: it answers the one request waiting, if that one came
@@ -991,6 +991,11 @@ class _Conn:
         if self.unanswered and self.unanswered[0].response_at is not None:
             request = self.unanswered.pop(0)
             request.response_end_at, request.response_body_len = ts, body
+            if request.status == _SWITCHING_PROTOCOLS:
+                # Its answer, and the end of HTTP/1.x on this connection (RFC 9110 section
+                # 15.2.2): what follows, both ways, is the protocol switched to (HTTP/2's
+                # preface, WebSocket frames), no request or response of ours.
+                self.request_parser.mode = self.response_parser.mode = "dead"
 
     def _on_response_cut(self, head_seen: bool) -> None:
         self.responses_lost = True
@@ -1502,6 +1507,9 @@ def _content_length(value: str) -> int | None:
         if other.strip(_WHITESPACE) != first:
             return None
     return int(first)
+
+
+_SWITCHING_PROTOCOLS = 101  # the one 1xx that is a final answer (RFC 9110 section 15.2.2)
 
 
 def _response_framing(headers: _Headers, method: str, status: int) -> tuple[str, int]:

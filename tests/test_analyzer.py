@@ -1685,3 +1685,38 @@ def test_segments_held_behind_a_hole_are_bounded_in_number_too():
 
     connections, _ = analyze(_pieces_behind_a_hole(_MAX_PENDING_SEGMENTS + 10, 1))
     assert connections[0].gaps > 0 and not connections[0].complete
+
+
+@pytest.mark.parametrize(("upgrade", "after_client", "after_server"), [
+    ("h2c", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+     b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"),
+    ("websocket", b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58",  # a masked "Hello"
+     b"\x81\x05Hello"),
+])
+def test_a_101_switching_protocols_answers_its_request_and_ends_http(tmp_path, upgrade,
+                                                                     after_client,
+                                                                     after_server):
+    # 101 is the one 1xx that answers a request; after it the connection speaks the
+    # protocol switched to, both ways (RFC 9110 section 15.2.2). Read as an interim 1xx,
+    # the request stayed unanswered and HTTP/2's preface made a request of its own.
+    wire = Wire()
+    c, s = wire.conversation()
+    handshake(c, s, at(0))
+    c.send(at(1), get("/chat", "Connection: Upgrade", f"Upgrade: {upgrade}"))
+    s.send(at(1.01), b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+           b"Upgrade: " + upgrade.encode() + b"\r\n\r\n" + after_server)
+    c.send(at(1.02), after_client)
+    s.send(at(1.03), after_server)
+    c.fin(at(2))
+    s.fin(at(2.001))
+    c.ack(at(2.002))
+    conns, reqs = wire.analyze()
+    assert [(r.target, r.status, r.response_at, r.depth) for r in reqs] == [
+        ("/chat", 101, near(1.01), 1)]
+    assert conns[0].requests == ["w1"]
+    if tshark_referee.available():  # tshark: one request, answered by 101
+        path = tmp_path / f"{upgrade}.pcap"
+        write_pcap(wire, path)
+        run = {"connections": [dataclasses.asdict(x) for x in conns],
+               "requests": [dataclasses.asdict(r) for r in reqs]}
+        assert tshark_referee.compare(run, path, PORT) == []

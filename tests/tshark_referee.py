@@ -112,8 +112,10 @@ def streams(pcap: Path, port: int | Iterable[int], keylog: Path | None = None
             uris = row["http.request.uri"].split(_AGGREGATOR)
             stream.requests += [(at, m, u) for m, u in zip(methods, uris, strict=False)]
         if row["http.response.code"]:
+            # An interim 1xx answers no request; 101 Switching Protocols does (RFC 9110
+            # section 15.2.2), and is the connection's last HTTP/1.x response.
             codes = [int(c) for c in row["http.response.code"].split(_AGGREGATOR)
-                     if c and not 100 <= int(c) < 200]  # a 1xx answers no request
+                     if c and (int(c) == 101 or not 100 <= int(c) < 200)]
             if len(codes) == 1:
                 headers = [h for h in row["http.connection"].split(_AGGREGATOR) if h]
                 stream.responses.append((codes[0], ", ".join(headers) or None,
