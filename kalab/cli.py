@@ -246,7 +246,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error(message: str, code: int) -> int:
-    print(f"kalab: {message}", file=sys.stderr)
+    """One line on stderr, whatever a path or a value in it holds (a file's name may have
+    a line break, or a terminal's escape sequence: shown, not obeyed)."""
+    from kalab.render.text import visible
+
+    print(f"kalab: {visible(message)}", file=sys.stderr)
     return code
 
 

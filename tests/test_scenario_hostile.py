@@ -20,7 +20,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import KALAB, ROOT
+from conftest import KALAB, ROOT, run_kalab
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability import tally
@@ -970,3 +970,13 @@ def test_kalab_check_refuses_hostile_files_with_exit_2_and_one_line(tmp_path):
     tally(AREA, "hostile files through `kalab check` (exit 2, one line naming file and line)",
           len(sample) + 1, len(sample) + 1 - len(wrong))
     assert wrong == []
+
+
+def test_an_error_is_one_line_whatever_the_file_s_name_holds(tmp_path):
+    # A name may hold a line break or a terminal's escape sequence: shown, not obeyed.
+    path = tmp_path / "lab\nname\x1b[2J.yaml"
+    path.write_text("engines: [\n")
+    done = run_kalab("check", str(path))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "\x1b" not in done.stderr
+    assert done.stderr.startswith(f"kalab: {tmp_path}/lab\u240aname\u241b[2J.yaml:2: yaml:")
