@@ -81,6 +81,9 @@ OUTCOMES = STORIES + FLAGS
 MAX_TRIALS = 50
 MAX_AT_ONCE = 16
 MAX_RUNS = 5000  # points x trials: a sweep of hours is a mistake, not a plan
+# Requests all its runs send at most: also what bounds checking it, at every point (a file
+# of 48,000 requests swept over 1,001 points took a quarter of an hour to refuse).
+MAX_REQUESTS = 200_000
 MAX_EXPECTATIONS = 100
 
 SHARE = Scalar("number", "a share of the trials, from 0 to 1", minimum=0, maximum=1)
@@ -182,6 +185,10 @@ def build(checker: Checker, node: Node, param: Param, refs: dict[str, Any],
     if len(param.values) * trials > MAX_RUNS:
         raise checker.fail(node, "sweep.trials", f"{len(param.values)} points x {trials} "
                            f"trials is more than the {MAX_RUNS} runs a sweep may make")
+    if len(param.values) * trials * len(refs) > MAX_REQUESTS:
+        raise checker.fail(node, "sweep", f"{len(param.values)} points x {trials} trials x "
+                           f"{len(refs)} requests is more than the {MAX_REQUESTS:,} requests "
+                           "a sweep may send")
 
     def ref(item: Node, where: str) -> str:
         name = str(item.value)
