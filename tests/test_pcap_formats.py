@@ -27,6 +27,7 @@ import threading
 import time
 import tracemalloc
 import zlib
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -59,11 +60,9 @@ GET = b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
 
 
-def conversation(client: str, server: str, cport: int, sport: int, start: float,
-                 paths: list[str]) -> list[tuple[float, object]]:
-    """One keep-alive connection carrying ``paths``, then idle with three TCP keep-alive
-    probes (two zero-length from the client, one of a byte from the server), each answered
-    by an ACK, closed by the server, as IP packets."""
+def sides(client: str, server: str, cport: int, sport: int) -> tuple[Callable, Callable]:
+    """(a packet from the client, one from the server) of a four-tuple: flags, seq, ack,
+    payload in; an IP packet out."""
     ip = IPv6 if ":" in client else IP
 
     def up(flags: str, seq: int, ack: int, data: bytes = b""):
@@ -74,6 +73,15 @@ def conversation(client: str, server: str, cport: int, sport: int, start: float,
         return ip(src=server, dst=client) / TCP(sport=sport, dport=cport, flags=flags,
                                                  seq=seq, ack=ack) / Raw(load=data)
 
+    return up, down
+
+
+def conversation(client: str, server: str, cport: int, sport: int, start: float,
+                 paths: list[str]) -> list[tuple[float, object]]:
+    """One keep-alive connection carrying ``paths``, then idle with three TCP keep-alive
+    probes (two zero-length from the client, one of a byte from the server), each answered
+    by an ACK, closed by the server, as IP packets."""
+    up, down = sides(client, server, cport, sport)
     cseq, sseq, t = 1000, 5000, start
     packets = [(t, up("S", cseq, 0)), (t + 0.001, down("SA", sseq, cseq + 1)),
                (t + 0.002, up("A", cseq + 1, sseq + 1))]
@@ -1034,16 +1042,7 @@ def test_a_compressed_capture_cut_short_is_reported_up_to_where_its_data_ends(tm
 def stale_pool_race(start: float) -> list[tuple[float, object]]:
     """A pooled connection the server closes when idle, and the client's POST that leaves
     before the client has seen the FIN: answered with a RST (the proxy's 502)."""
-    client, server, cport, sport = "10.0.0.1", "10.0.0.2", 40010, 8080
-
-    def up(flags: str, seq: int, ack: int, data: bytes = b""):
-        return IP(src=client, dst=server) / TCP(sport=cport, dport=sport, flags=flags,
-                                                 seq=seq, ack=ack) / Raw(load=data)
-
-    def down(flags: str, seq: int, ack: int, data: bytes = b""):
-        return IP(src=server, dst=client) / TCP(sport=sport, dport=cport, flags=flags,
-                                                 seq=seq, ack=ack) / Raw(load=data)
-
+    up, down = sides("10.0.0.1", "10.0.0.2", 40010, 8080)
     post = b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
     first, second = GET % b"a", GET % b"b"
     c, s, t = 1001, 5001, start
