@@ -110,8 +110,8 @@ def _parser() -> argparse.ArgumentParser:
                              "is over and 5 s of capture time have passed (or after 3600 s "
                              "without a segment), and goes to a temporary file in TMPDIR, about "
                              "as big as the JSON report; memory follows the connections open "
-                             "at once. On a terminal, stderr shows how far a capture of 16 MiB "
-                             "or more (compressed, 2 MiB) is read.")
+                             "at once and their requests. On a terminal, stderr shows how far "
+                             "a capture of 16 MiB or more (compressed, 2 MiB) is read.")
     analyze.add_argument("pcap", type=Path)
     analyze.add_argument("--port", type=int, action="append",
                          help="server port to follow (repeatable; default: every port that "
