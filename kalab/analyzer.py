@@ -1386,13 +1386,14 @@ def close_announced(last_request: HttpRequest | None,
     return None
 
 
-def wire_story(request: HttpRequest, server_fin_at: float | None) -> str:
+def wire_story(request: HttpRequest, connection: Connection) -> str:
     """A request's fate as the wire alone tells it (`HttpRequest.story`, less `replaced
     dropped connection`, which only the client's word tells): sent after the server's
-    FIN (``server_fin_at``, None when the server sent none) on its connection, `raced
-    the FIN`, a stale pooled connection's request; else with no answer, `unanswered`; else
-    on a connection that had carried one, `reused`; else `new`."""
-    if server_fin_at is not None and request.sent_at > server_fin_at:
+    first FIN on its ``connection``, `raced the FIN`, a stale pooled connection's
+    request; else with no answer, `unanswered`; else on a connection that had carried
+    one, `reused`; else `new`."""
+    if connection.first_fin_by == Side.SERVER and connection.first_fin_at is not None \
+            and request.sent_at > connection.first_fin_at:
         return "raced the FIN"
     if request.status is None:  # a reused connection that carried no answer too
         return "unanswered"
@@ -1720,9 +1721,8 @@ class Analyzer:
         conn.infer_requests()
         record = conn.record()
         if self.wire_stories:
-            server_fin_at = record.first_fin_at if record.first_fin_by == Side.SERVER else None
             for request in conn.requests:
-                request.story = wire_story(request, server_fin_at)
+                request.story = wire_story(request, record)
         self._finished.append(Finished(record, conn.requests, conn.syn_at is not None,
                                        conn.server[1]))
         # Its parsers and streams hold it (their callbacks): without them, it goes as soon

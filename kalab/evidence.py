@@ -369,8 +369,7 @@ def _beliefs(record: dict[str, Any]) -> tuple[bool | None, bool | None]:
 
 
 def _story(request: HttpRequest, connection: Connection, record: dict[str, Any]) -> str:
-    story = wire_story(request, connection.first_fin_at
-                       if connection.first_fin_by == "server" else None)
+    story = wire_story(request, connection)
     # Only on the client's own word: a client that cannot tell (None) is not guessed for.
     if story == "new" and _beliefs(record)[1] and request.attempt == 1:
         return "replaced dropped connection"
