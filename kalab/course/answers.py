@@ -88,13 +88,13 @@ def lab_file(path: str | os.PathLike[str]) -> Path:
     """The file of the lab an answers file names: by its name, in the project's course
     only (the file is a student's: its `lab:` is no path to read; a lab of a teacher's
     own is given beside it, `kalab grade --lab`). ScenarioError on its line otherwise."""
-    from kalab.course.lab import COURSE_DIR, LAB_FILE
+    from kalab.course.lab import COURSE_DIR, course_lab
 
     root = _root(read_text(path), str(path))
     node = root.value["lab"]
     Checker(str(path)).check(ANSWERS.fields["lab"], node, "lab")
-    named = COURSE_DIR / node.value / LAB_FILE
-    if not named.is_file():
+    named = course_lab(node.value)
+    if named is None:
         raise ScenarioError(str(path), node.line, "lab", f"no lab {node.value!r} in the course "
                             f"({COURSE_DIR}); for a lab of your own, give --lab FILE")
     return named

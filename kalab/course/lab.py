@@ -601,10 +601,17 @@ def locate(lab: str | Path) -> Path:
         path = path / LAB_FILE
     if path.is_file():
         return path
-    named = COURSE_DIR / str(lab) / LAB_FILE
-    if re.fullmatch(NAME_PATTERN, str(lab)) and named.is_file():
+    named = course_lab(str(lab))
+    if named is not None:
         return named
     raise FileNotFoundError(f"{lab}: no such lab file, lab folder or lab in {COURSE_DIR}")
+
+
+def course_lab(name: str) -> Path | None:
+    """The file of the project's course lab called ``name`` (``05-idle-gap``); None when
+    there is none (a name is never a path: ``..`` or ``a/b`` names no lab)."""
+    named = COURSE_DIR / name / LAB_FILE
+    return named if re.fullmatch(NAME_PATTERN, name) and named.is_file() else None
 
 
 def reference_run(lab_file: Path) -> Path:
