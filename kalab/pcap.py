@@ -265,14 +265,14 @@ def compression(path: str | Path) -> str | None:
     """The compression a capture file is in that it is read through (gzip or bzip2), from
     its first bytes; None for any other file."""
     with open(path, "rb") as f:
-        return _compression_of(f.read(6))
+        found = _compression_of(f.read(6))
+    return None if found is None else found[0]
 
 
-def _compression_of(head: bytes) -> str | None:
-    for magic, (name, _) in _COMPRESSIONS.items():
-        if head.startswith(magic):
-            return name
-    return None
+def _compression_of(head: bytes) -> tuple[str, Callable[[BinaryIO], BinaryIO]] | None:
+    """(name, opener) of the compression a file starting with ``head`` is read through."""
+    return next((found for magic, found in _COMPRESSIONS.items() if head.startswith(magic)),
+                None)
 
 
 class CaptureFile(NamedTuple):
@@ -289,14 +289,13 @@ def open_capture(path: str | Path) -> Iterator[CaptureFile]:
     a compressed one (`PcapError.offset`) count its bytes once decompressed, and the
     name its errors give it says so."""
     with open(path, "rb") as raw:
-        kind = _compression_of(raw.read(6))
+        found = _compression_of(raw.read(6))
         raw.seek(0)
-        for name, opener in _COMPRESSIONS.values():
-            if name == kind:
-                with opener(raw) as data:  # leaves ``raw`` open: the outer `with` closes it
-                    yield CaptureFile(data, f"{path} (decompressed)", raw)
-                return
-        yield CaptureFile(raw, path, None)
+        if found is None:
+            yield CaptureFile(raw, path, None)
+            return
+        with found[1](raw) as data:  # leaves ``raw`` open: the outer `with` closes it
+            yield CaptureFile(data, f"{path} (decompressed)", raw)
 
 
 class _Blocks:
